@@ -1,0 +1,34 @@
+"""Shared test setup: the real data and weights beside the repo (``../shared``), never mocked.
+
+``../shared`` is always present in CI; tests that need it fail loudly if it is not.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("XRCOMPARE_SHARED", REPO.parent / "shared")).resolve()
+DATA = SHARED / "data"
+WEIGHTS = SHARED / "weights"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+os.environ.setdefault("XRCOMPARE_WEIGHTS_DIR", str(WEIGHTS))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _shared_is_there():
+    if not (DATA / "manifest.csv").is_file() or not WEIGHTS.is_dir():
+        pytest.fail(f"the shared data and weights are expected at {SHARED}")
+
+
+@pytest.fixture(scope="session")
+def feature_cache(tmp_path_factory) -> Path:
+    """One feature cache for the whole session, so a real backbone runs once per image."""
+    folder = tmp_path_factory.mktemp("feature-cache")
+    os.environ["XRCOMPARE_CACHE_DIR"] = str(folder)
+    return folder

@@ -1,0 +1,173 @@
+"""The backbone registry: one place answers every per-backbone question.
+
+Per backbone: the ``keras.applications`` builder, default input size, ``preprocess_input``,
+the last convolutional layer (for Grad-CAM) and where its ImageNet weights come from.
+Nothing else in the package switches on backbone names.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+WEIGHTS_DIR_VARIABLE = "XRCOMPARE_WEIGHTS_DIR"
+WEIGHT_KINDS = ("imagenet", "random")
+
+
+class WeightsUnavailable(RuntimeError):
+    """ImageNet weights for a backbone could be found neither locally nor by download."""
+
+
+@dataclass(frozen=True)
+class Backbone:
+    name: str
+    display_name: str
+    builder: str  # attribute of keras.applications
+    module: str  # keras.applications sub-module holding preprocess_input
+    default_size: int
+    min_size: int
+    last_conv_layer: str
+    keras_notop_file: str  # file name Keras's own download caches under ~/.keras/models
+
+    def builder_function(self):
+        import keras
+
+        return getattr(keras.applications, self.builder)
+
+    def preprocess(self, batch: np.ndarray) -> np.ndarray:
+        """The backbone's own ``preprocess_input`` on a float32 copy (it works in place)."""
+        import keras
+
+        module = getattr(keras.applications, self.module)
+        return module.preprocess_input(np.array(batch, dtype=np.float32, copy=True))
+
+    def check_size(self, size: int) -> int:
+        if not isinstance(size, int) or isinstance(size, bool):
+            raise ValueError(f"image size must be an integer, got {size!r}")
+        if not self.min_size <= size <= 1024:
+            raise ValueError(f"{self.display_name} needs an image size between "
+                             f"{self.min_size} and 1024 px, got {size}")
+        return size
+
+
+REGISTRY: dict[str, Backbone] = {b.name: b for b in (
+    Backbone("vgg16", "VGG16", "VGG16", "vgg16", 224, 32, "block5_conv3",
+             "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+    Backbone("vgg19", "VGG19", "VGG19", "vgg19", 224, 32, "block5_conv4",
+             "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+    Backbone("resnet50", "ResNet50", "ResNet50", "resnet50", 224, 32, "conv5_block3_out",
+             "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+    Backbone("resnet101", "ResNet101", "ResNet101", "resnet", 224, 32, "conv5_block3_out",
+             "resnet101_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+    Backbone("resnet152", "ResNet152", "ResNet152", "resnet", 224, 32, "conv5_block3_out",
+             "resnet152_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+    Backbone("resnet50v2", "ResNet50V2", "ResNet50V2", "resnet_v2", 224, 32, "post_relu",
+             "resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+    Backbone("xception", "Xception", "Xception", "xception", 299, 71, "block14_sepconv2_act",
+             "xception_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+    Backbone("densenet121", "DenseNet121", "DenseNet121", "densenet", 224, 32, "relu",
+             "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+    Backbone("mobilenetv2", "MobileNetV2", "MobileNetV2", "mobilenet_v2", 224, 32, "out_relu",
+             "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"),
+)}
+
+
+def get_backbone(name: str) -> Backbone:
+    key = str(name).strip().lower().replace("-", "").replace("_", "")
+    if key not in REGISTRY:
+        raise ValueError(f"unknown backbone {name!r}; choose from {', '.join(REGISTRY)}")
+    return REGISTRY[key]
+
+
+def weights_dir() -> Path | None:
+    value = os.environ.get(WEIGHTS_DIR_VARIABLE, "").strip()
+    return Path(value).expanduser() if value else None
+
+
+def local_weights_file(name: str) -> Path:
+    """Where ``XRCOMPARE_WEIGHTS_DIR`` would hold this backbone's ImageNet weights."""
+    folder = weights_dir() or Path(f"${WEIGHTS_DIR_VARIABLE}")
+    return folder / f"{get_backbone(name).name}_imagenet_notop.weights.h5"
+
+
+def keras_cache_file(name: str) -> Path:
+    keras_home = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras"))
+    return keras_home / "models" / get_backbone(name).keras_notop_file
+
+
+@dataclass(frozen=True)
+class WeightsStatus:
+    backbone: str
+    available: bool  # usable without a network
+    source: str  # "file", "keras-cache", "download" or "missing"
+    detail: str  # one plain sentence for the UI
+
+
+def weights_status(name: str) -> WeightsStatus:
+    """Where ImageNet weights for ``name`` would come from, without loading anything.
+
+    With ``XRCOMPARE_WEIGHTS_DIR`` set, the folder is the promised source: a missing file
+    there means unavailable (offline machines). Without it, Keras downloads on first use.
+    """
+    backbone = get_backbone(name)
+    local = local_weights_file(backbone.name)
+    if weights_dir() is not None and local.is_file():
+        return WeightsStatus(backbone.name, True, "file", f"ImageNet weights from {local}")
+    if keras_cache_file(backbone.name).is_file():
+        return WeightsStatus(backbone.name, True, "keras-cache",
+                             f"ImageNet weights from Keras's cache {keras_cache_file(name)}")
+    if weights_dir() is None:
+        return WeightsStatus(backbone.name, True, "download",
+                             f"{WEIGHTS_DIR_VARIABLE} is not set: Keras downloads the "
+                             f"{backbone.display_name} ImageNet weights on first use "
+                             "(needs internet)")
+    return WeightsStatus(backbone.name, False, "missing",
+                         f"no ImageNet weights for {backbone.display_name}: {local} does not "
+                         f"exist (put {local.name} in {WEIGHTS_DIR_VARIABLE})")
+
+
+def build_base(name: str, image_size: int | None = None, weights: str = "imagenet",
+               *, seed: int = 0):
+    """The frozen convolutional base (``include_top=False``) as a ``keras.Model``.
+
+    ``weights="random"`` builds a random-init control (seeded); it is never a fallback.
+    """
+    import keras
+
+    backbone = get_backbone(name)
+    size = backbone.check_size(image_size or backbone.default_size)
+    if weights not in WEIGHT_KINDS:
+        raise ValueError(f"weights must be one of {WEIGHT_KINDS}, got {weights!r}")
+    builder = backbone.builder_function()
+    shape = (size, size, 3)
+    if weights == "random":
+        keras.utils.set_random_seed(seed)
+        base = builder(include_top=False, weights=None, input_shape=shape)
+    else:
+        local = local_weights_file(backbone.name)
+        if weights_dir() is not None and local.is_file():
+            base = builder(include_top=False, weights=None, input_shape=shape)
+            try:
+                base.load_weights(local)
+            except Exception as error:  # a wrong or corrupt file: say which
+                raise WeightsUnavailable(
+                    f"cannot load {local} into {backbone.display_name}: "
+                    f"{str(error).splitlines()[0][:200]}") from None
+        else:
+            try:
+                base = builder(include_top=False, weights="imagenet", input_shape=shape)
+            except Exception as error:
+                reason = str(error).splitlines()[0][:160] if str(error) else type(error).__name__
+                raise WeightsUnavailable(
+                    f"no ImageNet weights for {backbone.display_name}: {local} does not exist "
+                    f"(set {WEIGHTS_DIR_VARIABLE} to a folder holding {local.name}) and "
+                    f"Keras's download failed ({reason})") from None
+    base.trainable = False
+    return base
+
+
+def available_backbones() -> list[str]:
+    return [name for name in REGISTRY if weights_status(name).available]

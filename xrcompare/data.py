@@ -1,0 +1,252 @@
+"""Datasets: folder layout, manifest, patient ids and patient-grouped splits.
+
+A dataset is a folder with one sub-folder per class. Class folder names are matched
+case-insensitively to ``covid``, ``normal`` and ``pneumonia``; a folder may hold only
+some of them (the Kaggle test split has ``NORMAL/`` and ``PNEUMONIA/``).
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from sklearn.model_selection import StratifiedGroupKFold
+
+from xrcompare import CLASSES
+from xrcompare.imaging import IMAGE_SUFFIXES
+
+MANIFEST_NAME = "manifest.csv"
+
+#: Known file-name patterns that carry a patient id (Kermany / Kaggle chest X-rays).
+PATIENT_PATTERNS = (
+    re.compile(r"(?P<id>person\d+)_", re.IGNORECASE),
+    re.compile(r"(?P<id>NORMAL2-IM-\d+)", re.IGNORECASE),
+    re.compile(r"(?P<id>IM-\d+)", re.IGNORECASE),
+)
+
+SPLIT_NAMES = ("train", "val", "test")
+
+
+class DatasetError(ValueError):
+    """A dataset folder that cannot be used, with a one-line reason."""
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    path: Path
+    label: str
+    patient_id: str
+    patient_id_source: str  # "manifest", "filename" or "image"
+
+
+@dataclass
+class Dataset:
+    root: Path
+    records: list[ImageRecord]
+    class_folders: dict[str, str]
+    manifest_path: Path | None = None
+    ignored_files: list[str] = field(default_factory=list)
+
+    @property
+    def labels(self) -> list[str]:
+        return [record.label for record in self.records]
+
+    @property
+    def groups(self) -> list[str]:
+        return [record.patient_id for record in self.records]
+
+    def class_counts(self) -> dict[str, int]:
+        counts = Counter(self.labels)
+        return {label: counts.get(label, 0) for label in CLASSES if counts.get(label, 0)}
+
+    def patient_id_sources(self) -> dict[str, int]:
+        return dict(Counter(record.patient_id_source for record in self.records))
+
+    def summary(self) -> dict:
+        return {
+            "folder": str(self.root),
+            "images": len(self.records),
+            "patients": len(set(self.groups)),
+            "class_counts": self.class_counts(),
+            "class_folders": self.class_folders,
+            "patient_id_sources": self.patient_id_sources(),
+            "manifest": str(self.manifest_path) if self.manifest_path else None,
+            "ignored_files": self.ignored_files,
+        }
+
+
+def _find_manifest(root: Path) -> Path | None:
+    for folder in (root, *root.parents[:2]):
+        candidate = folder / MANIFEST_NAME
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _read_manifest(manifest: Path) -> dict[Path, str]:
+    """Map resolved image path → patient id, from a manifest with path,patient_id columns."""
+    patient_ids: dict[Path, str] = {}
+    try:
+        with manifest.open(newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            if not reader.fieldnames or not {"path", "patient_id"} <= set(reader.fieldnames):
+                return {}
+            for row in reader:
+                if row.get("path") and row.get("patient_id"):
+                    patient_ids[(manifest.parent / row["path"]).resolve()] = row["patient_id"]
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return {}
+    return patient_ids
+
+
+def patient_id_from_filename(name: str) -> str | None:
+    for pattern in PATIENT_PATTERNS:
+        match = pattern.search(name)
+        if match:
+            identifier = match.group("id")
+            return identifier.lower() if identifier.lower().startswith("person") \
+                else identifier.upper()
+    return None
+
+
+def match_class_folder(name: str) -> str | None:
+    lowered = name.strip().lower()
+    return lowered if lowered in CLASSES else None
+
+
+def scan_dataset(root: str | Path, *, use_manifest: bool = True) -> Dataset:
+    """List a dataset folder's images with their labels and patient ids.
+
+    Raises :class:`DatasetError` with one line saying what was expected when the folder
+    does not exist or holds no class folders with images.
+    """
+    root = Path(root).expanduser()
+    expected = (f"expected sub-folders named {', '.join(CLASSES)} (any case) "
+                f"holding {'/'.join(IMAGE_SUFFIXES)} images")
+    if not root.exists():
+        raise DatasetError(f"dataset folder {root} does not exist; {expected}")
+    if not root.is_dir():
+        raise DatasetError(f"{root} is not a folder; {expected}")
+    class_folders: dict[str, str] = {}
+    for child in sorted(root.iterdir()):
+        label = match_class_folder(child.name) if child.is_dir() else None
+        if label is None:
+            continue
+        if label in class_folders:
+            raise DatasetError(f"{root} has two folders for class {label!r}: "
+                               f"{class_folders[label]} and {child.name}")
+        class_folders[label] = child.name
+    if not class_folders:
+        found = ", ".join(sorted(c.name for c in root.iterdir() if c.is_dir())[:6]) or "none"
+        raise DatasetError(f"no class folders in {root} (found: {found}); {expected}")
+
+    manifest = _find_manifest(root) if use_manifest else None
+    manifest_ids = _read_manifest(manifest) if manifest else {}
+    records: list[ImageRecord] = []
+    ignored: list[str] = []
+    for label in CLASSES:
+        if label not in class_folders:
+            continue
+        for path in sorted((root / class_folders[label]).rglob("*")):
+            if not path.is_file() or path.name.startswith("."):
+                continue
+            if path.suffix.lower() not in IMAGE_SUFFIXES:
+                ignored.append(str(path.relative_to(root)))
+                continue
+            patient_id = manifest_ids.get(path.resolve())
+            source = "manifest"
+            if patient_id is None:
+                from_name = patient_id_from_filename(path.name)
+                if from_name:
+                    patient_id, source = from_name, "filename"
+                else:
+                    patient_id, source = f"image:{path.relative_to(root)}", "image"
+            records.append(ImageRecord(path, label, patient_id, source))
+    if not records:
+        raise DatasetError(f"the class folders in {root} hold no images; {expected}")
+    return Dataset(root, records, class_folders,
+                   manifest if manifest_ids else None, ignored)
+
+
+# --------------------------------------------------------------------------- splits
+
+
+def _check_splittable(labels: np.ndarray, groups: np.ndarray, parts: int) -> None:
+    for label in np.unique(labels):
+        patients = len(set(groups[labels == label]))
+        if patients < parts:
+            raise DatasetError(
+                f"class {label!r} has images from only {patients} patient(s); a patient-wise "
+                f"split into {parts} parts needs at least {parts}")
+
+
+def _stratified_group_folds(labels, groups, n_splits: int, seed: int):
+    splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    return list(splitter.split(np.zeros(len(labels)), labels, groups))
+
+
+def split_by_patient(dataset: Dataset, *, val_fraction: float = 0.15,
+                     test_fraction: float = 0.2, seed: int = 42) -> dict[str, list[int]]:
+    """Stratified train / val / test indices with no patient in two splits.
+
+    Fractions are approximated with stratified group folds (``1/fraction`` folds).
+    """
+    if not (0 < test_fraction < 0.5 and 0 < val_fraction < 0.5):
+        raise ValueError("val_fraction and test_fraction must be between 0 and 0.5")
+    labels = np.asarray(dataset.labels)
+    groups = np.asarray(dataset.groups)
+    test_folds = max(2, round(1 / test_fraction))
+    _check_splittable(labels, groups, 3)
+    rest, test = _stratified_group_folds(labels, groups, test_folds, seed)[0]
+    val_folds = max(2, round((1 - test_fraction) / val_fraction))
+    sub_train, sub_val = _stratified_group_folds(labels[rest], groups[rest], val_folds, seed)[0]
+    splits = {"train": sorted(rest[sub_train].tolist()), "val": sorted(rest[sub_val].tolist()),
+              "test": sorted(test.tolist())}
+    check_no_patient_overlap(dataset, splits)
+    return splits
+
+
+def kfold_by_patient(dataset: Dataset, folds: int, *, val_fraction: float = 0.15,
+                     seed: int = 42) -> list[dict[str, list[int]]]:
+    """Grouped stratified k-fold: each fold's test part, and a val part from its rest."""
+    if folds < 2:
+        raise ValueError("--folds must be at least 2")
+    labels = np.asarray(dataset.labels)
+    groups = np.asarray(dataset.groups)
+    _check_splittable(labels, groups, folds)
+    result = []
+    val_folds = max(2, round(1 / val_fraction))
+    for rest, test in _stratified_group_folds(labels, groups, folds, seed):
+        sub_train, sub_val = _stratified_group_folds(labels[rest], groups[rest], val_folds,
+                                                     seed)[0]
+        splits = {"train": sorted(rest[sub_train].tolist()),
+                  "val": sorted(rest[sub_val].tolist()), "test": sorted(test.tolist())}
+        check_no_patient_overlap(dataset, splits)
+        result.append(splits)
+    return result
+
+
+def check_no_patient_overlap(dataset: Dataset, splits: dict[str, list[int]]) -> None:
+    seen: dict[str, str] = {}
+    for name, indices in splits.items():
+        for index in indices:
+            patient = dataset.records[index].patient_id
+            if seen.setdefault(patient, name) != name:
+                raise RuntimeError(f"patient {patient} is in both {seen[patient]} and {name}")
+
+
+def split_summary(dataset: Dataset, splits: dict[str, list[int]]) -> dict:
+    summary = {}
+    for name, indices in splits.items():
+        labels = Counter(dataset.records[i].label for i in indices)
+        summary[name] = {
+            "images": len(indices),
+            "patients": len({dataset.records[i].patient_id for i in indices}),
+            "class_counts": {label: labels.get(label, 0) for label in CLASSES
+                             if label in dataset.class_folders},
+        }
+    return summary
