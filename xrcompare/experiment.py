@@ -28,7 +28,7 @@ from xrcompare.evaluate import evaluate_predictions, summarise_folds
 from xrcompare.features import FeatureExtractor, FeatureSpec
 from xrcompare.imaging import RESIZE_MODES
 from xrcompare.runs import RunWriter, default_runs_dir, new_run_id
-from xrcompare.train import HEADS, build_head, fit_head, predict
+from xrcompare.train import HEADS, build_head, fit_head, predict, save_head_weights
 
 Progress = Callable[[dict], None]
 
@@ -320,10 +320,10 @@ def _train_one(config: TrainConfig, backbone_name: str, dataset: Dataset,
         history.insert(0, "epoch", range(1, len(history) + 1))
         writer.write_csv("history.csv", history)
         writer.write_csv("predictions.csv", predictions)
-        head.save_weights(writer.path("head.weights.h5"))
+        save_head_weights(head, writer.path("head.weights.h5"))
         if config.folds:
             for n, fr in enumerate(fold_results, start=1):
-                fr["head"].save_weights(writer.path(f"head_fold{n}.weights.h5"))
+                save_head_weights(fr["head"], writer.path(f"head_fold{n}.weights.h5"))
         writer.write_json("metrics.json", metrics)
         phases.seconds["total"] = sum(phases.seconds.values())
         info = _run_info(config, backbone, size, feature_shape, dataset, fold_splits,

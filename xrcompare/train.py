@@ -137,6 +137,15 @@ def _BestEpoch(monitor, epochs, progress, patience):  # noqa: N802 - builds a Ke
     return _make_best_epoch_callback()(monitor, epochs, progress, patience)
 
 
+def save_head_weights(head, path) -> None:
+    """Save the head's weights only (no optimizer state: a third of the size)."""
+    import keras
+
+    clean = keras.models.clone_model(head)
+    clean.set_weights(head.get_weights())
+    clean.save_weights(path)
+
+
 def predict(head, features: np.ndarray, batch_size: int = 256) -> np.ndarray:
     if len(features) == 0:
         return np.zeros((0, head.output_shape[-1]), dtype=np.float32)
