@@ -10,15 +10,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from conftest import DATA
 from PIL import Image
 
 from xrcompare import uploads
 from xrcompare.imaging import MAX_PIXELS, ImageError, read_gray
 from xrcompare.uploads import UploadedImage, load_upload
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-NORMAL_FOLDER = SHARED / "data" / "cxr3" / "normal"
-PNEUMONIA_FOLDER = SHARED / "data" / "kaggle_test" / "PNEUMONIA"
+NORMAL_FOLDER = DATA / "cxr3" / "normal"
+PNEUMONIA_FOLDER = DATA / "kaggle_test" / "PNEUMONIA"
 
 
 def first_image(folder: Path) -> Path:

@@ -1,0 +1,223 @@
+"""Tests for xrcompare.explain: every saliency method, the overlay, and model safety."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import cv2
+import numpy as np
+import pytest
+from conftest import DATA, REPO, WEIGHTS
+
+from xrcompare import explain
+from xrcompare.explain import (
+    METHODS,
+    SaliencyResult,
+    compute_saliency,
+    map_to_image,
+    overlay,
+    saliency_to_rgb,
+)
+
+keras = pytest.importorskip("keras")
+pytestmark = pytest.mark.skipif(keras.backend.backend() != "tensorflow",
+                                reason="tf-keras-vis needs Keras on the TensorFlow backend")
+
+SIZE = 32
+
+
+def build_tiny_model():
+    """32×32 input, two named convs, GAP, softmax over 3 classes: one flat graph."""
+    from keras import layers
+
+    keras.utils.set_random_seed(7)
+    inputs = keras.Input((SIZE, SIZE, 3), name="image")
+    x = layers.Conv2D(8, 3, padding="same", activation="relu", name="conv_a")(inputs)
+    x = layers.MaxPooling2D(name="pool_a")(x)
+    x = layers.Conv2D(12, 3, padding="same", activation="relu", name="conv_b")(x)
+    x = layers.GlobalAveragePooling2D(name="head_pool")(x)
+    outputs = layers.Dense(3, activation="softmax", name="head_predictions")(x)
+    return keras.Model(inputs, outputs, name="tiny")
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    return build_tiny_model()
+
+
+@pytest.fixture(scope="module")
+def tiny_inputs():
+    image = np.zeros((SIZE, SIZE, 3), dtype=np.float32)
+    image[8:20, 10:26] = 1.0  # a bright block on a dark field, plus noise
+    image += np.random.default_rng(3).normal(0, 0.2, image.shape).astype(np.float32)
+    return image[None]
+
+
+def predicted_class(model, inputs) -> int:
+    return int(np.argmax(model.predict_on_batch(inputs)[0]))
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_every_method_gives_a_normalised_map(tiny_model, tiny_inputs, method):
+    before = np.asarray(tiny_model.predict_on_batch(tiny_inputs))
+    saliency = compute_saliency(tiny_model, tiny_inputs, method,
+                                predicted_class(tiny_model, tiny_inputs),
+                                penultimate_layer="conv_b", smooth_samples=4)
+    assert saliency.shape == (SIZE, SIZE)
+    assert saliency.dtype == np.float32
+    assert np.all(np.isfinite(saliency))
+    assert saliency.min() >= 0.0 and saliency.max() <= 1.0
+    assert saliency.max() - saliency.min() > 0.1  # not constant
+    # The model passed in keeps its softmax and its predictions.
+    assert tiny_model.get_layer("head_predictions").activation is keras.activations.softmax
+    np.testing.assert_array_equal(np.asarray(tiny_model.predict_on_batch(tiny_inputs)), before)
+
+
+def test_visualizer_works_on_a_linear_clone(tiny_model, tiny_inputs):
+    visualizer = explain.make_visualizer(tiny_model, "gradcam")
+    assert visualizer.model is not tiny_model
+    assert visualizer.model.get_layer("head_predictions").activation is keras.activations.linear
+    logits = np.asarray(visualizer.model.predict_on_batch(tiny_inputs))[0]
+    probabilities = np.asarray(tiny_model.predict_on_batch(tiny_inputs))[0]
+    np.testing.assert_allclose(np.exp(logits) / np.exp(logits).sum(), probabilities, rtol=1e-4)
+
+
+def test_input_without_batch_axis_is_accepted(tiny_model, tiny_inputs):
+    saliency = compute_saliency(tiny_model, tiny_inputs[0], "gradcam", 0, "conv_b")
+    assert saliency.shape == (SIZE, SIZE)
+
+
+def test_penultimate_layer_is_honoured(tiny_model, tiny_inputs):
+    target = predicted_class(tiny_model, tiny_inputs)
+    last = compute_saliency(tiny_model, tiny_inputs, "gradcam", target, "conv_b")
+    default = compute_saliency(tiny_model, tiny_inputs, "gradcam", target, None)
+    first = compute_saliency(tiny_model, tiny_inputs, "gradcam", target, "conv_a")
+    np.testing.assert_allclose(default, last, atol=1e-6)  # None → last 4-D layer
+    assert np.abs(first - last).max() > 0.05
+
+
+def test_scorecam_max_n_is_capped_at_the_channel_count(tiny_model, tiny_inputs):
+    saliency = compute_saliency(tiny_model, tiny_inputs, "scorecam", 0, "conv_b",
+                                score_max_n=500)
+    assert saliency.shape == (SIZE, SIZE) and np.all(np.isfinite(saliency))
+
+
+def test_explain_returns_a_timed_result(tiny_model, tiny_inputs):
+    result = explain.explain(tiny_model, tiny_inputs, "gradcam++", 2, "conv_b")
+    assert isinstance(result, SaliencyResult)
+    assert result.method == "gradcam++" and result.class_index == 2
+    assert result.seconds > 0
+    assert result.saliency.shape == (SIZE, SIZE)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"method": "lime"}, "unknown saliency method"),
+        ({"class_index": 3}, "class_index"),
+        ({"class_index": -1}, "class_index"),
+        ({"penultimate_layer": "conv5_block3_out"}, "no layer named"),
+        ({"penultimate_layer": "head_pool"}, "not 4-D"),
+    ],
+)
+def test_bad_arguments_raise_value_error(tiny_model, tiny_inputs, arguments, message):
+    call = {"method": "gradcam", "class_index": 0, "penultimate_layer": "conv_b", **arguments}
+    with pytest.raises(ValueError, match=message):
+        compute_saliency(tiny_model, tiny_inputs, **call)
+
+
+def test_batch_of_two_is_refused(tiny_model, tiny_inputs):
+    with pytest.raises(ValueError, match="one image"):
+        compute_saliency(tiny_model, np.repeat(tiny_inputs, 2, axis=0), "saliency", 0)
+
+
+def test_flat_map_becomes_zeros():
+    assert not explain.finish_map(np.full((1, 8, 8), 0.5), (8, 8)).any()
+    result = SaliencyResult("gradcam", 0, np.zeros((8, 8), np.float32), 0.1)
+    assert result.is_blank
+
+
+# --- pictures ---------------------------------------------------------------------------
+
+
+def test_saliency_to_rgb():
+    ramp = np.linspace(0, 1, 64, dtype=np.float32)[None, :].repeat(16, axis=0)
+    picture = saliency_to_rgb(ramp)
+    assert picture.shape == (16, 64, 3) and picture.dtype == np.uint8
+    red, _, blue = picture[0, 0].astype(int)
+    assert blue > red  # JET: low values are blue
+    red, _, blue = picture[0, -1].astype(int)
+    assert red > blue  # high values are red
+
+
+def test_overlay_has_the_gray_image_size():
+    gray = np.tile(np.arange(80, dtype=np.uint8) * 3, (50, 1))
+    saliency = np.random.default_rng(0).random((SIZE, SIZE)).astype(np.float32)
+    picture = overlay(gray, saliency)
+    assert picture.shape == (50, 80, 3) and picture.dtype == np.uint8
+    np.testing.assert_array_equal(overlay(gray, saliency, alpha=0.0),
+                                  cv2.cvtColor(gray, cv2.COLOR_GRAY2RGB))
+    with pytest.raises(ValueError, match="alpha"):
+        overlay(gray, saliency, alpha=1.5)
+    with pytest.raises(ValueError, match="2-D uint8"):
+        overlay(gray.astype(np.float32), saliency)
+
+
+def test_pad_mode_map_lines_up_with_the_image():
+    from xrcompare.imaging import fit_square
+
+    # A wide image whose right half is bright; padded to a square, then mapped back.
+    gray = np.zeros((100, 200), dtype=np.uint8)
+    gray[:, 100:] = 255
+    square = fit_square(gray, 64, "pad").astype(np.float32) / 255.0
+    back = map_to_image(square, gray.shape, "pad")
+    assert back.shape == (100, 200)
+    assert back[:, 110:].min() > 0.9 and back[:, :90].max() < 0.1
+    # Without undoing the padding, the black bars would darken the top and bottom rows.
+    assert map_to_image(square, gray.shape, "squash")[0, 150] < 0.1
+
+
+def test_import_does_not_load_tensorflow():
+    code = "import sys, xrcompare.explain; sys.exit('tensorflow' in sys.modules)"
+    environment = {**os.environ, "KERAS_BACKEND": "jax"}
+    finished = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=environment,
+                              capture_output=True, text=True, timeout=120)
+    assert finished.returncode == 0, finished.stderr
+
+
+# --- the real backbone ------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_gradcam_on_resnet50_with_a_flat_head():
+    from keras import layers
+
+    from xrcompare.imaging import read_gray, to_model_input
+
+    keras.utils.set_random_seed(11)
+    base = keras.applications.ResNet50(include_top=False, weights=None,
+                                       input_shape=(224, 224, 3))
+    base.load_weights(WEIGHTS / "resnet50_imagenet_notop.weights.h5")
+    base.trainable = False
+    x = layers.GlobalAveragePooling2D(name="head_pool")(base.output)
+    x = layers.Dropout(0.3, name="head_dropout")(x)
+    outputs = layers.Dense(3, activation="softmax", name="head_predictions")(x)
+    model = keras.Model(base.input, outputs)
+
+    path = sorted((DATA / "cxr3" / "pneumonia").glob("*.jpg"))[0]
+    gray = read_gray(path)
+    inputs = keras.applications.resnet50.preprocess_input(to_model_input(gray, 224)[None])
+    before = np.asarray(model.predict_on_batch(inputs))
+    target = int(before.argmax())
+    for method in ("gradcam", "gradcam++"):
+        start = time.perf_counter()
+        saliency = compute_saliency(model, inputs, method, target, "conv5_block3_out")
+        print(f"{method}: {time.perf_counter() - start:.2f} s")
+        assert saliency.shape == (224, 224) and saliency.dtype == np.float32
+        assert np.all(np.isfinite(saliency))
+        assert saliency.max() - saliency.min() > 0.1
+        assert overlay(gray, saliency).shape == (*gray.shape, 3)
+    np.testing.assert_array_equal(np.asarray(model.predict_on_batch(inputs)), before)

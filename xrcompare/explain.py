@@ -1,0 +1,266 @@
+"""Saliency maps with tf-keras-vis: where in the image a class score is most sensitive.
+
+The only TensorFlow-bound module of the package. TensorFlow and tf-keras-vis are imported
+inside the functions that need them, so ``import xrcompare.explain`` stays cheap and the rest
+of the package works without TensorFlow (for instance with ``KERAS_BACKEND=jax``).
+
+Models are Keras 3 functional models built as one flat graph (backbone layers, then the head
+layers) ending in a softmax ``Dense`` over the classes. Inputs are a batch of one image,
+already passed through the backbone's ``preprocess_input``.
+
+Notes on tf-keras-vis 0.8.7 with Keras 3 (checked with TensorFlow 2.21 / Keras 3.15):
+
+* ``ReplaceToLinear`` changes the last layer's activation on a *clone* of the model
+  (``clone=True`` is the default when a model modifier is given), so the model passed in
+  keeps its softmax; ``tests/test_explain.py`` checks that its predictions are unchanged.
+* Keras 3 warns "The structure of `inputs` doesn't match the expected structure" because
+  tf-keras-vis calls the model on a one-element list; the warning is harmless and silenced.
+* ``Scorecam`` calls ``model.predict`` without ``verbose``, so Keras 3 prints a progress bar;
+  we give the clone a quiet ``predict``.
+* ScoreCAM applies a softmax to the model output itself, so it too needs ``ReplaceToLinear``.
+* A named ``penultimate_layer`` is used as is (``seek_penultimate_conv_layer=False``);
+  tf-keras-vis would otherwise step back from ``conv5_block3_out`` (an Activation) to the
+  last ``Conv2D`` before it, ``conv5_block3_3_conv``, i.e. before batch norm, the residual
+  add and the ReLU.
+* tf-keras-vis imports ``zoom`` from ``scipy.ndimage.interpolation``, deprecated and due to
+  be removed in SciPy 2.0: keep SciPy below 2 while using tf-keras-vis 0.8.7.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+#: Saliency methods, id → display name, in the order to offer them.
+METHODS = {
+    "saliency": "Vanilla Saliency",
+    "smoothgrad": "SmoothGrad",
+    "gradcam": "Grad-CAM",
+    "gradcam++": "Grad-CAM++",
+    "scorecam": "Faster-ScoreCAM",
+}
+
+#: Methods that work on the feature maps of a convolutional layer (``penultimate_layer``).
+CAM_METHODS = ("gradcam", "gradcam++", "scorecam")
+
+
+@dataclass(frozen=True)
+class SaliencyResult:
+    """A saliency map with what produced it and how long it took."""
+
+    method: str
+    class_index: int
+    saliency: np.ndarray
+    seconds: float
+
+    @property
+    def is_blank(self) -> bool:
+        """True when the map is flat (for example Grad-CAM with no positive evidence)."""
+        return float(self.saliency.max() - self.saliency.min()) < 1e-6
+
+
+def compute_saliency(model, inputs, method: str, class_index: int,
+                     penultimate_layer: str | None = None, *, smooth_samples: int = 20,
+                     smooth_noise: float = 0.20, score_max_n: int = 10) -> np.ndarray:
+    """A float32 (S, S) map in 0..1 of how much each input pixel matters for one class.
+
+    ``inputs`` is one preprocessed image, (1, S, S, C) or (S, S, C). ``penultimate_layer``
+    names the convolutional layer the CAM methods read (the backbone's last conv block, e.g.
+    ``conv5_block3_out`` for ResNet50); None picks the model's last 4-D output layer.
+    """
+    check_method(method)
+    check_backend()
+    batch = as_batch(inputs)
+    class_index = check_class_index(model, class_index)
+    if method in CAM_METHODS:
+        penultimate_layer = resolve_penultimate_layer(model, penultimate_layer)
+
+    from tf_keras_vis.utils.scores import CategoricalScore
+
+    score = CategoricalScore(class_index)
+    visualizer = make_visualizer(model, method)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"The structure of `inputs` doesn't match")
+        if method in ("saliency", "smoothgrad"):
+            samples = int(smooth_samples) if method == "smoothgrad" else 0
+            if method == "smoothgrad" and samples < 1:
+                raise ValueError(f"smooth_samples must be at least 1, got {smooth_samples}")
+            raw = visualizer(score, batch, smooth_samples=samples, smooth_noise=smooth_noise)
+        elif method == "scorecam":
+            channels = int(model.get_layer(penultimate_layer).output.shape[-1])
+            max_n = min(int(score_max_n), channels)
+            if max_n < 1:
+                raise ValueError(f"score_max_n must be at least 1, got {score_max_n}")
+            raw = visualizer(score, batch, penultimate_layer=penultimate_layer,
+                             seek_penultimate_conv_layer=False, max_N=max_n)
+        else:
+            raw = visualizer(score, batch, penultimate_layer=penultimate_layer,
+                             seek_penultimate_conv_layer=False)
+    return finish_map(raw, batch.shape[1:3])
+
+
+def explain(model, inputs, method: str, class_index: int,
+            penultimate_layer: str | None = None, **options) -> SaliencyResult:
+    """:func:`compute_saliency`, timed, as a :class:`SaliencyResult`."""
+    start = time.perf_counter()
+    saliency = compute_saliency(model, inputs, method, class_index, penultimate_layer,
+                                **options)
+    return SaliencyResult(method=method, class_index=int(class_index), saliency=saliency,
+                          seconds=time.perf_counter() - start)
+
+
+def make_visualizer(model, method: str):
+    """The tf-keras-vis object for a method, on a clone whose output activation is linear."""
+    with warnings.catch_warnings():
+        # tf-keras-vis imports zoom from scipy.ndimage.interpolation (deprecated).
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from tf_keras_vis.utils.model_modifiers import ReplaceToLinear
+
+        if method in ("saliency", "smoothgrad"):
+            from tf_keras_vis.saliency import Saliency as Visualizer
+        elif method == "gradcam":
+            from tf_keras_vis.gradcam import Gradcam as Visualizer
+        elif method == "gradcam++":
+            from tf_keras_vis.gradcam_plus_plus import GradcamPlusPlus as Visualizer
+        else:
+            from tf_keras_vis.scorecam import Scorecam as Visualizer
+    # clone=True: the modifier edits a copy, never the (cached) model passed in.
+    visualizer = Visualizer(model, model_modifier=ReplaceToLinear(), clone=True)
+    if visualizer.model is model:
+        raise RuntimeError("tf-keras-vis did not clone the model; refusing to modify it")
+    if method == "scorecam":
+        predict = visualizer.model.predict
+        visualizer.model.predict = lambda *args, **kwargs: predict(*args, verbose=0, **kwargs)
+    return visualizer
+
+
+# --- checks -----------------------------------------------------------------------------
+
+
+def check_method(method: str) -> None:
+    if method not in METHODS:
+        raise ValueError(f"unknown saliency method {method!r}; choose from {', '.join(METHODS)}")
+
+
+def check_backend() -> None:
+    """tf-keras-vis differentiates with ``tf.GradientTape``: Keras must run on TensorFlow."""
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        raise RuntimeError("saliency maps need Keras on the TensorFlow backend "
+                           f"(KERAS_BACKEND=tensorflow), not {keras.backend.backend()!r}")
+
+
+def as_batch(inputs) -> np.ndarray:
+    """One image as a float32 batch (1, S, S, C)."""
+    batch = np.asarray(inputs, dtype=np.float32)
+    if batch.ndim == 3:
+        batch = batch[None]
+    if batch.ndim != 4 or batch.shape[0] != 1:
+        raise ValueError(f"inputs must be one image, (1, S, S, C) or (S, S, C); "
+                         f"got shape {np.shape(inputs)}")
+    if not np.all(np.isfinite(batch)):
+        raise ValueError("inputs contain NaN or infinite values")
+    return batch
+
+
+def check_class_index(model, class_index) -> int:
+    classes = int(model.outputs[0].shape[-1])
+    if isinstance(class_index, bool) or not isinstance(class_index, (int, np.integer)):
+        raise ValueError(f"class_index must be an integer, got {class_index!r}")
+    if not 0 <= int(class_index) < classes:
+        raise ValueError(f"class_index must be in 0..{classes - 1}, got {class_index}")
+    return int(class_index)
+
+
+def resolve_penultimate_layer(model, name: str | None) -> str:
+    """The named layer (checked to give 4-D feature maps) or the last such layer."""
+    if name is None:
+        for layer in reversed(model.layers):
+            if len(layer.output.shape) == 4:
+                return layer.name
+        raise ValueError("the model has no layer with 4-D output for the CAM methods")
+    try:
+        layer = model.get_layer(name)
+    except ValueError:
+        raise ValueError(f"the model has no layer named {name!r}") from None
+    if len(layer.output.shape) != 4:
+        raise ValueError(f"layer {name!r} gives shape {tuple(layer.output.shape)}, not 4-D "
+                         "feature maps")
+    return name
+
+
+def finish_map(raw, size: tuple[int, int]) -> np.ndarray:
+    """A tf-keras-vis result → float32 (H, W) in 0..1, finite (a flat map becomes zeros)."""
+    saliency = np.asarray(raw[0] if isinstance(raw, list) else raw, dtype=np.float32)
+    saliency = np.squeeze(saliency)
+    if saliency.ndim == 3:  # keepdims-style output: strongest channel
+        saliency = saliency.max(axis=-1)
+    if saliency.ndim != 2:
+        raise ValueError(f"unexpected saliency shape {np.shape(raw)}")
+    saliency = np.nan_to_num(saliency, nan=0.0, posinf=0.0, neginf=0.0)
+    height, width = size
+    if saliency.shape != (height, width):
+        saliency = cv2.resize(saliency, (width, height), interpolation=cv2.INTER_LINEAR)
+    low, high = float(saliency.min()), float(saliency.max())
+    if high - low < 1e-12:
+        return np.zeros((height, width), dtype=np.float32)
+    return np.clip((saliency - low) / (high - low), 0.0, 1.0).astype(np.float32)
+
+
+# --- pictures ---------------------------------------------------------------------------
+
+
+def saliency_to_rgb(saliency: np.ndarray, colormap: int = cv2.COLORMAP_JET) -> np.ndarray:
+    """A 0..1 map as an RGB uint8 heat map of the same size."""
+    values = np.nan_to_num(np.asarray(saliency, dtype=np.float32), nan=0.0)
+    if values.ndim != 2:
+        raise ValueError(f"saliency must be 2-D, got shape {values.shape}")
+    levels = np.clip(np.rint(np.clip(values, 0.0, 1.0) * 255.0), 0, 255).astype(np.uint8)
+    return cv2.cvtColor(cv2.applyColorMap(levels, colormap), cv2.COLOR_BGR2RGB)
+
+
+def map_to_image(saliency: np.ndarray, image_shape: tuple[int, ...],
+                 resize_mode: str = "squash") -> np.ndarray:
+    """Bring a square model-input map back onto the original image's (H, W) geometry.
+
+    Undoes :func:`xrcompare.imaging.fit_square`: with ``"pad"`` the black bars are cropped
+    away first, so the map lines up with the image.
+    """
+    from xrcompare.imaging import RESIZE_MODES
+
+    if resize_mode not in RESIZE_MODES:
+        raise ValueError(f"resize_mode must be one of {RESIZE_MODES}, got {resize_mode!r}")
+    values = np.asarray(saliency, dtype=np.float32)
+    height, width = image_shape[:2]
+    if resize_mode == "pad":
+        size = values.shape[0]
+        # Same geometry as imaging.fit_square.
+        scale = size / max(height, width)
+        new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
+        top, left = (size - new_h) // 2, (size - new_w) // 2
+        values = values[top:top + new_h, left:left + new_w]
+    resized = cv2.resize(values, (width, height), interpolation=cv2.INTER_LINEAR)
+    return np.clip(resized, 0.0, 1.0)
+
+
+def overlay(gray_uint8: np.ndarray, saliency: np.ndarray, alpha: float = 0.45,
+            colormap: int = cv2.COLORMAP_JET, resize_mode: str = "squash") -> np.ndarray:
+    """The heat map blended over the gray image: RGB uint8 at the gray image's size.
+
+    ``resize_mode`` must be the one used to make the model input (see :func:`map_to_image`).
+    """
+    gray = np.asarray(gray_uint8)
+    if gray.ndim == 3 and gray.shape[2] == 1:
+        gray = gray[:, :, 0]
+    if gray.ndim != 2 or gray.dtype != np.uint8:
+        raise ValueError(f"gray_uint8 must be a 2-D uint8 image, got {gray.dtype} {gray.shape}")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be between 0 and 1, got {alpha}")
+    heat = saliency_to_rgb(map_to_image(saliency, gray.shape, resize_mode), colormap)
+    base = cv2.cvtColor(gray, cv2.COLOR_GRAY2RGB)
+    return cv2.addWeighted(base, 1.0 - alpha, heat, alpha, 0.0)
