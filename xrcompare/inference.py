@@ -76,7 +76,7 @@ def explain_file(run: Run, path: str | Path, *, method: str, target: str | None,
     target = target or predicted
     saliency = compute_saliency(model, inputs, method, run.labels.index(target),
                                 penultimate_layer=run.info["last_conv_layer"])
-    picture = overlay(image.gray, saliency, alpha=alpha)
+    picture = overlay(image.gray, saliency, alpha=alpha, resize_mode=run.info["resize_mode"])
     out = Path(out)
     if out.suffix.lower() != ".png":
         raise ValueError("--out must name a .png file")
