@@ -141,7 +141,8 @@ def save_head_weights(head, path) -> None:
     """Save the head's weights only (no optimizer state: a third of the size)."""
     import keras
 
-    clean = keras.models.clone_model(head)
+    # from_config, not clone_model: Keras 3 clones the compile state, optimizer included.
+    clean = keras.Model.from_config(head.get_config())
     clean.set_weights(head.get_weights())
     clean.save_weights(path)
 
