@@ -1,0 +1,183 @@
+"""Regenerate the shipped runs in ``trained/`` with one command.
+
+Run from the repository root, with the shared data and weights beside the repo::
+
+    XRCOMPARE_WEIGHTS_DIR=../shared/weights python scripts/make_trained.py --force
+
+Every run is one ``python -m xrcompare train ...`` call with an explicit, stable ``--name``
+(the run id), ``--display-name``, ``--description`` and ``--order``. Data paths are relative
+(``../shared/data/...``) so run.json records portable paths. A run that already exists is
+skipped unless ``--force`` is given; with ``--force`` the new run is trained into a hidden
+staging folder first and replaces the old one only when it is complete.
+
+Every backbone other than ResNet50 whose ImageNet weights file is in
+``XRCOMPARE_WEIGHTS_DIR`` gets the main run's recipe too (``<backbone>-cxr3``).
+
+The main run's recipe (``MAIN_RECIPE``) was chosen on the validation split only; see
+``scripts/tune_main.py`` and the README's results section.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = "../shared/data"
+CXR3 = f"{SHARED_DATA}/cxr3"
+SEED001 = f"{SHARED_DATA}/seed001_0402"
+KAGGLE_TEST = f"{SHARED_DATA}/kaggle_test"
+STAGING_PREFIX = ".tmp-staging-"
+
+#: The main run's recipe (head, augmentation, class weights, input size), chosen on the
+#: validation split of cxr3 by scripts/tune_main.py; never on the test split or kaggle_test.
+MAIN_RECIPE = ["--head", "blog", "--epochs", "25", "--batch-size", "8",
+               "--learning-rate", "1e-3"]
+#: The main run's input size for ResNet50; other backbones use their own default size.
+MAIN_IMAGE_SIZE = ["--image-size", "224"]
+
+#: The 2020 blog's protocol where it is sound: its head, 25 epochs, batch 8, Adam 1e-3, 224 px.
+BLOG_RECIPE = ["--head", "blog", "--epochs", "25", "--batch-size", "8",
+               "--learning-rate", "1e-3", "--image-size", "224"]
+
+
+@dataclass
+class RunPlan:
+    name: str
+    display_name: str
+    description: str
+    order: int
+    data: str
+    arguments: list[str]
+    backbone: str = "resnet50"
+    heldout: list[str] = field(default_factory=lambda: [KAGGLE_TEST])
+
+    def command(self, runs_dir: Path) -> list[str]:
+        command = [sys.executable, "-m", "xrcompare", "train", "--data", self.data,
+                   "--backbone", self.backbone, "--name", self.name,
+                   "--display-name", self.display_name, "--description", self.description,
+                   "--order", str(self.order), "--runs-dir", str(runs_dir)]
+        for folder in self.heldout:
+            command += ["--heldout", folder]
+        return command + self.arguments
+
+
+def shipped_runs() -> list[RunPlan]:
+    """The runs in ``trained/``, in dashboard order."""
+    plans = [
+        RunPlan(
+            "resnet50-cxr3", "ResNet50 · cxr3 (main)",
+            "The main shipped model: a head on frozen ImageNet ResNet50 features, trained on "
+            "cxr3 with a patient-wise train/validation/test split, recipe chosen on the "
+            "validation split, then evaluated once on the test split and on the held-out "
+            "Kaggle test set. Teaching only, not for diagnosis: the classes differ by source "
+            "and age, which inflates every number.",
+            1, CXR3, [*MAIN_RECIPE, *MAIN_IMAGE_SIZE]),
+        RunPlan(
+            "resnet50-seed001-blog", "ResNet50 · 2020 blog data and protocol",
+            "The 2020 blog's own 305 images and its protocol where it is sound (its head, 25 "
+            "epochs, batch 8, Adam 1e-3, 224 px), but with a patient-wise split, an epoch "
+            "chosen on validation rather than test, and correct ResNet50 preprocessing. Set "
+            "it beside the blog's VGG16 0.85 / VGG19 0.89 on 62 images.",
+            2, SEED001, BLOG_RECIPE),
+        RunPlan(
+            "resnet50-cxr3-random-control", "ResNet50 · cxr3 · random-init control",
+            "A control, not a model: the main recipe on a randomly initialised (untrained) "
+            "ResNet50 base. The gap to the main run is what ImageNet features buy; what it "
+            "still gets right shows how easy the source/age shortcut is.",
+            3, CXR3, [*MAIN_RECIPE, *MAIN_IMAGE_SIZE, "--weights", "random"]),
+        RunPlan(
+            "resnet50-cxr3-cv5", "ResNet50 · cxr3 · 5-fold CV",
+            "The main recipe under grouped (patient-wise) stratified 5-fold cross-validation: "
+            "the test figures pool the out-of-fold predictions; mean ± sd over folds is in "
+            "metrics.json. The held-out Kaggle figures are those of fold 1's head.",
+            4, CXR3, [*MAIN_RECIPE, *MAIN_IMAGE_SIZE, "--folds", "5"]),
+        RunPlan(
+            "resnet50-cxr3-padded", "ResNet50 · cxr3 · padded (preprocessing mismatch)",
+            "The main recipe with aspect-preserving padding instead of squashing. The Kaggle "
+            "test copy was squashed to 224×224 by its owner before we got it, so padded "
+            "training meets squashed test images: a preprocessing mismatch, a domain shift "
+            "of the kind that breaks models in new hospitals.",
+            5, CXR3, [*MAIN_RECIPE, *MAIN_IMAGE_SIZE, "--resize", "pad"]),
+    ]
+    order = 10
+    for backbone in other_backbones_with_weights():
+        plans.append(RunPlan(
+            f"{backbone.name}-cxr3", f"{backbone.display_name} · cxr3",
+            f"The main recipe on frozen ImageNet {backbone.display_name} features (picked up "
+            "because its weights file is in XRCOMPARE_WEIGHTS_DIR).",
+            order, CXR3, MAIN_RECIPE, backbone=backbone.name))
+        order += 1
+    return plans
+
+
+def other_backbones_with_weights():
+    """Registry backbones besides ResNet50 whose weights file is in XRCOMPARE_WEIGHTS_DIR."""
+    from xrcompare.backbones import REGISTRY, weights_status
+
+    return [backbone for name, backbone in REGISTRY.items()
+            if name != "resnet50" and weights_status(name).source == "file"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs-dir", type=Path, default=REPO / "trained")
+    parser.add_argument("--only", action="append", default=[],
+                        help="train only this run id (repeatable)")
+    parser.add_argument("--force", action="store_true",
+                        help="retrain runs that already exist (replaced only when complete)")
+    parser.add_argument("--list", action="store_true", help="print the plan and exit")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    os.chdir(REPO)
+    sys.path.insert(0, str(REPO))
+    default_weights = REPO.parent / "shared" / "weights"
+    if not os.environ.get("XRCOMPARE_WEIGHTS_DIR") and default_weights.is_dir():
+        os.environ["XRCOMPARE_WEIGHTS_DIR"] = str(default_weights)
+    plans = shipped_runs()
+    if args.only:
+        unknown = set(args.only) - {plan.name for plan in plans}
+        if unknown:
+            print(f"error: unknown run id(s) {', '.join(sorted(unknown))}", file=sys.stderr)
+            return 2
+        plans = [plan for plan in plans if plan.name in args.only]
+    runs_dir = args.runs_dir.resolve()
+    if args.list:
+        for plan in plans:
+            print(" ".join(plan.command(runs_dir)))
+        return 0
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    for plan in plans:
+        final = runs_dir / plan.name
+        if final.exists() and not args.force:
+            print(f"{plan.name}: exists, skipped (use --force to retrain)")
+            continue
+        staging = runs_dir / f"{STAGING_PREFIX}{plan.name}"
+        shutil.rmtree(staging, ignore_errors=True)
+        run_started = time.perf_counter()
+        print(f"{plan.name}: training", flush=True)
+        result = subprocess.run(plan.command(staging), cwd=REPO)
+        if result.returncode != 0:
+            shutil.rmtree(staging, ignore_errors=True)
+            print(f"{plan.name}: failed (exit {result.returncode})", file=sys.stderr)
+            return result.returncode
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(staging / plan.name, final)
+        shutil.rmtree(staging, ignore_errors=True)
+        print(f"{plan.name}: done in {time.perf_counter() - run_started:.0f} s", flush=True)
+    print(f"all runs done in {time.perf_counter() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
