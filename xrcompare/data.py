@@ -180,11 +180,13 @@ def _check_splittable(labels: np.ndarray, groups: np.ndarray, parts: int) -> Non
         patients = len(set(groups[labels == label]))
         if patients < parts:
             raise DatasetError(
-                f"class {label!r} has images from only {patients} patient(s); a patient-wise "
-                f"split into {parts} parts needs at least {parts}")
+                f"class '{label}' has images from only {patients} patient(s); this "
+                f"patient-wise split needs at least {parts} per class (use smaller "
+                "validation/test fractions or fewer folds, or add images)")
 
 
 def _stratified_group_folds(labels, groups, n_splits: int, seed: int):
+    _check_splittable(labels, groups, n_splits)
     splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     return list(splitter.split(np.zeros(len(labels)), labels, groups))
 
@@ -200,7 +202,6 @@ def split_by_patient(dataset: Dataset, *, val_fraction: float = 0.15,
     labels = np.asarray(dataset.labels)
     groups = np.asarray(dataset.groups)
     test_folds = max(2, round(1 / test_fraction))
-    _check_splittable(labels, groups, 3)
     rest, test = _stratified_group_folds(labels, groups, test_folds, seed)[0]
     val_folds = max(2, round((1 - test_fraction) / val_fraction))
     sub_train, sub_val = _stratified_group_folds(labels[rest], groups[rest], val_folds, seed)[0]
@@ -217,7 +218,6 @@ def kfold_by_patient(dataset: Dataset, folds: int, *, val_fraction: float = 0.15
         raise ValueError("--folds must be at least 2")
     labels = np.asarray(dataset.labels)
     groups = np.asarray(dataset.groups)
-    _check_splittable(labels, groups, folds)
     result = []
     val_folds = max(2, round(1 / val_fraction))
     for rest, test in _stratified_group_folds(labels, groups, folds, seed):

@@ -167,12 +167,19 @@ def train_runs(config: TrainConfig, progress: Progress | None = None) -> list[Pa
     dataset = scan_dataset(config.data)
     heldouts = [scan_dataset(folder) for folder in config.heldout]
     scan_seconds = time.perf_counter() - started
-    if config.folds:
-        fold_splits = kfold_by_patient(dataset, config.folds, val_fraction=config.val_fraction,
-                                       seed=config.seed)
-    else:
-        fold_splits = [split_by_patient(dataset, val_fraction=config.val_fraction,
-                                        test_fraction=config.test_fraction, seed=config.seed)]
+    splits: list[list[dict]] = []  # computed once, after the first base loads
+
+    def fold_splits() -> list[dict]:
+        if not splits:
+            if config.folds:
+                splits.append(kfold_by_patient(dataset, config.folds, seed=config.seed,
+                                               val_fraction=config.val_fraction))
+            else:
+                splits.append([split_by_patient(dataset, val_fraction=config.val_fraction,
+                                                test_fraction=config.test_fraction,
+                                                seed=config.seed)])
+        return splits[0]
+
     folders = []
     for number, backbone in enumerate(config.backbones, start=1):
         def tagged(event, number=number, backbone=backbone):
@@ -186,7 +193,7 @@ def train_runs(config: TrainConfig, progress: Progress | None = None) -> list[Pa
 
 
 def _train_one(config: TrainConfig, backbone_name: str, dataset: Dataset,
-               heldouts: list[Dataset], fold_splits: list[dict], emit: Progress,
+               heldouts: list[Dataset], make_splits: Callable[[], list[dict]], emit: Progress,
                scan_seconds: float) -> Path:
     import keras
 
@@ -201,6 +208,7 @@ def _train_one(config: TrainConfig, backbone_name: str, dataset: Dataset,
     extractor = FeatureExtractor(spec, batch_size=config.extract_batch_size)
     extractor.base  # noqa: B018 - build now so a missing-weights error comes first
     phases.add("build_base", t)
+    fold_splits = make_splits()
 
     t = time.perf_counter()
     all_indices = list(range(len(dataset.records)))

@@ -1,0 +1,174 @@
+"""End to end on real images with the real ResNet50 weights: cache, head, run folder, CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import DATA, FIXTURES, REPO
+
+from xrcompare.features import FeatureExtractor, FeatureSpec
+from xrcompare.imaging import read_gray
+from xrcompare.runs import build_full_model, list_runs, load_run, predict_gray
+
+TINY = FIXTURES / "tiny_cxr"
+SIZE = 64
+
+
+def cli(*args, env=None, check=True):
+    result = subprocess.run([sys.executable, "-m", "xrcompare", *map(str, args)],
+                            capture_output=True, text=True, cwd=REPO,
+                            env={**os.environ, **(env or {})}, timeout=600)
+    if check and result.returncode != 0:
+        raise AssertionError(result.stderr[-2000:])
+    return result
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, feature_cache):
+    runs = tmp_path_factory.mktemp("runs")
+    result = cli("train", "--data", TINY, "--backbone", "resnet50", "--image-size", SIZE,
+                 "--epochs", 3, "--batch-size", 4, "--heldout", DATA / "seed001_0402",
+                 "--runs-dir", runs, "--name", "tiny", "--val-fraction", 0.3,
+                 "--test-fraction", 0.25)
+    folder = runs / "tiny"
+    assert result.stdout.strip().endswith(str(folder))
+    return folder
+
+
+def test_cache_is_keyed_by_content_and_reused(tmp_path):
+    spec = FeatureSpec("resnet50", SIZE)
+    paths = sorted((TINY / "normal").glob("*.jpg"))[:3]
+    first = FeatureExtractor(spec, cache_dir=tmp_path).extract(paths)
+    assert (first.cached, first.computed) == (0, 3)
+    # The same bytes under another name hit the cache.
+    copy = tmp_path / "renamed.jpg"
+    shutil.copy(paths[0], copy)
+    again = FeatureExtractor(spec, cache_dir=tmp_path).extract([copy, *paths])
+    assert (again.cached, again.computed) == (4, 0)
+    assert np.allclose(again.features[0], first.features[0], atol=1e-2)
+    # Another resize mode is another cache entry.
+    padded = FeatureExtractor(FeatureSpec("resnet50", SIZE, "pad"), cache_dir=tmp_path)
+    assert padded.extract(paths[:1]).computed == 1
+
+
+def test_unreadable_files_are_skipped_and_listed(tmp_path):
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8 not really a jpeg")
+    good = sorted((TINY / "covid").glob("*.jpg"))[0]
+    result = FeatureExtractor(FeatureSpec("resnet50", SIZE), cache_dir=tmp_path).extract(
+        [good, bad])
+    assert result.ok == [0]
+    assert result.failed[0][0] == str(bad) and "not a readable" in result.failed[0][1]
+
+
+def test_augmented_views_differ_from_the_original_and_are_deterministic(tmp_path):
+    path = sorted((TINY / "pneumonia").glob("*.jpg"))[:1]
+    extractor = FeatureExtractor(FeatureSpec("resnet50", SIZE), cache_dir=tmp_path)
+    views = extractor.extract(path, views=[0, 1, 2]).features
+    assert not np.allclose(views[0], views[1]) and not np.allclose(views[1], views[2])
+    again = FeatureExtractor(FeatureSpec("resnet50", SIZE), cache_dir=tmp_path / "other")
+    assert np.allclose(again.extract(path, views=[1]).features[0], views[1], atol=1e-2)
+
+
+def test_training_writes_a_complete_run(tiny_run):
+    run = load_run(tiny_run)
+    assert {p.name for p in tiny_run.iterdir()} >= {
+        "run.json", "history.csv", "metrics.json", "predictions.csv", "head.weights.h5"}
+    info = run.info
+    assert info["backbone"] == "resnet50" and info["weights"] == "imagenet"
+    assert info["data"]["patient_id_sources"] == {"manifest": 15}
+    assert set(info["split"]["files"]) == {"train", "val", "test"}
+    assert info["split"]["summary"]["test"]["images"] >= 3
+    assert 1 <= info["best_epoch"] <= 3 and "validation" in info["selection"]
+    assert info["versions"]["keras_backend"] == "tensorflow"
+    assert len(run.history) == 3 and {"loss", "val_loss", "accuracy"} <= set(run.history)
+    assert set(run.predictions["split"]) == {"train", "val", "test", "heldout:seed001_0402"}
+    probabilities = run.predictions[run.probability_columns()].to_numpy()
+    assert np.allclose(probabilities.sum(axis=1), 1, atol=1e-4)
+    assert run.metrics["heldout"]["seed001_0402"]["n"] == 305
+    assert (tiny_run / "head.weights.h5").stat().st_size < 1_000_000
+    assert not list(tiny_run.parent.glob(".tmp-*"))
+
+
+def test_rebuilt_flat_model_reproduces_the_saved_test_predictions(tiny_run):
+    run = load_run(tiny_run)
+    model = build_full_model(run)
+    assert not any(hasattr(layer, "layers") for layer in model.layers)  # one flat graph
+    row = run.split_predictions("test").iloc[0]
+    probabilities = predict_gray(run, model, read_gray(TINY / row["path"]))
+    saved = [row[f"prob_{label}"] for label in run.labels]
+    assert np.allclose(list(probabilities.values()), saved, atol=2e-3)
+
+
+def test_cli_evaluate_json_on_another_folder(tiny_run):
+    result = cli("evaluate", tiny_run, DATA / "kaggle_test", "--json")
+    payload = json.loads(result.stdout)
+    assert payload["labels"] == ["covid", "normal", "pneumonia"]
+    assert payload["n"] == 624
+    matrix = np.array(payload["confusion_matrix"])
+    assert matrix.shape == (3, 3) and matrix[0].sum() == 0 and matrix.sum() == 624
+    assert payload["per_class"]["normal"]["support"] == 234
+    assert set(payload["per_class"]["pneumonia"]) >= {"precision", "recall", "f1", "support"}
+
+
+def test_cli_predict_and_runs(tiny_run):
+    image = next((DATA / "kaggle_test" / "PNEUMONIA").glob("*.jpg"))
+    payload = json.loads(cli("predict", tiny_run, image, "--json").stdout)
+    assert set(payload["probabilities"]) == {"covid", "normal", "pneumonia"}
+    assert payload["predicted"] == max(payload["probabilities"], key=payload["probabilities"].get)
+    listing = json.loads(cli("runs", "--runs-dir", tiny_run.parent, "--json").stdout)
+    assert [row["run_id"] for row in listing["runs"]] == ["tiny"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "--data", "/nonexistent", "--backbone", "resnet50"], "does not exist"),
+    (["train", "--data", str(TINY), "--backbone", "alexnet"], "unknown backbone"),
+    (["train", "--data", str(TINY), "--backbone", "resnet50", "--image-size", "8"],
+     "between 32 and 1024"),
+    (["train", "--data", str(TINY), "--backbone", "resnet50", "--epochs", "0"], "≥ 1"),
+    (["predict", "/nonexistent-run", str(TINY)], "not a run folder"),
+])
+def test_cli_bad_input_is_one_line_and_non_zero(args, message):
+    result = cli(*args, check=False)
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_backbone_without_weights_is_a_clear_error(tmp_path):
+    result = cli("train", "--data", TINY, "--backbone", "vgg16", "--image-size", SIZE,
+                 "--runs-dir", tmp_path, check=False,
+                 env={"XRCOMPARE_WEIGHTS_DIR": str(tmp_path),
+                      "KERAS_HOME": str(tmp_path / "keras")})
+    assert result.returncode == 3
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: no ImageNet weights for VGG16")
+    assert "XRCOMPARE_WEIGHTS_DIR" in last and "vgg16_imagenet_notop.weights.h5" in last
+    assert list_runs(tmp_path).runs == []
+
+
+def test_training_runs_under_the_jax_backend(tmp_path, feature_cache):
+    """The GPU machine has JAX but no TensorFlow: training must be plain Keras 3."""
+    script = (
+        "import sys, keras\n"
+        "sys.modules['tensorflow'] = None  # prove no TensorFlow is needed\n"
+        "from xrcompare.cli import main\n"
+        "assert keras.backend.backend() == 'jax'\n"
+        "sys.exit(main(sys.argv[1:]))\n")
+    result = subprocess.run(
+        [sys.executable, "-c", script, "train", "--data", str(TINY), "--backbone", "resnet50",
+         "--image-size", "32", "--epochs", "2", "--runs-dir", str(tmp_path), "--name", "jax",
+         "--test-fraction", "0.25", "--val-fraction", "0.3"],
+        capture_output=True, text=True, cwd=REPO, timeout=600,
+        env={**os.environ, "KERAS_BACKEND": "jax", "XRCOMPARE_CACHE_DIR": str(tmp_path / "c")})
+    assert result.returncode == 0, result.stderr[-2000:]
+    run = load_run(tmp_path / "jax")
+    assert run.info["keras_backend"] == "jax"
+    assert run.info["machine"]["accelerator"].startswith("cpu")
+    assert "tensorflow" not in run.info["versions"]
