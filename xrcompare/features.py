@@ -85,10 +85,13 @@ class FeatureExtractor:
     """Runs one frozen base over images, reading and writing the feature cache."""
 
     def __init__(self, spec: FeatureSpec, *, batch_size: int = 32, cache_dir: Path | None = None,
-                 base=None):
+                 base=None, workers: int | None = None):
         self.spec = spec
         self.backbone = get_backbone(spec.backbone)
         self.batch_size = max(1, int(batch_size))
+        # Threads that decode and preprocess upcoming batches while the base runs (OpenCV
+        # releases the GIL). One is enough on a 2-core CPU; a GPU box wants more.
+        self.workers = max(1, int(workers or os.environ.get("XRCOMPARE_DECODE_WORKERS", 1)))
         self.cache_dir = (cache_dir or cache_root()) / spec.key()
         self._base = base
 
@@ -154,22 +157,26 @@ class FeatureExtractor:
         batches = [pending[i:i + self.batch_size] for i in range(0, len(pending), self.batch_size)]
         done = cached + len(failed)
         if batches:
-            with ThreadPoolExecutor(max_workers=1) as pool:
-                # Decode and preprocess the next batch on a worker while the base runs.
-                future = pool.submit(self._prepare_batch, batches[0])
+            with ThreadPoolExecutor(max_workers=self.workers) as pool:
+                # Decode and preprocess upcoming batches on workers while the base runs.
+                ahead, writes = self.workers, []
+                futures = [pool.submit(self._prepare_batch, b) for b in batches[:ahead]]
                 for number in range(len(batches)):
-                    batch, kept, batch_failed = future.result()
-                    if number + 1 < len(batches):
-                        future = pool.submit(self._prepare_batch, batches[number + 1])
+                    batch, kept, batch_failed = futures[number].result()
+                    futures[number] = None  # free the batch once used
+                    if number + ahead < len(batches):
+                        futures.append(pool.submit(self._prepare_batch, batches[number + ahead]))
                     for position, reason in batch_failed:
                         failed[position] = reason
                     if batch is not None:
                         output = np.asarray(self.base.predict_on_batch(batch), dtype=np.float32)
-                        for (position, digest, view), row in zip(kept, output, strict=True):
+                        for (position, _, _), row in zip(kept, output, strict=True):
                             features[position] = row
-                            self._store(self._cache_file(digest, view), row)
+                        writes.append(pool.submit(self._store_batch, kept, output))
                     done += len(batches[number])
                     self._report(progress, label, done, total, cached)
+                for write in writes:
+                    write.result()  # surface cache-write errors
         ok = sorted(features)
         stacked = (np.stack([features[i] for i in ok]) if ok
                    else np.zeros((0,), dtype=np.float32))
@@ -177,6 +184,10 @@ class FeatureExtractor:
             features=stacked, ok=ok,
             failed=[(str(paths[i // len(views)]), reason) for i, reason in sorted(failed.items())],
             cached=cached, computed=len(ok) - cached, seconds=time.perf_counter() - started)
+
+    def _store_batch(self, kept: list[tuple[int, str, int]], output: np.ndarray) -> None:
+        for (_, digest, view), row in zip(kept, output, strict=True):
+            self._store(self._cache_file(digest, view), row)
 
     @staticmethod
     def _store(cache_file: Path, row: np.ndarray) -> None:
