@@ -1,0 +1,270 @@
+"""Training jobs: the same start/status/cancel calls the sidebar makes, on real images, real
+ResNet50 weights and real subprocesses."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from conftest import DATA
+
+from xrcompare import jobs
+from xrcompare.runs import list_runs
+
+PER_CLASS = 8  # the patient-wise split needs 5 patients per class after the test part
+SIZE = 64
+
+
+def make_tiny_dataset(root: Path, name: str = "tiny", per_class: int = PER_CLASS) -> Path:
+    """Copy ``per_class`` seed001_0402 images per class, one per patient, with a manifest."""
+    folder = root / name
+    rows = []
+    with (DATA / "manifest.csv").open(newline="", encoding="utf-8") as handle:
+        for row in csv.DictReader(handle):
+            if row["split_pool"] == "seed001_0402":
+                rows.append(row)
+    chosen, patients = [], set()
+    for label in ("covid", "normal", "pneumonia"):
+        picked = 0
+        for row in sorted(rows, key=lambda r: r["path"]):
+            if row["label"] == label and row["patient_id"] not in patients \
+                    and picked < per_class:
+                patients.add(row["patient_id"])
+                chosen.append(row)
+                picked += 1
+    for row in chosen:
+        target = folder / row["label"] / Path(row["path"]).name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(DATA / row["path"], target)
+    with (folder / "manifest.csv").open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "patient_id"])
+        for row in chosen:
+            writer.writerow([f"{row['label']}/{Path(row['path']).name}", row["patient_id"]])
+    return folder
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("data-root")
+    make_tiny_dataset(root)
+    # too few patients per class for a patient-wise split: refused before starting
+    few = make_tiny_dataset(root, "two_per_class", per_class=2)
+    assert len(list(few.rglob("*.jpg"))) == 6
+    # class folders of files that are not images: the training process itself fails
+    for label in ("covid", "normal", "pneumonia"):
+        for number in range(PER_CLASS):
+            path = root / "unreadable" / label / f"{label}_{number}.jpg"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(b"not a JPEG " + bytes([number]) * 64)
+    (root / "not_a_dataset" / "images").mkdir(parents=True)
+    return root
+
+
+@pytest.fixture
+def folders(tmp_path, data_root, feature_cache):
+    return {"jobs_dir": tmp_path / "jobs", "runs_dir": tmp_path / "runs",
+            "data_root": data_root}
+
+
+def tiny_request(**overrides) -> jobs.TrainRequest:
+    values = {"dataset": "tiny", "backbones": ["resnet50"], "epochs": 2, "batch_size": 4,
+              "image_size": SIZE}
+    return jobs.TrainRequest(**{**values, **overrides})
+
+
+def wait_for(job_id: str, jobs_dir: Path, until, timeout: float = 240) -> jobs.JobStatus:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = jobs.job_status(job_id, jobs_dir)
+        if until(status):
+            return status
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} stuck: {status.state}, {status.progress['phase_text']}"
+                         f"\n{chr(10).join(status.log_tail)}")
+
+
+def tmp_folders(runs_dir: Path) -> list[str]:
+    return [p.name for p in runs_dir.glob(".tmp-*")] if runs_dir.is_dir() else []
+
+
+# --------------------------------------------------------------------------- real jobs
+
+
+@pytest.mark.slow
+def test_tiny_job_reaches_done_and_its_run_is_listed(folders):
+    status = jobs.start_job(tiny_request(), **folders)
+    assert status.active and status.plan["images"] == 3 * PER_CLASS
+    seen_phases = set()
+
+    def finished(current):
+        seen_phases.add(current.progress["phase_text"].split(" ")[0])
+        return not current.active
+
+    final = wait_for(status.job_id, folders["jobs_dir"], finished)
+    assert final.state == "done", (final.error, final.log_tail)
+    assert final.progress["fraction"] == 1.0
+    assert [row["epoch"] for row in final.progress["curve"]] == [1, 2]
+    assert {"loss", "val_loss", "accuracy"} <= set(final.progress["curve"][-1])
+    listing = list_runs(folders["runs_dir"])
+    assert [str(run.path) for run in listing.runs] == final.runs
+    assert listing.runs[0].info["image_size"] == SIZE
+    assert tmp_folders(folders["runs_dir"]) == []
+    assert not (folders["jobs_dir"] / "lock").exists()
+    # after an "app restart" the outcome is read back from disk
+    assert jobs.current_job(folders["jobs_dir"]).state == "done"
+    assert "training" in seen_phases or "done" in seen_phases
+
+
+@pytest.mark.slow
+def test_second_start_is_refused_and_cancel_leaves_no_run(folders):
+    status = jobs.start_job(tiny_request(epochs=500, batch_size=2), **folders)
+    wait_for(status.job_id, folders["jobs_dir"],
+             lambda s: s.progress["curve"] or not s.active)
+    with pytest.raises(jobs.JobRunning) as refused:
+        jobs.start_job(tiny_request(), **folders)
+    assert refused.value.job.job_id == status.job_id
+    assert "already running" in str(refused.value)
+    final = jobs.cancel_job(status.job_id, folders["jobs_dir"])
+    assert final.state == "cancelled", (final.error, final.log_tail)
+    assert list_runs(folders["runs_dir"]).runs == []
+    assert tmp_folders(folders["runs_dir"]) == []
+    assert not (folders["jobs_dir"] / "lock").exists()
+    state = jobs._read_json(final.folder / "state.json")
+    assert jobs.process_identity(state["cli_pid"]) is None  # the training process is gone
+
+
+@pytest.mark.slow
+def test_failing_job_reports_the_cli_error_line(folders):
+    status = jobs.start_job(tiny_request(dataset="unreadable"), **folders)
+    final = wait_for(status.job_id, folders["jobs_dir"], lambda s: not s.active)
+    assert final.state == "failed"
+    assert "could be read" in final.error and "\n" not in final.error
+    assert any(line.startswith("error: ") for line in final.log_tail)
+    assert final.exit_code == 2
+    assert not (folders["jobs_dir"] / "lock").exists()
+
+
+@pytest.mark.slow
+def test_dead_job_is_detected_as_stale_and_frees_the_lock(folders):
+    status = jobs.start_job(tiny_request(epochs=500, batch_size=2), **folders)
+    running = wait_for(status.job_id, folders["jobs_dir"],
+                       lambda s: s.progress["phase_text"] != "starting Python and TensorFlow")
+    state = jobs._read_json(running.folder / "state.json")
+    # a half-written run of that training process, as a crash during writing would leave
+    leftover = folders["runs_dir"] / f".tmp-somerun-{state['cli_pid']}"
+    leftover.mkdir(parents=True)
+    launch = jobs._read_json(running.folder / "launch.json")
+    os.killpg(launch["pid"], signal.SIGKILL)  # like kill -9 or a machine losing power
+    final = wait_for(status.job_id, folders["jobs_dir"], lambda s: not s.active, timeout=20)
+    assert final.state == "stale"
+    assert "without recording an outcome" in final.error
+    assert not leftover.exists()
+    assert not (folders["jobs_dir"] / "lock").exists()
+
+
+# --------------------------------------------------------------------------- refused requests
+
+
+def test_bad_folders_are_refused_with_a_readable_line(folders, tmp_path):
+    for dataset, words in (("not_a_dataset", "no class folders"),
+                           ("two_per_class", "patient-wise split needs at least"),
+                           ("missing", "does not exist"),
+                           ("../", "outside the data root"),
+                           (str(DATA / "seed001_0402"), "outside the data root"),
+                           ("", "choose a dataset")):
+        with pytest.raises(ValueError, match=words):
+            jobs.start_job(tiny_request(dataset=dataset), **folders)
+    link = folders["data_root"] / "escape"
+    link.symlink_to(DATA, target_is_directory=True)
+    try:
+        with pytest.raises(jobs.JobError, match="outside the data root"):
+            jobs.start_job(tiny_request(dataset="escape/seed001_0402"), **folders)
+    finally:
+        link.unlink()
+    with pytest.raises(jobs.JobError, match="must differ"):
+        jobs.start_job(tiny_request(heldout="tiny"), **folders)
+    assert not (folders["jobs_dir"] / "lock").exists()
+    assert jobs.current_job(folders["jobs_dir"]) is None
+
+
+def test_parameters_are_guarded(folders):
+    for overrides, words in (({"epochs": 0}, "epochs"), ({"batch_size": 1.5}, "batch size"),
+                             ({"learning_rate": 5.0}, "learning rate"),
+                             ({"image_size": 16}, "image size"),
+                             ({"augment_views": 40}, "augmentation views"),
+                             ({"backbones": []}, "at least one backbone"),
+                             ({"backbones": ["alexnet"]}, "unknown backbone")):
+        with pytest.raises(ValueError, match=words):
+            jobs.start_job(tiny_request(**overrides), **folders)
+
+
+def test_backbone_without_weights_is_refused(folders, tmp_path, monkeypatch):
+    monkeypatch.setenv("XRCOMPARE_WEIGHTS_DIR", str(tmp_path / "no-weights"))
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras-home"))
+    with pytest.raises(jobs.JobError, match="no ImageNet weights for VGG16"):
+        jobs.start_job(tiny_request(backbones=["vgg16"]), **folders)
+
+
+def test_datasets_are_listed_from_the_data_root(data_root):
+    assert jobs.list_datasets(data_root) == ["tiny", "two_per_class", "unreadable"]
+    assert {"seed001_0402", "kaggle_test", "cxr3"} <= set(jobs.list_datasets(DATA))
+    assert jobs.resolve_data_folder("tiny/", data_root) == (data_root / "tiny").resolve()
+    assert jobs.resolve_data_folder(data_root / "tiny", data_root).name == "tiny"
+
+
+def test_process_identity_tells_live_from_dead():
+    assert jobs.process_identity(os.getpid()) is not None
+    assert jobs.process_identity(os.getpid()) == jobs.process_identity(os.getpid())
+    assert jobs.process_identity(2**22 + 12345) is None
+
+
+# --------------------------------------------------------------------------- progress summary
+
+
+def test_progress_summary_phases_fraction_and_curve():
+    plan = {"images": 100, "epochs": 4, "backbones": ["resnet50", "vgg16"]}
+    tag = {"backbones": 2}
+    events = [{"phase": "scan", "what": "data"},
+              {"phase": "load_backbone", "backbone": "resnet50", "backbone_index": 1, **tag}]
+    summary = jobs.summarize_progress(events, plan=plan, started=0.0, now=10.0)
+    assert summary["phase_text"].startswith("loading the ImageNet base (backbone 1 of 2")
+    fractions = []
+    for done in (0, 50, 100):
+        events.append({"phase": "extract", "what": "dataset", "done": done, "total": 100,
+                       "cached": 0, "backbone": "resnet50", "backbone_index": 1, **tag})
+        fractions.append(jobs.summarize_progress(events, plan=plan, started=0.0,
+                                                 now=20.0)["fraction"])
+    assert fractions == sorted(fractions) and fractions[-1] < 0.5
+    for epoch in (1, 2):
+        events.append({"phase": "train", "epoch": epoch, "epochs": 4, "fold": 1, "folds": 1,
+                       "metrics": {"loss": 1.0 / epoch, "val_accuracy": 0.5},
+                       "backbone": "resnet50", "backbone_index": 1, **tag})
+    summary = jobs.summarize_progress(events, plan=plan, started=0.0, now=30.0)
+    assert summary["phase_text"] == "training epoch 2 of 4 (backbone 1 of 2: resnet50)"
+    assert fractions[-1] < summary["fraction"] < 0.5
+    assert summary["eta_seconds"] == pytest.approx(30.0 * (1 - summary["fraction"])
+                                                   / summary["fraction"])
+    assert [row["loss"] for row in summary["curve"]] == [1.0, 0.5]
+    events.append({"phase": "written", "run": "r1", "backbone": "resnet50",
+                   "backbone_index": 1, **tag})
+    summary = jobs.summarize_progress(events, plan=plan, started=0.0, now=40.0)
+    assert summary["fraction"] == pytest.approx(0.5) and summary["runs"] == ["r1"]
+    failed = jobs.summarize_progress(events, plan=plan, state="failed", started=0.0,
+                                     finished=41.0, now=99.0)
+    assert failed["eta_seconds"] is None and failed["elapsed"] == 41.0
+    assert failed["phase_text"].startswith("failed during: run written")
+
+
+def test_failure_reason_prefers_the_cli_error_line():
+    tail = ["resnet50 (1/1) load backbone", "error: class 'covid' has images from only 2 "
+            "patient(s)", "more"]
+    assert jobs.failure_reason(tail, 2).startswith("class 'covid'")
+    traceback = ["Traceback (most recent call last):", "  File x", "RuntimeError: boom"]
+    assert jobs.failure_reason(traceback, 1) == "RuntimeError: boom"
+    assert "signal 9" in jobs.failure_reason([], -9)
