@@ -17,6 +17,14 @@ Notes on tf-keras-vis 0.8.7 with Keras 3 (checked with TensorFlow 2.21 / Keras 3
   tf-keras-vis calls the model on a one-element list; the warning is harmless and silenced.
 * ``Scorecam`` calls ``model.predict`` without ``verbose``, so Keras 3 prints a progress bar;
   we give the clone a quiet ``predict``.
+* Cloning a ResNet50 takes about 0.5 s on a 2-core CPU, as long as a Grad-CAM itself. The
+  linear clone and the visualizers built on it are therefore made once per model and kept
+  (:func:`visualizers_for`) for as long as the model lives; this assumes the model's weights
+  do not change after its first explanation (true for the frozen, trained models explained
+  here). Pass ``reuse=False`` to :func:`compute_saliency` for a fresh clone.
+* SmoothGrad runs tf-keras-vis's vanilla ``Saliency`` on batches of noisy copies
+  (:data:`SMOOTH_CHUNK` at a time, the noise drawn as tf-keras-vis draws it) instead of its
+  one-image-at-a-time loop: about 1.5× faster on CPU, and it can report progress.
 * ScoreCAM applies a softmax to the model output itself, so it too needs ``ReplaceToLinear``.
 * A named ``penultimate_layer`` is used as is (``seek_penultimate_conv_layer=False``);
   tf-keras-vis would otherwise step back from ``conv5_block3_out`` (an Activation) to the
@@ -28,8 +36,11 @@ Notes on tf-keras-vis 0.8.7 with Keras 3 (checked with TensorFlow 2.21 / Keras 3
 
 from __future__ import annotations
 
+import threading
 import time
 import warnings
+import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import cv2
@@ -46,6 +57,12 @@ METHODS = {
 
 #: Methods that work on the feature maps of a convolutional layer (``penultimate_layer``).
 CAM_METHODS = ("gradcam", "gradcam++", "scorecam")
+
+#: Noisy copies per gradient pass in SmoothGrad (a fixed batch shape stays fast on CPU).
+SMOOTH_CHUNK = 5
+
+#: ``progress(fraction)`` with fraction in 0..1, called while a slow method runs.
+Progress = Callable[[float], None]
 
 
 @dataclass(frozen=True)
@@ -65,12 +82,16 @@ class SaliencyResult:
 
 def compute_saliency(model, inputs, method: str, class_index: int,
                      penultimate_layer: str | None = None, *, smooth_samples: int = 20,
-                     smooth_noise: float = 0.20, score_max_n: int = 10) -> np.ndarray:
+                     smooth_noise: float = 0.20, score_max_n: int = 10, seed: int | None = 0,
+                     progress: Progress | None = None, reuse: bool = True) -> np.ndarray:
     """A float32 (S, S) map in 0..1 of how much each input pixel matters for one class.
 
     ``inputs`` is one preprocessed image, (1, S, S, C) or (S, S, C). ``penultimate_layer``
     names the convolutional layer the CAM methods read (the backbone's last conv block, e.g.
     ``conv5_block3_out`` for ResNet50); None picks the model's last 4-D output layer.
+    ``seed`` fixes SmoothGrad's noise (None: fresh noise each call). ``progress`` is called
+    with the fraction done (SmoothGrad reports after each batch of noisy copies).
+    ``reuse=False`` builds a fresh linear clone instead of the one kept for ``model``.
     """
     check_method(method)
     check_backend()
@@ -78,18 +99,22 @@ def compute_saliency(model, inputs, method: str, class_index: int,
     class_index = check_class_index(model, class_index)
     if method in CAM_METHODS:
         penultimate_layer = resolve_penultimate_layer(model, penultimate_layer)
+    if method == "smoothgrad" and int(smooth_samples) < 1:
+        raise ValueError(f"smooth_samples must be at least 1, got {smooth_samples}")
+    if method == "smoothgrad" and not 0 < float(smooth_noise) <= 1:
+        raise ValueError(f"smooth_noise must be in (0, 1], got {smooth_noise}")
 
     from tf_keras_vis.utils.scores import CategoricalScore
 
     score = CategoricalScore(class_index)
-    visualizer = make_visualizer(model, method)
+    visualizer = visualizers_for(model).get(method) if reuse else make_visualizer(model, method)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"The structure of `inputs` doesn't match")
-        if method in ("saliency", "smoothgrad"):
-            samples = int(smooth_samples) if method == "smoothgrad" else 0
-            if method == "smoothgrad" and samples < 1:
-                raise ValueError(f"smooth_samples must be at least 1, got {smooth_samples}")
-            raw = visualizer(score, batch, smooth_samples=samples, smooth_noise=smooth_noise)
+        if method == "saliency":
+            raw = visualizer(score, batch, smooth_samples=0)
+        elif method == "smoothgrad":
+            raw = smooth_gradients(visualizer, score, batch, int(smooth_samples),
+                                   float(smooth_noise), seed, progress)
         elif method == "scorecam":
             channels = int(model.get_layer(penultimate_layer).output.shape[-1])
             max_n = min(int(score_max_n), channels)
@@ -100,7 +125,33 @@ def compute_saliency(model, inputs, method: str, class_index: int,
         else:
             raw = visualizer(score, batch, penultimate_layer=penultimate_layer,
                              seek_penultimate_conv_layer=False)
+    if progress is not None:
+        progress(1.0)
     return finish_map(raw, batch.shape[1:3])
+
+
+def smooth_gradients(visualizer, score, batch: np.ndarray, samples: int, noise: float,
+                     seed: int | None, progress: Progress | None) -> np.ndarray:
+    """SmoothGrad (Smilkov et al. 2017): mean absolute gradient over noisy copies, (S, S).
+
+    As tf-keras-vis: noise σ = ``noise`` × (max − min) of the image, |gradient| per copy,
+    mean over copies, then the strongest colour channel.
+    """
+    rng = np.random.default_rng(seed)
+    sigma = noise * float(batch.max() - batch.min())
+    total = np.zeros(batch.shape[1:], dtype=np.float64)
+    done = 0
+    while done < samples:
+        count = min(SMOOTH_CHUNK, samples - done)
+        noisy = np.repeat(batch, count, axis=0)
+        noisy = noisy + rng.normal(0.0, sigma, noisy.shape).astype(np.float32)
+        gradients = visualizer(score, noisy, smooth_samples=0, keepdims=True,
+                               normalize_map=False)
+        total += np.asarray(gradients, dtype=np.float64).sum(axis=0)
+        done += count
+        if progress is not None:
+            progress(done / samples)
+    return (total / samples).max(axis=-1)[None].astype(np.float32)
 
 
 def explain(model, inputs, method: str, class_index: int,
@@ -113,29 +164,88 @@ def explain(model, inputs, method: str, class_index: int,
                           seconds=time.perf_counter() - start)
 
 
-def make_visualizer(model, method: str):
-    """The tf-keras-vis object for a method, on a clone whose output activation is linear."""
+VISUALIZER_CLASSES = {
+    "saliency": ("tf_keras_vis.saliency", "Saliency"),
+    "smoothgrad": ("tf_keras_vis.saliency", "Saliency"),
+    "gradcam": ("tf_keras_vis.gradcam", "Gradcam"),
+    "gradcam++": ("tf_keras_vis.gradcam_plus_plus", "GradcamPlusPlus"),
+    "scorecam": ("tf_keras_vis.scorecam", "Scorecam"),
+}
+
+
+def visualizer_class(method: str):
+    import importlib
+
+    check_method(method)
+    module_name, class_name = VISUALIZER_CLASSES[method]
     with warnings.catch_warnings():
         # tf-keras-vis imports zoom from scipy.ndimage.interpolation (deprecated).
         warnings.simplefilter("ignore", DeprecationWarning)
+        return getattr(importlib.import_module(module_name), class_name)
+
+
+def linear_clone(model):
+    """A copy of ``model`` whose output activation is linear (tf-keras-vis ``ReplaceToLinear``).
+
+    The model passed in is never modified. The clone's ``predict`` is quiet (ScoreCAM).
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from tf_keras_vis.saliency import Saliency
         from tf_keras_vis.utils.model_modifiers import ReplaceToLinear
 
-        if method in ("saliency", "smoothgrad"):
-            from tf_keras_vis.saliency import Saliency as Visualizer
-        elif method == "gradcam":
-            from tf_keras_vis.gradcam import Gradcam as Visualizer
-        elif method == "gradcam++":
-            from tf_keras_vis.gradcam_plus_plus import GradcamPlusPlus as Visualizer
-        else:
-            from tf_keras_vis.scorecam import Scorecam as Visualizer
     # clone=True: the modifier edits a copy, never the (cached) model passed in.
-    visualizer = Visualizer(model, model_modifier=ReplaceToLinear(), clone=True)
-    if visualizer.model is model:
+    clone = Saliency(model, model_modifier=ReplaceToLinear(), clone=True).model
+    if clone is model:
         raise RuntimeError("tf-keras-vis did not clone the model; refusing to modify it")
-    if method == "scorecam":
-        predict = visualizer.model.predict
-        visualizer.model.predict = lambda *args, **kwargs: predict(*args, verbose=0, **kwargs)
-    return visualizer
+    predict = clone.predict
+    clone.predict = lambda *args, **kwargs: predict(*args, **{"verbose": 0, **kwargs})
+    return clone
+
+
+def make_visualizer(model, method: str):
+    """A fresh tf-keras-vis object for a method, on a new linear clone of ``model``."""
+    return visualizer_class(method)(linear_clone(model), model_modifier=None)
+
+
+class Visualizers:
+    """One linear clone of a model and the tf-keras-vis objects on it, made on first use."""
+
+    def __init__(self, model):
+        self.model = linear_clone(model)
+        self._by_method: dict[str, object] = {}
+        self._lock = threading.Lock()
+
+    def get(self, method: str):
+        visualizer_type = visualizer_class(method)
+        with self._lock:
+            if visualizer_type not in self._by_method:
+                self._by_method[visualizer_type] = visualizer_type(self.model,
+                                                                   model_modifier=None)
+            return self._by_method[visualizer_type]
+
+
+_VISUALIZERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_VISUALIZERS_LOCK = threading.Lock()
+
+
+def visualizers_for(model) -> Visualizers:
+    """The :class:`Visualizers` kept for ``model`` (made once; dropped with the model)."""
+    with _VISUALIZERS_LOCK:
+        entry = _VISUALIZERS.get(model)
+        if entry is None:
+            entry = Visualizers(model)
+            _VISUALIZERS[model] = entry
+        return entry
+
+
+def forget_visualizers(model=None) -> None:
+    """Drop the kept clone of ``model`` (of every model when None)."""
+    with _VISUALIZERS_LOCK:
+        if model is None:
+            _VISUALIZERS.clear()
+        else:
+            _VISUALIZERS.pop(model, None)
 
 
 # --- checks -----------------------------------------------------------------------------
