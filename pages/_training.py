@@ -153,8 +153,9 @@ def _form(data_root, datasets: list[str]) -> jobs.TrainRequest | None:
                                 help=("Only backbones whose ImageNet weights are here.\n\n"
                                       + reasons) if unavailable else None)
         if unavailable:
-            st.caption("Not available (no ImageNet weights here; ⓘ says where they would "
-                       "go): " + ", ".join(REGISTRY[name].display_name for name in unavailable))
+            st.caption("Not available, no ImageNet weights here (the ? of Backbones says "
+                       "where they would go): "
+                       + ", ".join(REGISTRY[name].display_name for name in unavailable))
         left, right = st.columns(2)
         epochs = left.number_input("Epochs", min_value=1, max_value=500, value=25, step=1)
         batch_size = right.number_input("Batch size", min_value=1, max_value=512, value=8,
