@@ -11,10 +11,12 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import DATA
 
 from xrcompare import jobs
 from xrcompare.runs import list_runs
+
+# not `from conftest import DATA`: tests/e2e/conftest.py shadows that module name
+DATA = Path(os.environ.get("XRCOMPARE_SHARED", jobs.REPO.parent / "shared")).resolve() / "data"
 
 PER_CLASS = 8  # the patient-wise split needs 5 patients per class after the test part
 SIZE = 64
