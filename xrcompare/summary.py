@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 
 from xrcompare.runs import Run
@@ -92,3 +94,104 @@ def per_class_table(runs: list[Run], scope: str = "test") -> pd.DataFrame:
                 row[f"{key}_low"], row[f"{key}_high"] = bounds
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------- data folders
+
+
+def resolve_folder(record: dict, repo: str | Path | None = None) -> Path | None:
+    """The folder a run recorded (its ``data`` or a ``heldout`` entry), found on this machine.
+
+    Tries ``folder_absolute``, then ``folder`` as written (relative to the working directory)
+    and relative to the repository. None when none of them exists.
+    """
+    repo = Path(repo) if repo else Path(__file__).resolve().parent.parent
+    candidates = []
+    if record.get("folder_absolute"):
+        candidates.append(Path(record["folder_absolute"]))
+    if record.get("folder"):
+        folder = Path(record["folder"]).expanduser()
+        candidates.append(folder)
+        if not folder.is_absolute():
+            candidates.append(repo / folder)
+    for candidate in candidates:
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
+def resolve_manifest(record: dict, repo: str | Path | None = None) -> Path | None:
+    """The manifest.csv a dataset record names, or the one beside its folder."""
+    repo = Path(repo) if repo else Path(__file__).resolve().parent.parent
+    candidates = []
+    if record.get("manifest"):
+        manifest = Path(record["manifest"]).expanduser()
+        candidates.append(manifest)
+        if not manifest.is_absolute():
+            candidates.append(repo / manifest)
+    folder = resolve_folder(record, repo)
+    if folder is not None:
+        candidates += [folder / "manifest.csv", folder.parent / "manifest.csv"]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def image_origin(source_repo: str, notes: str = "") -> str:
+    """Where an image of the shared data really comes from, in words (from the manifest)."""
+    text = f"{source_repo} {notes}".lower()
+    if "kermany" in text:
+        return "Kermany: children aged 1–5, one hospital (Guangzhou)"
+    if "covid-chestxray" in text or "finding=covid" in text:
+        return "Cohen COVID-19 collection: adults, many hospitals, papers and web reports"
+    return source_repo or "unknown"
+
+
+def class_sources(manifest: pd.DataFrame, pool: str) -> pd.DataFrame:
+    """Images per class and origin for one folder (``split_pool``) of a manifest, with the
+    repositories they were taken from, patients and X-ray views."""
+    needed = {"label", "split_pool", "source_repo"}
+    if not needed <= set(manifest.columns):
+        raise ValueError(f"manifest lacks columns {', '.join(sorted(needed - set(manifest)))}")
+    rows = manifest[manifest["split_pool"] == pool].copy()
+    notes = rows["notes"].fillna("") if "notes" in rows else pd.Series("", index=rows.index)
+    rows["origin"] = [image_origin(str(repo), str(note))
+                      for repo, note in zip(rows["source_repo"], notes, strict=True)]
+    table = []
+    for (label, origin), group in rows.groupby(["label", "origin"], sort=True):
+        entry = {"class": label, "origin": origin, "images": len(group)}
+        if "patient_id" in group:
+            entry["patients"] = int(group["patient_id"].nunique())
+        if "view" in group:
+            views = group["view"].fillna("?").value_counts()
+            entry["views"] = ", ".join(f"{view} {count}" for view, count in views.items())
+        entry["taken from"] = ", ".join(sorted(group["source_repo"].astype(str).unique()))
+        table.append(entry)
+    return pd.DataFrame(table)
+
+
+def sample_files(run: Run, per_class: int = 6) -> dict[str, list[str]]:
+    """A few image paths per class from the run's recorded split files, spread evenly."""
+    files = [path for names in (run.info.get("split", {}).get("files") or {}).values()
+             for path in names]
+    folders = run.info.get("data", {}).get("class_folders") or {}
+    by_class: dict[str, list[str]] = {}
+    for label in run.labels:
+        folder = folders.get(label, label)
+        members = sorted(path for path in files if path.split("/")[0] == folder)
+        if members:
+            step = max(1, len(members) // per_class)
+            by_class[label] = members[::step][:per_class]
+    return by_class
+
+
+def sample_heldout_files(run: Run, name: str, per_class: int = 6) -> dict[str, list[str]]:
+    """A few image paths per class of a held-out folder, from the run's predictions."""
+    frame = run.split_predictions(f"heldout:{name}")
+    by_class: dict[str, list[str]] = {}
+    for label, group in frame.groupby("label", sort=False):
+        members = sorted(group["path"])
+        step = max(1, len(members) // per_class)
+        by_class[str(label)] = members[::step][:per_class]
+    return {label: by_class[label] for label in run.labels if label in by_class}

@@ -1,0 +1,65 @@
+"""Confusion matrices side by side, with COVID false negatives and false positives called out."""
+
+import streamlit as st
+
+from pages import _common as common
+from xrcompare.charts import (
+    TEST_SPLIT,
+    confusion_figure,
+    covid_errors,
+    heldout_names,
+    scope_metrics,
+)
+
+st.title("Confusion matrices")
+runs = common.require_runs()
+labels, _ = common.labels_and_colors(runs)
+
+left, middle, right = st.columns([2, 2, 1])
+with left:
+    scopes = [TEST_SPLIT, *heldout_names(runs)]
+    scope = st.selectbox(
+        "Images scored", scopes, key="confusion_scope", persist_state="session",
+        format_func=lambda s: "test split (patient-wise)" if s == TEST_SPLIT
+        else f"held-out folder: {s}")
+with middle:
+    mode = st.segmented_control("Cells show", ["counts", "row shares"], default="counts",
+                                required=True, key="confusion_mode", persist_state="session",
+                                help="Row shares divide each row by its number of images: "
+                                     "the diagonal is then each class's recall.")
+with right:
+    per_row = st.selectbox("Per row", [1, 2, 3, 4], index=2, key="confusion_columns",
+                           persist_state="session")
+
+st.caption("Rows are the true class, columns the predicted class; the diagonal is right. "
+           "Outlined in **red**: COVID cases the model missed (false negatives). Outlined in "
+           "**orange**: non-COVID images it called covid (false positives).")
+
+shown = [(run, scope_metrics(run, scope)) for run in runs]
+shown = [(run, metrics) for run, metrics in shown if metrics]
+if not shown:
+    st.info("None of the selected runs was evaluated on this folder.")
+    st.stop()
+
+for start in range(0, len(shown), per_row):
+    cells = st.columns(per_row)
+    for cell, (run, metrics) in zip(cells, shown[start:start + per_row], strict=False):
+        with cell:
+            name = labels[run.run_id]
+            common.plot(confusion_figure(metrics, normalise=mode == "row shares", title=name),
+                        key=f"confusion_{run.run_id}")
+            errors = covid_errors(metrics)
+            if errors["fn"] is None:
+                st.markdown(f":orange-badge[**{errors['fp']}** of {errors['negatives']} called "
+                            "covid] no COVID images here, so no misses to count")
+            else:
+                missed = ", ".join(f"{count} as {label}" for label, count
+                                   in errors["fn_to"].items() if count) or "none"
+                alarms = ", ".join(f"{count} {label}" for label, count
+                                   in errors["fp_from"].items() if count) or "none"
+                st.markdown(
+                    f":red-badge[**{errors['fn']}** of {errors['positives']} COVID missed] "
+                    f"{missed}  \n"
+                    f":orange-badge[**{errors['fp']}** of {errors['negatives']} non-COVID "
+                    f"called covid] {alarms}")
+            st.caption(f"{metrics['n']} images · {metrics.get('scope', scope)}")

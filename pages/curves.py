@@ -1,0 +1,29 @@
+"""Training curves: loss and accuracy, training vs validation, with the kept epoch marked."""
+
+import streamlit as st
+
+from pages import _common as common
+from xrcompare.charts import training_curves_figure
+
+st.title("Training curves")
+st.caption(
+    "Each run trains its head for a number of epochs and keeps the epoch with the best "
+    "validation loss (dotted line), never looking at the test split. A training curve that "
+    "keeps improving while validation stalls or worsens is overfitting: the head is "
+    "memorising the training images.")
+runs = common.require_runs()
+labels, _ = common.labels_and_colors(runs)
+
+for run in runs:
+    history = run.history
+    if history.empty:
+        st.warning(f"{labels[run.run_id]}: its history.csv holds no epochs.")
+        continue
+    title = labels[run.run_id]
+    common.plot(training_curves_figure(history, run.info.get("best_epoch"), title),
+                key=f"curves_{run.run_id}")
+    notes = [f"kept epoch {run.info.get('best_epoch')} of {run.info.get('epochs_run')}",
+             run.info.get("selection", "")]
+    if run.info.get("split", {}).get("folds"):
+        notes.append(f"curves of fold 1 of {run.info['split']['folds']}")
+    st.caption(" · ".join(note for note in notes if note))

@@ -1,0 +1,169 @@
+"""Dataset: images per class, split and source, thumbnails per class, and the traps of this
+data in plain words."""
+
+import streamlit as st
+
+from pages import _common as common
+from xrcompare.charts import class_counts_figure, split_counts, split_counts_figure
+from xrcompare.summary import (
+    class_sources,
+    resolve_folder,
+    resolve_manifest,
+    sample_files,
+    sample_heldout_files,
+)
+
+
+def _short(path: str) -> str:
+    """A file's stem without the source prefix, short enough for a caption."""
+    stem = path.rsplit("/", 1)[-1].rsplit(".", 1)[0]
+    for prefix in ("youngsoul_", "kermany_", "cohen_"):
+        stem = stem.removeprefix(prefix)
+    return stem if len(stem) <= 24 else stem[:22] + "…"
+
+
+st.title("Dataset: what the models learned from")
+common.teaching_banner()
+
+TRAPS = """
+**1 · Shortcuts: the classes come from different people and places.** The normal and pneumonia
+X-rays (Kermany et al. 2018, the Kaggle "Chest X-Ray Images (Pneumonia)" set) are **children
+aged 1–5 from one hospital** in Guangzhou. The COVID X-rays (Cohen et al. 2020) are **adults**,
+collected from papers and web case reports of **many hospitals**, often with arrows, letters or
+labels burned in. A network can tell the classes apart by age, body shape, scanner or text
+without learning anything about COVID-19, so a high accuracy on this data is a warning sign,
+not a success. Roberts et al. (2021) reviewed hundreds of COVID-19 imaging models and found none
+fit for clinical use, many for exactly this reason; DeGrave et al. (2021) showed such models
+rely on shortcuts like text markers and patient position instead of the lungs.
+
+**2 · Patient leakage.** One patient often has several X-rays. If they land on both sides of a
+split, the test score rewards recognising the patient, not the disease. Every run here splits
+**by patient**. The 2020 blog split images at random and picked its epoch on the test split, so
+its test score was also used for tuning.
+
+**3 · Preprocessing mismatch.** Our training images keep their aspect ratio (longest side up to
+512 px), but the only complete copy of the Kaggle test split had been **squashed to 224×224**
+by its owner. A model trained on *padded* images (aspect kept, black borders) meets stretched,
+border-less chests there. Measured: a ResNet50 head trained on padded images called **215 of
+390** Kaggle pneumonia images covid; trained on squashed images, **12**. Preprocessing that
+differs between training and use is a domain shift.
+
+**4 · Saliency is not proof.** A heat map on the *Predict & explain* page shows where the
+gradient of the score is large. It does not show *why* the model is right, and saliency maps
+often disagree with where radiologists look (Saporta et al. 2022).
+"""
+
+REFERENCES = """
+- Roberts M. et al. (2021). Common pitfalls and recommendations for using machine learning to
+  detect and prognosticate for COVID-19 using chest radiographs and CT scans. *Nature Machine
+  Intelligence* 3, 199–217. [doi:10.1038/s42256-021-00307-0](https://doi.org/10.1038/s42256-021-00307-0)
+- DeGrave A. J., Janizek J. D., Lee S.-I. (2021). AI for radiographic COVID-19 detection selects
+  shortcuts over signal. *Nature Machine Intelligence* 3, 610–619.
+  [doi:10.1038/s42256-021-00338-7](https://doi.org/10.1038/s42256-021-00338-7)
+- Saporta A. et al. (2022). Benchmarking saliency methods for chest X-ray interpretation.
+  *Nature Machine Intelligence* 4, 867–878.
+  [doi:10.1038/s42256-022-00536-x](https://doi.org/10.1038/s42256-022-00536-x)
+- Kermany D. S. et al. (2018). Identifying medical diagnoses and treatable diseases by
+  image-based deep learning. *Cell* 172(5), 1122–1131. Data: Mendeley Data V2,
+  [doi:10.17632/rscbjbr9sj.2](https://doi.org/10.17632/rscbjbr9sj.2) (CC BY 4.0).
+- Cohen J. P. et al. (2020). COVID-19 image data collection. arXiv:2003.11597.
+"""
+
+with st.container(border=True):
+    st.subheader("The traps of this data")
+    st.markdown(TRAPS)
+    with st.expander("References"):
+        st.markdown(REFERENCES)
+
+runs = common.require_runs()
+labels, _ = common.labels_and_colors(runs)
+
+datasets = list(dict.fromkeys((run.info.get("data") or {}).get("name", "?") for run in runs))
+left, right = st.columns(2)
+with left:
+    data_name = st.selectbox("Training folder", datasets, key="dataset_name",
+                             help="The folders the selected runs were trained on.")
+using = [run for run in runs if (run.info.get("data") or {}).get("name") == data_name]
+with right:
+    chosen = st.selectbox("Split of run", [run.run_id for run in using],
+                          format_func=labels.get, key="dataset_run",
+                          help="Runs can split the same folder differently (seed, folds).")
+run = next(run for run in using if run.run_id == chosen)
+data = run.info.get("data") or {}
+
+columns = st.columns(4)
+columns[0].metric("Images", data.get("images", "–"))
+columns[1].metric("Patients", data.get("patients", "–"),
+                  help="Distinct patient ids: the unit every split is made by.")
+columns[2].metric("Classes", len(data.get("class_counts") or {}))
+split_info = run.info.get("split") or {}
+columns[3].metric("Split", f"{split_info['folds']}-fold CV" if split_info.get("folds")
+                  else "train / val / test", help=split_info.get("method"))
+
+counts = split_counts(run)
+left, right = st.columns([3, 2])
+with left:
+    if counts.empty:
+        common.plot(class_counts_figure(data.get("class_counts") or {},
+                                        f"Images per class in {data_name}"), key="dataset_counts")
+    else:
+        title = f"Images per class and split in {data_name}"
+        if split_info.get("folds"):
+            title += " (fold 1)"
+        common.plot(split_counts_figure(counts, title), key="dataset_counts")
+with right:
+    if not counts.empty:
+        table = counts.pivot_table(index="split", columns="class", values="images",
+                                   aggfunc="sum").reindex(["train", "val", "test"])
+        table["patients"] = counts.groupby("split")["patients"].first()
+        st.dataframe(table, key="dataset_split_table", placeholder="–")
+        st.caption("No patient appears in more than one split.")
+manifest = common.load_manifest(resolve_manifest(data))
+if manifest is not None:
+    try:
+        sources = class_sources(manifest, data_name)
+    except ValueError as error:
+        sources = None
+        st.caption(f"Sources unavailable: {error}")
+    if sources is not None and not sources.empty:
+        st.markdown("**Where the images come from**")
+        st.dataframe(sources, hide_index=True, placeholder="–", key="dataset_sources",
+                     column_config={"origin": st.column_config.TextColumn(width="large")})
+        st.caption("Every class comes from a different place, age group and mix of views: "
+                   "the shortcut a CNN can learn instead of the disease.")
+
+
+st.subheader(f"Examples per class from {data_name}")
+st.caption("Look before you train: ages, image sizes, borders, arrows and text differ by class.")
+folder = resolve_folder(data)
+samples = sample_files(run, per_class=6)
+if folder is None:
+    st.warning(f"The training images are not on this machine (the run recorded "
+               f"`{data.get('folder_absolute') or data.get('folder')}`).",
+               icon=":material/folder_off:")
+elif not samples:
+    st.info("This run recorded no file lists to take examples from.")
+else:
+    for label, paths in samples.items():
+        st.markdown(f"**{label}**")
+        common.thumbnail_grid([(folder / path, _short(path)) for path in paths],
+                              columns=6, size=180)
+
+for entry in run.info.get("heldout") or []:
+    name = entry.get("name", "held-out")
+    st.subheader(f"Held-out folder: {name}")
+    counts_here = entry.get("class_counts") or {}
+    st.caption(f"{entry.get('images', sum(counts_here.values()))} images, "
+               f"{entry.get('patients', '–')} patients, never used in training: "
+               + ", ".join(f"{count} {label}" for label, count in counts_here.items()))
+    held_folder = resolve_folder(entry)
+    held_samples = sample_heldout_files(run, name, per_class=6)
+    if held_folder is None:
+        st.warning(f"The held-out images are not on this machine (the run recorded "
+                   f"`{entry.get('folder_absolute') or entry.get('folder')}`).",
+                   icon=":material/folder_off:")
+        continue
+    for label, paths in held_samples.items():
+        st.markdown(f"**{label}**")
+        common.thumbnail_grid([(held_folder / path, _short(path)) for path in paths],
+                              columns=6, size=180)

@@ -1,0 +1,114 @@
+"""Held-out Kaggle test: what each run calls children's X-rays it never saw, and its worst
+mistakes."""
+
+import streamlit as st
+
+from pages import _common as common
+from xrcompare.charts import (
+    BLOG_REFERENCE_NAME,
+    heldout_figure,
+    heldout_names,
+    heldout_shares,
+    heldout_summary,
+    worst_mistakes,
+)
+from xrcompare.summary import resolve_folder
+
+st.title("Held-out Kaggle test: images from elsewhere")
+st.markdown(
+    "The Kaggle (Kermany) **test** split holds 624 NORMAL and PNEUMONIA X-rays of children that "
+    "no run trained on. It has no COVID images, so every *covid* call on it is a false alarm. "
+    "It is the closest thing here to asking how a model behaves outside its own dataset.")
+runs = common.require_runs()
+labels, colors = common.labels_and_colors(runs)
+
+names = heldout_names(runs)
+if not names:
+    st.info("None of the selected runs was evaluated on a held-out folder. Train with "
+            "`--heldout ../shared/data/kaggle_test` to add one.")
+    st.stop()
+heldout = (st.selectbox("Held-out folder", names, key="heldout_name", persist_state="session")
+           if len(names) > 1 else names[0])
+with_heldout = [run for run in runs if heldout in (run.metrics.get("heldout") or {})]
+missing = [labels[run.run_id] for run in runs if run not in with_heldout]
+if missing:
+    st.caption("Not evaluated on this folder: " + ", ".join(missing))
+
+padded = [labels[run.run_id] for run in with_heldout if run.info.get("resize_mode") == "pad"]
+if padded:
+    st.warning(
+        "**Preprocessing mismatch.** "
+        + ", ".join(f"*{name}*" for name in padded)
+        + (" was" if len(padded) == 1 else " were")
+        + " trained on padded images (aspect ratio kept, black borders), but this Kaggle copy "
+        "was already squashed to 224×224 before we got it, so it shows the model stretched, "
+        "border-less chests it never saw in training. Measured on this data: a ResNet50 head "
+        "trained on padded images called 215 of the 390 PNEUMONIA images covid, against 12 "
+        "when trained on squashed images. A mismatch in preprocessing is a domain shift, the "
+        "kind that breaks models in a new hospital.", icon=":material/aspect_ratio:")
+
+shares = heldout_shares(with_heldout, heldout, labels, reference=True)
+if shares.empty:
+    st.info("These runs have no per-class table for this folder.")
+    st.stop()
+common.plot(heldout_figure(shares, heldout), key="heldout_chart")
+
+summary = heldout_summary(shares)
+config = {"run": st.column_config.TextColumn("run", pinned=True)}
+for true_class in ("normal", "pneumonia"):
+    upper = true_class.upper()
+    config[f"{true_class}_images"] = st.column_config.NumberColumn(f"{upper} images")
+    config[f"{true_class}_called_{true_class}_pct"] = st.column_config.NumberColumn(
+        f"{upper} called {true_class} %", format="%.1f",
+        help=f"Share of the true {upper} images the run called {true_class} (right).")
+    config[f"{true_class}_called_covid_pct"] = st.column_config.NumberColumn(
+        f"{upper} called covid %", format="%.1f",
+        help=f"Share of the true {upper} images called covid (always wrong here).")
+    config[f"{true_class}_non_covid_pct"] = st.column_config.NumberColumn(
+        f"{upper} non-COVID %", format="%.1f",
+        help="Share kept out of 'covid': the figure the 2020 blog reported.")
+st.dataframe(summary, hide_index=True, placeholder="–", column_config=config, key="heldout_table")
+st.caption(f"**{BLOG_REFERENCE_NAME}** (hatched): the blog reported only the share called "
+           "right and the share kept out of covid (68% / 84% on NORMAL, 85% / 97% on "
+           "PNEUMONIA); the rest is split by subtraction. Its model was trained on a random "
+           "image split with the epoch chosen on the test split, so it is a reference, not a "
+           "like-for-like result.")
+
+st.subheader("Worst mistakes")
+left, middle, right = st.columns([3, 2, 1])
+with left:
+    chosen = st.selectbox("Run", [run.run_id for run in with_heldout],
+                          format_func=labels.get, key="heldout_run")
+with middle:
+    kind = st.segmented_control("Show", ["called covid", "all mistakes"],
+                                default="called covid", required=True, key="heldout_kind",
+                                persist_state="session")
+with right:
+    count = st.selectbox("How many", [6, 12, 18], key="heldout_count", persist_state="session")
+run = next(run for run in with_heldout if run.run_id == chosen)
+mistakes = worst_mistakes(run, heldout, count=count,
+                          called="covid" if kind == "called covid" else None)
+if mistakes.empty:
+    st.success("This run made no such mistake on this folder.")
+    st.stop()
+st.caption("The most confident wrong answers first. Each caption: the true class, then the "
+           "probability the run gave each class.")
+entry = next((item for item in run.info.get("heldout", []) if item.get("name") == heldout), {})
+folder = resolve_folder(entry)
+if folder is None:
+    st.warning(f"The held-out images are not on this machine (the run recorded "
+               f"`{entry.get('folder_absolute') or entry.get('folder') or heldout}`), so only "
+               "the table is shown.", icon=":material/folder_off:")
+else:
+    items = []
+    for row in mistakes.itertuples():
+        probabilities = " · ".join(f"{label} {getattr(row, f'prob_{label}'):.2f}"
+                                   for label in run.labels)
+        items.append((folder / row.path, f"true {row.label} → {row.predicted}  \n"
+                                         f"{probabilities}"))
+    common.thumbnail_grid(items, columns=6)
+with st.expander("The same mistakes as a table"):
+    st.dataframe(mistakes[["path", "label", "predicted", *run.probability_columns()]],
+                 hide_index=True, placeholder="–", key="heldout_mistakes_table",
+                 column_config={column: st.column_config.NumberColumn(format="%.3f")
+                                for column in run.probability_columns()})

@@ -1,0 +1,125 @@
+"""Recall trade-offs: thresholds, sensitivity targets and the cost of a missed case."""
+
+import streamlit as st
+
+from pages import _common as common
+from xrcompare.charts import (
+    cost_figure,
+    curves_for_runs,
+    precision_recall_figure,
+    roc_figure,
+    threshold_tables,
+)
+
+st.title("Recall trade-offs: missed cases against false alarms")
+st.markdown(
+    "A model gives each image a probability per class. Calling an image *covid* only when "
+    "p(covid) passes a **threshold** is a choice: lower it and fewer COVID cases are missed "
+    "(higher sensitivity) but more healthy people get a false alarm (lower specificity). "
+    "The 2020 blog argued that a missed COVID case is worse than a false alarm. Here you "
+    "can see what that argument costs, run by run.")
+runs = common.require_runs()
+labels, colors = common.labels_and_colors(runs)
+
+classes = list(dict.fromkeys(label for run in runs for label in run.labels))
+positive = st.selectbox(
+    "Positive class (one against the rest)", classes,
+    index=classes.index("covid") if "covid" in classes else 0, key="tradeoff_positive",
+    persist_state="session",
+    help="The class treated as 'positive'; the other classes together are 'negative'.")
+st.caption("Scored on each run's patient-wise test split (out-of-fold predictions for "
+           "cross-validation runs). With a few dozen positive images, one image moves "
+           "sensitivity by several points.")
+
+common_config = {
+    "run": st.column_config.TextColumn("run", pinned=True),
+    "threshold": st.column_config.NumberColumn(
+        "threshold", format="%.3f", help=f"Call {positive} when p({positive}) ≥ threshold."),
+    "sensitivity": st.column_config.NumberColumn(
+        "sensitivity", format="%.3f", help=f"Share of {positive} images called {positive}."),
+    "specificity": st.column_config.NumberColumn(
+        "specificity", format="%.3f", help=f"Share of other images not called {positive}."),
+    "ppv": st.column_config.NumberColumn(
+        "PPV", format="%.3f", help=f"Of the images called {positive}, the share that are."),
+    "npv": st.column_config.NumberColumn(
+        "NPV", format="%.3f", help=f"Of the images not called {positive}, the share that "
+                                   "are not."),
+    "fn": st.column_config.NumberColumn("missed (FN)",
+                                        help=f"{positive} images not called {positive}."),
+    "fp": st.column_config.NumberColumn("false alarms (FP)",
+                                        help=f"Other images called {positive}."),
+    "tp": st.column_config.NumberColumn("found (TP)"),
+    "tn": st.column_config.NumberColumn("cleared (TN)"),
+    "positives": st.column_config.NumberColumn(f"{positive} images"),
+    "negatives": st.column_config.NumberColumn("other images"),
+    "cost": st.column_config.NumberColumn("cost", format="%.0f",
+                                          help="cost of a miss × missed + false alarms"),
+    "rule": st.column_config.TextColumn("rule"),
+}
+
+# The three controls come first in their sections; the tables are appended to each section
+# once all three values are known.
+section_target, section_threshold, section_cost = st.container(), st.container(), st.container()
+with section_target:
+    st.subheader("1 · Which threshold reaches a target sensitivity?")
+    target = st.slider(f"Target {positive} sensitivity", 0.50, 1.00, 0.95, 0.01,
+                       key="tradeoff_target", persist_state="session",
+                       help="For each run, the threshold that finds at least this share of "
+                            f"the {positive} images with the fewest false alarms.")
+with section_threshold:
+    st.subheader("2 · Move the threshold yourself")
+    threshold = st.slider(f"Threshold on p({positive})", 0.00, 1.00, 0.50, 0.01,
+                          key="tradeoff_threshold", persist_state="session",
+                          help=f"Images with p({positive}) at or above it are called "
+                               f"{positive}.")
+with section_cost:
+    st.subheader("3 · What does a missed case cost?")
+    miss_cost = st.slider(f"One missed {positive} case costs as much as … false alarms",
+                          1, 100, 10, 1, key="tradeoff_cost", persist_state="session",
+                          help="The cheapest threshold minimises cost × missed + false "
+                               "alarms.")
+
+tables = threshold_tables(runs, positive, threshold, target, miss_cost, labels)
+if tables["skipped"]:
+    st.warning("Left out (their test split lacks either positive or negative images): "
+               + ", ".join(tables["skipped"]))
+if tables["at_threshold"].empty:
+    st.info(f"No selected run has both {positive} and other images in its test split.")
+    st.stop()
+
+with section_target:
+    st.markdown(f"**Sensitivity ≥ {target:.2f}: the threshold each run needs, and what it "
+                "costs in false alarms**")
+    st.dataframe(tables["target"], hide_index=True, placeholder="–", key="tradeoff_target_table",
+                 column_config=common_config,
+                 column_order=["run", "threshold", "sensitivity", "specificity", "fp", "fn",
+                               "ppv", "negatives"])
+
+with section_threshold:
+    st.markdown(f"**At threshold {threshold:.2f}**")
+    st.dataframe(tables["at_threshold"], hide_index=True, placeholder="–",
+                 key="tradeoff_threshold_table",
+                 column_config=common_config,
+                 column_order=["run", "sensitivity", "specificity", "ppv", "npv", "fn", "fp",
+                               "positives", "negatives"])
+    curves = curves_for_runs(runs, positive, labels)
+    left, right = st.columns(2)
+    with left:
+        common.plot(roc_figure(curves, tables["at_threshold"], colors, positive),
+                    key="tradeoff_roc")
+    with right:
+        common.plot(precision_recall_figure(curves, tables["at_threshold"], colors, positive),
+                    key="tradeoff_pr")
+
+with section_cost:
+    st.markdown(f"**One missed {positive} case costs as much as {miss_cost} false alarms: "
+                "the cheapest threshold per run**")
+    st.dataframe(tables["cheapest"], hide_index=True, placeholder="–", key="tradeoff_cost_table",
+                 column_config=common_config,
+                 column_order=["run", "rule", "fn", "fp", "cost", "sensitivity",
+                               "specificity"])
+    common.plot(cost_figure(runs, positive, miss_cost, labels, colors),
+                key="tradeoff_cost_chart")
+    st.caption("A threshold chosen on the test split is tuned on that split, so these "
+               "numbers flatter the runs a little; in practice the threshold is fixed on the "
+               "validation split and then checked once on the test split.")

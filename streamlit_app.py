@@ -1,0 +1,63 @@
+"""xrcompare dashboard: the router. Run with ``streamlit run streamlit_app.py``.
+
+It sets the page up, builds the navigation over ``pages/``, draws the sidebar shared by every
+page (run picker, then the training form) and runs the chosen page. Pages only lay out;
+the logic lives in ``xrcompare``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import streamlit as st  # noqa: E402
+
+from pages import _common as common  # noqa: E402
+
+LOG = logging.getLogger("xrcompare.app")
+
+st.set_page_config(page_title="xrcompare · CNNs on chest X-rays (teaching)",
+                   page_icon=":material/radiology:", layout="wide")
+
+
+def build_navigation():
+    sections: dict[str, list] = {}
+    for number, spec in enumerate(common.PAGES):
+        if not (ROOT / spec.path).is_file():
+            LOG.warning("page %s is missing and left out of the menu", spec.path)
+            continue
+        sections.setdefault(spec.section, []).append(
+            st.Page(ROOT / spec.path, title=spec.title, icon=spec.icon, default=number == 0))
+    return st.navigation(sections)
+
+
+def render_training_form() -> None:
+    """The training form of ``pages/_training.py`` (its own engineer), if it loads."""
+    try:
+        from pages._training import render_training_sidebar
+    except Exception as error:  # a missing or broken module must not take the dashboard down
+        LOG.warning("training form unavailable: %s", error)
+        st.sidebar.caption("Training from the browser is not available in this copy.")
+        return
+    try:
+        render_training_sidebar()
+    except Exception:
+        LOG.exception("training form failed")
+        st.sidebar.error("The training form hit a problem; the run pages still work.")
+
+
+page = build_navigation()
+common.render_run_picker()
+render_training_form()
+common.sidebar_footer()
+try:
+    page.run()
+except Exception as error:  # the safety net: a readable sentence, the traceback in the log
+    LOG.exception("page %s failed", page.title)
+    st.error(f"This page could not be drawn ({type(error).__name__}: {str(error)[:200]}). "
+             "The other pages still work.")

@@ -1,0 +1,652 @@
+"""Plotly figures and the small tables behind them, built from run data.
+
+Pure functions: they take :class:`xrcompare.runs.Run` objects (or tables made from them) and
+return pandas frames or plotly figures. The Streamlit pages only lay these out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+import pandas as pd
+import plotly.express as px
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from xrcompare import CLASSES
+from xrcompare.evaluate import one_vs_rest_curves
+from xrcompare.runs import Run
+from xrcompare.summary import per_class_table
+
+#: One colour per class, used wherever a class is a colour.
+CLASS_COLORS = {"covid": "#c0392b", "normal": "#2e86c1", "pneumonia": "#d4a017"}
+
+#: Colour-blind-friendly run colours (Okabe–Ito order, then plotly's Safe palette).
+RUN_PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442",
+               "#000000", *px.colors.qualitative.Safe]
+
+#: What the 2020 blog reported for its VGG16 on the Kaggle test split (percent of images).
+#: Only the share of the correct class and the non-COVID share were reported; the third share
+#: is what is left over.
+BLOG_REFERENCE_NAME = "2020 blog, VGG16, as reported"
+BLOG_REFERENCE = {
+    "normal": {"normal": 68.0, "non_covid_pct": 84.0},
+    "pneumonia": {"pneumonia": 85.0, "non_covid_pct": 97.0},
+}
+
+TEST_SPLIT = "test"
+_LAYOUT = {"template": "plotly_white", "font": {"size": 14},
+           "margin": {"l": 10, "r": 10, "t": 60, "b": 10}}
+
+
+# --------------------------------------------------------------------------- run names, colours
+
+
+def run_labels(runs: Sequence[Run]) -> dict[str, str]:
+    """Run id → the name shown for it: its title, plus the run id where titles collide."""
+    titles = [run.title for run in runs]
+    return {run.run_id: (run.title if titles.count(run.title) == 1
+                         else f"{run.title} ({run.run_id})") for run in runs}
+
+
+def run_colors(labels: Sequence[str]) -> dict[str, str]:
+    """A stable colour per run label, in the order given."""
+    return {label: RUN_PALETTE[index % len(RUN_PALETTE)] for index, label in enumerate(labels)}
+
+
+def _label(run: Run, labels: dict[str, str] | None) -> str:
+    return (labels or {}).get(run.run_id, run.title)
+
+
+def wrap_title(text: str, width: int = 38) -> str:
+    """Break a long chart title onto lines of about ``width`` characters (plotly ``<br>``)."""
+    lines, line = [], ""
+    for word in text.split(" "):
+        if line and len(line) + 1 + len(word) > width:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}" if line else word
+    lines.append(line)
+    return "<br>".join(lines)
+
+
+# --------------------------------------------------------------------------- scopes
+
+
+def heldout_names(runs: Sequence[Run]) -> list[str]:
+    """Names of the held-out folders evaluated by any of the runs, first seen first."""
+    names: list[str] = []
+    for run in runs:
+        for name in (run.metrics.get("heldout") or {}):
+            if name not in names:
+                names.append(name)
+    return names
+
+
+def scope_metrics(run: Run, scope: str = TEST_SPLIT) -> dict | None:
+    """The run's metrics for ``"test"`` or for a held-out folder name (None if it lacks it)."""
+    if scope == TEST_SPLIT:
+        return run.metrics.get("test")
+    return (run.metrics.get("heldout") or {}).get(scope)
+
+
+def scope_predictions(run: Run, scope: str = TEST_SPLIT) -> pd.DataFrame:
+    """Rows of predictions.csv for the test split (out-of-fold for CV) or a held-out folder."""
+    return run.split_predictions(scope if scope == TEST_SPLIT else f"heldout:{scope}")
+
+
+# --------------------------------------------------------------------------- per class
+
+
+def per_class_frame(runs: Sequence[Run], scope: str = TEST_SPLIT,
+                    labels: dict[str, str] | None = None) -> pd.DataFrame:
+    """Long table of per-class precision, recall, F1 (with 95% intervals) and support."""
+    frames = []
+    for run in runs:
+        table = per_class_table([run], scope)
+        if not table.empty:
+            table["run"] = _label(run, labels)
+            frames.append(table)
+    if not frames:
+        return pd.DataFrame(columns=["run", "class", "precision", "recall", "f1", "support"])
+    return pd.concat(frames, ignore_index=True)
+
+
+def per_class_figure(table: pd.DataFrame, metric: str,
+                     colors: dict[str, str] | None = None) -> go.Figure:
+    """Grouped bars (class × run) of one metric with its 95% interval as error bars."""
+    if metric not in ("precision", "recall", "f1"):
+        raise ValueError(f"metric must be precision, recall or f1, got {metric!r}")
+    table = table[table["support"] > 0] if metric == "recall" else table
+    frame = table.copy()
+    low, high = frame.get(f"{metric}_low"), frame.get(f"{metric}_high")
+    frame["error_plus"] = (pd.to_numeric(high, errors="coerce") - frame[metric]).clip(lower=0)
+    frame["error_minus"] = (frame[metric] - pd.to_numeric(low, errors="coerce")).clip(lower=0)
+    names = {"precision": "Precision", "recall": "Recall (sensitivity)", "f1": "F1"}
+    figure = px.bar(frame, x="class", y=metric, color="run", barmode="group",
+                    error_y="error_plus", error_y_minus="error_minus",
+                    color_discrete_map=colors or {},
+                    category_orders={"class": [c for c in CLASSES if c in set(frame["class"])]},
+                    hover_data={"support": True, f"{metric}_low": ":.2f",
+                                f"{metric}_high": ":.2f", "error_plus": False,
+                                "error_minus": False},
+                    labels={metric: names[metric], "class": "true class", "run": "run"})
+    figure.update_layout(**_LAYOUT, yaxis_range=[0, 1.05], legend_title_text="",
+                         legend={"orientation": "h", "y": -0.18},
+                         title=f"{names[metric]} per class, with 95% patient-bootstrap intervals")
+    return figure
+
+
+# --------------------------------------------------------------------------- confusion
+
+
+def covid_errors(metrics: dict, positive: str = "covid") -> dict:
+    """False negatives and false positives of ``positive`` from a confusion matrix.
+
+    ``fn`` is None when the scope holds no positive images (a held-out folder without covid).
+    """
+    labels = list(metrics["labels"])
+    matrix = np.asarray(metrics["confusion_matrix"], dtype=int)
+    k = labels.index(positive)
+    positives = int(matrix[k].sum())
+    fn_to = {labels[j]: int(matrix[k, j]) for j in range(len(labels)) if j != k}
+    fp_from = {labels[i]: int(matrix[i, k]) for i in range(len(labels)) if i != k}
+    return {"positive": positive, "positives": positives,
+            "negatives": int(matrix.sum()) - positives,
+            "fn": sum(fn_to.values()) if positives else None, "fn_to": fn_to,
+            "fp": sum(fp_from.values()), "fp_from": fp_from}
+
+
+def confusion_figure(metrics: dict, *, normalise: bool = False, title: str = "",
+                     positive: str = "covid") -> go.Figure:
+    """Heatmap of a confusion matrix (rows true, columns predicted), counts or row shares.
+
+    Rows without images (covid in a held-out folder) are left out. Cells holding ``positive``
+    false negatives (red) and false positives (orange) are outlined.
+    """
+    labels = list(metrics["labels"])
+    matrix = np.asarray(metrics["confusion_matrix"], dtype=float)
+    rows = [i for i in range(len(labels)) if matrix[i].sum() > 0]
+    shown = matrix[rows]
+    if normalise:
+        shown = shown / shown.sum(axis=1, keepdims=True)
+    row_labels = [labels[i] for i in rows]
+    figure = px.imshow(shown, x=labels, y=row_labels, color_continuous_scale="Blues",
+                       text_auto=".0%" if normalise else True, aspect="auto",
+                       zmin=0, zmax=1 if normalise else None,
+                       labels={"x": "predicted", "y": "true", "color": "share" if normalise
+                               else "images"})
+    figure.update_traces(textfont_size=16)
+    if positive in labels:
+        k = labels.index(positive)
+        for y, i in enumerate(rows):
+            for j in range(len(labels)):
+                missed = i == k and j != k
+                false_alarm = j == k and i != k
+                if (missed or false_alarm) and matrix[i, j] > 0:
+                    figure.add_shape(type="rect", x0=j - 0.48, x1=j + 0.48, y0=y - 0.48,
+                                     y1=y + 0.48, line={"color": "#c0392b" if missed
+                                                        else "#e67e22", "width": 3})
+    figure.update_layout(**{**_LAYOUT, "margin": {"l": 10, "r": 10, "t": 60, "b": 10}},
+                         title=wrap_title(title), coloraxis_showscale=False, height=340)
+    figure.update_xaxes(side="bottom")
+    return figure
+
+
+# --------------------------------------------------------------------------- training curves
+
+
+def training_curves_figure(history: pd.DataFrame, best_epoch: int | None = None,
+                           title: str = "") -> go.Figure:
+    """Loss and accuracy per epoch, training (solid) vs validation (dashed), kept epoch marked."""
+    figure = make_subplots(rows=1, cols=2, subplot_titles=("Loss", "Accuracy"),
+                           horizontal_spacing=0.1)
+    epochs = history["epoch"] if "epoch" in history else pd.Series(range(1, len(history) + 1))
+    for col, metric in ((1, "loss"), (2, "accuracy")):
+        for prefix, name, dash, color in (("", "training", "solid", "#0072B2"),
+                                          ("val_", "validation", "dash", "#D55E00")):
+            column = f"{prefix}{metric}"
+            if column not in history:
+                continue
+            figure.add_trace(go.Scatter(x=epochs, y=history[column], mode="lines+markers",
+                                        name=name, legendgroup=name, showlegend=col == 1,
+                                        line={"dash": dash, "color": color},
+                                        marker={"size": 5}), row=1, col=col)
+    if best_epoch:
+        for col in (1, 2):
+            figure.add_vline(x=best_epoch, line={"color": "#2c3e50", "dash": "dot"},
+                             row=1, col=col)
+        figure.add_annotation(x=best_epoch, y=0.03, yref="y2 domain", xref="x2",
+                              text=f"kept: epoch {best_epoch}", showarrow=False,
+                              xanchor="right", xshift=-4, yanchor="bottom",
+                              font={"size": 12}, bgcolor="rgba(255,255,255,0.8)")
+    figure.update_xaxes(title_text="epoch")
+    figure.update_yaxes(rangemode="tozero", row=1, col=1)
+    figure.update_yaxes(range=[0, 1.02], row=1, col=2)
+    figure.update_layout(**_LAYOUT, title=title, height=340,
+                         legend={"orientation": "h", "y": -0.25})
+    return figure
+
+
+# --------------------------------------------------------------------------- thresholds
+
+
+def binary_scores(run: Run, positive: str = "covid",
+                  scope: str = TEST_SPLIT) -> tuple[np.ndarray, np.ndarray]:
+    """(is positive, probability of ``positive``) for the run's test-split images."""
+    frame = scope_predictions(run, scope)
+    column = f"prob_{positive}"
+    if column not in frame:
+        raise ValueError(f"run {run.run_id} has no probability column for {positive!r}")
+    return (frame["label"].to_numpy() == positive), frame[column].to_numpy(dtype=float)
+
+
+def threshold_sweep(positive: np.ndarray, score: np.ndarray) -> pd.DataFrame:
+    """Every distinct threshold (each score, plus +inf = never positive) with its counts.
+
+    An image is called positive when ``score >= threshold``; thresholds ascend.
+    """
+    positive = np.asarray(positive, dtype=bool)
+    score = np.asarray(score, dtype=float)
+    thresholds = np.concatenate([np.unique(score), [np.inf]])
+    positive_scores = np.sort(score[positive])
+    negative_scores = np.sort(score[~positive])
+    tp = len(positive_scores) - np.searchsorted(positive_scores, thresholds, side="left")
+    fp = len(negative_scores) - np.searchsorted(negative_scores, thresholds, side="left")
+    fn = len(positive_scores) - tp
+    tn = len(negative_scores) - fp
+    with np.errstate(divide="ignore", invalid="ignore"):
+        frame = pd.DataFrame({
+            "threshold": thresholds, "tp": tp, "fp": fp, "fn": fn, "tn": tn,
+            "sensitivity": np.where(tp + fn > 0, tp / (tp + fn), np.nan),
+            "specificity": np.where(tn + fp > 0, tn / (tn + fp), np.nan),
+            "ppv": np.where(tp + fp > 0, tp / (tp + fp), np.nan),
+            "npv": np.where(tn + fn > 0, tn / (tn + fn), np.nan),
+        })
+    return frame
+
+
+def _point(sweep: pd.DataFrame, row: int) -> dict:
+    point = sweep.iloc[row].to_dict()
+    for key in ("tp", "fp", "fn", "tn"):
+        point[key] = int(point[key])
+    for key in ("sensitivity", "specificity", "ppv", "npv"):
+        point[key] = None if pd.isna(point[key]) else float(point[key])
+    point["threshold"] = float(point["threshold"])
+    return point
+
+
+def point_at(sweep: pd.DataFrame, threshold: float) -> dict:
+    """The operating point for ``threshold`` (the first sweep row at or above it)."""
+    row = int(np.searchsorted(sweep["threshold"].to_numpy(), threshold, side="left"))
+    point = _point(sweep, min(row, len(sweep) - 1))
+    point["threshold"] = float(threshold)
+    return point
+
+
+def threshold_for_sensitivity(sweep: pd.DataFrame, positive: np.ndarray, score: np.ndarray,
+                              target: float) -> dict | None:
+    """The threshold reaching ``sensitivity >= target`` with the fewest false alarms.
+
+    Thresholds are taken at the positives' scores. Among those reaching the target, the fewest
+    false positives win (the same count as
+    :func:`xrcompare.evaluate.lowest_threshold_for_sensitivity`); on a tie, the one finding
+    the most positives (extra sensitivity that costs no false alarm); then the strictest.
+    """
+    positive = np.asarray(positive, dtype=bool)
+    if not positive.any():
+        return None
+    thresholds = sweep["threshold"].to_numpy()
+    candidates = np.isin(thresholds, np.asarray(score)[positive])
+    sensitivity = sweep["sensitivity"].to_numpy()
+    false_positives = sweep["fp"].to_numpy()
+    reaching = candidates & (sensitivity >= target - 1e-12)
+    if not reaching.any():
+        return _point(sweep, 0)
+    best = reaching & (false_positives == false_positives[reaching].min())
+    best &= sensitivity == sensitivity[best].max()
+    return _point(sweep, int(np.flatnonzero(best)[-1]))
+
+
+def cheapest_point(sweep: pd.DataFrame, miss_cost: float) -> dict:
+    """The threshold minimising ``miss_cost × FN + FP`` (lowest threshold on ties, as
+    :func:`xrcompare.evaluate.cheapest_threshold`)."""
+    if miss_cost < 0:
+        raise ValueError("the cost of a missed case cannot be negative")
+    cost = miss_cost * sweep["fn"].to_numpy() + sweep["fp"].to_numpy()
+    point = _point(sweep, int(np.argmin(cost)))
+    point["cost"] = float(cost.min())
+    return point
+
+
+def threshold_tables(runs: Sequence[Run], positive: str, threshold: float, target: float,
+                     miss_cost: float, labels: dict[str, str] | None = None) -> dict:
+    """The three trade-off tables of the recall page, one row per run.
+
+    ``at_threshold``: counts and rates at the chosen threshold; ``target``: the threshold
+    reaching ``target`` sensitivity with the fewest false positives, and how many;
+    ``cheapest``: the threshold with the lowest total cost when a miss costs ``miss_cost``
+    false alarms. Runs whose test split lacks positives or negatives are listed in ``skipped``.
+    """
+    at, reach, cheap, skipped = [], [], [], []
+    for run in runs:
+        name = _label(run, labels)
+        is_positive, score = binary_scores(run, positive)
+        if is_positive.all() or not is_positive.any():
+            skipped.append(name)
+            continue
+        sweep = threshold_sweep(is_positive, score)
+        point = point_at(sweep, threshold)
+        at.append({"run": name, "threshold": threshold,
+                   "sensitivity": point["sensitivity"], "specificity": point["specificity"],
+                   "ppv": point["ppv"], "npv": point["npv"], "fn": point["fn"],
+                   "fp": point["fp"], "tp": point["tp"], "tn": point["tn"],
+                   "positives": point["tp"] + point["fn"],
+                   "negatives": point["tn"] + point["fp"]})
+        best = threshold_for_sensitivity(sweep, is_positive, score, target)
+        reach.append({"run": name, "threshold": best["threshold"],
+                      "sensitivity": best["sensitivity"], "specificity": best["specificity"],
+                      "fp": best["fp"], "fn": best["fn"], "ppv": best["ppv"],
+                      "negatives": best["tn"] + best["fp"]})
+        cheapest = cheapest_point(sweep, miss_cost)
+        finite = np.isfinite(cheapest["threshold"])
+        cheap.append({"run": name,
+                      "threshold": cheapest["threshold"] if finite else None,
+                      "rule": (f"call {positive} when p ≥ {cheapest['threshold']:.3f}" if finite
+                               else f"never call {positive}"),
+                      "fn": cheapest["fn"], "fp": cheapest["fp"], "cost": cheapest["cost"],
+                      "sensitivity": cheapest["sensitivity"],
+                      "specificity": cheapest["specificity"]})
+    return {"at_threshold": _numeric(pd.DataFrame(at)), "target": _numeric(pd.DataFrame(reach)),
+            "cheapest": _numeric(pd.DataFrame(cheap)), "skipped": skipped}
+
+
+def _numeric(frame: pd.DataFrame) -> pd.DataFrame:
+    """Undefined rates (None) become NaN so tables show a blank, not the word None."""
+    for column in ("threshold", "sensitivity", "specificity", "ppv", "npv", "cost"):
+        if column in frame:
+            frame[column] = pd.to_numeric(frame[column], errors="coerce").astype(float)
+    return frame
+
+
+def curves_for_runs(runs: Sequence[Run], positive: str,
+                    labels: dict[str, str] | None = None) -> dict[str, dict]:
+    """Run label → ROC and precision-recall curves of ``positive`` vs rest on the test split."""
+    curves = {}
+    for run in runs:
+        frame = scope_predictions(run)
+        if frame.empty:
+            continue
+        result = one_vs_rest_curves(frame["label"].tolist(),
+                                    frame[run.probability_columns()].to_numpy(dtype=float),
+                                    positive, run.labels)
+        if result is not None:
+            curves[_label(run, labels)] = result
+    return curves
+
+
+def roc_figure(curves: dict[str, dict], points: pd.DataFrame | None = None,
+               colors: dict[str, str] | None = None, positive: str = "covid") -> go.Figure:
+    """ROC curves (AUC in the legend) with each run's operating point at the chosen threshold."""
+    figure = go.Figure()
+    figure.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="chance",
+                                line={"color": "#aaaaaa", "dash": "dot"}, hoverinfo="skip"))
+    for name, curve in curves.items():
+        color = (colors or {}).get(name)
+        figure.add_trace(go.Scatter(
+            x=curve["fpr"], y=curve["tpr"], mode="lines", line={"color": color, "width": 2},
+            name=f"{name} (AUC {curve['roc_auc']:.3f})", legendgroup=name,
+            customdata=np.clip(curve["roc_thresholds"], 0, 1),
+            hovertemplate="threshold %{customdata:.3f}<br>1 − specificity %{x:.3f}"
+                          "<br>sensitivity %{y:.3f}<extra></extra>"))
+        row = _row(points, name)
+        if row is not None and row["specificity"] is not None:
+            figure.add_trace(go.Scatter(
+                x=[1 - row["specificity"]], y=[row["sensitivity"]], mode="markers",
+                marker={"size": 14, "color": color, "symbol": "circle",
+                        "line": {"color": "black", "width": 2}},
+                name=f"{name} at {row['threshold']:.2f}", legendgroup=name, showlegend=False,
+                hovertemplate=f"threshold {row['threshold']:.2f}<br>sensitivity %{{y:.3f}}"
+                              f"<br>specificity {row['specificity']:.3f}<extra></extra>"))
+    figure.update_layout(**_LAYOUT, title=f"ROC: {positive} vs rest (dot = chosen threshold)",
+                         xaxis_title="1 − specificity (false-positive rate)",
+                         yaxis_title="sensitivity (recall)", height=460,
+                         legend={"orientation": "h", "y": -0.2})
+    figure.update_xaxes(range=[-0.02, 1.02])
+    figure.update_yaxes(range=[-0.02, 1.02])
+    return figure
+
+
+def precision_recall_figure(curves: dict[str, dict], points: pd.DataFrame | None = None,
+                            colors: dict[str, str] | None = None,
+                            positive: str = "covid") -> go.Figure:
+    """Precision-recall curves (AP in the legend) with each run's operating point."""
+    figure = go.Figure()
+    for name, curve in curves.items():
+        color = (colors or {}).get(name)
+        thresholds = np.append(curve["pr_thresholds"], np.nan)
+        figure.add_trace(go.Scatter(
+            x=curve["recall"], y=curve["precision"], mode="lines",
+            line={"color": color, "width": 2, "shape": "hv"},
+            name=f"{name} (AP {curve['average_precision']:.3f})", legendgroup=name,
+            customdata=thresholds,
+            hovertemplate="threshold %{customdata:.3f}<br>recall %{x:.3f}"
+                          "<br>precision %{y:.3f}<extra></extra>"))
+        row = _row(points, name)
+        if row is not None and row["ppv"] is not None:
+            figure.add_trace(go.Scatter(
+                x=[row["sensitivity"]], y=[row["ppv"]], mode="markers",
+                marker={"size": 14, "color": color, "line": {"color": "black", "width": 2}},
+                name=f"{name} at {row['threshold']:.2f}", legendgroup=name, showlegend=False,
+                hovertemplate=f"threshold {row['threshold']:.2f}<br>recall %{{x:.3f}}"
+                              "<br>precision %{y:.3f}<extra></extra>"))
+    figure.update_layout(**_LAYOUT,
+                         title=f"Precision-recall: {positive} vs rest (dot = chosen threshold)",
+                         xaxis_title="recall (sensitivity)", yaxis_title="precision (PPV)",
+                         height=460, legend={"orientation": "h", "y": -0.2})
+    figure.update_xaxes(range=[-0.02, 1.02])
+    figure.update_yaxes(range=[-0.02, 1.02])
+    return figure
+
+
+def cost_figure(runs: Sequence[Run], positive: str, miss_cost: float,
+                labels: dict[str, str] | None = None,
+                colors: dict[str, str] | None = None) -> go.Figure:
+    """Total cost ``miss_cost × FN + FP`` against the threshold, cheapest point marked."""
+    figure = go.Figure()
+    trivial = []  # cost of the better rule of "call every image positive" / "call none"
+    for run in runs:
+        name = _label(run, labels)
+        is_positive, score = binary_scores(run, positive)
+        if is_positive.all() or not is_positive.any():
+            continue
+        sweep = threshold_sweep(is_positive, score)
+        trivial.append(min(int((~is_positive).sum()), miss_cost * int(is_positive.sum())))
+        finite = sweep[np.isfinite(sweep["threshold"])]
+        cost = miss_cost * finite["fn"] + finite["fp"]
+        color = (colors or {}).get(name)
+        figure.add_trace(go.Scatter(
+            x=finite["threshold"], y=cost, mode="lines", line={"color": color, "shape": "hv"},
+            name=name, legendgroup=name, customdata=np.stack([finite["fn"], finite["fp"]], 1),
+            hovertemplate="threshold %{x:.3f}<br>cost %{y:.0f} = "
+                          f"{miss_cost:g}×%{{customdata[0]}} missed + "
+                          "%{customdata[1]} false alarms<extra></extra>"))
+        best = cheapest_point(sweep, miss_cost)
+        if np.isfinite(best["threshold"]):
+            figure.add_trace(go.Scatter(
+                x=[best["threshold"]], y=[best["cost"]], mode="markers", showlegend=False,
+                legendgroup=name, marker={"size": 13, "color": color, "symbol": "star",
+                                          "line": {"color": "black", "width": 1}},
+                hovertemplate=f"cheapest: threshold {best['threshold']:.3f}, cost "
+                              f"{best['cost']:.0f}<extra></extra>"))
+    figure.update_layout(**_LAYOUT, height=380,
+                         title=f"Cost of a threshold: {miss_cost:g} × missed {positive} + "
+                               "false alarms (★ = cheapest)",
+                         xaxis_title=f"threshold on p({positive})", yaxis_title="cost",
+                         legend={"orientation": "h", "y": -0.25})
+    figure.update_xaxes(range=[0, 1])
+    if trivial:  # thresholds costlier than a trivial rule are off the chart
+        figure.update_yaxes(range=[0, 1.15 * max(max(trivial), 1)])
+    return figure
+
+
+def _row(points: pd.DataFrame | None, name: str) -> dict | None:
+    if points is None or points.empty:
+        return None
+    rows = points[points["run"] == name]
+    if rows.empty:
+        return None
+    row = rows.iloc[0].to_dict()
+    return {key: (None if isinstance(value, float) and np.isnan(value) else value)
+            for key, value in row.items()}
+
+
+# --------------------------------------------------------------------------- held-out folders
+
+
+def heldout_shares(runs: Sequence[Run], heldout: str, labels: dict[str, str] | None = None,
+                   reference: bool = True) -> pd.DataFrame:
+    """Long table: for each run and true class of a held-out folder, the share (%) of images
+    predicted as each class, with ``non_covid_pct``; the blog's reported figures added as a
+    reference row when ``reference`` is true."""
+    rows = []
+    for run in runs:
+        metrics = scope_metrics(run, heldout)
+        if not metrics or "heldout_table" not in metrics:
+            continue
+        for true_class, entry in metrics["heldout_table"].items():
+            for predicted, share in entry["predicted_pct"].items():
+                rows.append({"run": _label(run, labels), "true_class": true_class,
+                             "predicted": predicted, "percent": share, "n": entry["n"],
+                             "non_covid_pct": entry.get("non_covid_pct"),
+                             "reference": False})
+    if reference and rows:
+        present = {row["true_class"] for row in rows}
+        for true_class, reported in BLOG_REFERENCE.items():
+            if true_class not in present:
+                continue
+            covid = 100.0 - reported["non_covid_pct"]
+            other = [c for c in CLASSES if c not in ("covid", true_class)][0]
+            shares = {"covid": covid, true_class: reported[true_class],
+                      other: 100.0 - covid - reported[true_class]}
+            for predicted in CLASSES:
+                rows.append({"run": BLOG_REFERENCE_NAME, "true_class": true_class,
+                             "predicted": predicted, "percent": shares[predicted], "n": np.nan,
+                             "non_covid_pct": reported["non_covid_pct"], "reference": True})
+    return pd.DataFrame(rows, columns=["run", "true_class", "predicted", "percent", "n",
+                                       "non_covid_pct", "reference"])
+
+
+def heldout_summary(shares: pd.DataFrame) -> pd.DataFrame:
+    """Wide table: one row per run, per true class the share kept correct and non-COVID."""
+    rows = []
+    for name, group in shares.groupby("run", sort=False):
+        row = {"run": name}
+        for true_class, part in group.groupby("true_class", sort=False):
+            by_predicted = dict(zip(part["predicted"], part["percent"], strict=True))
+            row[f"{true_class}_images"] = part["n"].iloc[0]
+            row[f"{true_class}_called_{true_class}_pct"] = by_predicted.get(true_class)
+            row[f"{true_class}_called_covid_pct"] = by_predicted.get("covid")
+            row[f"{true_class}_non_covid_pct"] = part["non_covid_pct"].iloc[0]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def heldout_figure(shares: pd.DataFrame, heldout: str = "") -> go.Figure:
+    """Stacked horizontal bars: what each run called the NORMAL and the PNEUMONIA images."""
+    true_classes = [c for c in CLASSES if c in set(shares["true_class"])]
+    figure = make_subplots(rows=1, cols=len(true_classes) or 1, shared_yaxes=True,
+                           horizontal_spacing=0.04,
+                           subplot_titles=[f"true {c.upper()} images" for c in true_classes])
+    order = list(dict.fromkeys(shares["run"]))
+    for col, true_class in enumerate(true_classes, start=1):
+        part = shares[shares["true_class"] == true_class]
+        for predicted in CLASSES:
+            cells = part[part["predicted"] == predicted].set_index("run").reindex(order)
+            reference = cells["reference"].fillna(False).astype(bool).to_numpy()
+            figure.add_trace(go.Bar(
+                y=order, x=cells["percent"], orientation="h", name=f"called {predicted}",
+                legendgroup=predicted, showlegend=col == 1,
+                marker={"color": CLASS_COLORS[predicted],
+                        "pattern": {"shape": ["/" if r else "" for r in reference],
+                                    "fgcolor": "white", "solidity": 0.3}},
+                text=[f"{v:.0f}%" if pd.notna(v) and v >= 6 else "" for v in cells["percent"]],
+                textposition="inside", insidetextanchor="middle",
+                hovertemplate="%{y}<br>" + f"called {predicted}: " + "%{x:.1f}%<extra></extra>"),
+                row=1, col=col)
+    figure.update_layout(**_LAYOUT, barmode="stack",
+                         height=140 + 48 * max(1, len(order)),
+                         title=f"What each run called the held-out {heldout} images "
+                               "(hatched = the blog's reported figures)".replace("  ", " "),
+                         legend={"orientation": "h", "y": -0.15, "traceorder": "normal"})
+    figure.update_xaxes(range=[0, 100], ticksuffix="%")
+    figure.update_yaxes(autorange="reversed")
+    return figure
+
+
+def worst_mistakes(run: Run, scope: str, count: int = 8, called: str | None = None) -> pd.DataFrame:
+    """The most confident wrong predictions in a scope (test or a held-out folder).
+
+    ``called`` restricts to images predicted as that class (e.g. children called "covid").
+    Sorted by the probability of the (wrong) predicted class, highest first.
+    """
+    frame = scope_predictions(run, scope).copy()
+    if frame.empty:
+        return frame
+    columns = run.probability_columns()
+    probabilities = frame[columns].to_numpy(dtype=float)
+    frame["predicted"] = [run.labels[j] for j in probabilities.argmax(axis=1)]
+    frame["confidence"] = probabilities.max(axis=1)
+    wrong = frame[frame["predicted"] != frame["label"]]
+    if called:
+        wrong = wrong[wrong["predicted"] == called]
+    return wrong.sort_values("confidence", ascending=False).head(count).reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------- dataset
+
+
+def split_counts(run: Run) -> pd.DataFrame:
+    """Images per split and class (long), from run.json's split summary."""
+    rows = []
+    for split, entry in (run.info.get("split", {}).get("summary") or {}).items():
+        for label, count in (entry.get("class_counts") or {}).items():
+            rows.append({"split": split, "class": label, "images": int(count),
+                         "patients": entry.get("patients")})
+    return pd.DataFrame(rows, columns=["split", "class", "images", "patients"])
+
+
+def split_counts_figure(counts: pd.DataFrame, title: str = "") -> go.Figure:
+    """Stacked bars: images per class, coloured by split."""
+    figure = px.bar(counts, x="class", y="images", color="split", text="images",
+                    category_orders={"class": list(CLASSES),
+                                     "split": ["train", "val", "test"]},
+                    color_discrete_map={"train": "#0072B2", "val": "#E69F00",
+                                        "test": "#009E73"})
+    figure.update_layout(**_LAYOUT, barmode="stack", title=title, height=360,
+                         legend_title_text="split")
+    return figure
+
+
+def class_counts_figure(counts: dict[str, int], title: str = "") -> go.Figure:
+    """Bars of images per class."""
+    frame = pd.DataFrame({"class": list(counts), "images": list(counts.values())})
+    figure = px.bar(frame, x="class", y="images", color="class", text="images",
+                    color_discrete_map=CLASS_COLORS)
+    figure.update_layout(**_LAYOUT, title=title, height=320, showlegend=False)
+    return figure
+
+
+def thumbnail(gray: np.ndarray, size: int = 200) -> np.ndarray:
+    """Shrink an image so its longer side is ``size`` pixels (never enlarged)."""
+    if size < 8:
+        raise ValueError("thumbnail size must be at least 8 pixels")
+    height, width = gray.shape[:2]
+    scale = size / max(height, width)
+    if scale >= 1:
+        return gray
+    return cv2.resize(gray, (max(1, round(width * scale)), max(1, round(height * scale))),
+                      interpolation=cv2.INTER_AREA)
