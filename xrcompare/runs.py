@@ -143,7 +143,9 @@ class Run:
     def title(self) -> str:
         """Short human label used everywhere a run is named."""
         name = self.info.get("display_name") or self.run_id
-        return f"{name} [random-init control]" if self.is_random_control else name
+        if self.is_random_control and "random-init" not in name.lower():
+            return f"{name} [random-init control]"
+        return name
 
     def split_predictions(self, split: str) -> pd.DataFrame:
         return self.predictions[self.predictions["split"] == split]
