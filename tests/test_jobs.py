@@ -231,27 +231,31 @@ def test_process_identity_tells_live_from_dead():
 
 def test_progress_summary_phases_fraction_and_curve():
     plan = {"images": 100, "epochs": 4, "backbones": ["resnet50", "vgg16"]}
-    tag = {"backbones": 2}
-    events = [{"phase": "scan", "what": "data"},
+    tag = {"backbones": 2, "time": 6.0}
+    events = [{"phase": "scan", "what": "data", "time": 5.0},
               {"phase": "load_backbone", "backbone": "resnet50", "backbone_index": 1, **tag}]
     summary = jobs.summarize_progress(events, plan=plan, started=0.0, now=10.0)
     assert summary["phase_text"].startswith("loading the ImageNet base (backbone 1 of 2")
     fractions = []
-    for done in (0, 50, 100):
+    for done, when in ((0, 10.0), (50, 12.0), (100, 14.0)):
         events.append({"phase": "extract", "what": "dataset", "done": done, "total": 100,
-                       "cached": 0, "backbone": "resnet50", "backbone_index": 1, **tag})
+                       "cached": 0, "backbone": "resnet50", "backbone_index": 1, **tag,
+                       "time": when})
         fractions.append(jobs.summarize_progress(events, plan=plan, started=0.0,
                                                  now=20.0)["fraction"])
     assert fractions == sorted(fractions) and fractions[-1] < 0.5
-    for epoch in (1, 2):
+    for epoch, when in ((1, 20.0), (2, 22.0)):
         events.append({"phase": "train", "epoch": epoch, "epochs": 4, "fold": 1, "folds": 1,
                        "metrics": {"loss": 1.0 / epoch, "val_accuracy": 0.5},
-                       "backbone": "resnet50", "backbone_index": 1, **tag})
-    summary = jobs.summarize_progress(events, plan=plan, started=0.0, now=30.0)
+                       "backbone": "resnet50", "backbone_index": 1, **tag, "time": when})
+    summary = jobs.summarize_progress(events, plan=plan, started=0.0, now=22.0)
     assert summary["phase_text"] == "training epoch 2 of 4 (backbone 1 of 2: resnet50)"
     assert fractions[-1] < summary["fraction"] < 0.5
-    assert summary["eta_seconds"] == pytest.approx(30.0 * (1 - summary["fraction"])
-                                                   / summary["fraction"])
+    # measured: 0.04 s per image, 2 s per epoch. Left: 2 epochs (4 s) + evaluate/write (2 s)
+    # + the second backbone: load 3 s + 100 images 4 s + 4 epochs 8 s + 2 s
+    assert summary["eta_seconds"] == pytest.approx(6.0 + 17.0)
+    later = jobs.summarize_progress(events, plan=plan, started=0.0, now=25.0)
+    assert later["eta_seconds"] == pytest.approx(20.0)
     assert [row["loss"] for row in summary["curve"]] == [1.0, 0.5]
     events.append({"phase": "written", "run": "r1", "backbone": "resnet50",
                    "backbone_index": 1, **tag})

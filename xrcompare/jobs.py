@@ -92,7 +92,7 @@ class JobRunning(JobError):
 
     def __init__(self, job: JobStatus):
         self.job = job
-        super().__init__(f"a training job is already running ({job.job_id}, "
+        super().__init__(f"A training job is already running ({job.job_id}, "
                          f"{job.progress.get('phase_text', job.state)}); watch it or cancel it")
 
 
@@ -713,7 +713,7 @@ def summarize_progress(events: list[dict], *, plan: dict | None = None,
     views = int(plan.get("augment_views") or 0)
     # Work units ≈ images through a backbone; an epoch on cached features costs far less.
     unit = {"load": 20.0, "extract": images * (1 + 0.7 * views),
-            "train": max(5.0, 0.02 * images * (1 + views) * int(plan.get("epochs") or 25)),
+            "train": max(5.0, 0.008 * images * (1 + views) * int(plan.get("epochs") or 25)),
             "evaluate": 3.0, "heldout": float(heldout_images), "write": 3.0}
     per_backbone = sum(unit.values())
     backbones = len(plan.get("backbones") or []) or 1
@@ -777,9 +777,7 @@ def summarize_progress(events: list[dict], *, plan: dict | None = None,
             fraction = max(fraction, min(1.0, done_units / (backbones * per_backbone)))
     end = finished if finished else now
     elapsed = max(0.0, end - started) if started is not None else 0.0
-    eta = None
-    if state in STATES_ACTIVE and fraction >= 0.03 and elapsed >= 3:
-        eta = elapsed * (1 - fraction) / fraction
+    eta = time_left(events, plan, now=end) if state in STATES_ACTIVE else None
     if state == "done":
         fraction, text = 1.0, "done"
     elif state in ("failed", "cancelled", "stale"):
@@ -788,6 +786,79 @@ def summarize_progress(events: list[dict], *, plan: dict | None = None,
     return {"phase_text": text, "fraction": fraction, "eta_seconds": eta, "elapsed": elapsed,
             "curve": curve, "backbone": backbone, "backbone_index": index,
             "backbones": backbones, "runs": runs}
+
+
+SECONDS_PER_IMAGE_224 = 0.05  # a CPU guess, replaced by the measured rate once known
+SECONDS_PER_EPOCH_PER_IMAGE = 0.001
+LOAD_SECONDS = 3.0
+
+
+def time_left(events: list[dict], plan: dict, *, now: float) -> float | None:
+    """Seconds left, from rates measured in this job: seconds per computed image (feature
+    extraction) and per epoch; defaults stand in until they are measured. None before the
+    first event. Early stopping can only make it shorter."""
+    timed = [e for e in events if isinstance(e.get("time"), (int, float))]
+    if not timed or timed[-1].get("phase") == "done":
+        return None if not timed else 0.0
+    images = int(plan.get("images") or 0)
+    heldout_images = int(plan.get("heldout_images") or 0)
+    views = int(plan.get("augment_views") or 0)
+    size = int(plan.get("image_size") or 224)
+    per_image = SECONDS_PER_IMAGE_224 * (size / 224) ** 2
+    per_epoch = SECONDS_PER_EPOCH_PER_IMAGE * images * (1 + views)
+    # measured rates
+    passes: dict[tuple, list[dict]] = {}
+    epochs_seen: list[dict] = []
+    for event in timed:
+        key = (event.get("backbone_index"), event.get("what"))
+        if event.get("phase") == "extract":
+            passes.setdefault(key, []).append(event)
+        elif event.get("phase") == "train":
+            epochs_seen.append(event)
+    computed, seconds = 0, 0.0
+    for items in passes.values():
+        computed += items[-1].get("done", 0) - items[0].get("done", 0)
+        seconds += items[-1]["time"] - items[0]["time"]
+    if computed >= 8 and seconds > 0.5:
+        per_image = seconds / computed
+    gaps = [b["time"] - a["time"] for a, b in zip(epochs_seen, epochs_seen[1:], strict=False)
+            if (a.get("backbone_index"), a.get("fold")) == (b.get("backbone_index"),
+                                                              b.get("fold"))]
+    if gaps:
+        recent = sorted(gaps[-9:])
+        per_epoch = recent[len(recent) // 2]
+    epochs = int(plan.get("epochs") or 25)
+    folds = 1
+    extract_all = images * (1 + 0.65 * views) * per_image
+    after_training = 1.0 + heldout_images * per_image + 1.0
+
+    last = timed[-1]
+    phase = last.get("phase")
+    if phase == "train":
+        folds = max(1, int(last.get("folds") or 1))
+        epochs = max(1, int(last.get("epochs") or epochs))
+        remaining_epochs = (epochs - int(last.get("epoch") or 0)
+                            + (folds - int(last.get("fold") or 1)) * epochs)
+        left = remaining_epochs * per_epoch + after_training
+    elif phase == "extract":
+        rest = (last.get("total", 0) - last.get("done", 0)) * per_image
+        if str(last.get("what", "")).startswith("held-out"):
+            left = rest + 1.0
+        else:
+            later_views = (images * 0.65 * views * per_image
+                           if views and last.get("what") == "dataset" else 0.0)
+            left = rest + later_views + epochs * per_epoch + after_training
+    elif phase in ("evaluate", "heldout"):
+        left = after_training if phase == "evaluate" else heldout_images * per_image + 1.0
+    elif phase in ("write", "written"):
+        left = 1.0 if phase == "write" else 0.0
+    else:  # scan or load_backbone
+        left = LOAD_SECONDS + extract_all + epochs * per_epoch + after_training
+    backbones = int(last.get("backbones") or len(plan.get("backbones") or []) or 1)
+    later = backbones - int(last.get("backbone_index") or 1)
+    full = LOAD_SECONDS + extract_all + epochs * folds * per_epoch + after_training
+    left += max(0, later) * full
+    return max(0.0, left - (now - last["time"]))
 
 
 def main(argv: list[str] | None = None) -> int:
