@@ -205,6 +205,7 @@ def sidebar_footer() -> None:
 def show_no_runs(listing: RunListing) -> None:
     """The friendly empty state: what a run is and how to make one."""
     st.title("No trained runs yet")
+    teaching_banner()
     folder = runs_dir()
     if listing.problems:
         st.warning(f"{len(listing.problems)} folder(s) in `{folder}` could not be read: "

@@ -11,8 +11,8 @@ from xrcompare.charts import (
     scope_metrics,
 )
 
-st.title("Confusion matrices")
 runs = common.require_runs()
+st.title("Confusion matrices")
 labels, _ = common.labels_and_colors(runs)
 
 left, middle, right = st.columns([2, 2, 1])
@@ -51,15 +51,15 @@ for start in range(0, len(shown), per_row):
             errors = covid_errors(metrics)
             if errors["fn"] is None:
                 st.markdown(f":orange-badge[**{errors['fp']}** of {errors['negatives']} called "
-                            "covid] no COVID images here, so no misses to count")
+                            "covid]  \n(no COVID images here, so no misses to count)")
             else:
                 missed = ", ".join(f"{count} as {label}" for label, count
-                                   in errors["fn_to"].items() if count) or "none"
+                                   in errors["fn_to"].items() if count)
                 alarms = ", ".join(f"{count} {label}" for label, count
-                                   in errors["fp_from"].items() if count) or "none"
+                                   in errors["fp_from"].items() if count)
                 st.markdown(
-                    f":red-badge[**{errors['fn']}** of {errors['positives']} COVID missed] "
-                    f"{missed}  \n"
+                    f":red-badge[**{errors['fn']}** of {errors['positives']} COVID missed]"
+                    + (f" {missed}" if missed else "") + "  \n"
                     f":orange-badge[**{errors['fp']}** of {errors['negatives']} non-COVID "
-                    f"called covid] {alarms}")
+                    "called covid]" + (f" {alarms}" if alarms else ""))
             st.caption(f"{metrics['n']} images · {metrics.get('scope', scope)}")

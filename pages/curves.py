@@ -5,13 +5,13 @@ import streamlit as st
 from pages import _common as common
 from xrcompare.charts import training_curves_figure
 
+runs = common.require_runs()
 st.title("Training curves")
 st.caption(
     "Each run trains its head for a number of epochs and keeps the epoch with the best "
     "validation loss (dotted line), never looking at the test split. A training curve that "
     "keeps improving while validation stalls or worsens is overfitting: the head is "
     "memorising the training images.")
-runs = common.require_runs()
 labels, _ = common.labels_and_colors(runs)
 
 for run in runs:

@@ -22,6 +22,7 @@ def _short(path: str) -> str:
     return stem if len(stem) <= 24 else stem[:22] + "…"
 
 
+runs = common.require_runs()
 st.title("Dataset: what the models learned from")
 common.teaching_banner()
 
@@ -75,7 +76,6 @@ with st.container(border=True):
     with st.expander("References"):
         st.markdown(REFERENCES)
 
-runs = common.require_runs()
 labels, _ = common.labels_and_colors(runs)
 
 datasets = list(dict.fromkeys((run.info.get("data") or {}).get("name", "?") for run in runs))

@@ -6,6 +6,7 @@ import streamlit as st
 from pages import _common as common
 from xrcompare.charts import (
     BLOG_REFERENCE_NAME,
+    called_as,
     heldout_figure,
     heldout_names,
     heldout_shares,
@@ -14,12 +15,12 @@ from xrcompare.charts import (
 )
 from xrcompare.summary import resolve_folder
 
+runs = common.require_runs()
 st.title("Held-out Kaggle test: images from elsewhere")
 st.markdown(
     "The Kaggle (Kermany) **test** split holds 624 NORMAL and PNEUMONIA X-rays of children that "
     "no run trained on. It has no COVID images, so every *covid* call on it is a false alarm. "
     "It is the closest thing here to asking how a model behaves outside its own dataset.")
-runs = common.require_runs()
 labels, colors = common.labels_and_colors(runs)
 
 names = heldout_names(runs)
@@ -34,18 +35,25 @@ missing = [labels[run.run_id] for run in runs if run not in with_heldout]
 if missing:
     st.caption("Not evaluated on this folder: " + ", ".join(missing))
 
-padded = [labels[run.run_id] for run in with_heldout if run.info.get("resize_mode") == "pad"]
+padded = [run for run in with_heldout if run.info.get("resize_mode") == "pad"]
 if padded:
+    here = []
+    for run in with_heldout:
+        called, total = called_as(run.metrics["heldout"][heldout], "pneumonia")
+        if total:
+            here.append(f"*{labels[run.run_id]}* ({run.info.get('resize_mode')}): "
+                        f"**{called} of {total}**")
     st.warning(
         "**Preprocessing mismatch.** "
-        + ", ".join(f"*{name}*" for name in padded)
+        + ", ".join(f"*{labels[run.run_id]}*" for run in padded)
         + (" was" if len(padded) == 1 else " were")
         + " trained on padded images (aspect ratio kept, black borders), but this Kaggle copy "
         "was already squashed to 224×224 before we got it, so it shows the model stretched, "
-        "border-less chests it never saw in training. Measured on this data: a ResNet50 head "
-        "trained on padded images called 215 of the 390 PNEUMONIA images covid, against 12 "
-        "when trained on squashed images. A mismatch in preprocessing is a domain shift, the "
-        "kind that breaks models in a new hospital.", icon=":material/aspect_ratio:")
+        "border-less chests it never saw in training. A mismatch in preprocessing is a domain "
+        "shift, the kind that breaks models in a new hospital.  \n"
+        "PNEUMONIA images called covid here: " + "; ".join(here) + ". "
+        "(The data README measured 215 of 390 for a padded head against 12 for a squashed "
+        "one.)", icon=":material/aspect_ratio:")
 
 shares = heldout_shares(with_heldout, heldout, labels, reference=True)
 if shares.empty:

@@ -5,9 +5,9 @@ import streamlit as st
 from pages import _common as common
 from xrcompare.summary import LEADERBOARD_COLUMNS, leaderboard
 
+runs = common.require_runs()
 st.title("Overview: which head did best, and how sure are we?")
 common.teaching_banner()
-runs = common.require_runs()
 labels, _ = common.labels_and_colors(runs)
 
 table = leaderboard(runs)

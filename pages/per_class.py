@@ -5,8 +5,8 @@ import streamlit as st
 from pages import _common as common
 from xrcompare.charts import TEST_SPLIT, heldout_names, per_class_figure, per_class_frame
 
-st.title("Per-class scores")
 runs = common.require_runs()
+st.title("Per-class scores")
 labels, colors = common.labels_and_colors(runs)
 
 scopes = [TEST_SPLIT, *heldout_names(runs)]

@@ -11,6 +11,7 @@ from xrcompare.charts import (
     threshold_tables,
 )
 
+runs = common.require_runs()
 st.title("Recall trade-offs: missed cases against false alarms")
 st.markdown(
     "A model gives each image a probability per class. Calling an image *covid* only when "
@@ -18,7 +19,6 @@ st.markdown(
     "(higher sensitivity) but more healthy people get a false alarm (lower specificity). "
     "The 2020 blog argued that a missed COVID case is worse than a false alarm. Here you "
     "can see what that argument costs, run by run.")
-runs = common.require_runs()
 labels, colors = common.labels_and_colors(runs)
 
 classes = list(dict.fromkeys(label for run in runs for label in run.labels))

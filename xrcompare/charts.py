@@ -540,6 +540,16 @@ def heldout_shares(runs: Sequence[Run], heldout: str, labels: dict[str, str] | N
                                        "non_covid_pct", "reference"])
 
 
+def called_as(metrics: dict, true_class: str, predicted: str = "covid") -> tuple[int, int]:
+    """(images of ``true_class`` predicted ``predicted``, images of ``true_class``) from a
+    confusion matrix; (0, 0) when the class is absent."""
+    labels = list(metrics["labels"])
+    if true_class not in labels or predicted not in labels:
+        return 0, 0
+    row = np.asarray(metrics["confusion_matrix"], dtype=int)[labels.index(true_class)]
+    return int(row[labels.index(predicted)]), int(row.sum())
+
+
 def heldout_summary(shares: pd.DataFrame) -> pd.DataFrame:
     """Wide table: one row per run, per true class the share kept correct and non-COVID."""
     rows = []

@@ -13,7 +13,8 @@ Reusable by every e2e test in this folder:
                         collected in ``browser_page.console_errors``.
 ``app``                 an :class:`AppDriver` on ``browser_page`` + ``app_server``:
                         ``app.open("tradeoffs")``, ``app.wait_idle()``, ``app.problems()``,
-                        ``app.screenshot("name")``.
+                        ``app.click_nav("Dataset")``, ``app.screenshot("name")``.
+``app_at``              factory: ``app_at(url)`` gives an AppDriver for another server.
 
 Mark e2e tests with ``@pytest.mark.e2e``. Screenshots go to ``test-artifacts/screenshots/``.
 """
@@ -245,3 +246,10 @@ class AppDriver:
 @pytest.fixture
 def app(browser_page, app_server) -> AppDriver:
     return AppDriver(browser_page, app_server)
+
+
+@pytest.fixture
+def app_at(browser_page):
+    """Factory: ``app_at(base_url)`` → an :class:`AppDriver` for another server (for
+    instance one from ``start_app_server``) on this test's page."""
+    return lambda base_url: AppDriver(browser_page, base_url)

@@ -4,11 +4,14 @@ screenshots saved to test-artifacts/screenshots/."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+REPO = Path(__file__).resolve().parents[2]
+ARTIFACTS = REPO / "test-artifacts"
+SIDEBAR = '[data-testid="stSidebar"]'
 
 #: (url path, title of the menu entry, a text the page must show, screenshot name)
 PAGES = [
@@ -44,6 +47,8 @@ def test_switching_pages_through_the_menu_is_fast(app):
         for _, title, _, _ in PAGES[1:] + PAGES[:1]:
             seconds = app.click_nav(title)
             assert app.problems() == [], f"{title}: {app.problems()}"
+            sidebar = app.page.locator('[data-testid="stSidebar"]')
+            assert sidebar.get_by_text("Runs to compare").is_visible(), title
             if rounds == 1:
                 timings[title] = round(seconds, 3)
     (ARTIFACTS / "page-switch-seconds.json").write_text(json.dumps(timings, indent=2))
@@ -62,3 +67,57 @@ def test_threshold_slider_moves_the_operating_point(app):
     app.wait_idle()
     assert page.get_by_text("At threshold 1.00").first.is_visible()
     assert app.problems() == []
+
+
+@pytest.mark.e2e
+def test_unticking_a_run_in_the_sidebar_hides_it_on_other_pages(app):
+    page = app.open("")
+    sidebar = page.locator(SIDEBAR)
+    boxes = sidebar.locator('[data-testid="stCheckbox"]')
+    total = boxes.count()
+    assert total >= 1
+    boxes.first.click()
+    app.wait_idle()
+    assert sidebar.get_by_text(f"{total - 1} of {total} runs shown").is_visible()
+    app.click_nav("Confusion matrices")
+    if total > 1:
+        assert page.locator('[data-testid="stPlotlyChart"]').count() == total - 1
+    else:
+        assert page.get_by_text("No run is selected").is_visible()
+    assert app.problems() == []
+
+
+def _shipped_run() -> Path:
+    runs = sorted(path for path in (REPO / "trained").iterdir()
+                  if (path / "run.json").is_file() and not list(path.glob("head_fold*")))
+    assert runs, "the shipped runs are expected in trained/"
+    return runs[0]
+
+
+@pytest.mark.e2e
+def test_a_corrupt_run_is_named_on_every_page(tmp_path, start_app_server, app_at):
+    source = _shipped_run()
+    shutil.copytree(source, tmp_path / source.name)
+    shutil.copytree(source, tmp_path / "broken-run")
+    (tmp_path / "broken-run" / "history.csv").unlink()
+    app = app_at(start_app_server({"XRCOMPARE_RUNS_DIR": str(tmp_path)}))
+    for url_path, title, _, _ in PAGES:
+        page = app.open(url_path)
+        warning = page.locator(SIDEBAR).locator('[data-testid="stAlertContentWarning"]')
+        assert "broken-run" in warning.first.inner_text(), title
+        assert "missing history.csv" in warning.first.inner_text()
+        assert app.problems() == [], title
+        if url_path == "":
+            app.screenshot("08-corrupt-run-warning")
+
+
+@pytest.mark.e2e
+def test_an_empty_runs_folder_explains_how_to_train(tmp_path, start_app_server, app_at):
+    app = app_at(start_app_server({"XRCOMPARE_RUNS_DIR": str(tmp_path)}))
+    for url_path, title, _, _ in PAGES:
+        page = app.open(url_path)
+        assert page.get_by_text("No trained runs yet").first.is_visible(), title
+        assert page.get_by_text("python -m xrcompare train").first.is_visible()
+        assert app.problems() == [], title
+    app.open("")
+    app.screenshot("09-no-runs")

@@ -1,0 +1,233 @@
+"""Every dashboard page through Streamlit's AppTest: the shipped runs, one corrupt run, an
+empty runs folder, a single run, and images that are not on this machine."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import REPO
+from streamlit.testing.v1 import AppTest
+
+from xrcompare.evaluate import binary_operating_point
+from xrcompare.runs import RUNS_DIR_VARIABLE, list_runs
+
+APP = REPO / "streamlit_app.py"
+SHIPPED = REPO / "trained"
+TIMEOUT_S = 120
+
+#: (page file, words its title starts with) for every page this suite owns.
+PAGES = [
+    ("pages/overview.py", "Overview"),
+    ("pages/per_class.py", "Per-class scores"),
+    ("pages/confusion.py", "Confusion matrices"),
+    ("pages/curves.py", "Training curves"),
+    ("pages/tradeoffs.py", "Recall trade-offs"),
+    ("pages/heldout.py", "Held-out Kaggle test"),
+    ("pages/dataset.py", "Dataset"),
+]
+
+
+def shipped_runs():
+    runs = list_runs(SHIPPED).runs
+    assert runs, f"the shipped runs are expected in {SHIPPED} (at least one)"
+    return runs
+
+
+def start(monkeypatch, runs_dir: Path) -> AppTest:
+    monkeypatch.setenv(RUNS_DIR_VARIABLE, str(runs_dir))
+    app = AppTest.from_file(str(APP), default_timeout=TIMEOUT_S)
+    app.run()
+    assert_clean(app)
+    return app
+
+
+def assert_clean(app: AppTest) -> None:
+    assert not app.exception, [item.value for item in app.exception]
+    assert not app.error, [item.value for item in app.error]
+
+
+def open_page(app: AppTest, page: str) -> AppTest:
+    app.switch_page(page).run()
+    assert_clean(app)
+    return app
+
+
+def plotly_charts(app: AppTest) -> list:
+    return app.get("plotly_chart")
+
+
+def copy_run(source: Path, runs_dir: Path) -> Path:
+    target = runs_dir / source.name
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("head_fold*"))
+    return target
+
+
+def smallest_run() -> Path:
+    """A shipped run without cross-validation folds (fewest files to copy)."""
+    runs = shipped_runs()
+    plain = [run for run in runs if not run.info["split"].get("folds")] or runs
+    return plain[0].path
+
+
+@pytest.fixture(scope="module")
+def shipped_app():
+    """One app over the shipped runs, shared by the page tests of this module."""
+    patch = pytest.MonkeyPatch()
+    try:
+        app = start(patch, SHIPPED)
+        yield app
+    finally:
+        patch.undo()
+
+
+# --------------------------------------------------------------------------- shipped runs
+
+
+@pytest.mark.parametrize(("page", "title"), PAGES, ids=[title for _, title in PAGES])
+def test_every_page_renders_the_shipped_runs(shipped_app, page, title):
+    app = open_page(shipped_app, page)
+    assert app.title[0].value.startswith(title)
+    runs = shipped_runs()
+    if page == "pages/overview.py":
+        board = app.dataframe[0].value
+        assert len(board) == len(runs)
+        assert set(board["run_id"]) == {run.run_id for run in runs}
+        assert app.get("download_button")
+        assert any("Teaching, not diagnosis" in item.value for item in app.warning)
+    elif page == "pages/per_class.py":
+        assert len(plotly_charts(app)) == 1
+        assert len(app.dataframe[0].value) == 3 * len(runs)
+    elif page in ("pages/confusion.py", "pages/curves.py"):
+        assert len(plotly_charts(app)) == len(runs)
+    elif page == "pages/tradeoffs.py":
+        assert len(app.dataframe) == 3 and len(plotly_charts(app)) == 3
+    elif page == "pages/heldout.py":
+        assert "2020 blog, VGG16, as reported" in set(app.dataframe[0].value["run"])
+        assert app.get("image"), "no thumbnails of the worst mistakes"
+    elif page == "pages/dataset.py":
+        assert app.get("image"), "no thumbnails per class"
+        assert any("Roberts" in item.value for item in app.markdown)
+
+
+def test_threshold_slider_changes_the_shown_sensitivity(shipped_app):
+    app = open_page(shipped_app, "pages/tradeoffs.py")
+    before = app.dataframe[1].value.set_index("run")["sensitivity"]
+    app.slider(key="tradeoff_threshold").set_value(0.999).run()
+    assert_clean(app)
+    after = app.dataframe[1].value.set_index("run")["sensitivity"]
+    assert (after <= before).all() and (after < before).any()
+    # the numbers are the runs' own: recompute each from predictions.csv
+    for run in shipped_runs():
+        frame = run.split_predictions("test")
+        expected = binary_operating_point(frame["label"].to_numpy() == "covid",
+                                          frame["prob_covid"].to_numpy(), 0.999)
+        assert after[run.title] == pytest.approx(expected["sensitivity"])
+    app.slider(key="tradeoff_threshold").set_value(0.5).run()
+
+
+def test_target_sensitivity_table_answers_in_one_move(shipped_app):
+    app = open_page(shipped_app, "pages/tradeoffs.py")
+    table = app.dataframe[0].value
+    assert (table["sensitivity"] >= 0.95).all()
+    assert {"threshold", "fp", "specificity"} <= set(table.columns)
+    app.slider(key="tradeoff_target").set_value(1.0).run()
+    assert_clean(app)
+    strict = app.dataframe[0].value.set_index("run")
+    assert (strict["sensitivity"] == 1.0).all()
+    assert (strict["fp"] >= table.set_index("run")["fp"]).all()
+    app.slider(key="tradeoff_target").set_value(0.95).run()
+
+
+def test_cost_slider_moves_the_cheapest_threshold(shipped_app):
+    app = open_page(shipped_app, "pages/tradeoffs.py")
+    app.slider(key="tradeoff_cost").set_value(1).run()
+    cheap = app.dataframe[2].value.set_index("run")
+    app.slider(key="tradeoff_cost").set_value(100).run()
+    assert_clean(app)
+    dear = app.dataframe[2].value.set_index("run")
+    # a dearer miss never buys more misses
+    assert (dear["fn"] <= cheap["fn"]).all()
+    assert np.allclose(dear["cost"], 100 * dear["fn"] + dear["fp"])
+    app.slider(key="tradeoff_cost").set_value(10).run()
+
+
+def test_an_unticked_run_is_hidden_on_every_page(monkeypatch):
+    # AppTest in Streamlit 1.67 does not re-read the sidebar on reruns under st.navigation
+    # (the browser does: tests/e2e clicks the checkboxes), so the tick is set before the
+    # first run, through the checkbox's session-state key.
+    runs = shipped_runs()
+    hidden = runs[0]
+    monkeypatch.setenv(RUNS_DIR_VARIABLE, str(SHIPPED))
+    app = AppTest.from_file(str(APP), default_timeout=TIMEOUT_S)
+    app.session_state[f"run_pick::{hidden.run_id}"] = False
+    app.run()
+    assert_clean(app)
+    boxes = {box.key: box.value for box in app.sidebar.checkbox}
+    assert boxes[f"run_pick::{hidden.run_id}"] is False and sum(boxes.values()) == len(runs) - 1
+    assert hidden.run_id not in set(app.dataframe[0].value["run_id"])
+    open_page(app, "pages/confusion.py")
+    if len(runs) > 1:
+        assert len(plotly_charts(app)) == len(runs) - 1
+    else:
+        assert any("No run is selected" in item.value for item in app.info)
+
+
+# --------------------------------------------------------------------------- odd folders
+
+
+def test_a_corrupt_run_is_named_and_the_rest_still_show(tmp_path, monkeypatch):
+    source = smallest_run()
+    copy_run(source, tmp_path)
+    broken = tmp_path / "broken-run"
+    shutil.copytree(source, broken)
+    (broken / "metrics.json").write_text("{ this is not json", encoding="utf-8")
+    app = start(monkeypatch, tmp_path)
+    warnings = [item.value for item in app.sidebar.warning]
+    assert any("broken-run" in text and "unreadable JSON" in text for text in warnings), warnings
+    assert list(app.dataframe[0].value["run_id"]) == [source.name]
+    for page, title in PAGES:
+        open_page(app, page)
+        assert app.title[0].value.startswith(title)
+
+
+@pytest.mark.parametrize("kind", ["empty", "missing"])
+def test_no_runs_shows_how_to_train_on_every_page(tmp_path, monkeypatch, kind):
+    runs_dir = tmp_path if kind == "empty" else tmp_path / "not-there"
+    app = start(monkeypatch, runs_dir)
+    for page, _ in PAGES:
+        open_page(app, page)
+        assert app.title[0].value == "No trained runs yet"
+        assert "python -m xrcompare train" in app.code[0].value
+        assert not plotly_charts(app)
+
+
+def test_a_single_run_works_on_every_page(tmp_path, monkeypatch):
+    source = smallest_run()
+    copy_run(source, tmp_path)
+    app = start(monkeypatch, tmp_path)
+    assert len(app.dataframe[0].value) == 1
+    for page, title in PAGES:
+        open_page(app, page)
+        assert app.title[0].value.startswith(title)
+    open_page(app, "pages/tradeoffs.py")
+    app.slider(key="tradeoff_threshold").set_value(0.9).run()
+    assert_clean(app)
+    assert len(app.dataframe[1].value) == 1
+
+
+def test_images_missing_from_this_machine_are_said_not_crashed(tmp_path, monkeypatch):
+    run_dir = copy_run(smallest_run(), tmp_path)
+    info = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+    for record in [info["data"], *info["heldout"]]:
+        record["folder"] = record["folder_absolute"] = str(tmp_path / "gone" / record["name"])
+    info["data"]["manifest"] = str(tmp_path / "gone" / "manifest.csv")
+    (run_dir / "run.json").write_text(json.dumps(info), encoding="utf-8")
+    app = start(monkeypatch, tmp_path)
+    for page in ("pages/heldout.py", "pages/dataset.py"):
+        open_page(app, page)
+        assert any("not on this machine" in item.value for item in app.warning), page
+        assert not app.get("image")
