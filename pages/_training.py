@@ -109,7 +109,7 @@ def _show(status) -> None:
         st.warning(f"Training ended without an outcome: {status.error}")
     if status.state in ("failed", "stale") and status.log_tail:
         with st.expander("Last log lines"):
-            st.code("\n".join(status.log_tail[-15:]), language=None)
+            st.code("\n".join(status.log_tail[-15:]), language=None, wrap_lines=True)
     _curve(status)
 
 
@@ -118,6 +118,7 @@ def _panel(run_every: float | None):
     def panel() -> None:
         status = _current()
         if status is None:
+            st.session_state.setdefault(SEEN_KEY, None)
             st.caption("No training job yet.")
             return
         final_id = None if status.active else status.job_id
