@@ -1,16 +1,17 @@
-"""Tests for xrcompare.explain: every saliency method, the overlay, and model safety."""
+"""Tests for xrcompare.explain on a tiny model: every saliency method, the overlay, model
+safety, the kept clone. The real shipped ResNet50 run is tested in test_predict.py."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
-import time
+import warnings
 
 import cv2
 import numpy as np
 import pytest
-from conftest import DATA, REPO, WEIGHTS
+from conftest import REPO
 
 from xrcompare import explain
 from xrcompare.explain import (
@@ -188,36 +189,66 @@ def test_import_does_not_load_tensorflow():
     assert finished.returncode == 0, finished.stderr
 
 
-# --- the real backbone ------------------------------------------------------------------
+# --- the kept clone and SmoothGrad's progress ------------------------------------------
 
 
-@pytest.mark.slow
-def test_gradcam_on_resnet50_with_a_flat_head():
-    from keras import layers
+def test_the_linear_clone_is_made_once_per_model_and_dropped_with_it():
+    import gc
 
-    from xrcompare.imaging import read_gray, to_model_input
+    model = build_tiny_model()
+    kept = explain.visualizers_for(model)
+    assert explain.visualizers_for(model) is kept
+    assert kept.model is not model
+    assert kept.model.get_layer("head_predictions").activation is keras.activations.linear
+    assert model.get_layer("head_predictions").activation is keras.activations.softmax
+    assert kept.get("saliency") is kept.get("smoothgrad")  # one Saliency object serves both
+    assert kept.get("gradcam") is kept.get("gradcam")
+    count = len(explain._VISUALIZERS)
+    del model, kept
+    gc.collect()
+    assert len(explain._VISUALIZERS) == count - 1
 
-    keras.utils.set_random_seed(11)
-    base = keras.applications.ResNet50(include_top=False, weights=None,
-                                       input_shape=(224, 224, 3))
-    base.load_weights(WEIGHTS / "resnet50_imagenet_notop.weights.h5")
-    base.trainable = False
-    x = layers.GlobalAveragePooling2D(name="head_pool")(base.output)
-    x = layers.Dropout(0.3, name="head_dropout")(x)
-    outputs = layers.Dense(3, activation="softmax", name="head_predictions")(x)
-    model = keras.Model(base.input, outputs)
 
-    path = sorted((DATA / "cxr3" / "pneumonia").glob("*.jpg"))[0]
-    gray = read_gray(path)
-    inputs = keras.applications.resnet50.preprocess_input(to_model_input(gray, 224)[None])
-    before = np.asarray(model.predict_on_batch(inputs))
-    target = int(before.argmax())
-    for method in ("gradcam", "gradcam++"):
-        start = time.perf_counter()
-        saliency = compute_saliency(model, inputs, method, target, "conv5_block3_out")
-        print(f"{method}: {time.perf_counter() - start:.2f} s")
-        assert saliency.shape == (224, 224) and saliency.dtype == np.float32
-        assert np.all(np.isfinite(saliency))
-        assert saliency.max() - saliency.min() > 0.1
-        assert overlay(gray, saliency).shape == (*gray.shape, 3)
-    np.testing.assert_array_equal(np.asarray(model.predict_on_batch(inputs)), before)
+def test_fresh_and_kept_clones_give_the_same_map(tiny_model, tiny_inputs):
+    kept = compute_saliency(tiny_model, tiny_inputs, "gradcam++", 1, "conv_b")
+    fresh = compute_saliency(tiny_model, tiny_inputs, "gradcam++", 1, "conv_b", reuse=False)
+    np.testing.assert_allclose(kept, fresh, atol=1e-6)
+
+
+def test_smoothgrad_reports_progress_and_is_reproducible(tiny_model, tiny_inputs):
+    reports = []
+    first = compute_saliency(tiny_model, tiny_inputs, "smoothgrad", 0, smooth_samples=12,
+                             progress=reports.append)
+    # 12 copies in batches of SMOOTH_CHUNK (5): 5/12, 10/12, 12/12, then the final 1.0.
+    assert reports == pytest.approx([5 / 12, 10 / 12, 1.0, 1.0])
+    again = compute_saliency(tiny_model, tiny_inputs, "smoothgrad", 0, smooth_samples=12)
+    np.testing.assert_array_equal(first, again)  # seed=0 by default
+    other = compute_saliency(tiny_model, tiny_inputs, "smoothgrad", 0, smooth_samples=12,
+                             seed=1)
+    assert np.abs(other - first).max() > 1e-4
+
+
+def test_smoothgrad_matches_tf_keras_vis_own_loop(tiny_model, tiny_inputs):
+    """Batched noisy copies give what tf-keras-vis's one-at-a-time SmoothGrad gives."""
+    from tf_keras_vis.utils.scores import CategoricalScore
+
+    samples = 200  # enough copies that the two noise draws average out
+    ours = compute_saliency(tiny_model, tiny_inputs, "smoothgrad", 2, smooth_samples=samples)
+    visualizer = explain.make_visualizer(tiny_model, "smoothgrad")
+    np.random.seed(0)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"The structure of `inputs` doesn't match")
+        raw = visualizer(CategoricalScore(2), tiny_inputs, smooth_samples=samples,
+                         smooth_noise=0.2)
+    theirs = explain.finish_map(raw, (SIZE, SIZE))
+    assert np.corrcoef(ours.ravel(), theirs.ravel())[0, 1] > 0.95
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"smooth_samples": 0}, "smooth_samples"),
+    ({"smooth_noise": 0.0}, "smooth_noise"),
+    ({"smooth_noise": 1.5}, "smooth_noise"),
+])
+def test_bad_smoothgrad_options_raise_value_error(tiny_model, tiny_inputs, options, message):
+    with pytest.raises(ValueError, match=message):
+        compute_saliency(tiny_model, tiny_inputs, "smoothgrad", 0, **options)

@@ -280,32 +280,41 @@ def probability_table(predictions: Sequence[RunPrediction],
 
 
 def probability_figure(predictions: Sequence[RunPrediction],
-                       titles: dict[str, str] | None = None,
-                       colors: dict[str, str] | None = None):
-    """Grouped horizontal bars: per class, one bar per run (its probability)."""
+                       titles: dict[str, str] | None = None):
+    """One horizontal bar per run, split into its class probabilities (they sum to 1).
+
+    Random-init controls are hatched. Runs without a prediction are left out (the page
+    lists them with their reason).
+    """
     import plotly.graph_objects as go
+
+    from xrcompare.charts import CLASS_COLORS
 
     titles = titles or {}
     usable = [p for p in predictions if p.ok]
     labels = list(dict.fromkeys(label for p in usable for label in p.labels))
+    names = [titles.get(p.run_id, p.title) for p in usable]
+    patterns = ["/" if p.is_random_control else "" for p in usable]
     figure = go.Figure()
-    for prediction in reversed(usable):
-        name = titles.get(prediction.run_id, prediction.title)
-        values = [prediction.probabilities.get(label, 0.0) for label in labels]
-        figure.add_bar(y=labels, x=values, orientation="h", name=name,
-                       marker_color=(colors or {}).get(name),
-                       marker_pattern_shape="/" if prediction.is_random_control else "",
-                       text=[f"{value:.0%}" for value in values], textposition="outside",
-                       cliponaxis=False,
-                       hovertemplate=f"{name}<br>%{{y}}: %{{x:.1%}}<extra></extra>")
+    for label in labels:
+        values = [p.probabilities.get(label, 0.0) for p in usable]
+        figure.add_bar(
+            y=names, x=values, orientation="h", name=label,
+            marker={"color": CLASS_COLORS.get(label), "pattern": {"shape": patterns},
+                    "line": {"color": "white", "width": 1}},
+            text=[f"{value:.0%}" if value >= 0.07 else "" for value in values],
+            textposition="inside", insidetextanchor="middle",
+            textfont={"color": "white"},
+            hovertemplate=f"%{{y}}<br>p({label}) = %{{x:.1%}}<extra></extra>")
     figure.update_layout(
-        template="plotly_white", barmode="group", font={"size": 14},
-        height=max(260, 70 + 34 * len(usable) * max(1, len(labels))),
-        margin={"l": 10, "r": 40, "t": 10, "b": 10},
-        xaxis={"range": [0, 1.08], "tickformat": ".0%", "title": "probability"},
-        yaxis={"autorange": "reversed", "title": ""},
-        legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "x": 0,
-                "traceorder": "reversed"})
+        template="plotly_white", barmode="stack", font={"size": 14},
+        height=110 + 46 * len(usable), bargap=0.25,
+        margin={"l": 10, "r": 10, "t": 40, "b": 10},
+        xaxis={"range": [0, 1], "tickformat": ".0%", "title": "probability",
+               "fixedrange": True},
+        yaxis={"autorange": "reversed", "title": "", "automargin": True, "fixedrange": True},
+        legend={"orientation": "h", "yanchor": "bottom", "y": 1.0, "x": 0,
+                "title": {"text": "class "}})
     return figure
 
 
