@@ -205,7 +205,6 @@ def sidebar_footer() -> None:
 def show_no_runs(listing: RunListing) -> None:
     """The friendly empty state: what a run is and how to make one."""
     st.title("No trained runs yet")
-    teaching_banner()
     folder = runs_dir()
     if listing.problems:
         st.warning(f"{len(listing.problems)} folder(s) in `{folder}` could not be read: "
@@ -219,7 +218,7 @@ ImageNet CNN, with its test-split scores and held-out results. It looks for run 
 **Train one** with the form in the sidebar, or from a terminal in the repository folder
 (about a minute on a laptop CPU):
 """)
-    st.code(TRAIN_COMMAND, language="bash")
+    st.code(TRAIN_COMMAND, language="bash", wrap_lines=True)
     st.markdown("""
 Add `--folds 5` for patient-wise cross-validation, `--resize pad` to keep the aspect ratio, or
 `--weights random` for a random-init control. When the run is written, reload this page.
@@ -241,9 +240,10 @@ def require_runs() -> list[Run]:
 
 
 def teaching_banner() -> None:
+    """The "teaching, not diagnosis" banner."""
     st.warning(
-        "**Teaching, not diagnosis.** These models were trained on a few hundred public chest "
-        "X-rays from sources that differ by age and hospital. They must never be used on "
+        "**Teaching, not diagnosis.** The models compared here learn from a few hundred public "
+        "chest X-rays from sources that differ by age and hospital. They must never be used on "
         "patients; a high score here is a reason for suspicion, not for trust.",
         icon=":material/school:")
 

@@ -50,10 +50,9 @@ if padded:
         + " trained on padded images (aspect ratio kept, black borders), but this Kaggle copy "
         "was already squashed to 224×224 before we got it, so it shows the model stretched, "
         "border-less chests it never saw in training. A mismatch in preprocessing is a domain "
-        "shift, the kind that breaks models in a new hospital.  \n"
-        "PNEUMONIA images called covid here: " + "; ".join(here) + ". "
-        "(The data README measured 215 of 390 for a padded head against 12 for a squashed "
-        "one.)", icon=":material/aspect_ratio:")
+        "shift, the kind that breaks models in a new hospital. PNEUMONIA images called covid "
+        "(the data README measured 215 of 390 for a padded head against 12 for a squashed one):"
+        "\n\n" + "\n".join(f"- {line}" for line in here), icon=":material/aspect_ratio:")
 
 shares = heldout_shares(with_heldout, heldout, labels, reference=True)
 if shares.empty:

@@ -1,5 +1,9 @@
 """Every dashboard page through Streamlit's AppTest: the shipped runs, one corrupt run, an
-empty runs folder, a single run, and images that are not on this machine."""
+empty runs folder, a single run, and images that are not on this machine.
+
+The app starts from streamlit_app.py (router, sidebar run picker); ``switch_page`` then runs
+each page with the session state the router left. The sidebar after a page switch, and real
+clicks, are covered in a browser by tests/e2e/test_pages_e2e.py."""
 
 from __future__ import annotations
 
@@ -156,9 +160,9 @@ def test_cost_slider_moves_the_cheapest_threshold(shipped_app):
 
 
 def test_an_unticked_run_is_hidden_on_every_page(monkeypatch):
-    # AppTest in Streamlit 1.67 does not re-read the sidebar on reruns under st.navigation
-    # (the browser does: tests/e2e clicks the checkboxes), so the tick is set before the
-    # first run, through the checkbox's session-state key.
+    # After its first run, AppTest (Streamlit 1.67) runs only the page file, not the router,
+    # so the sidebar exists in the first run only (the browser keeps it: tests/e2e clicks the
+    # checkboxes). The tick is therefore set before the first run, through the checkbox's key.
     runs = shipped_runs()
     hidden = runs[0]
     monkeypatch.setenv(RUNS_DIR_VARIABLE, str(SHIPPED))
