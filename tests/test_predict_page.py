@@ -1,0 +1,185 @@
+"""The Predict & explain page through Streamlit's AppTest, started from the router
+(streamlit_app.py) on the shipped runs: the sample picker, uploads (JPEG, DICOM, bad files),
+every saliency method, runs that cannot be rebuilt. Real models, real images; the browser
+upload is covered by tests/e2e/test_predict_e2e.py."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+from conftest import REPO
+from streamlit.testing.v1 import AppTest
+from test_uploads import make_dicom
+
+from xrcompare import predictor
+from xrcompare.runs import RUNS_DIR_VARIABLE, list_runs
+
+APP = REPO / "streamlit_app.py"
+PAGE = "pages/predict.py"
+TRAINED = REPO / "trained"
+MAIN_RUN = "resnet50-cxr3"
+TIMEOUT_S = 300
+
+
+def sample(label: str, pool: str = "cxr3") -> predictor.Sample:
+    return next(item for item in predictor.list_samples()
+                if item.label == label and item.source.startswith(pool))
+
+
+def open_page(monkeypatch, runs_dir=TRAINED, selected: list[str] | None = None) -> AppTest:
+    """The app on ``runs_dir`` with ``selected`` runs picked (all when None), on this page."""
+    monkeypatch.setenv(RUNS_DIR_VARIABLE, str(runs_dir))
+    app = AppTest.from_file(str(APP), default_timeout=TIMEOUT_S)
+    app.run()
+    if selected is not None:
+        app.session_state["selected_run_ids"] = selected
+    app.switch_page(PAGE).run()
+    assert_clean(app)
+    return app
+
+
+def assert_clean(app: AppTest) -> None:
+    assert not app.exception, [item.value for item in app.exception]
+    assert not app.error, [item.value for item in app.error]
+
+
+def images(app: AppTest) -> list:
+    return app.get("image")
+
+
+def map_captions(app: AppTest) -> list[str]:
+    return [item.value for item in app.caption if "explains" in item.value]
+
+
+def upload(app: AppTest, name: str, data: bytes) -> AppTest:
+    app.file_uploader(key="predict_upload").upload(name, data).run()
+    return app
+
+
+def test_a_sample_gets_every_shipped_runs_prediction_and_gradcam(monkeypatch):
+    runs = list_runs(TRAINED).runs
+    app = open_page(monkeypatch)
+    assert app.title[0].value.startswith("Predict & explain")
+    headline = app.success[0].value
+    controls = [run for run in runs if run.is_random_control]
+    trained = len(runs) - len(controls)
+    assert headline == f"All {trained} trained models predict **covid**."  # the covid sample
+    if controls:
+        assert any("Random-init controls (not counted)" in item.value for item in app.caption)
+    table = app.dataframe[0].value
+    assert len(table) == len(runs)
+    assert set(table["kind"]) <= {"ImageNet", "random-init control"}
+    assert len(app.get("plotly_chart")) == 1
+    # The X-ray, then one Grad-CAM per run (the default method), each for its own class.
+    assert len(images(app)) == 1 + len(runs)
+    assert len(map_captions(app)) == len(runs)
+    assert [item.value for item in app.markdown if item.value.startswith("####")] == [
+        "#### Grad-CAM"]
+    note = " ".join(item.value for item in app.info)
+    assert "hint, not proof" in note and "Saporta" in note
+    licence = " ".join(item.value for item in app.caption)
+    assert "CC BY 3.0" in licence
+
+
+def test_an_uploaded_jpeg_replaces_the_sample(monkeypatch):
+    app = open_page(monkeypatch, selected=[MAIN_RUN])
+    upload(app, "my x-ray.jpg", sample("normal").path.read_bytes())
+    assert_clean(app)
+    assert app.success[0].value == "The only trained model predicts **normal**."
+    assert any("your upload **my x-ray.jpg**" in item.value for item in app.caption)
+    assert app.selectbox(key="predict_sample").disabled  # the upload wins
+
+
+def test_an_uploaded_dicom_is_windowed_and_predicted(monkeypatch):
+    gray = cv2.imread(str(sample("pneumonia").path), cv2.IMREAD_GRAYSCALE)
+    pixels = (gray.astype(np.uint16) * 16)  # 12-bit values, as a detector would store them
+    data = make_dicom(pixels, window=(2040.0, 4080.0))
+    app = open_page(monkeypatch, selected=[MAIN_RUN])
+    upload(app, "IM0001", data)  # no extension: found by the DICOM magic
+    assert_clean(app)
+    assert app.success[0].value == "The only trained model predicts **pneumonia**."
+    assert any("DICOM" in item.value and "window: file" in item.value for item in app.caption)
+
+
+BAD_FILES = [
+    ("empty.png", b"", "is empty"),
+    ("report.pdf", b"%PDF-1.7\n1 0 obj\n<<>>\nendobj\n", "is a PDF document"),
+    ("notes.txt", b"chest x-ray, left lower lobe", "is a text file"),
+    ("cut.png", None, "appears to be truncated"),
+    ("tiny.png", cv2.imencode(".png", np.full((8, 8), 90, np.uint8))[1].tobytes(),
+     "only 8 × 8 pixels"),
+    ("fake.dcm", b"DICOM? no." * 20, "could not be read as a DICOM file"),
+]
+
+
+@pytest.mark.parametrize(("name", "data", "message"), BAD_FILES,
+                         ids=[item[0] for item in BAD_FILES])
+def test_a_bad_upload_gets_one_readable_error_and_no_prediction(monkeypatch, name, data,
+                                                                 message):
+    if data is None:  # the first half of a real PNG
+        real = cv2.imencode(".png", cv2.imread(str(sample("normal").path)))[1].tobytes()
+        data = real[:len(real) // 2]
+    app = open_page(monkeypatch, selected=[MAIN_RUN])
+    upload(app, name, data)
+    assert not app.exception
+    assert len(app.error) == 1 and message in app.error[0].value
+    assert "Traceback" not in app.error[0].value
+    assert not app.dataframe and not images(app)  # nothing is predicted
+
+
+def test_a_colour_photo_warns_but_is_still_predicted(monkeypatch):
+    photo = np.zeros((200, 300, 3), np.uint8)
+    photo[:, :100] = (0, 0, 255)
+    photo[:, 100:200] = (0, 255, 0)
+    photo[:, 200:] = (255, 0, 0)
+    app = open_page(monkeypatch, selected=[MAIN_RUN])
+    upload(app, "holiday.png", cv2.imencode(".png", photo)[1].tobytes())
+    assert_clean(app)
+    assert any("colour image" in item.value for item in app.warning)
+    assert len(app.dataframe[0].value) == 1
+
+
+def test_every_method_with_raw_maps_and_a_chosen_class(monkeypatch):
+    app = open_page(monkeypatch, selected=[MAIN_RUN])
+    app.multiselect(key="predict_methods").set_value(
+        ["saliency", "smoothgrad", "gradcam", "gradcam++", "scorecam"])
+    app.selectbox(key="predict_target").set_value("pneumonia")
+    app.slider(key="predict_smooth_samples").set_value(5)
+    app.slider(key="predict_score_max_n").set_value(4)
+    app.toggle(key="predict_raw").set_value(True)
+    app.run()
+    assert_clean(app)
+    headers = [item.value for item in app.markdown if item.value.startswith("####")]
+    assert headers == ["#### Vanilla Saliency", "#### SmoothGrad", "#### Grad-CAM",
+                       "#### Grad-CAM++", "#### Faster-ScoreCAM"]
+    captions = map_captions(app)
+    assert len(captions) == 5 and all("explains *pneumonia*" in text for text in captions)
+    assert len(images(app)) == 1 + 2 * 5  # the X-ray, then overlay and raw map per method
+
+
+def test_runs_that_cannot_be_rebuilt_are_listed_with_their_reason(monkeypatch, tmp_path):
+    shutil.copytree(TRAINED / MAIN_RUN, tmp_path / MAIN_RUN,
+                    ignore=shutil.ignore_patterns("head_fold*"))
+    vgg = tmp_path / "vgg16-cxr3"
+    shutil.copytree(TRAINED / MAIN_RUN, vgg)
+    info = json.loads((vgg / "run.json").read_text(encoding="utf-8"))
+    info.update(backbone="vgg16", backbone_display="VGG16", display_name="VGG16 · cxr3",
+                last_conv_layer="block5_conv3")
+    (vgg / "run.json").write_text(json.dumps(info), encoding="utf-8")
+    monkeypatch.setenv(RUNS_DIR_VARIABLE, str(tmp_path))
+    app = AppTest.from_file(str(APP), default_timeout=TIMEOUT_S)
+    app.run()
+    app.switch_page(PAGE).run()
+    assert not app.exception
+    errors = [item.value for item in app.error]
+    assert len(errors) == 1
+    assert errors[0].startswith("**VGG16 · cxr3** gave no prediction. Backbone weights "
+                                "unavailable: no ImageNet weights for VGG16")
+    assert app.success[0].value == "The only trained model predicts **covid**."
+    table = app.dataframe[0].value
+    assert list(table["predicted"]) == ["covid", "–"]  # listed, not dropped
+    assert len(map_captions(app)) == 1  # only the usable run is explained
