@@ -13,8 +13,9 @@ staging folder first and replaces the old one only when it is complete.
 Every backbone other than ResNet50 whose ImageNet weights file is in
 ``XRCOMPARE_WEIGHTS_DIR`` gets the main run's recipe too (``<backbone>-cxr3``).
 
-The main run's recipe (``MAIN_RECIPE``) was chosen on the validation split only; see
-``scripts/tune_main.py`` and the README's results section.
+The main run's recipe (``MAIN_RECIPE``) was chosen on cxr3's validation split only, with
+``python scripts/make_trained.py --tune`` (candidates and their validation figures are written
+to ``trained/tuning.json``; kaggle_test is not loaded and test figures are not read).
 """
 
 from __future__ import annotations
@@ -36,11 +37,13 @@ KAGGLE_TEST = f"{SHARED_DATA}/kaggle_test"
 STAGING_PREFIX = ".tmp-staging-"
 
 #: The main run's recipe (head, augmentation, class weights, input size), chosen on the
-#: validation split of cxr3 by scripts/tune_main.py; never on the test split or kaggle_test.
-MAIN_RECIPE = ["--head", "blog", "--epochs", "25", "--batch-size", "8",
+#: validation split of cxr3 by ``--tune`` (see TUNING_CANDIDATES and trained/tuning.json);
+#: never on the test split or kaggle_test.
+MAIN_RECIPE = ["--head", "gap", "--epochs", "25", "--batch-size", "8",
                "--learning-rate", "1e-3"]
-#: The main run's input size for ResNet50; other backbones use their own default size.
-MAIN_IMAGE_SIZE = ["--image-size", "224"]
+#: The main run's input size for ResNet50 (chosen with the recipe); other backbones use
+#: their own default size.
+MAIN_IMAGE_SIZE = ["--image-size", "288"]
 
 #: The 2020 blog's protocol where it is sound: its head, 25 epochs, batch 8, Adam 1e-3, 224 px.
 BLOG_RECIPE = ["--head", "blog", "--epochs", "25", "--batch-size", "8",
@@ -125,6 +128,77 @@ def other_backbones_with_weights():
             if name != "resnet50" and weights_status(name).source == "file"]
 
 
+# --------------------------------------------------------------------------- tuning
+
+#: Candidate recipes for the main run, compared on cxr3's VALIDATION split only.
+TUNING_CANDIDATES = [
+    {"head": head, "augment_views": views, "balanced": balanced, "image_size": 224}
+    for head in ("blog", "gap") for views in (0, 2, 4) for balanced in (False, True)
+] + [{"head": head, "augment_views": 0, "balanced": False, "image_size": 288}
+     for head in ("blog", "gap")]
+TUNING_FILE = "tuning.json"
+
+
+def candidate_label(candidate: dict) -> str:
+    return (f"head={candidate['head']} views={candidate['augment_views']} "
+            f"balanced={'yes' if candidate['balanced'] else 'no'} size={candidate['image_size']}")
+
+
+def validation_scores(run_folder: Path) -> dict:
+    """Validation-split figures of a finished run (the test split is not read)."""
+    import json
+
+    import pandas as pd
+
+    metrics = json.loads((run_folder / "metrics.json").read_text(encoding="utf-8"))
+    info = json.loads((run_folder / "run.json").read_text(encoding="utf-8"))
+    predictions = pd.read_csv(run_folder / "predictions.csv")
+    val = predictions[predictions["split"] == "val"]
+    is_covid, called_covid = val["label"] == "covid", val["predicted"] == "covid"
+    return {"val_accuracy": metrics["val_best"]["val_accuracy"],
+            "val_loss": metrics["val_best"]["val_loss"],
+            "val_covid_sensitivity": float(called_covid[is_covid].mean()),
+            "val_covid_specificity": float((~called_covid[~is_covid]).mean()),
+            "val_images": len(val), "best_epoch": info["best_epoch"]}
+
+
+def tune(runs_dir: Path) -> list[dict]:
+    """Train every candidate on cxr3 (no held-out folder) and rank them on validation.
+
+    Ranking: highest validation accuracy at the kept epoch, then lowest validation loss.
+    The kept epoch is chosen by validation loss inside each run. Test-split figures are
+    written by the runs but never read here; kaggle_test is not even loaded.
+    """
+    import tempfile
+
+    from xrcompare.experiment import TrainConfig, train_runs
+
+    results = []
+    with tempfile.TemporaryDirectory(prefix="xrcompare-tuning-") as scratch:
+        for number, candidate in enumerate(TUNING_CANDIDATES, start=1):
+            config = TrainConfig(data=Path(CXR3), backbones=["resnet50"], epochs=25,
+                                 batch_size=8, learning_rate=1e-3, runs_dir=Path(scratch),
+                                 name=f"candidate-{number}", **candidate)
+            started = time.perf_counter()
+            folder = train_runs(config)[0]
+            scores = validation_scores(folder)
+            results.append({**candidate, **scores,
+                            "seconds": round(time.perf_counter() - started, 1)})
+            print(f"{candidate_label(candidate)}: val accuracy {scores['val_accuracy']:.3f} "
+                  f"loss {scores['val_loss']:.3f} covid spec "
+                  f"{scores['val_covid_specificity']:.3f} (epoch {scores['best_epoch']})",
+                  flush=True)
+    ranked = sorted(results, key=lambda r: (-round(r["val_accuracy"], 6), r["val_loss"]))
+    payload = {"criterion": "highest validation accuracy at the kept epoch, then lowest "
+                            "validation loss (cxr3 patient-wise validation split, seed 42)",
+               "chosen": ranked[0], "candidates": results}
+    import json
+
+    (runs_dir / TUNING_FILE).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    print(f"chosen: {candidate_label(ranked[0])}")
+    return ranked
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs-dir", type=Path, default=REPO / "trained")
@@ -133,6 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--force", action="store_true",
                         help="retrain runs that already exist (replaced only when complete)")
     parser.add_argument("--list", action="store_true", help="print the plan and exit")
+    parser.add_argument("--tune", action="store_true",
+                        help="compare the main run's candidate recipes on the validation split "
+                             "and write trained/tuning.json (trains nothing into trained/)")
     return parser
 
 
@@ -151,6 +228,10 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         plans = [plan for plan in plans if plan.name in args.only]
     runs_dir = args.runs_dir.resolve()
+    if args.tune:
+        runs_dir.mkdir(parents=True, exist_ok=True)
+        tune(runs_dir)
+        return 0
     if args.list:
         for plan in plans:
             print(" ".join(plan.command(runs_dir)))
