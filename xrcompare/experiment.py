@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import platform
+import shlex
 import sys
 import time
 from collections.abc import Callable
@@ -346,6 +347,16 @@ def _train_one(config: TrainConfig, backbone_name: str, dataset: Dataset,
     return folder
 
 
+def _command_line() -> str | None:
+    """How this run was started, without machine-specific paths when it was the CLI."""
+    if not sys.argv or not sys.argv[0]:
+        return None
+    program = Path(sys.argv[0])
+    if program.name == "__main__.py" and program.parent.name == "xrcompare":
+        return shlex.join(["python", "-m", "xrcompare", *sys.argv[1:]])
+    return shlex.join([program.name, *sys.argv[1:]])
+
+
 def _best_val(fit: dict) -> dict:
     history, epoch = fit["history"], fit["best_epoch"]
     return {key: values[epoch - 1] for key, values in history.items()
@@ -394,7 +405,7 @@ def _run_info(config, backbone, size, feature_shape, dataset, fold_splits, first
                         + (" · random-init control" if config.weights == "random" else ""),
         "description": config.description or "", "order": config.order,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "command": " ".join(sys.argv) if sys.argv and sys.argv[0] else None,
+        "command": _command_line(),
         "classes": list(CLASSES),
         "backbone": backbone.name, "backbone_display": backbone.display_name,
         "weights": config.weights,
