@@ -4,6 +4,7 @@ ResNet50 weights and real subprocesses."""
 from __future__ import annotations
 
 import csv
+import json
 import os
 import shutil
 import signal
@@ -118,6 +119,13 @@ def test_tiny_job_reaches_done_and_its_run_is_listed(folders):
     assert listing.runs[0].info["image_size"] == SIZE
     assert tmp_folders(folders["runs_dir"]) == []
     assert not (folders["jobs_dir"] / "lock").exists()
+    # a job's run ("order": null) lists beside shipped runs that have an order
+    assert listing.runs[0].info["order"] is None
+    shipped = folders["runs_dir"] / "shipped"
+    shutil.copytree(listing.runs[0].path, shipped)
+    info = json.loads((shipped / "run.json").read_text())
+    (shipped / "run.json").write_text(json.dumps({**info, "order": 1}))
+    assert [run.run_id for run in list_runs(folders["runs_dir"]).runs][0] == "shipped"
     # after an "app restart" the outcome is read back from disk
     assert jobs.current_job(folders["jobs_dir"]).state == "done"
     assert "training" in seen_phases or "done" in seen_phases

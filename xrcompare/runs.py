@@ -208,7 +208,9 @@ def list_runs(runs_dir: str | Path | None = None) -> RunListing:
             runs.append(load_run(folder))
         except RunError as error:
             problems.append((folder.name, str(error)))
-    runs.sort(key=lambda run: (run.info.get("order", 1000), run.run_id))
+    # "order": null (runs trained without --order) sorts after the ordered ones
+    runs.sort(key=lambda run: (run.info.get("order") if isinstance(run.info.get("order"), int)
+                               else 1000, run.run_id))
     return RunListing(runs, problems)
 
 
