@@ -287,6 +287,11 @@ def thumbnail_grid(items: list[tuple[Path, str]], columns: int = 6, size: int = 
     return shown
 
 
+def table_height(rows: int, most: int = 20) -> int:
+    """Pixels for a dataframe showing ``rows`` rows without scrolling (up to ``most``)."""
+    return 35 * (min(rows, most) + 1) + 3
+
+
 def percent(value) -> str:
     return "–" if value is None else f"{value:.0%}"
 

@@ -62,7 +62,7 @@ st.caption("One row per run, scored on its own patient-wise test split (pooled o
            "predictions for cross-validation runs). Click a column header to sort; hover it "
            "for what it means.")
 st.dataframe(table, column_config=column_config, column_order=order, hide_index=True,
-             placeholder="–", key="leaderboard")
+             placeholder="–", key="leaderboard", height=common.table_height(len(table)))
 st.download_button("Download as CSV",
                    table[order].to_csv(index=False).encode("utf-8"),
                    file_name="xrcompare-leaderboard.csv", mime="text/csv",

@@ -52,6 +52,7 @@ shown = shown[["run", "class", "support", "precision", "precision 95% CI", "reca
                "recall 95% CI", "f1", "f1 95% CI"]]
 st.dataframe(
     shown, hide_index=True, placeholder="–", key="per_class_table",
+    height=common.table_height(len(shown)),
     column_config={
         "support": st.column_config.NumberColumn(
             "support", help="Images of this true class in the scored set."),

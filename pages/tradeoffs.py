@@ -103,13 +103,15 @@ with section_threshold:
                  column_order=["run", "sensitivity", "specificity", "ppv", "npv", "fn", "fp",
                                "positives", "negatives"])
     curves = curves_for_runs(runs, positive, labels)
+    zoom = st.toggle("Zoom in on the corner where good models differ", key="tradeoff_zoom",
+                     persist_state="session")
     left, right = st.columns(2)
     with left:
-        common.plot(roc_figure(curves, tables["at_threshold"], colors, positive),
+        common.plot(roc_figure(curves, tables["at_threshold"], colors, positive, zoom=zoom),
                     key="tradeoff_roc")
     with right:
-        common.plot(precision_recall_figure(curves, tables["at_threshold"], colors, positive),
-                    key="tradeoff_pr")
+        common.plot(precision_recall_figure(curves, tables["at_threshold"], colors, positive,
+                                            zoom=zoom), key="tradeoff_pr")
 
 with section_cost:
     st.markdown(f"**One missed {positive} case costs as much as {miss_cost} false alarms: "

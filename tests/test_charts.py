@@ -209,6 +209,8 @@ def test_curves_and_operating_points_on_roc_and_pr():
     assert marker.y[0] == pytest.approx(points["sensitivity"].iloc[0])
     pr = charts.precision_recall_figure(curves, points)
     assert any(trace.name.startswith("toy (AP ") for trace in pr.data)
+    assert tuple(charts.roc_figure(curves, points, zoom=True).layout.xaxis.range) == (-0.005, 0.3)
+    assert charts.precision_recall_figure(curves, points, zoom=True).layout.yaxis.range[0] == 0.7
     cost = charts.cost_figure([run], "covid", 5)
     assert cost.layout.yaxis.range[1] > 0
 

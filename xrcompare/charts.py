@@ -389,8 +389,10 @@ def curves_for_runs(runs: Sequence[Run], positive: str,
 
 
 def roc_figure(curves: dict[str, dict], points: pd.DataFrame | None = None,
-               colors: dict[str, str] | None = None, positive: str = "covid") -> go.Figure:
-    """ROC curves (AUC in the legend) with each run's operating point at the chosen threshold."""
+               colors: dict[str, str] | None = None, positive: str = "covid",
+               zoom: bool = False) -> go.Figure:
+    """ROC curves (AUC in the legend) with each run's operating point at the chosen threshold;
+    ``zoom`` shows only the top-left corner, where good models differ."""
     figure = go.Figure()
     figure.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="chance",
                                 line={"color": "#aaaaaa", "dash": "dot"}, hoverinfo="skip"))
@@ -415,15 +417,16 @@ def roc_figure(curves: dict[str, dict], points: pd.DataFrame | None = None,
                          xaxis_title="1 − specificity (false-positive rate)",
                          yaxis_title="sensitivity (recall)", height=460,
                          legend={"orientation": "h", "y": -0.2})
-    figure.update_xaxes(range=[-0.02, 1.02])
-    figure.update_yaxes(range=[-0.02, 1.02])
+    figure.update_xaxes(range=[-0.005, 0.3] if zoom else [-0.02, 1.02])
+    figure.update_yaxes(range=[0.7, 1.005] if zoom else [-0.02, 1.02])
     return figure
 
 
 def precision_recall_figure(curves: dict[str, dict], points: pd.DataFrame | None = None,
                             colors: dict[str, str] | None = None,
-                            positive: str = "covid") -> go.Figure:
-    """Precision-recall curves (AP in the legend) with each run's operating point."""
+                            positive: str = "covid", zoom: bool = False) -> go.Figure:
+    """Precision-recall curves (AP in the legend) with each run's operating point; ``zoom``
+    shows only the top-right corner."""
     figure = go.Figure()
     for name, curve in curves.items():
         color = (colors or {}).get(name)
@@ -447,8 +450,8 @@ def precision_recall_figure(curves: dict[str, dict], points: pd.DataFrame | None
                          title=f"Precision-recall: {positive} vs rest (dot = chosen threshold)",
                          xaxis_title="recall (sensitivity)", yaxis_title="precision (PPV)",
                          height=460, legend={"orientation": "h", "y": -0.2})
-    figure.update_xaxes(range=[-0.02, 1.02])
-    figure.update_yaxes(range=[-0.02, 1.02])
+    figure.update_xaxes(range=[0.7, 1.005] if zoom else [-0.02, 1.02])
+    figure.update_yaxes(range=[0.7, 1.005] if zoom else [-0.02, 1.02])
     return figure
 
 
@@ -457,7 +460,7 @@ def cost_figure(runs: Sequence[Run], positive: str, miss_cost: float,
                 colors: dict[str, str] | None = None) -> go.Figure:
     """Total cost ``miss_cost × FN + FP`` against the threshold, cheapest point marked."""
     figure = go.Figure()
-    trivial = []  # cost of the better rule of "call every image positive" / "call none"
+    trivial, cheapest = [], []  # the better trivial rule (call all / none), the best threshold
     for run in runs:
         name = _label(run, labels)
         is_positive, score = binary_scores(run, positive)
@@ -475,6 +478,7 @@ def cost_figure(runs: Sequence[Run], positive: str, miss_cost: float,
                           f"{miss_cost:g}×%{{customdata[0]}} missed + "
                           "%{customdata[1]} false alarms<extra></extra>"))
         best = cheapest_point(sweep, miss_cost)
+        cheapest.append(best["cost"])
         if np.isfinite(best["threshold"]):
             figure.add_trace(go.Scatter(
                 x=[best["threshold"]], y=[best["cost"]], mode="markers", showlegend=False,
@@ -488,8 +492,9 @@ def cost_figure(runs: Sequence[Run], positive: str, miss_cost: float,
                          xaxis_title=f"threshold on p({positive})", yaxis_title="cost",
                          legend={"orientation": "h", "y": -0.25})
     figure.update_xaxes(range=[0, 1])
-    if trivial:  # thresholds costlier than a trivial rule are off the chart
-        figure.update_yaxes(range=[0, 1.15 * max(max(trivial), 1)])
+    if trivial:  # show the region around the cheapest thresholds; far costlier ones go off top
+        top = max(4 * max(cheapest), 0.15 * max(trivial), 10)
+        figure.update_yaxes(range=[0, min(top, 1.1 * max(trivial))])
     return figure
 
 

@@ -177,12 +177,12 @@ class AppDriver:
         return self.page
 
     def wait_idle(self, quiet_ms: int = 600, timeout_ms: int = PAGE_TIMEOUT_MS) -> None:
-        """Wait until the script is not running for ``quiet_ms`` and plotly charts are drawn."""
+        """Wait until the script has not been running for ``quiet_ms``, no element is still
+        loading, and plotly charts are drawn."""
         deadline = time.monotonic() + timeout_ms / 1000
         quiet_since = None
         while time.monotonic() < deadline:
-            running = (self.page.locator(RUNNING_SELECTOR).count() > 0
-                       or self.page.locator(LOADING_SELECTOR).count() > 0)
+            running = self.is_running() or self.page.locator(LOADING_SELECTOR).count() > 0
             if running:
                 quiet_since = None
             elif quiet_since is None:
@@ -196,6 +196,13 @@ class AppDriver:
         for index in range(charts.count()):
             charts.nth(index).locator(".main-svg").first.wait_for(state="attached")
 
+    def is_running(self) -> bool:
+        """Whether the script runs now (the app's ``data-test-script-state``)."""
+        state = self.page.locator('[data-testid="stApp"]').first.get_attribute(
+            "data-test-script-state")
+        return state in (None, "initial", "running", "rerunRequested") or \
+            self.page.locator(RUNNING_SELECTOR).count() > 0
+
     def click_nav(self, title: str, heading: str | None = None) -> float:
         """Switch page with the sidebar menu, as a user would; return the seconds until the
         new page's heading (``heading``, default ``title``) and its charts are drawn."""
@@ -203,7 +210,7 @@ class AppDriver:
         self.page.locator('[data-testid="stSidebarNav"] a', has_text=title).first.click()
         self.page.locator('[data-testid="stMain"] h1', has_text=heading or title).first.wait_for()
         deadline = time.monotonic() + PAGE_TIMEOUT_MS / 1000
-        while self.page.locator(RUNNING_SELECTOR).count() and time.monotonic() < deadline:
+        while self.is_running() and time.monotonic() < deadline:
             self.page.wait_for_timeout(25)
         charts = self.page.locator('[data-testid="stPlotlyChart"]')
         for index in range(charts.count()):

@@ -23,7 +23,10 @@ PAGES = [
      "05-recall-tradeoffs"),
     ("heldout", "Held-out Kaggle test", "Worst mistakes", "06-heldout-kaggle"),
     ("dataset", "Dataset", "The traps of this data", "07-dataset"),
+    ("predict", "Predict & explain", "Predict & explain", "08-predict-explain"),
 ]
+#: Pages that always draw at least one chart (the Predict page waits for an image).
+CHARTED = {"per_class", "confusion", "curves", "tradeoffs", "heldout", "dataset"}
 
 
 @pytest.mark.e2e
@@ -34,9 +37,8 @@ def test_page_renders_without_errors(app, url_path, title, expected, shot):
     app.screenshot(shot)
     assert app.problems() == []
     assert page.get_by_text(expected).first.is_visible()
-    charts = page.locator('[data-testid="stPlotlyChart"]').count()
-    if url_path not in ("",):
-        assert charts >= 1, f"{title}: no chart drawn"
+    if url_path in CHARTED:
+        assert page.locator('[data-testid="stPlotlyChart"]').count() >= 1, f"{title}: no chart"
 
 
 @pytest.mark.e2e
@@ -52,7 +54,9 @@ def test_switching_pages_through_the_menu_is_fast(app):
             if rounds == 1:
                 timings[title] = round(seconds, 3)
     (ARTIFACTS / "page-switch-seconds.json").write_text(json.dumps(timings, indent=2))
-    slowest = max(timings.values())
+    # The Predict page runs every selected model on an image when it opens: timed, not bounded.
+    ours = {title: seconds for title, seconds in timings.items() if title != "Predict & explain"}
+    slowest = max(ours.values())
     assert slowest < 5, f"switching pages took up to {slowest:.1f} s: {timings}"
 
 
@@ -108,7 +112,7 @@ def test_a_corrupt_run_is_named_on_every_page(tmp_path, start_app_server, app_at
         assert "missing history.csv" in warning.first.inner_text()
         assert app.problems() == [], title
         if url_path == "":
-            app.screenshot("08-corrupt-run-warning")
+            app.screenshot("09-corrupt-run-warning")
 
 
 @pytest.mark.e2e
@@ -120,4 +124,4 @@ def test_an_empty_runs_folder_explains_how_to_train(tmp_path, start_app_server, 
         assert page.get_by_text("python -m xrcompare train").first.is_visible()
         assert app.problems() == [], title
     app.open("")
-    app.screenshot("09-no-runs")
+    app.screenshot("10-no-runs")
