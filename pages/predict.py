@@ -105,6 +105,8 @@ def choose_image() -> tuple[UploadedImage | None, str]:
         return decode(data, name), source
     except ImageError as error:
         st.error(str(error), icon=":material/block:")
+        if uploaded is not None:
+            st.caption("Remove the file (×) to go back to the sample X-rays, or drop another.")
         return None, ""
 
 
@@ -224,6 +226,7 @@ def saliency_controls(classes: list[str]) -> dict:
                               key="predict_score_max_n", persist_state="session",
                               help="ScoreCAM masks the image with the N feature maps that "
                                    "vary most; more maps: slower, maybe clearer.")
+    methods = [name for name in METHODS if name in methods]  # always in the same order
     return {"methods": methods, "target": target, "alpha": alpha, "colormap": colormap,
             "raw": raw, "options": {"smooth_samples": samples, "smooth_noise": noise,
                                     "score_max_n": max_n}}

@@ -252,3 +252,13 @@ def test_smoothgrad_matches_tf_keras_vis_own_loop(tiny_model, tiny_inputs):
 def test_bad_smoothgrad_options_raise_value_error(tiny_model, tiny_inputs, options, message):
     with pytest.raises(ValueError, match=message):
         compute_saliency(tiny_model, tiny_inputs, "smoothgrad", 0, **options)
+
+
+def test_gradient_maps_are_capped_so_one_hot_pixel_does_not_darken_the_rest():
+    values = np.random.default_rng(5).random((1, 40, 40)).astype(np.float32)
+    values[0, 3, 3] = 1000.0
+    capped = explain.cap_outliers(values)
+    assert capped.max() < 1.0 and capped.shape == values.shape
+    scaled = explain.finish_map(capped, (40, 40))
+    assert scaled.mean() > 0.3  # without the cap it would be about 0.0005
+    assert explain.finish_map(values, (40, 40)).mean() < 0.01

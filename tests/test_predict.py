@@ -4,8 +4,12 @@ weights, real images, every saliency method; plus the pure summaries and caches.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 
+import cv2
 import numpy as np
 import pandas as pd
 import pytest
@@ -278,3 +282,39 @@ def test_image_digest_depends_on_pixels_and_shape():
     changed = image.copy()
     changed[0, 0] = 1
     assert predictor.image_digest(image) != predictor.image_digest(changed)
+
+
+# --------------------------------------------------------------------------- the CLI
+
+
+def run_cli(*arguments: str):
+    return subprocess.run([sys.executable, "-m", "xrcompare", "explain", *arguments],
+                          cwd=REPO, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+
+
+def test_cli_explain_writes_an_overlay_at_the_images_size(tmp_path, samples):
+    sample = next(sample for sample in samples if sample.label == "normal")
+    out = tmp_path / "maps" / "gradcam.png"
+    result = run_cli(str(TRAINED / MAIN_RUN), str(sample.path), "--method", "gradcam++",
+                     "--target", "pneumonia", "--out", str(out))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "gradcam++ for class pneumonia" in result.stdout
+    picture = cv2.imread(str(out), cv2.IMREAD_COLOR)
+    assert picture.shape == (*gray_of(sample).shape, 3)
+    chroma = picture.max(axis=2).astype(int) - picture.min(axis=2).astype(int)
+    assert chroma.mean() > 30  # a heat map over the gray X-ray
+
+
+def test_cli_explain_refuses_bad_input_in_one_line(tmp_path, samples):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not an image", encoding="utf-8")
+    result = run_cli(str(TRAINED / MAIN_RUN), str(notes), "--out", str(tmp_path / "x.png"))
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: notes.txt is a text file, not an image we can read; please upload a PNG, "
+        "JPEG or DICOM image.")
+    result = run_cli(str(TRAINED / MAIN_RUN), str(samples[0].path), "--method", "lime",
+                     "--out", str(tmp_path / "x.png"))
+    assert result.returncode != 0 and "unknown method 'lime'" in result.stderr
+    assert not (tmp_path / "x.png").exists()

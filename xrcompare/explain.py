@@ -58,6 +58,10 @@ METHODS = {
 #: Methods that work on the feature maps of a convolutional layer (``penultimate_layer``).
 CAM_METHODS = ("gradcam", "gradcam++", "scorecam")
 
+#: Gradient maps are capped at this percentile before scaling to 0..1, as Smilkov et al.
+#: (2017) do for display: otherwise a few extreme pixels leave the rest of the map dark.
+GRADIENT_PERCENTILE = 99.0
+
 #: Noisy copies per gradient pass in SmoothGrad (a fixed batch shape stays fast on CPU).
 SMOOTH_CHUNK = 5
 
@@ -125,9 +129,18 @@ def compute_saliency(model, inputs, method: str, class_index: int,
         else:
             raw = visualizer(score, batch, penultimate_layer=penultimate_layer,
                              seek_penultimate_conv_layer=False)
+    if method in ("saliency", "smoothgrad"):
+        raw = cap_outliers(raw, GRADIENT_PERCENTILE)
     if progress is not None:
         progress(1.0)
     return finish_map(raw, batch.shape[1:3])
+
+
+def cap_outliers(values, percentile: float = GRADIENT_PERCENTILE) -> np.ndarray:
+    """``values`` with everything above the given percentile set to that percentile."""
+    array = np.nan_to_num(np.asarray(values[0] if isinstance(values, list) else values,
+                                     dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    return np.minimum(array, np.float32(np.percentile(array, percentile)))
 
 
 def smooth_gradients(visualizer, score, batch: np.ndarray, samples: int, noise: float,

@@ -314,7 +314,7 @@ def probability_figure(predictions: Sequence[RunPrediction],
                "fixedrange": True},
         yaxis={"autorange": "reversed", "title": "", "automargin": True, "fixedrange": True},
         legend={"orientation": "h", "yanchor": "bottom", "y": 1.0, "x": 0,
-                "title": {"text": "class "}})
+                "title": {"text": "class "}, "traceorder": "normal"})
     return figure
 
 
