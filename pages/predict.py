@@ -26,8 +26,8 @@ METHOD_HELP = {
     "saliency": "The gradient of the class score with respect to each pixel: fast, noisy.",
     "smoothgrad": "Vanilla saliency averaged over noisy copies of the image: smoother, slow "
                   "(about 0.3 s per copy on a 2-core CPU).",
-    "gradcam": "Weights the last convolutional feature maps (7×7 for ResNet50) by their "
-               "gradients: coarse blobs, fast.",
+    "gradcam": "Weights the last convolutional feature maps (a 7 × 7 grid for ResNet50 at "
+               "224 px) by their gradients: coarse blobs, fast.",
     "gradcam++": "Grad-CAM with higher-order weights, meant to cover several regions.",
     "scorecam": "Masks the image with the N most active feature maps and watches the score: "
                 "no gradients, slower.",
@@ -341,9 +341,13 @@ else:
     runs_by_id = {run.run_id: run for run in runs}
     show_maps(runs_by_id, predictions, image, settings, labels)
     if any(method in CAM_METHODS for method in settings["methods"]):
-        st.caption("CAM maps come from the last convolutional block (7 × 7 cells for "
-                   "ResNet50 at 224 px), so they are blurry by construction. Maps of "
-                   "padded runs are cropped to the image; squashed runs are stretched back.")
+        grids = sorted({(run.info["image_size"], *run.info["feature_shape"][:2])
+                        for run in runs if run.info.get("feature_shape")})
+        grid_text = ", ".join(f"{rows} × {columns} cells at {size} px"
+                              for size, rows, columns in grids)
+        st.caption(f"CAM maps come from the last convolutional block ({grid_text}), so they "
+                   "are blurry by construction. Maps of padded runs are cropped back to the "
+                   "image; those of squashed runs are stretched back.")
 st.info(
     "**A saliency map is a hint, not proof.** It shows where the score is sensitive, not "
     "what the model understood, and different methods disagree on the same image. Saporta "

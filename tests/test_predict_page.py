@@ -64,10 +64,12 @@ def test_a_sample_gets_every_shipped_runs_prediction_and_gradcam(monkeypatch):
     runs = list_runs(TRAINED).runs
     app = open_page(monkeypatch)
     assert app.title[0].value.startswith("Predict & explain")
-    headline = app.success[0].value
     controls = [run for run in runs if run.is_random_control]
     trained = len(runs) - len(controls)
-    assert headline == f"All {trained} trained models predict **covid**."  # the covid sample
+    if app.success:  # the covid sample: normally every trained run agrees
+        assert app.success[0].value == f"All {trained} trained models predict **covid**."
+    else:  # a retrained run may differ; the summary must then say who said what
+        assert app.warning[1].value.startswith("The models disagree: ")
     if controls:
         assert any("Random-init controls (not counted)" in item.value for item in app.caption)
     table = app.dataframe[0].value
