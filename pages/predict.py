@@ -20,6 +20,8 @@ from xrcompare.uploads import UploadedImage, load_upload
 
 LOG = logging.getLogger("xrcompare.app")
 
+#: At most this many maps side by side (more runs wrap into evenly filled rows).
+MAPS_PER_ROW = 6
 #: What the target-class picker offers first: each run explains its own predicted class.
 PREDICTED = "each model's predicted class"
 METHOD_HELP = {
@@ -268,7 +270,8 @@ def show_maps(runs_by_id: dict[str, Run], predictions, image: UploadedImage,
                 jobs.append((method, runs_by_id[prediction.run_id], target))
     results = compute_maps(jobs, image, predictor.image_digest(image.gray),
                            settings["options"])
-    per_row = min(len(usable), 5)
+    rows = -(-len(usable) // MAPS_PER_ROW)  # ceil: as few rows as possible, evenly filled
+    per_row = max(1, -(-len(usable) // max(rows, 1)))
     for method in settings["methods"]:
         st.markdown(f"#### {METHODS[method]}")
         st.caption(METHOD_HELP[method])
@@ -321,7 +324,7 @@ image, source = choose_image()
 if image is None:
     st.stop()
 
-picture_column, result_column = st.columns([2, 3], gap="large")
+picture_column, result_column = st.columns([1, 2], gap="large")
 with picture_column:
     show_image(image, source)
 with result_column:

@@ -302,8 +302,8 @@ def probability_figure(predictions: Sequence[RunPrediction],
             y=names, x=values, orientation="h", name=label,
             marker={"color": CLASS_COLORS.get(label), "pattern": {"shape": patterns},
                     "line": {"color": "white", "width": 1}},
-            text=[f"{value:.0%}" if value >= 0.07 else "" for value in values],
-            textposition="inside", insidetextanchor="middle",
+            text=[f"{value:.0%}" if value >= 0.12 else "" for value in values],
+            textposition="inside", insidetextanchor="middle", textangle=0,
             textfont={"color": "white"},
             hovertemplate=f"%{{y}}<br>p({label}) = %{{x:.1%}}<extra></extra>")
     figure.update_layout(
