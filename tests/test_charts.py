@@ -15,12 +15,7 @@ import pytest
 from conftest import DATA, REPO
 
 from xrcompare import CLASSES, charts
-from xrcompare.evaluate import (
-    binary_operating_point,
-    cheapest_threshold,
-    evaluate_predictions,
-    lowest_threshold_for_sensitivity,
-)
+from xrcompare.evaluate import binary_operating_point, evaluate_predictions
 from xrcompare.runs import Run, list_runs
 from xrcompare.summary import (
     class_sources,
@@ -75,15 +70,6 @@ def one_hot_probabilities(predicted: list[str], confidence: float = 0.8) -> np.n
 
 
 @pytest.fixture(scope="module")
-def random_scores():
-    rng = np.random.default_rng(7)
-    positive = rng.random(120) < 0.35
-    # overlapping classes, with ties (rounded scores)
-    score = np.round(np.clip(rng.normal(0.35 + 0.35 * positive, 0.2), 0, 1), 2)
-    return positive, score
-
-
-@pytest.fixture(scope="module")
 def shipped_runs() -> list[Run]:
     listing = list_runs(REPO / "trained")
     assert listing.runs, "the shipped runs in trained/ are expected (at least one)"
@@ -92,68 +78,6 @@ def shipped_runs() -> list[Run]:
 
 
 # --------------------------------------------------------------------------- thresholds
-
-
-def test_sweep_matches_the_operating_point_at_every_threshold(random_scores):
-    positive, score = random_scores
-    sweep = charts.threshold_sweep(positive, score)
-    assert sweep["threshold"].is_monotonic_increasing
-    assert np.isinf(sweep["threshold"].iloc[-1])
-    for row in sweep.itertuples():
-        expected = binary_operating_point(positive, score, row.threshold)
-        assert (row.tp, row.fp, row.fn, row.tn) == (expected["tp"], expected["fp"],
-                                                   expected["fn"], expected["tn"])
-
-
-def test_point_at_any_slider_value_matches_evaluate(random_scores):
-    positive, score = random_scores
-    sweep = charts.threshold_sweep(positive, score)
-    for threshold in np.round(np.arange(0, 1.001, 0.01), 2):
-        point = charts.point_at(sweep, float(threshold))
-        expected = binary_operating_point(positive, score, float(threshold))
-        for key in ("tp", "fp", "fn", "tn", "sensitivity", "specificity", "ppv", "npv"):
-            assert point[key] == pytest.approx(expected[key]), (threshold, key)
-
-
-@pytest.mark.parametrize("miss_cost", [0, 1, 3, 10, 100])
-def test_cheapest_point_matches_evaluate(random_scores, miss_cost):
-    positive, score = random_scores
-    point = charts.cheapest_point(charts.threshold_sweep(positive, score), miss_cost)
-    expected = cheapest_threshold(positive, score, miss_cost)
-    assert point["threshold"] == expected["threshold"]
-    assert (point["fn"], point["fp"], point["cost"]) == (expected["fn"], expected["fp"],
-                                                        expected["cost"])
-
-
-def test_cheapest_point_refuses_a_negative_cost(random_scores):
-    positive, score = random_scores
-    with pytest.raises(ValueError, match="negative"):
-        charts.cheapest_point(charts.threshold_sweep(positive, score), -1)
-
-
-@pytest.mark.parametrize("target", [0.5, 0.8, 0.9, 0.95, 1.0])
-def test_target_sensitivity_has_the_fewest_false_alarms(random_scores, target):
-    positive, score = random_scores
-    sweep = charts.threshold_sweep(positive, score)
-    point = charts.threshold_for_sensitivity(sweep, positive, score, target)
-    reference = lowest_threshold_for_sensitivity(positive, score, target)
-    assert point["sensitivity"] >= target
-    assert point["fp"] == reference["fp"]
-    assert point["sensitivity"] >= reference["sensitivity"]
-    # no threshold reaching the target has fewer false alarms
-    reaching = sweep[sweep["sensitivity"] >= target]
-    assert point["fp"] == reaching["fp"].min()
-
-
-def test_target_sensitivity_takes_free_sensitivity_on_a_perfect_model():
-    positive = np.array([True, True, True, False, False])
-    score = np.array([0.9, 0.6, 0.55, 0.3, 0.1])
-    sweep = charts.threshold_sweep(positive, score)
-    point = charts.threshold_for_sensitivity(sweep, positive, score, 0.5)
-    # 0.6 alone reaches 2/3 with 0 false alarms, but 0.55 finds all three for free
-    assert point["threshold"] == 0.55
-    assert (point["sensitivity"], point["fp"]) == (1.0, 0)
-    assert charts.threshold_for_sensitivity(sweep, ~positive & False, score, 0.5) is None
 
 
 def test_threshold_tables_follow_the_controls():

@@ -16,7 +16,14 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from xrcompare import CLASSES
-from xrcompare.evaluate import one_vs_rest_curves
+from xrcompare.evaluate import (
+    BLOG_2020_REPORTED,
+    cheapest_point,
+    one_vs_rest_curves,
+    point_at,
+    threshold_for_sensitivity,
+    threshold_sweep,
+)
 from xrcompare.runs import Run
 from xrcompare.summary import per_class_table
 
@@ -27,14 +34,8 @@ CLASS_COLORS = {"covid": "#c0392b", "normal": "#2e86c1", "pneumonia": "#d4a017"}
 RUN_PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442",
                "#000000", *px.colors.qualitative.Safe]
 
-#: What the 2020 blog reported for its VGG16 on the Kaggle test split (percent of images).
-#: Only the share of the correct class and the non-COVID share were reported; the third share
-#: is what is left over.
-BLOG_REFERENCE_NAME = "2020 blog, VGG16, as reported"
-BLOG_REFERENCE = {
-    "normal": {"normal": 68.0, "non_covid_pct": 84.0},
-    "pneumonia": {"pneumonia": 85.0, "non_covid_pct": 97.0},
-}
+#: The name of the 2020 blog's reported Kaggle-test figures (:data:`BLOG_2020_REPORTED`).
+BLOG_REFERENCE_NAME = f"2020 blog, {BLOG_2020_REPORTED['kaggle_test']['model']}, as reported"
 
 TEST_SPLIT = "test"
 _LAYOUT = {"template": "plotly_white", "font": {"size": 14},
@@ -244,84 +245,6 @@ def binary_scores(run: Run, positive: str = "covid",
     return (frame["label"].to_numpy() == positive), frame[column].to_numpy(dtype=float)
 
 
-def threshold_sweep(positive: np.ndarray, score: np.ndarray) -> pd.DataFrame:
-    """Every distinct threshold (each score, plus +inf = never positive) with its counts.
-
-    An image is called positive when ``score >= threshold``; thresholds ascend.
-    """
-    positive = np.asarray(positive, dtype=bool)
-    score = np.asarray(score, dtype=float)
-    thresholds = np.concatenate([np.unique(score), [np.inf]])
-    positive_scores = np.sort(score[positive])
-    negative_scores = np.sort(score[~positive])
-    tp = len(positive_scores) - np.searchsorted(positive_scores, thresholds, side="left")
-    fp = len(negative_scores) - np.searchsorted(negative_scores, thresholds, side="left")
-    fn = len(positive_scores) - tp
-    tn = len(negative_scores) - fp
-    with np.errstate(divide="ignore", invalid="ignore"):
-        frame = pd.DataFrame({
-            "threshold": thresholds, "tp": tp, "fp": fp, "fn": fn, "tn": tn,
-            "sensitivity": np.where(tp + fn > 0, tp / (tp + fn), np.nan),
-            "specificity": np.where(tn + fp > 0, tn / (tn + fp), np.nan),
-            "ppv": np.where(tp + fp > 0, tp / (tp + fp), np.nan),
-            "npv": np.where(tn + fn > 0, tn / (tn + fn), np.nan),
-        })
-    return frame
-
-
-def _point(sweep: pd.DataFrame, row: int) -> dict:
-    point = sweep.iloc[row].to_dict()
-    for key in ("tp", "fp", "fn", "tn"):
-        point[key] = int(point[key])
-    for key in ("sensitivity", "specificity", "ppv", "npv"):
-        point[key] = None if pd.isna(point[key]) else float(point[key])
-    point["threshold"] = float(point["threshold"])
-    return point
-
-
-def point_at(sweep: pd.DataFrame, threshold: float) -> dict:
-    """The operating point for ``threshold`` (the first sweep row at or above it)."""
-    row = int(np.searchsorted(sweep["threshold"].to_numpy(), threshold, side="left"))
-    point = _point(sweep, min(row, len(sweep) - 1))
-    point["threshold"] = float(threshold)
-    return point
-
-
-def threshold_for_sensitivity(sweep: pd.DataFrame, positive: np.ndarray, score: np.ndarray,
-                              target: float) -> dict | None:
-    """The threshold reaching ``sensitivity >= target`` with the fewest false alarms.
-
-    Thresholds are taken at the positives' scores. Among those reaching the target, the fewest
-    false positives win (the same count as
-    :func:`xrcompare.evaluate.lowest_threshold_for_sensitivity`); on a tie, the one finding
-    the most positives (extra sensitivity that costs no false alarm); then the strictest.
-    """
-    positive = np.asarray(positive, dtype=bool)
-    if not positive.any():
-        return None
-    thresholds = sweep["threshold"].to_numpy()
-    candidates = np.isin(thresholds, np.asarray(score)[positive])
-    sensitivity = sweep["sensitivity"].to_numpy()
-    false_positives = sweep["fp"].to_numpy()
-    reaching = candidates & (sensitivity >= target - 1e-12)
-    if not reaching.any():
-        return _point(sweep, 0)
-    best = reaching & (false_positives == false_positives[reaching].min())
-    best &= sensitivity == sensitivity[best].max()
-    return _point(sweep, int(np.flatnonzero(best)[-1]))
-
-
-def cheapest_point(sweep: pd.DataFrame, miss_cost: float) -> dict:
-    """The threshold minimising ``miss_cost × FN + FP`` (lowest threshold on ties, as
-    :func:`xrcompare.evaluate.cheapest_threshold`)."""
-    if miss_cost < 0:
-        raise ValueError("the cost of a missed case cannot be negative")
-    cost = miss_cost * sweep["fn"].to_numpy() + sweep["fp"].to_numpy()
-    point = _point(sweep, int(np.argmin(cost)))
-    point["cost"] = float(cost.min())
-    return point
-
-
 def threshold_tables(runs: Sequence[Run], positive: str, threshold: float, target: float,
                      miss_cost: float, labels: dict[str, str] | None = None) -> dict:
     """The three trade-off tables of the recall page, one row per run.
@@ -346,7 +269,7 @@ def threshold_tables(runs: Sequence[Run], positive: str, threshold: float, targe
                    "fp": point["fp"], "tp": point["tp"], "tn": point["tn"],
                    "positives": point["tp"] + point["fn"],
                    "negatives": point["tn"] + point["fp"]})
-        best = threshold_for_sensitivity(sweep, is_positive, score, target)
+        best = threshold_for_sensitivity(sweep, target)
         reach.append({"run": name, "threshold": best["threshold"],
                       "sensitivity": best["sensitivity"], "specificity": best["specificity"],
                       "fp": best["fp"], "fn": best["fn"], "ppv": best["ppv"],
@@ -530,13 +453,13 @@ def heldout_shares(runs: Sequence[Run], heldout: str, labels: dict[str, str] | N
                              "reference": False})
     if reference and rows:
         present = {row["true_class"] for row in rows}
-        for true_class, reported in BLOG_REFERENCE.items():
+        for true_class, reported in BLOG_2020_REPORTED["kaggle_test"]["per_class"].items():
             if true_class not in present:
                 continue
             covid = 100.0 - reported["non_covid_pct"]
             other = [c for c in CLASSES if c not in ("covid", true_class)][0]
-            shares = {"covid": covid, true_class: reported[true_class],
-                      other: 100.0 - covid - reported[true_class]}
+            shares = {"covid": covid, true_class: reported["called_right_pct"],
+                      other: 100.0 - covid - reported["called_right_pct"]}
             for predicted in CLASSES:
                 rows.append({"run": BLOG_REFERENCE_NAME, "true_class": true_class,
                              "predicted": predicted, "percent": shares[predicted], "n": np.nan,

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import pandas as pd
 from sklearn.metrics import (
     auc,
     average_precision_score,
@@ -19,6 +20,22 @@ from sklearn.metrics import (
 from xrcompare import CLASSES
 
 POSITIVE_CLASS = "covid"
+
+#: What the 2020 blog (youngsoul/pyimagesearch-covid19-image-classification) reported, quoted
+#: once here for the dashboard and the README table (it was not re-run). ``accuracy``: three-class
+#: test accuracy on its own random image split of ``data`` (``test_images`` images, the epoch
+#: effectively chosen on them). ``kaggle_test``: for ``model`` on the Kaggle test split, per true
+#: class, the share (%) called right and the share kept out of covid; nothing else was reported.
+BLOG_2020_REPORTED = {
+    "data": "seed001_0402",
+    "test_images": 62,
+    "accuracy": {"VGG16": 0.85, "VGG19": 0.89},
+    "kaggle_test": {
+        "model": "VGG16",
+        "per_class": {"normal": {"called_right_pct": 68.0, "non_covid_pct": 84.0},
+                      "pneumonia": {"called_right_pct": 85.0, "non_covid_pct": 97.0}},
+    },
+}
 
 
 def _as_indices(y_true: Sequence[str], labels: Sequence[str]) -> np.ndarray:
@@ -192,35 +209,99 @@ def one_vs_rest_curves(y_true: Sequence[str], probabilities: np.ndarray, positiv
             "average_precision": float(average_precision_score(positive, score))}
 
 
+# --------------------------------------------------------------------------- thresholds
+#
+# An image is called positive when ``score >= threshold``. Every threshold worth trying is one
+# of the scores (or +inf, never positive). One tie rule everywhere: when thresholds are equally
+# good by the criterion asked for, the one finding the most positives wins, which is the lowest
+# of them (two thresholds with the same counts cannot both be in a sweep).
+
+
+def threshold_sweep(positive: np.ndarray, score: np.ndarray) -> pd.DataFrame:
+    """Every distinct threshold (each score, plus +inf = never positive) with its counts and
+    rates (NaN where undefined); thresholds ascend."""
+    positive = np.asarray(positive, dtype=bool)
+    score = np.asarray(score, dtype=float)
+    if positive.shape != score.shape:
+        raise ValueError("positive and score differ in shape")
+    thresholds = np.concatenate([np.unique(score), [np.inf]])
+    positive_scores = np.sort(score[positive])
+    negative_scores = np.sort(score[~positive])
+    tp = len(positive_scores) - np.searchsorted(positive_scores, thresholds, side="left")
+    fp = len(negative_scores) - np.searchsorted(negative_scores, thresholds, side="left")
+    fn = len(positive_scores) - tp
+    tn = len(negative_scores) - fp
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return pd.DataFrame({
+            "threshold": thresholds, "tp": tp, "fp": fp, "fn": fn, "tn": tn,
+            "sensitivity": np.where(tp + fn > 0, tp / (tp + fn), np.nan),
+            "specificity": np.where(tn + fp > 0, tn / (tn + fp), np.nan),
+            "ppv": np.where(tp + fp > 0, tp / (tp + fp), np.nan),
+            "npv": np.where(tn + fn > 0, tn / (tn + fn), np.nan),
+        })
+
+
+def _sweep_point(sweep: pd.DataFrame, row: int) -> dict:
+    """One sweep row as :func:`binary_operating_point` returns it (None for undefined)."""
+    point = sweep.iloc[row].to_dict()
+    for key in ("tp", "fp", "fn", "tn"):
+        point[key] = int(point[key])
+    for key in ("sensitivity", "specificity", "ppv", "npv"):
+        point[key] = None if pd.isna(point[key]) else float(point[key])
+    point["threshold"] = float(point["threshold"])
+    return point
+
+
+def point_at(sweep: pd.DataFrame, threshold: float) -> dict:
+    """The operating point for any ``threshold`` (the first sweep row at or above it)."""
+    row = int(np.searchsorted(sweep["threshold"].to_numpy(), threshold, side="left"))
+    point = _sweep_point(sweep, min(row, len(sweep) - 1))
+    point["threshold"] = float(threshold)
+    return point
+
+
+def threshold_for_sensitivity(sweep: pd.DataFrame, target: float) -> dict | None:
+    """The threshold of a :func:`threshold_sweep` reaching ``sensitivity >= target`` with the
+    fewest false positives (None when there are no positives).
+
+    Ties (same false positives) go to the most positives found: sensitivity that costs no
+    false alarm is taken.
+    """
+    if not 0 <= target <= 1:
+        raise ValueError(f"the target sensitivity must be between 0 and 1, got {target}")
+    if int(sweep["tp"].iloc[0] + sweep["fn"].iloc[0]) == 0:
+        return None
+    sensitivity = sweep["sensitivity"].to_numpy()
+    false_positives = sweep["fp"].to_numpy()
+    # The lowest positive score finds every positive, so some threshold always reaches.
+    reaching = sensitivity >= target - 1e-12
+    best = reaching & (false_positives == false_positives[reaching].min())
+    best &= sensitivity == sensitivity[best].max()
+    return _sweep_point(sweep, int(np.flatnonzero(best)[0]))
+
+
+def cheapest_point(sweep: pd.DataFrame, miss_cost: float) -> dict:
+    """The threshold minimising ``miss_cost × FN + FP`` (one missed case costs ``miss_cost``
+    false alarms), with its ``cost``; ties go to the most positives found (lowest threshold)."""
+    if miss_cost < 0:
+        raise ValueError("the cost of a missed case cannot be negative")
+    cost = miss_cost * sweep["fn"].to_numpy() + sweep["fp"].to_numpy()
+    point = _sweep_point(sweep, int(np.argmin(cost)))
+    point["cost"] = float(cost.min())
+    return point
+
+
 def lowest_threshold_for_sensitivity(positive: np.ndarray, score: np.ndarray,
                                      target: float) -> dict | None:
-    """The highest threshold whose sensitivity still reaches ``target`` (fewest false alarms)."""
-    positive = np.asarray(positive, dtype=bool)
-    if not positive.any():
-        return None
-    candidates = np.unique(np.asarray(score)[positive])[::-1]
-    for threshold in candidates:
-        point = binary_operating_point(positive, score, float(threshold))
-        if point["sensitivity"] is not None and point["sensitivity"] >= target:
-            return point
-    return binary_operating_point(positive, score, 0.0)
+    """:func:`threshold_for_sensitivity` from raw scores (kept for older callers)."""
+    return threshold_for_sensitivity(threshold_sweep(positive, score), target)
 
 
 def cheapest_threshold(positive: np.ndarray, score: np.ndarray, miss_cost: float) -> dict | None:
-    """Threshold minimising ``miss_cost × FN + FP`` (one missed case costs ``miss_cost``
-    false alarms)."""
-    positive = np.asarray(positive, dtype=bool)
-    score = np.asarray(score, dtype=float)
-    if positive.size == 0:
+    """:func:`cheapest_point` from raw scores, None without images (kept for older callers)."""
+    if np.asarray(positive).size == 0:
         return None
-    thresholds = np.concatenate([np.unique(score), [np.inf]])
-    best = None
-    for threshold in thresholds:
-        point = binary_operating_point(positive, score, float(threshold))
-        point["cost"] = miss_cost * point["fn"] + point["fp"]
-        if best is None or point["cost"] < best["cost"]:
-            best = point
-    return best
+    return cheapest_point(threshold_sweep(positive, score), miss_cost)
 
 
 def summarise_folds(fold_metrics: list[dict]) -> dict:
