@@ -266,8 +266,19 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(staging, ignore_errors=True)
             print(f"{plan.name}: failed (exit {result.returncode})", file=sys.stderr)
             return result.returncode
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(staging / plan.name, final)
+        # Swap by renames, so the app never sees a half-deleted run and a failed swap
+        # keeps the old one.
+        retired = runs_dir / f"{STAGING_PREFIX}old-{plan.name}"
+        shutil.rmtree(retired, ignore_errors=True)
+        if final.exists():
+            os.replace(final, retired)
+        try:
+            os.replace(staging / plan.name, final)
+        except OSError:
+            if retired.exists():
+                os.replace(retired, final)
+            raise
+        shutil.rmtree(retired, ignore_errors=True)
         shutil.rmtree(staging, ignore_errors=True)
         print(f"{plan.name}: done in {time.perf_counter() - run_started:.0f} s", flush=True)
     print(f"all runs done in {time.perf_counter() - started:.0f} s")

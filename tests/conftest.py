@@ -26,9 +26,10 @@ def _shared_is_there():
         pytest.fail(f"the shared data and weights are expected at {SHARED}")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="session", autouse=True)
 def feature_cache(tmp_path_factory) -> Path:
-    """One feature cache for the whole session, so a real backbone runs once per image."""
+    """One fresh feature cache for the whole session (never the user's ~/.cache), so a real
+    backbone runs once per image and every test sees the same cache."""
     folder = tmp_path_factory.mktemp("feature-cache")
     os.environ["XRCOMPARE_CACHE_DIR"] = str(folder)
     return folder

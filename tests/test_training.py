@@ -172,3 +172,10 @@ def test_training_runs_under_the_jax_backend(tmp_path, feature_cache):
     assert run.info["keras_backend"] == "jax"
     assert run.info["machine"]["accelerator"].startswith("cpu")
     assert "tensorflow" not in run.info["versions"]
+
+
+def test_an_existing_run_name_is_refused_before_any_work(tiny_run):
+    result = cli("train", "--data", TINY, "--backbone", "resnet50", "--image-size", SIZE,
+                 "--runs-dir", tiny_run.parent, "--name", "tiny", check=False)
+    assert result.returncode == 2
+    assert "already exists" in result.stderr and "features" not in result.stderr

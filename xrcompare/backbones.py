@@ -155,12 +155,12 @@ def build_base(name: str, image_size: int | None = None, weights: str = "imagene
             except Exception as error:  # a wrong or corrupt file: say which
                 raise WeightsUnavailable(
                     f"cannot load {local} into {backbone.display_name}: "
-                    f"{str(error).splitlines()[0][:200]}") from None
+                    f"{first_line(error, 200)}") from None
         else:
             try:
                 base = builder(include_top=False, weights="imagenet", input_shape=shape)
             except Exception as error:
-                reason = str(error).splitlines()[0][:160] if str(error) else type(error).__name__
+                reason = first_line(error, 160)
                 raise WeightsUnavailable(
                     f"no ImageNet weights for {backbone.display_name}: {local} does not exist "
                     f"(set {WEIGHTS_DIR_VARIABLE} to a folder holding {local.name}) and "
@@ -169,5 +169,7 @@ def build_base(name: str, image_size: int | None = None, weights: str = "imagene
     return base
 
 
-def available_backbones() -> list[str]:
-    return [name for name in REGISTRY if weights_status(name).available]
+def first_line(error: BaseException, limit: int = 200) -> str:
+    """An exception as one short line (its type name when it has no message)."""
+    text = str(error).strip()
+    return text.splitlines()[0][:limit] if text else type(error).__name__

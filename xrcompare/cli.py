@@ -15,10 +15,6 @@ from pathlib import Path
 EXIT_USAGE = 2
 
 
-class CliError(Exception):
-    """A user-facing failure: printed as one line."""
-
-
 def _progress_printer(stream=sys.stderr):
     """A terminal progress bar fed by the training progress hook."""
     state = {"last": 0.0, "line": ""}
@@ -287,16 +283,19 @@ COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = build_parser().parse_args(argv)
-    from xrcompare.backbones import WeightsUnavailable
+    from xrcompare.backbones import WeightsUnavailable, first_line
     from xrcompare.imaging import ImageError
     from xrcompare.runs import RunError
 
     try:
         return COMMANDS[args.command](args)
-    except (ValueError, WeightsUnavailable, ImageError, RunError, CliError, OSError) as error:
-        message = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
-        print(f"error: {message}", file=sys.stderr)
+    except (ValueError, WeightsUnavailable, ImageError, RunError, OSError) as error:
+        print(f"error: {first_line(error)}", file=sys.stderr)
         return EXIT_USAGE if not isinstance(error, WeightsUnavailable) else 3
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as error:  # a bug or an environment problem: still one line, exit 1
+        print(f"error: unexpected {type(error).__name__}: {first_line(error)} "
+              "(please report it)", file=sys.stderr)
+        return 1

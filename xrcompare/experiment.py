@@ -28,7 +28,7 @@ from xrcompare.data import (
 from xrcompare.evaluate import evaluate_predictions, summarise_folds
 from xrcompare.features import FeatureExtractor, FeatureSpec
 from xrcompare.imaging import RESIZE_MODES
-from xrcompare.runs import RunWriter, default_runs_dir, new_run_id
+from xrcompare.runs import SCHEMA_VERSION, RunWriter, default_runs_dir, new_run_id, slug
 from xrcompare.train import HEADS, build_head, fit_head, predict, save_head_weights
 
 Progress = Callable[[dict], None]
@@ -167,6 +167,14 @@ def train_runs(config: TrainConfig, progress: Progress | None = None) -> list[Pa
     emit({"phase": "scan", "what": str(config.data)})
     dataset = scan_dataset(config.data)
     heldouts = [scan_dataset(folder) for folder in config.heldout]
+    names = [heldout.root.name for heldout in heldouts]
+    if len(set(names)) != len(names):
+        raise ValueError(f"held-out folders must have distinct names, got {', '.join(names)}")
+    if config.name and len(config.backbones) == 1:
+        existing = (config.runs_dir or default_runs_dir()) / slug(config.name)
+        if existing.exists():
+            raise ValueError(f"run folder {existing} already exists: choose another --name "
+                             "or remove it first")
     scan_seconds = time.perf_counter() - started
     splits: list[list[dict]] = []  # computed once, after the first base loads
 
@@ -278,6 +286,13 @@ def _train_one(config: TrainConfig, backbone_name: str, dataset: Dataset,
         emit({"phase": "heldout", "what": name})
         indices = list(range(len(heldout.records)))
         result, records = _extract(extractor, heldout, indices, [0], emit, f"held-out {name}")
+        skipped_here = [{"path": p, "reason": r} for p, r in result.failed]
+        if not result.ok:  # nothing readable: record it, keep the run
+            heldout_info.append({"name": name, "folder": str(heldout.root), "images": 0,
+                                 "folder_absolute": str(heldout.root.resolve()),
+                                 "skipped": skipped_here,
+                                 "note": "no readable images: not evaluated"})
+            continue
         probabilities = predict(head, result.features)
         frame = _prediction_frame(heldout, records, f"heldout:{name}", probabilities, None)
         heldout_frames.append(frame)
@@ -293,7 +308,7 @@ def _train_one(config: TrainConfig, backbone_name: str, dataset: Dataset,
         heldout_info.append({"name": name, "folder": str(heldout.root),
                              "folder_absolute": str(heldout.root.resolve()),
                              **{k: v for k, v in heldout.summary().items() if k != "folder"},
-                             "skipped": [{"path": p, "reason": r} for p, r in result.failed]})
+                             "skipped": skipped_here})
     phases.add("heldout", t)
 
     emit({"phase": "write"})
@@ -400,7 +415,7 @@ def _run_info(config, backbone, size, feature_shape, dataset, fold_splits, first
                         "balanced", "patience", "monitor", "head", "resize_mode")}
     summary = dataset.summary()
     return {
-        "schema": 1, "run_id": run_id,
+        "schema": SCHEMA_VERSION, "run_id": run_id,
         "display_name": config.display_name or f"{backbone.display_name} · {dataset.root.name}"
                         + (" · random-init control" if config.weights == "random" else ""),
         "description": config.description or "", "order": config.order,

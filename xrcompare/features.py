@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +26,8 @@ from xrcompare.imaging import ImageError, decode_gray, read_bytes, to_model_inpu
 CACHE_DIR_VARIABLE = "XRCOMPARE_CACHE_DIR"
 #: Bump when the augmentation recipe changes, so cached augmented views are not reused.
 AUGMENT_VERSION = 1
+#: Features are stored as float16 (half the disk); every reader sees the same rounding.
+CACHE_DTYPE = np.float16
 
 Progress = Callable[[dict], None]
 
@@ -47,7 +50,13 @@ class FeatureSpec:
     seed: int = 0  # only for the random-init control
 
     def key(self) -> str:
-        weights = "imagenet" if self.weights == "imagenet" else f"random-seed{self.seed}"
+        if self.weights == "imagenet":
+            weights = "imagenet"
+        else:  # seeded initialisers differ between Keras backends and versions
+            import keras
+
+            weights = (f"random-seed{self.seed}-{keras.backend.backend()}"
+                       f"-keras{keras.__version__}")
         return f"{self.backbone}-{weights}-{self.image_size}px-{self.resize_mode}"
 
 
@@ -170,6 +179,8 @@ class FeatureExtractor:
                         failed[position] = reason
                     if batch is not None:
                         output = np.asarray(self.base.predict_on_batch(batch), dtype=np.float32)
+                        # Round as the cache stores them, so a cold run equals a warm one.
+                        output = output.astype(CACHE_DTYPE).astype(np.float32)
                         for (position, _, _), row in zip(kept, output, strict=True):
                             features[position] = row
                         writes.append(pool.submit(self._store_batch, kept, output))
@@ -192,8 +203,8 @@ class FeatureExtractor:
     @staticmethod
     def _store(cache_file: Path, row: np.ndarray) -> None:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
-        temporary = cache_file.with_suffix(f".{os.getpid()}.tmp.npy")
-        np.save(temporary, row.astype(np.float16))
+        temporary = cache_file.with_suffix(f".{os.getpid()}-{threading.get_ident()}.tmp.npy")
+        np.save(temporary, row.astype(CACHE_DTYPE))
         os.replace(temporary, cache_file)
 
     def _report(self, progress: Progress | None, label: str, done: int, total: int,

@@ -20,7 +20,7 @@ import os
 import re
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +32,9 @@ RUNS_DIR_VARIABLE = "XRCOMPARE_RUNS_DIR"
 REQUIRED_FILES = ("run.json", "metrics.json", "history.csv", "predictions.csv",
                   "head.weights.h5")
 SCHEMA_VERSION = 1
+#: Fields every reader relies on; a run without them is reported, never half-shown.
+REQUIRED_INFO = ("backbone", "weights", "image_size", "resize_mode", "head", "feature_shape")
+REQUIRED_TEST_METRICS = ("labels", "accuracy", "confusion_matrix", "per_class", "macro_f1")
 TEMPORARY_PREFIX = ".tmp-"
 
 
@@ -121,7 +124,6 @@ class Run:
     history: pd.DataFrame
     predictions: pd.DataFrame
     modified: float = 0.0
-    warnings: list[str] = field(default_factory=list)
 
     @property
     def run_id(self) -> str:
@@ -171,9 +173,21 @@ def load_run(folder: str | Path) -> Run:
         metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise RunError(f"{folder.name}: unreadable JSON ({str(error)[:120]})") from None
-    if not isinstance(info, dict) or "backbone" not in info or not isinstance(metrics, dict) \
-            or "test" not in metrics:
-        raise RunError(f"{folder.name}: run.json or metrics.json lacks required fields")
+    if not isinstance(info, dict) or not isinstance(metrics, dict):
+        raise RunError(f"{folder.name}: run.json or metrics.json is not a JSON object")
+    missing_info = [key for key in REQUIRED_INFO if key not in info]
+    missing_data = [key for key in ("name",) if not isinstance(info.get("data"), dict)
+                    or key not in info["data"]]
+    missing_split = [] if isinstance(info.get("split"), dict) else ["split"]
+    test = metrics.get("test")
+    missing_metrics = [key for key in REQUIRED_TEST_METRICS
+                       if not isinstance(test, dict) or key not in test]
+    if missing_info or missing_data or missing_split or missing_metrics:
+        fields = [*missing_info, *(f"data.{k}" for k in missing_data), *missing_split,
+                  *(f"metrics test.{k}" for k in missing_metrics)]
+        raise RunError(f"{folder.name}: run.json/metrics.json lack {', '.join(fields)}")
+    if not isinstance(metrics.get("heldout", {}), dict):
+        raise RunError(f"{folder.name}: metrics.json 'heldout' is not an object")
     try:
         history = pd.read_csv(folder / "history.csv")
         predictions = pd.read_csv(folder / "predictions.csv")
@@ -241,14 +255,38 @@ def build_head_for_run(run: Run):
     return head
 
 
+def rebuild_problem(run: Run) -> str | None:
+    """Why this run's frozen base cannot be rebuilt faithfully here (one sentence), or None.
+
+    A random-init control is rebuilt from its seed, and seeded initialisers differ between
+    Keras backends and versions: rebuilding it elsewhere would pair the head with another net.
+    """
+    import keras
+
+    if run.info.get("weights") != "random":
+        return None
+    trained_backend = run.info.get("keras_backend")
+    trained_keras = run.info.get("versions", {}).get("keras")
+    here = (keras.backend.backend(), keras.__version__)
+    if (trained_backend, trained_keras) != here:
+        return (f"{run.title} is a random-init control made with Keras {trained_keras} on "
+                f"{trained_backend}; its random base cannot be rebuilt identically with "
+                f"Keras {here[1]} on {here[0]}")
+    return None
+
+
 def build_full_model(run: Run, *, base=None):
     """The run's full classifier as ONE flat graph: frozen base + head layers.
 
-    Raises :class:`xrcompare.backbones.WeightsUnavailable` when ImageNet weights are missing.
+    Raises :class:`xrcompare.backbones.WeightsUnavailable` when ImageNet weights are missing
+    or a random-init control cannot be rebuilt identically here.
     """
-    from xrcompare.backbones import build_base
+    from xrcompare.backbones import WeightsUnavailable, build_base
     from xrcompare.train import attach_head
 
+    problem = rebuild_problem(run)
+    if problem:
+        raise WeightsUnavailable(problem)
     if base is None:
         base = build_base(run.backbone, run.info["image_size"], run.info["weights"],
                           seed=run.info.get("weights_seed", 0))

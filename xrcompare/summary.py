@@ -38,11 +38,13 @@ def _interval_text(interval) -> str:
     return f"{interval[0]:.2f}–{interval[1]:.2f}"
 
 
-def _first_heldout(run: Run) -> tuple[str | None, dict]:
-    heldout = run.metrics.get("heldout") or {}
-    for name, metrics in heldout.items():
-        return name, metrics
-    return None, {}
+#: The held-out folder the leaderboard's "Kaggle" columns describe.
+KAGGLE_HELDOUT = "kaggle_test"
+
+
+def _kaggle_heldout(run: Run) -> dict:
+    """The run's metrics on the Kaggle test folder, or {} when it was not held out."""
+    return (run.metrics.get("heldout") or {}).get(KAGGLE_HELDOUT) or {}
 
 
 def leaderboard(runs: list[Run]) -> pd.DataFrame:
@@ -50,7 +52,7 @@ def leaderboard(runs: list[Run]) -> pd.DataFrame:
     for run in runs:
         test = run.metrics["test"]
         covid = test.get("covid_vs_rest", {})
-        _, heldout = _first_heldout(run)
+        heldout = _kaggle_heldout(run)
         table = heldout.get("heldout_table", {})
         info = run.info
         rows.append({
@@ -82,7 +84,8 @@ def per_class_table(runs: list[Run], scope: str = "test") -> pd.DataFrame:
     """Long table: run, class, precision, recall, f1, support and their 95% intervals."""
     rows = []
     for run in runs:
-        metrics = run.metrics["test"] if scope == "test" else run.metrics["heldout"].get(scope)
+        heldout = run.metrics.get("heldout") or {}
+        metrics = run.metrics["test"] if scope == "test" else heldout.get(scope)
         if not metrics:
             continue
         intervals = metrics.get("intervals", {}).get("per_class", {})
