@@ -4,7 +4,12 @@ data in plain words."""
 import streamlit as st
 
 from pages import _common as common
-from xrcompare.charts import class_counts_figure, split_counts, split_counts_figure
+from xrcompare.charts import (
+    called_as_by_run,
+    class_counts_figure,
+    split_counts,
+    split_counts_figure,
+)
 from xrcompare.summary import (
     class_sources,
     resolve_folder,
@@ -45,9 +50,9 @@ its test score was also used for tuning.
 **3 · Preprocessing mismatch.** Our training images keep their aspect ratio (longest side up to
 512 px), but the only complete copy of the Kaggle test split had been **squashed to 224×224**
 by its owner. A model trained on *padded* images (aspect kept, black borders) meets stretched,
-border-less chests there. Measured: a ResNet50 head trained on padded images called **215 of
-390** Kaggle pneumonia images covid; trained on squashed images, **12**. Preprocessing that
-differs between training and use is a domain shift.
+border-less chests there. The data README reports a first probe: a ResNet50 head trained on
+padded images called **215 of 390** Kaggle pneumonia images covid; trained on squashed images,
+**12**.{runs_measured} Preprocessing that differs between training and use is a domain shift.
 
 **4 · Saliency is not proof.** A heat map on the *Predict & explain* page shows where the
 gradient of the score is large. It does not show *why* the model is right, and saliency maps
@@ -70,13 +75,23 @@ REFERENCES = """
 - Cohen J. P. et al. (2020). COVID-19 image data collection. arXiv:2003.11597.
 """
 
-with st.container(border=True):
-    st.subheader("The traps of this data")
-    st.markdown(TRAPS)
-    with st.expander("References"):
-        st.markdown(REFERENCES)
+
+def runs_measured(runs, labels: dict[str, str], heldout: str = "kaggle_test") -> str:
+    """The selected runs' own counts of Kaggle pneumonia images called covid (Markdown)."""
+    counts = called_as_by_run(runs, heldout, "pneumonia", labels=labels)
+    if counts.empty:
+        return ""
+    return (" The runs shown here, Kaggle pneumonia images called covid:\n\n" + "\n".join(
+        f"- *{row.run}* ({row.resize_mode}): **{row.called} of {row.total}**"
+        for row in counts.itertuples()) + "\n\n")
+
 
 labels, _ = common.labels_and_colors(runs)
+with st.container(border=True):
+    st.subheader("The traps of this data")
+    st.markdown(TRAPS.replace("{runs_measured}", runs_measured(runs, labels)))
+    with st.expander("References"):
+        st.markdown(REFERENCES)
 
 datasets = list(dict.fromkeys((run.info.get("data") or {}).get("name", "?") for run in runs))
 left, right = st.columns(2)

@@ -6,13 +6,14 @@ import streamlit as st
 from pages import _common as common
 from xrcompare.charts import (
     BLOG_REFERENCE_NAME,
-    called_as,
+    called_as_by_run,
     heldout_figure,
     heldout_names,
     heldout_shares,
     heldout_summary,
     worst_mistakes,
 )
+from xrcompare.evaluate import BLOG_2020_REPORTED
 from xrcompare.summary import resolve_folder
 
 runs = common.require_runs()
@@ -37,12 +38,9 @@ if missing:
 
 padded = [run for run in with_heldout if run.info.get("resize_mode") == "pad"]
 if padded:
-    here = []
-    for run in with_heldout:
-        called, total = called_as(run.metrics["heldout"][heldout], "pneumonia")
-        if total:
-            here.append(f"*{labels[run.run_id]}* ({run.info.get('resize_mode')}): "
-                        f"**{called} of {total}**")
+    here = [f"*{row.run}* ({row.resize_mode}): **{row.called} of {row.total}**"
+            for row in called_as_by_run(with_heldout, heldout, "pneumonia",
+                                        labels=labels).itertuples()]
     st.warning(
         "**Preprocessing mismatch.** "
         + ", ".join(f"*{labels[run.run_id]}*" for run in padded)
@@ -75,9 +73,12 @@ for true_class in ("normal", "pneumonia"):
         f"{upper} non-COVID %", format="%.1f",
         help="Share kept out of 'covid': the figure the 2020 blog reported.")
 st.dataframe(summary, hide_index=True, placeholder="–", column_config=config, key="heldout_table")
+reported = BLOG_2020_REPORTED["kaggle_test"]["per_class"]
 st.caption(f"**{BLOG_REFERENCE_NAME}** (hatched): the blog reported only the share called "
-           "right and the share kept out of covid (68% / 84% on NORMAL, 85% / 97% on "
-           "PNEUMONIA); the rest is split by subtraction. Its model was trained on a random "
+           "right and the share kept out of covid ("
+           + ", ".join(f"{entry['called_right_pct']:.0f}% / {entry['non_covid_pct']:.0f}% on "
+                       f"{true_class.upper()}" for true_class, entry in reported.items())
+           + "); the rest is split by subtraction. Its model was trained on a random "
            "image split with the epoch chosen on the test split, so it is a reference, not a "
            "like-for-like result.")
 

@@ -115,6 +115,12 @@ def test_every_page_renders_the_shipped_runs(shipped_app, page, title):
     elif page == "pages/dataset.py":
         assert app.get("image"), "no thumbnails per class"
         assert any("Roberts" in item.value for item in app.markdown)
+        # the data README's probe is credited, and the runs' own counts are shown beside it
+        traps = next(item.value for item in app.markdown if "data README" in item.value)
+        for run in runs:
+            heldout = run.metrics["heldout"]["kaggle_test"]
+            row = heldout["confusion_matrix"][heldout["labels"].index("pneumonia")]
+            assert f"**{row[heldout['labels'].index('covid')]} of {sum(row)}**" in traps
 
 
 def test_threshold_slider_changes_the_shown_sensitivity(shipped_app):

@@ -204,6 +204,10 @@ def test_heldout_shares_add_the_blog_reference():
     figure = charts.heldout_figure(shares, "kaggle_test")
     assert len(figure.data) == 2 * len(CLASSES)
     assert charts.called_as(run.metrics["heldout"]["kaggle_test"], "pneumonia") == (1, 4)
+    counts = charts.called_as_by_run([run], "kaggle_test", "pneumonia", labels={"toy": "Toy"})
+    assert counts.to_dict("records") == [{"run": "Toy", "resize_mode": run.info["resize_mode"],
+                                          "called": 1, "total": 4}]
+    assert charts.called_as_by_run([run], "elsewhere").empty
     assert charts.heldout_shares([run], "elsewhere").empty
 
 

@@ -478,6 +478,23 @@ def called_as(metrics: dict, true_class: str, predicted: str = "covid") -> tuple
     return int(row[labels.index(predicted)]), int(row.sum())
 
 
+def called_as_by_run(runs: Sequence[Run], heldout: str, true_class: str = "pneumonia",
+                     predicted: str = "covid",
+                     labels: dict[str, str] | None = None) -> pd.DataFrame:
+    """Per run evaluated on ``heldout``: its resize mode and how many of the folder's true
+    ``true_class`` images it called ``predicted`` (runs without such images are left out)."""
+    rows = []
+    for run in runs:
+        metrics = scope_metrics(run, heldout)
+        if not metrics:
+            continue
+        called, total = called_as(metrics, true_class, predicted)
+        if total:
+            rows.append({"run": _label(run, labels), "resize_mode": run.info.get("resize_mode"),
+                         "called": called, "total": total})
+    return pd.DataFrame(rows, columns=["run", "resize_mode", "called", "total"])
+
+
 def heldout_summary(shares: pd.DataFrame) -> pd.DataFrame:
     """Wide table: one row per run, per true class the share kept correct and non-COVID."""
     rows = []
