@@ -354,18 +354,14 @@ def map_to_image(saliency: np.ndarray, image_shape: tuple[int, ...],
     Undoes :func:`xrcompare.imaging.fit_square`: with ``"pad"`` the black bars are cropped
     away first, so the map lines up with the image.
     """
-    from xrcompare.imaging import RESIZE_MODES
+    from xrcompare.imaging import RESIZE_MODES, pad_box
 
     if resize_mode not in RESIZE_MODES:
         raise ValueError(f"resize_mode must be one of {RESIZE_MODES}, got {resize_mode!r}")
     values = np.asarray(saliency, dtype=np.float32)
     height, width = image_shape[:2]
     if resize_mode == "pad":
-        size = values.shape[0]
-        # Same geometry as imaging.fit_square.
-        scale = size / max(height, width)
-        new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
-        top, left = (size - new_h) // 2, (size - new_w) // 2
+        top, left, new_h, new_w = pad_box(height, width, values.shape[0])
         values = values[top:top + new_h, left:left + new_w]
     resized = cv2.resize(values, (width, height), interpolation=cv2.INTER_LINEAR)
     return np.clip(resized, 0.0, 1.0)

@@ -16,7 +16,16 @@ from pathlib import PurePath
 import cv2
 import numpy as np
 
-from xrcompare.imaging import MAX_PIXELS, ImageError, gray_from_array
+from xrcompare.imaging import (  # the header readers live with the decoder
+    JPEG_SIGNATURE,
+    MAX_PIXELS,
+    PNG_SIGNATURE,
+    ImageError,
+    check_pixel_count,
+    gray_from_array,
+    jpeg_header,
+    png_size,
+)
 
 #: Uploads larger than this are refused before any parsing.
 MAX_UPLOAD_BYTES = 50_000_000
@@ -29,9 +38,7 @@ SMALL_SIDE = 128
 #: Mean colourfulness (pixel chroma, 0..1) above which a colour image gets a warning.
 COLOUR_WARNING_LEVEL = 0.10
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PNG_END_CHUNK = b"\x00\x00\x00\x00IEND\xaeB`\x82"
-JPEG_SIGNATURE = b"\xff\xd8\xff"
 
 # Formats we recognise only to name them in the refusal message.
 OTHER_SIGNATURES = (
@@ -138,53 +145,6 @@ def describe_unknown(data: bytes) -> str:
 
 
 # --- PNG and JPEG -----------------------------------------------------------------------
-
-
-def png_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) from the PNG IHDR chunk, or None if the header is malformed."""
-    if len(data) < 24 or data[12:16] != b"IHDR":
-        return None
-    width, height = struct.unpack(">II", data[16:24])
-    return width, height
-
-
-def jpeg_header(data: bytes) -> tuple[tuple[int, int] | None, int | None]:
-    """Walk the JPEG segments: ((width, height) from the first SOF, offset of the first SOS).
-
-    Walking (rather than searching) skips thumbnails embedded in EXIF segments.
-    """
-    size, position = None, 2
-    while position + 4 <= len(data):
-        if data[position] != 0xFF:
-            return size, None
-        marker = data[position + 1]
-        if marker == 0xFF:  # fill byte
-            position += 1
-            continue
-        if marker in (0x01, *range(0xD0, 0xD8)):  # markers without a length
-            position += 2
-            continue
-        if marker == 0xDA:
-            return size, position
-        if marker == 0xD9:
-            return size, None
-        (length,) = struct.unpack(">H", data[position + 2:position + 4])
-        is_frame = 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC)
-        if is_frame and size is None and position + 9 <= len(data):
-            height, width = struct.unpack(">HH", data[position + 5:position + 9])
-            size = (width, height)
-        position += 2 + length
-    return size, None
-
-
-def check_pixel_count(size: tuple[int, int], name: str) -> None:
-    """Refuse images whose header announces more than MAX_PIXELS pixels."""
-    width, height = size
-    if width * height > MAX_PIXELS:
-        raise ImageError(
-            f"{name} is {width:,} × {height:,} pixels ({width * height / 1e6:,.0f} megapixels), "
-            f"more than the {MAX_PIXELS / 1e6:.0f} megapixel limit."
-        )
 
 
 def decode_png(data: bytes, name: str) -> tuple[np.ndarray, dict, list[str]]:
