@@ -7,6 +7,8 @@ changes, other tabs and app restarts.
 
 from __future__ import annotations
 
+import logging
+
 import pandas as pd
 import streamlit as st
 
@@ -14,6 +16,7 @@ from xrcompare import jobs
 from xrcompare.backbones import REGISTRY, weights_status
 from xrcompare.charts import training_curves_figure
 
+LOG = logging.getLogger("xrcompare.app")
 POLL_SECONDS = 1.0
 LEARNING_RATES = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 IMAGE_SIZES = (None, 64, 96, 128, 160, 192, 224, 256, 299, 320, 384, 448, 512)
@@ -49,7 +52,7 @@ def _current():
     try:
         return jobs.current_job()
     except (OSError, ValueError) as error:
-        st.warning(f"Cannot read the training jobs folder: {error}")
+        st.warning(f"Cannot read the training jobs folder: {jobs.error_line(error)}")
         return None
 
 
@@ -88,12 +91,12 @@ def _show(status) -> None:
             st.caption("Cancelling…")
         elif st.button("Cancel training", key=f"cancel-{status.job_id}",
                        use_container_width=True):
-            with st.spinner("Stopping the training process…"):
-                try:
-                    jobs.cancel_job(status.job_id)
-                except (OSError, ValueError) as error:
-                    st.error(f"Could not cancel: {error}")
-            st.rerun(scope="app")
+            try:  # returns at once; the polling panel shows the outcome when it is recorded
+                jobs.request_cancel(status.job_id)
+            except (OSError, ValueError) as error:
+                st.error(f"Could not cancel: {jobs.error_line(error)}")
+            else:
+                st.rerun(scope="app")
         return
     if status.state == "done":
         count = len(status.runs)
@@ -116,28 +119,39 @@ def _show(status) -> None:
 def _panel(run_every: float | None):
     @st.fragment(run_every=run_every)
     def panel() -> None:
-        status = _current()
-        if status is None:
-            st.session_state.setdefault(SEEN_KEY, None)
-            st.caption("No training job yet.")
-            return
-        final_id = None if status.active else status.job_id
-        if SEEN_KEY not in st.session_state:
-            st.session_state[SEEN_KEY] = final_id  # what this session found on arrival
-        elif final_id and st.session_state[SEEN_KEY] != final_id:
-            st.session_state[SEEN_KEY] = final_id
-            st.rerun(scope="app")  # the new run appears on every page, polling stops
-        elif status.active and run_every is None:
-            st.rerun(scope="app")  # started from another tab: start polling here too
-        _show(status)
+        # A fragment reruns on its own, outside the router's safety net: keep its own.
+        try:
+            _panel_body(run_every)
+        except Exception as error:
+            LOG.exception("training panel failed")
+            st.error(f"The training panel hit a problem ({type(error).__name__}: "
+                     f"{jobs.error_line(error)[:200]}); the run pages still work.")
 
     panel()
+
+
+def _panel_body(run_every: float | None) -> None:
+    status = _current()
+    if status is None:
+        st.session_state.setdefault(SEEN_KEY, None)
+        st.caption("No training job yet.")
+        return
+    final_id = None if status.active else status.job_id
+    if SEEN_KEY not in st.session_state:
+        st.session_state[SEEN_KEY] = final_id  # what this session found on arrival
+    elif final_id and st.session_state[SEEN_KEY] != final_id:
+        st.session_state[SEEN_KEY] = final_id
+        st.rerun(scope="app")  # the new run appears on every page, polling stops
+    elif status.active and run_every is None:
+        st.rerun(scope="app")  # started from another tab: start polling here too
+    _show(status)
 
 
 def _form(data_root, datasets: list[str]) -> jobs.TrainRequest | None:
     weights = _weights()
     available = [name for name, (ok, _) in weights.items() if ok]
     unavailable = {name: detail for name, (ok, detail) in weights.items() if not ok}
+    defaults = jobs.request_defaults()  # TrainConfig's, so the form and the CLI agree
     with st.form("training-form", border=False):
         default = datasets.index("seed001_0402") if "seed001_0402" in datasets else 0
         dataset = st.selectbox("Dataset", datasets or [NONE_LABEL], index=default,
@@ -158,19 +172,23 @@ def _form(data_root, datasets: list[str]) -> jobs.TrainRequest | None:
                        "where they would go): "
                        + ", ".join(REGISTRY[name].display_name for name in unavailable))
         left, right = st.columns(2)
-        epochs = left.number_input("Epochs", min_value=1, max_value=500, value=25, step=1)
-        batch_size = right.number_input("Batch size", min_value=1, max_value=512, value=8,
-                                        step=1)
+        epochs = left.number_input("Epochs", min_value=1, max_value=500,
+                                   value=defaults["epochs"], step=1)
+        batch_size = right.number_input("Batch size", min_value=1, max_value=512,
+                                        value=defaults["batch_size"], step=1)
         learning_rate = st.select_slider("Learning rate", options=LEARNING_RATES,
-                                         value=1e-3, format_func=lambda v: f"{v:g}")
+                                         value=defaults["learning_rate"],
+                                         format_func=lambda v: f"{v:g}")
         image_size = st.selectbox(
             "Input size", IMAGE_SIZES,
             format_func=lambda v: "each backbone's own (224 px; Xception 299)" if v is None
             else f"{v} px")
         left, right = st.columns(2)
-        views = left.number_input("Augmented views", min_value=0, max_value=16, value=0,
-                                  step=1, help="Extra augmented copies of each training image")
-        seed = right.number_input("Seed", min_value=0, max_value=2**31 - 1, value=42, step=1)
+        views = left.number_input("Augmented views", min_value=0, max_value=16,
+                                  value=defaults["augment_views"], step=1,
+                                  help="Extra augmented copies of each training image")
+        seed = right.number_input("Seed", min_value=0, max_value=2**31 - 1,
+                                  value=defaults["seed"], step=1)
         heldout = st.selectbox("Held-out folder (optional)", [NONE_LABEL, *datasets],
                                help="Never used in training; predicted after it. Do not hold "
                                     "out a folder that shares images or patients with the "
@@ -205,7 +223,7 @@ def render_training_sidebar() -> None:
                 except jobs.JobRunning as error:
                     st.warning(f"{error}. It is shown above.")
                 except (ValueError, OSError) as error:  # JobError, DatasetError, bad params
-                    st.error(f"Cannot start: {str(error).splitlines()[0]}")
+                    st.error(f"Cannot start: {jobs.error_line(error)}")
                 else:
                     st.session_state[SEEN_KEY] = None
                     st.rerun(scope="app")

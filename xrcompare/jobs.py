@@ -1,8 +1,9 @@
 """Training jobs run as subprocesses, with their state in files on disk (no Streamlit here).
 
 The sidebar calls :func:`start_job`, :func:`job_status`, :func:`current_job` and
-:func:`cancel_job`; a test can call the very same functions. One job runs at a time per
-jobs folder (``<repo>/jobs/``, or ``$XRCOMPARE_JOBS_DIR``).
+:func:`request_cancel` (:func:`cancel_job` also waits for the end); a test can call the very
+same functions. One job runs at a time per jobs folder (``<repo>/jobs/``, or
+``$XRCOMPARE_JOBS_DIR``).
 
 How a job runs::
 
@@ -11,10 +12,12 @@ How a job runs::
 
 The supervisor waits for the training process, records its outcome in ``state.json``,
 removes any half-written run folder and frees the lock. Cancel sends SIGTERM to the whole
-process group; the supervisor ignores it, sees the training process end and records
-"cancelled". If the supervisor itself is gone without a final state (app or machine
-restart, ``kill -9``), the next reader notices through the pid and the process start time,
-records "stale" and frees the lock.
+process group; the supervisor outlives it (its handler is set before the training process
+starts), sees the training process end and records "cancelled". It kills the training
+process after ``CANCEL_KILL_AFTER_S``; a reader kills the whole group if it is still there
+``CANCEL_ESCALATE_S`` after the cancel. If the supervisor itself is gone without a final
+state (app or machine restart, ``kill -9``), the next reader notices through the pid and the
+process start time, records "stale" and frees the lock.
 
 Files in the jobs folder::
 
@@ -56,6 +59,7 @@ a fraction done, an estimate of the time left and the loss/accuracy curve so far
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -65,7 +69,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -76,6 +80,7 @@ STATES_ACTIVE = ("starting", "running")
 STATES_FINAL = ("done", "failed", "cancelled", "stale")
 STARTING_GRACE_S = 30.0  # a job with no supervisor pid after this long is stale
 CANCEL_KILL_AFTER_S = 10.0  # SIGTERM, then SIGKILL if the training process is still there
+CANCEL_ESCALATE_S = CANCEL_KILL_AFTER_S + 5.0  # then a reader SIGKILLs the whole group
 KEEP_JOBS = 30  # finished job folders kept; older ones are pruned when a job starts
 LOG_TAIL_LINES = 20
 
@@ -94,6 +99,14 @@ class JobRunning(JobError):
         self.job = job
         super().__init__(f"A training job is already running ({job.job_id}, "
                          f"{job.progress.get('phase_text', job.state)}); watch it or cancel it")
+
+
+def error_line(error: BaseException) -> str:
+    """The first non-empty line of an error's message, or its type's name when it has none."""
+    for line in str(error).splitlines():
+        if line.strip():
+            return line.strip()
+    return type(error).__name__
 
 
 def progress_file_writer(path: str | Path) -> Callable[[dict], None]:
@@ -173,19 +186,33 @@ def resolve_data_folder(text: str | Path, data_root: str | Path | None = None) -
 # --------------------------------------------------------------------------- requests
 
 
+TUNABLE = ("epochs", "batch_size", "learning_rate", "image_size", "augment_views", "seed")
+
+
 @dataclass
 class TrainRequest:
-    """What the sidebar form collects."""
+    """What the sidebar form collects.
+
+    A tunable parameter left at None takes :class:`xrcompare.experiment.TrainConfig`'s
+    default (:func:`request_defaults`), so the defaults are defined in one place.
+    """
 
     dataset: str  # a folder name from list_datasets, or a path inside the data root
     backbones: list[str]
-    epochs: int = 25
-    batch_size: int = 8
-    learning_rate: float = 1e-3
+    epochs: int | None = None
+    batch_size: int | None = None
+    learning_rate: float | None = None
     image_size: int | None = None  # None: each backbone's own
-    augment_views: int = 0
-    seed: int = 42
+    augment_views: int | None = None
+    seed: int | None = None
     heldout: str | None = None  # optional held-out folder, same rules as dataset
+
+
+def request_defaults() -> dict:
+    """TrainConfig's defaults for the parameters a request can set (the form's start values)."""
+    from xrcompare.experiment import TrainConfig
+
+    return {item.name: item.default for item in fields(TrainConfig) if item.name in TUNABLE}
 
 
 def prepare(request: TrainRequest, *, data_root: str | Path | None = None,
@@ -210,11 +237,10 @@ def prepare(request: TrainRequest, *, data_root: str | Path | None = None,
     if heldout is not None and heldout == data:
         raise JobError("the held-out folder must differ from the training dataset")
     runs = Path(runs_dir or default_runs_dir()).expanduser().resolve()
-    config = TrainConfig(data=data, backbones=backbones, epochs=request.epochs,
-                         batch_size=request.batch_size, learning_rate=request.learning_rate,
-                         image_size=request.image_size, seed=request.seed,
-                         heldout=[heldout] if heldout else [], runs_dir=runs,
-                         augment_views=request.augment_views)
+    chosen = {name: getattr(request, name) for name in TUNABLE
+              if getattr(request, name) is not None}
+    config = TrainConfig(data=data, backbones=backbones, heldout=[heldout] if heldout else [],
+                         runs_dir=runs, **chosen)
     config.validate()
     for name in backbones:
         status = weights_status(name)
@@ -461,6 +487,7 @@ def job_status(job_id: str, jobs_dir: str | Path | None = None) -> JobStatus:
         cli_alive = _alive(state.get("cli_pid"), state.get("cli_identity"))
         if supervisor_alive or cli_alive:
             state = {**state, "state": state.get("state") or "starting"}
+            _escalate_cancel(folder)
         elif launch is None and time.time() - job.get("created", 0) < STARTING_GRACE_S:
             state = {**state, "state": "starting"}
         else:
@@ -580,6 +607,7 @@ def start_job(request: TrainRequest, *, jobs_dir: str | Path | None = None,
     job_id = _new_job_id()
     _acquire_lock(jobs_dir, job_id)
     folder = jobs_dir / job_id
+    child, launched = None, False
     try:
         folder.mkdir()
         argv = [*argv, "--progress-file", str(folder / "progress.jsonl")]
@@ -594,58 +622,96 @@ def start_job(request: TrainRequest, *, jobs_dir: str | Path | None = None,
         _CHILDREN[job_id] = child
         _write_json(folder / "launch.json", {"pid": child.pid,
                                              "identity": process_identity(child.pid)})
+        launched = True
     except BaseException as error:
-        _write_json(folder / "state.json", {"state": "failed", "finished": time.time(),
-                                            "error": f"could not start the job: {error}"})
-        _release_lock(jobs_dir, job_id)
+        if child is not None:  # started but not recorded: nobody could watch or cancel it
+            with contextlib.suppress(OSError):
+                os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
+        with contextlib.suppress(OSError):  # the folder itself may be what failed
+            _write_json(folder / "state.json", {"state": "failed", "finished": time.time(),
+                                                "error": f"could not start the job: {error}"})
         raise
+    finally:
+        if not launched:
+            _release_lock(jobs_dir, job_id)
     _prune(jobs_dir)
     return job_status(job_id, jobs_dir)
 
 
-def cancel_job(job_id: str, jobs_dir: str | Path | None = None,
-               timeout: float = CANCEL_KILL_AFTER_S + 10) -> JobStatus:
-    """Stop the job's whole process tree; returns once it is recorded as ended."""
+def _signal_job(folder: Path, number: int) -> None:
+    """Signal the job's process group, only while a process of this job is alive (so a
+    reused process group id is never hit)."""
+    launch = _read_json(folder / "launch.json") or {}
+    state = _read_json(folder / "state.json") or {}
+    group = launch.get("pid")
+    if group and (_alive(group, launch.get("identity"))
+                  or _alive(state.get("cli_pid"), state.get("cli_identity"))):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(group, number)
+
+
+def _escalate_cancel(folder: Path) -> None:
+    """SIGKILL the group of a job still alive ``CANCEL_ESCALATE_S`` after its cancel."""
+    try:
+        asked = (folder / "cancel").stat().st_mtime
+    except OSError:
+        return
+    if time.time() - asked > CANCEL_ESCALATE_S:
+        _signal_job(folder, signal.SIGKILL)
+
+
+def request_cancel(job_id: str, jobs_dir: str | Path | None = None) -> JobStatus:
+    """Ask a job to stop and return at once (the page's path).
+
+    SIGTERM goes to the job's process group; the supervisor records the outcome and kills
+    the training process after ``CANCEL_KILL_AFTER_S``; :func:`job_status` kills the whole
+    group if it is still alive ``CANCEL_ESCALATE_S`` after the request.
+    """
     jobs_dir = Path(jobs_dir) if jobs_dir else default_jobs_dir()
     status = job_status(job_id, jobs_dir)
     if not status.active:
         return status
-    folder = jobs_dir / job_id
-    (folder / "cancel").write_text(f"{time.time()}\n")
-    launch = _read_json(folder / "launch.json") or {}
-    group = launch.get("pid")
-
-    def signal_group(number: int) -> None:
-        state = _read_json(folder / "state.json") or {}
-        # only while a process of this job is alive, so a reused pid group is never hit
-        if group and (_alive(group, launch.get("identity"))
-                      or _alive(state.get("cli_pid"), state.get("cli_identity"))):
-            try:
-                os.killpg(group, number)
-            except (ProcessLookupError, PermissionError):
-                pass
-
-    signal_group(signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    killed = False
-    while time.monotonic() < deadline:
-        status = job_status(job_id, jobs_dir)
-        if not status.active:
-            return status
-        if not killed and time.monotonic() > deadline - timeout / 2:
-            signal_group(signal.SIGKILL)
-            killed = True
-        time.sleep(0.2)
-    signal_group(signal.SIGKILL)
-    time.sleep(0.5)
+    cancel = status.folder / "cancel"
+    if not cancel.exists():  # a second request keeps the first one's time
+        cancel.write_text(f"{time.time()}\n")
+    _signal_job(status.folder, signal.SIGTERM)
     return job_status(job_id, jobs_dir)
+
+
+def cancel_job(job_id: str, jobs_dir: str | Path | None = None,
+               timeout: float = CANCEL_ESCALATE_S + 5) -> JobStatus:
+    """Stop the job's whole process tree; returns once it is recorded as ended."""
+    jobs_dir = Path(jobs_dir) if jobs_dir else default_jobs_dir()
+    status = request_cancel(job_id, jobs_dir)
+    deadline = time.monotonic() + timeout
+    while status.active and time.monotonic() < deadline:
+        time.sleep(0.2)
+        status = job_status(job_id, jobs_dir)  # escalates to SIGKILL when it takes long
+    if status.active:
+        _signal_job(status.folder, signal.SIGKILL)
+        time.sleep(0.5)
+        status = job_status(job_id, jobs_dir)
+    return status
 
 
 # --------------------------------------------------------------------------- supervisor
 
 
+def _outlive_signal(number, frame) -> None:
+    """The supervisor's handler for the cancel's SIGTERM (and SIGINT, SIGHUP): carry on.
+
+    A handler rather than SIG_IGN: caught signals are reset to their default in a child at
+    exec, so the training process still ends on SIGTERM, where an ignored one would stay
+    ignored. Set before the training process starts, so an early cancel cannot kill the
+    supervisor before it has recorded the training process.
+    """
+
+
 def supervise(folder: Path) -> int:
     """Run the job's training command, wait, record the outcome, free the lock."""
+    for number in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(number, _outlive_signal)
     folder = Path(folder)
     job = _read_json(folder / "job.json")
     if job is None:
@@ -653,15 +719,40 @@ def supervise(folder: Path) -> int:
         return 2
     jobs_dir = folder.parent
     started = time.time()
-    with (folder / "log.txt").open("ab") as log:
-        child = subprocess.Popen(job["argv"], cwd=REPO, env=_child_environment(),
-                                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
-    # Cancel signals the whole group: the training process ends, this one records it.
-    for number in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(number, signal.SIG_IGN)
-    running = {"state": "running", "started": started, "cli_pid": child.pid,
-               "cli_identity": process_identity(child.pid),
-               "supervisor_pid": os.getpid()}
+    record = {"started": started, "supervisor_pid": os.getpid(), "runs": []}
+    try:
+        if (folder / "cancel").exists():  # cancelled before the training process started
+            _write_json(folder / "state.json", {**record, "state": "cancelled",
+                                                "finished": time.time(), "error": None})
+            return 0
+        try:
+            with (folder / "log.txt").open("ab") as log:
+                child = subprocess.Popen(job["argv"], cwd=REPO, env=_child_environment(),
+                                         stdin=subprocess.DEVNULL, stdout=log,
+                                         stderr=subprocess.STDOUT)
+        except (OSError, ValueError) as error:
+            _write_json(folder / "state.json", {
+                **record, "state": "failed", "finished": time.time(),
+                "error": f"could not start the training process: {error_line(error)}"})
+            return 1
+        try:
+            final = _watch(folder, job, child, record)
+        except BaseException:  # never free the lock while the training process runs on
+            child.kill()
+            child.wait()
+            _cleanup_partial(job, child.pid)
+            raise
+        _write_json(folder / "state.json", final)
+        return 0
+    finally:
+        _release_lock(jobs_dir, job["job_id"])
+
+
+def _watch(folder: Path, job: dict, child: subprocess.Popen, record: dict) -> dict:
+    """Record the running training process, wait for it (passing a cancel on), and return
+    the final state."""
+    running = {**record, "state": "running", "cli_pid": child.pid,
+               "cli_identity": process_identity(child.pid)}
     _write_json(folder / "state.json", running)
     cancel_seen = None
     while True:
@@ -688,9 +779,7 @@ def supervise(folder: Path) -> int:
             final.update(state="cancelled", error=None)
         else:
             final.update(state="failed", error=failure_reason(log_tail(folder, 200), code))
-    _write_json(folder / "state.json", final)
-    _release_lock(jobs_dir, job["job_id"])
-    return 0
+    return final
 
 
 # --------------------------------------------------------------------------- progress

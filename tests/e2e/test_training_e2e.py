@@ -119,3 +119,16 @@ def test_sidebar_trains_a_tiny_run_that_appears_in_the_leaderboard(
     page.reload(wait_until="domcontentloaded")
     expect(sidebar.get_by_text("Finished in")).to_be_visible()
     assert not (root / "jobs" / "lock").exists()
+
+    # a long job is cancelled from the sidebar: the click returns at once, the panel shows
+    # the outcome once the supervisor records it, and no run is added
+    wait_idle(page)
+    form.get_by_label("Epochs", exact=True).fill("500")
+    form.get_by_role("button", name="Start training").click()
+    cancel = sidebar.get_by_role("button", name="Cancel training")
+    expect(cancel).to_be_visible(timeout=30_000)
+    cancel.click()
+    expect(sidebar.get_by_text("Cancelled after")).to_be_visible(timeout=30_000)
+    expect(sidebar).to_contain_text("No run was kept.")
+    assert [path.name for path in runs_dir.iterdir()] == runs
+    assert errors.count() == 0, errors.all_inner_texts()
