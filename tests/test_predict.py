@@ -318,3 +318,51 @@ def test_cli_explain_refuses_bad_input_in_one_line(tmp_path, samples):
                      "--out", str(tmp_path / "x.png"))
     assert result.returncode != 0 and "unknown method 'lime'" in result.stderr
     assert not (tmp_path / "x.png").exists()
+
+
+# --------------------------------------------------------------------------- inference (CLI)
+
+
+def test_predict_and_explain_file_give_what_the_page_gives(shipped_runs, models, samples,
+                                                          tmp_path):
+    from xrcompare.inference import explain_file, predict_file
+
+    run = next(run for run in shipped_runs if run.run_id == MAIN_RUN)
+    sample = next(sample for sample in samples if sample.label == "pneumonia")
+    gray = gray_of(sample)
+    page = predictor.predict_one(run, models[MAIN_RUN], gray)
+    result = predict_file(run, sample.path, model=models[MAIN_RUN])
+    assert result["probabilities"] == pytest.approx(page.probabilities)
+    assert result["predicted"] == page.predicted and isinstance(result["warnings"], list)
+    out = tmp_path / "map.png"
+    answer = explain_file(run, sample.path, method="gradcam", target=None, out=out, alpha=0.5)
+    assert answer == {"method": "gradcam", "target": page.predicted,
+                      "predicted": page.predicted}
+    expected = predictor.overlay_for_run(
+        run, gray, predictor.explain_run(run, models[MAIN_RUN], gray, "gradcam",
+                                         page.predicted).saliency, alpha=0.5)
+    written = cv2.cvtColor(cv2.imread(str(out), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    assert np.abs(written.astype(int) - expected.astype(int)).max() <= 2
+
+
+def test_explain_file_checks_out_before_building_a_model(tmp_path, samples):
+    from xrcompare.backbones import WeightsUnavailable
+    from xrcompare.inference import explain_file
+
+    # A run whose backbone has no weights here: reaching the model would raise
+    # WeightsUnavailable, so a ValueError about --out proves --out was checked first.
+    vgg = load_run(copy_run(tmp_path, MAIN_RUN, "vgg16-copy", backbone="vgg16",
+                            backbone_display="VGG16"))
+    image = samples[0].path
+    with pytest.raises(ValueError, match=r"\.png"):
+        explain_file(vgg, image, method="gradcam", target=None, out=tmp_path / "map.jpg")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder", encoding="utf-8")
+    with pytest.raises(ValueError, match="cannot create the folder"):
+        explain_file(vgg, image, method="gradcam", target=None, out=blocker / "sub" / "m.png")
+    (tmp_path / "folder.png").mkdir()
+    with pytest.raises(ValueError, match="is a folder"):
+        explain_file(vgg, image, method="gradcam", target=None, out=tmp_path / "folder.png")
+    with pytest.raises(WeightsUnavailable, match="VGG16"):
+        explain_file(vgg, image, method="gradcam", target=None, out=tmp_path / "maps" / "m.png")
+    assert not (tmp_path / "maps" / "m.png").exists()

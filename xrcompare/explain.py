@@ -37,11 +37,9 @@ Notes on tf-keras-vis 0.8.7 with Keras 3 (checked with TensorFlow 2.21 / Keras 3
 from __future__ import annotations
 
 import threading
-import time
 import warnings
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -67,21 +65,6 @@ SMOOTH_CHUNK = 5
 
 #: ``progress(fraction)`` with fraction in 0..1, called while a slow method runs.
 Progress = Callable[[float], None]
-
-
-@dataclass(frozen=True)
-class SaliencyResult:
-    """A saliency map with what produced it and how long it took."""
-
-    method: str
-    class_index: int
-    saliency: np.ndarray
-    seconds: float
-
-    @property
-    def is_blank(self) -> bool:
-        """True when the map is flat (for example Grad-CAM with no positive evidence)."""
-        return float(self.saliency.max() - self.saliency.min()) < 1e-6
 
 
 def compute_saliency(model, inputs, method: str, class_index: int,
@@ -167,16 +150,6 @@ def smooth_gradients(visualizer, score, batch: np.ndarray, samples: int, noise: 
     return (total / samples).max(axis=-1)[None].astype(np.float32)
 
 
-def explain(model, inputs, method: str, class_index: int,
-            penultimate_layer: str | None = None, **options) -> SaliencyResult:
-    """:func:`compute_saliency`, timed, as a :class:`SaliencyResult`."""
-    start = time.perf_counter()
-    saliency = compute_saliency(model, inputs, method, class_index, penultimate_layer,
-                                **options)
-    return SaliencyResult(method=method, class_index=int(class_index), saliency=saliency,
-                          seconds=time.perf_counter() - start)
-
-
 VISUALIZER_CLASSES = {
     "saliency": ("tf_keras_vis.saliency", "Saliency"),
     "smoothgrad": ("tf_keras_vis.saliency", "Saliency"),
@@ -250,15 +223,6 @@ def visualizers_for(model) -> Visualizers:
             entry = Visualizers(model)
             _VISUALIZERS[model] = entry
         return entry
-
-
-def forget_visualizers(model=None) -> None:
-    """Drop the kept clone of ``model`` (of every model when None)."""
-    with _VISUALIZERS_LOCK:
-        if model is None:
-            _VISUALIZERS.clear()
-        else:
-            _VISUALIZERS.pop(model, None)
 
 
 # --- checks -----------------------------------------------------------------------------

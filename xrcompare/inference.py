@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from xrcompare.data import scan_dataset
 from xrcompare.evaluate import evaluate_predictions
 from xrcompare.features import FeatureExtractor, FeatureSpec
-from xrcompare.runs import Run, build_full_model, build_head_for_run, predict_gray
+from xrcompare.runs import Run, build_head_for_run
 from xrcompare.train import predict
 
 
@@ -47,20 +45,46 @@ def load_image_file(path: str | Path):
 
 
 def predict_file(run: Run, path: str | Path, model=None) -> dict:
+    """One image file through ``run`` (the CLI's ``predict``), as the dashboard predicts it.
+
+    Returns ``run``, ``image``, ``probabilities`` (class → probability), ``predicted`` and the
+    image loader's ``warnings``.
+    """
+    from xrcompare import predictor
+
     image = load_image_file(path)
-    model = model or build_full_model(run)
-    probabilities = predict_gray(run, model, image.gray)
-    predicted = max(probabilities, key=probabilities.get)
-    return {"run": run.run_id, "image": str(path), "probabilities": probabilities,
-            "predicted": predicted, "warnings": list(image.warnings)}
+    prediction = predictor.predict_one(run, model or predictor.load_model(run), image.gray)
+    return {"run": run.run_id, "image": str(path), "probabilities": prediction.probabilities,
+            "predicted": prediction.predicted, "warnings": list(image.warnings)}
+
+
+def check_overlay_path(out: str | Path) -> Path:
+    """``out`` as a .png path whose folder exists (made if needed); ValueError otherwise."""
+    out = Path(out)
+    if out.suffix.lower() != ".png":
+        raise ValueError(f"--out must name a .png file, got {out.name!r}")
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a folder, not a .png file")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ValueError(f"cannot create the folder for --out ({out.parent}): "
+                         f"{error.strerror or error}") from None
+    return out
 
 
 def explain_file(run: Run, path: str | Path, *, method: str, target: str | None, out: Path,
                  alpha: float = 0.45) -> dict:
+    """A saliency overlay of one image file written to ``out`` (the CLI's ``explain``), made
+    as the dashboard makes it. ``target`` None explains the predicted class.
+
+    The arguments and ``out`` are checked before any model is built. Returns ``method``,
+    ``target`` and ``predicted``.
+    """
     import cv2
 
-    from xrcompare.explain import METHODS, compute_saliency, overlay
-    from xrcompare.runs import model_input_for_run
+    from xrcompare import predictor
+    from xrcompare.explain import METHODS
 
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
@@ -68,19 +92,13 @@ def explain_file(run: Run, path: str | Path, *, method: str, target: str | None,
         raise ValueError(f"unknown class {target!r}; choose from {', '.join(run.labels)}")
     if not 0 <= alpha <= 1:
         raise ValueError("alpha must be between 0 and 1")
+    out = check_overlay_path(out)
     image = load_image_file(path)
-    model = build_full_model(run)
-    inputs = model_input_for_run(run, image.gray)
-    probabilities = np.asarray(model.predict_on_batch(inputs))[0]
-    predicted = run.labels[int(probabilities.argmax())]
+    model = predictor.load_model(run)
+    predicted = predictor.predict_one(run, model, image.gray).predicted
     target = target or predicted
-    saliency = compute_saliency(model, inputs, method, run.labels.index(target),
-                                penultimate_layer=run.info["last_conv_layer"])
-    picture = overlay(image.gray, saliency, alpha=alpha, resize_mode=run.info["resize_mode"])
-    out = Path(out)
-    if out.suffix.lower() != ".png":
-        raise ValueError("--out must name a .png file")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    explanation = predictor.explain_run(run, model, image.gray, method, target)
+    picture = predictor.overlay_for_run(run, image.gray, explanation.saliency, alpha=alpha)
     if not cv2.imwrite(str(out), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR)):
         raise ValueError(f"cannot write {out}")
     return {"method": method, "target": target, "predicted": predicted}
