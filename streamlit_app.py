@@ -1,6 +1,6 @@
 """xrcompare dashboard: the router. Run with ``streamlit run streamlit_app.py``.
 
-It sets the page up, builds the navigation over ``pages/``, draws the sidebar shared by every
+It sets the page up, builds the navigation over ``app_pages/``, draws the sidebar shared by every
 page (run picker, then the training form) and runs the chosen page. Pages only lay out;
 the logic lives in ``xrcompare``.
 """
@@ -17,7 +17,7 @@ if str(ROOT) not in sys.path:
 
 import streamlit as st  # noqa: E402
 
-from pages import _common as common  # noqa: E402
+from app_pages import _common as common  # noqa: E402
 
 LOG = logging.getLogger("xrcompare.app")
 
@@ -37,9 +37,9 @@ def build_navigation():
 
 
 def render_training_form() -> None:
-    """The training form of ``pages/_training.py`` (its own engineer), if it loads."""
+    """The training form of ``app_pages/_training.py`` (its own engineer), if it loads."""
     try:
-        from pages._training import render_training_sidebar
+        from app_pages._training import render_training_sidebar
     except Exception as error:  # a missing or broken module must not take the dashboard down
         LOG.warning("training form unavailable: %s", error)
         st.sidebar.caption("Training from the browser is not available in this copy.")

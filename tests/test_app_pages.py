@@ -25,13 +25,13 @@ TIMEOUT_S = 120
 
 #: (page file, words its title starts with) for every page this suite owns.
 PAGES = [
-    ("pages/overview.py", "Overview"),
-    ("pages/per_class.py", "Per-class scores"),
-    ("pages/confusion.py", "Confusion matrices"),
-    ("pages/curves.py", "Training curves"),
-    ("pages/tradeoffs.py", "Recall trade-offs"),
-    ("pages/heldout.py", "Held-out Kaggle test"),
-    ("pages/dataset.py", "Dataset"),
+    ("app_pages/overview.py", "Overview"),
+    ("app_pages/per_class.py", "Per-class scores"),
+    ("app_pages/confusion.py", "Confusion matrices"),
+    ("app_pages/curves.py", "Training curves"),
+    ("app_pages/tradeoffs.py", "Recall trade-offs"),
+    ("app_pages/heldout.py", "Held-out Kaggle test"),
+    ("app_pages/dataset.py", "Dataset"),
 ]
 
 
@@ -96,23 +96,23 @@ def test_every_page_renders_the_shipped_runs(shipped_app, page, title):
     app = open_page(shipped_app, page)
     assert app.title[0].value.startswith(title)
     runs = shipped_runs()
-    if page == "pages/overview.py":
+    if page == "app_pages/overview.py":
         board = app.dataframe[0].value
         assert len(board) == len(runs)
         assert set(board["run_id"]) == {run.run_id for run in runs}
         assert app.get("download_button")
         assert any("Teaching, not diagnosis" in item.value for item in app.warning)
-    elif page == "pages/per_class.py":
+    elif page == "app_pages/per_class.py":
         assert len(plotly_charts(app)) == 1
         assert len(app.dataframe[0].value) == 3 * len(runs)
-    elif page in ("pages/confusion.py", "pages/curves.py"):
+    elif page in ("app_pages/confusion.py", "app_pages/curves.py"):
         assert len(plotly_charts(app)) == len(runs)
-    elif page == "pages/tradeoffs.py":
+    elif page == "app_pages/tradeoffs.py":
         assert len(app.dataframe) == 3 and len(plotly_charts(app)) == 3
-    elif page == "pages/heldout.py":
+    elif page == "app_pages/heldout.py":
         assert "2020 blog, VGG16, as reported" in set(app.dataframe[0].value["run"])
         assert app.get("image"), "no thumbnails of the worst mistakes"
-    elif page == "pages/dataset.py":
+    elif page == "app_pages/dataset.py":
         assert app.get("image"), "no thumbnails per class"
         assert any("Roberts" in item.value for item in app.markdown)
         # the data README's probe is credited, and the runs' own counts are shown beside it
@@ -124,7 +124,7 @@ def test_every_page_renders_the_shipped_runs(shipped_app, page, title):
 
 
 def test_threshold_slider_changes_the_shown_sensitivity(shipped_app):
-    app = open_page(shipped_app, "pages/tradeoffs.py")
+    app = open_page(shipped_app, "app_pages/tradeoffs.py")
     before = app.dataframe[1].value.set_index("run")["sensitivity"]
     app.slider(key="tradeoff_threshold").set_value(0.999).run()
     assert_clean(app)
@@ -140,7 +140,7 @@ def test_threshold_slider_changes_the_shown_sensitivity(shipped_app):
 
 
 def test_target_sensitivity_table_answers_in_one_move(shipped_app):
-    app = open_page(shipped_app, "pages/tradeoffs.py")
+    app = open_page(shipped_app, "app_pages/tradeoffs.py")
     table = app.dataframe[0].value
     assert (table["sensitivity"] >= 0.95).all()
     assert {"threshold", "fp", "specificity"} <= set(table.columns)
@@ -153,7 +153,7 @@ def test_target_sensitivity_table_answers_in_one_move(shipped_app):
 
 
 def test_cost_slider_moves_the_cheapest_threshold(shipped_app):
-    app = open_page(shipped_app, "pages/tradeoffs.py")
+    app = open_page(shipped_app, "app_pages/tradeoffs.py")
     app.slider(key="tradeoff_cost").set_value(1).run()
     cheap = app.dataframe[2].value.set_index("run")
     app.slider(key="tradeoff_cost").set_value(100).run()
@@ -179,7 +179,7 @@ def test_an_unticked_run_is_hidden_on_every_page(monkeypatch):
     boxes = {box.key: box.value for box in app.sidebar.checkbox}
     assert boxes[f"run_pick::{hidden.run_id}"] is False and sum(boxes.values()) == len(runs) - 1
     assert hidden.run_id not in set(app.dataframe[0].value["run_id"])
-    open_page(app, "pages/confusion.py")
+    open_page(app, "app_pages/confusion.py")
     if len(runs) > 1:
         assert len(plotly_charts(app)) == len(runs) - 1
     else:
@@ -223,7 +223,7 @@ def test_a_single_run_works_on_every_page(tmp_path, monkeypatch):
     for page, title in PAGES:
         open_page(app, page)
         assert app.title[0].value.startswith(title)
-    open_page(app, "pages/tradeoffs.py")
+    open_page(app, "app_pages/tradeoffs.py")
     app.slider(key="tradeoff_threshold").set_value(0.9).run()
     assert_clean(app)
     assert len(app.dataframe[1].value) == 1
@@ -237,7 +237,7 @@ def test_images_missing_from_this_machine_are_said_not_crashed(tmp_path, monkeyp
     info["data"]["manifest"] = str(tmp_path / "gone" / "manifest.csv")
     (run_dir / "run.json").write_text(json.dumps(info), encoding="utf-8")
     app = start(monkeypatch, tmp_path)
-    for page in ("pages/heldout.py", "pages/dataset.py"):
+    for page in ("app_pages/heldout.py", "app_pages/dataset.py"):
         open_page(app, page)
         assert any("not on this machine" in item.value for item in app.warning), page
         assert not app.get("image")

@@ -19,7 +19,7 @@ from xrcompare import predictor
 from xrcompare.runs import RUNS_DIR_VARIABLE, list_runs
 
 APP = REPO / "streamlit_app.py"
-PAGE = "pages/predict.py"
+PAGE = "app_pages/predict.py"
 TRAINED = REPO / "trained"
 MAIN_RUN = "resnet50-cxr3"
 TIMEOUT_S = 300

@@ -72,6 +72,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from xrcompare.backbones import first_line
+
 REPO = Path(__file__).resolve().parent.parent
 JOBS_DIR_VARIABLE = "XRCOMPARE_JOBS_DIR"
 DATA_ROOT_VARIABLE = "XRCOMPARE_DATA_ROOT"
@@ -102,11 +104,8 @@ class JobRunning(JobError):
 
 
 def error_line(error: BaseException) -> str:
-    """The first non-empty line of an error's message, or its type's name when it has none."""
-    for line in str(error).splitlines():
-        if line.strip():
-            return line.strip()
-    return type(error).__name__
+    """The first line of an error's message, or its type's name when it has none."""
+    return first_line(error, limit=500)
 
 
 def progress_file_writer(path: str | Path) -> Callable[[dict], None]:

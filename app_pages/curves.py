@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from pages import _common as common
+from app_pages import _common as common
 from xrcompare.charts import training_curves_figure
 
 runs = common.require_runs()

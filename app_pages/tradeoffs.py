@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from pages import _common as common
+from app_pages import _common as common
 from xrcompare.charts import (
     cost_figure,
     curves_for_runs,

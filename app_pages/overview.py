@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from pages import _common as common
+from app_pages import _common as common
 from xrcompare.summary import LEADERBOARD_COLUMNS, leaderboard
 
 runs = common.require_runs()

@@ -3,7 +3,7 @@ mistakes."""
 
 import streamlit as st
 
-from pages import _common as common
+from app_pages import _common as common
 from xrcompare.charts import (
     BLOG_REFERENCE_NAME,
     called_as_by_run,

@@ -3,7 +3,7 @@ data in plain words."""
 
 import streamlit as st
 
-from pages import _common as common
+from app_pages import _common as common
 from xrcompare.charts import (
     called_as_by_run,
     class_counts_figure,

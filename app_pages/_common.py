@@ -40,14 +40,14 @@ class PageSpec:
 
 #: Every page of the dashboard, in menu order (paths relative to the repository root).
 PAGES = (
-    PageSpec("pages/overview.py", "Overview", ":material/leaderboard:", "Compare runs"),
-    PageSpec("pages/per_class.py", "Per-class scores", ":material/bar_chart:", "Compare runs"),
-    PageSpec("pages/confusion.py", "Confusion matrices", ":material/grid_on:", "Compare runs"),
-    PageSpec("pages/curves.py", "Training curves", ":material/show_chart:", "Compare runs"),
-    PageSpec("pages/tradeoffs.py", "Recall trade-offs", ":material/tune:", "Compare runs"),
-    PageSpec("pages/heldout.py", "Held-out Kaggle test", ":material/science:", "Compare runs"),
-    PageSpec("pages/dataset.py", "Dataset", ":material/photo_library:", "Data and models"),
-    PageSpec("pages/predict.py", "Predict & explain", ":material/image_search:",
+    PageSpec("app_pages/overview.py", "Overview", ":material/leaderboard:", "Compare runs"),
+    PageSpec("app_pages/per_class.py", "Per-class scores", ":material/bar_chart:", "Compare runs"),
+    PageSpec("app_pages/confusion.py", "Confusion matrices", ":material/grid_on:", "Compare runs"),
+    PageSpec("app_pages/curves.py", "Training curves", ":material/show_chart:", "Compare runs"),
+    PageSpec("app_pages/tradeoffs.py", "Recall trade-offs", ":material/tune:", "Compare runs"),
+    PageSpec("app_pages/heldout.py", "Held-out Kaggle test", ":material/science:", "Compare runs"),
+    PageSpec("app_pages/dataset.py", "Dataset", ":material/photo_library:", "Data and models"),
+    PageSpec("app_pages/predict.py", "Predict & explain", ":material/image_search:",
              "Data and models"),
 )
 

@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from pages import _common as common
+from app_pages import _common as common
 from xrcompare.charts import TEST_SPLIT, heldout_names, per_class_figure, per_class_frame
 
 runs = common.require_runs()

@@ -11,7 +11,7 @@ import logging
 
 import streamlit as st
 
-from pages import _common as common
+from app_pages import _common as common
 from xrcompare import predictor
 from xrcompare.explain import CAM_METHODS, METHODS
 from xrcompare.imaging import ImageError
