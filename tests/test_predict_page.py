@@ -35,7 +35,9 @@ def open_page(monkeypatch, runs_dir=TRAINED, selected: list[str] | None = None) 
     monkeypatch.setenv(RUNS_DIR_VARIABLE, str(runs_dir))
     app = AppTest.from_file(str(APP), default_timeout=TIMEOUT_S)
     app.run()
-    if selected is not None:
+    if selected is not None:  # tick exactly these in the sidebar's run picker
+        for run in list_runs(runs_dir).runs:
+            app.session_state[f"run_pick::{run.run_id}"] = run.run_id in selected
         app.session_state["selected_run_ids"] = selected
     app.switch_page(PAGE).run()
     assert_clean(app)
