@@ -291,19 +291,6 @@ def cheapest_point(sweep: pd.DataFrame, miss_cost: float) -> dict:
     return point
 
 
-def lowest_threshold_for_sensitivity(positive: np.ndarray, score: np.ndarray,
-                                     target: float) -> dict | None:
-    """:func:`threshold_for_sensitivity` from raw scores (kept for older callers)."""
-    return threshold_for_sensitivity(threshold_sweep(positive, score), target)
-
-
-def cheapest_threshold(positive: np.ndarray, score: np.ndarray, miss_cost: float) -> dict | None:
-    """:func:`cheapest_point` from raw scores, None without images (kept for older callers)."""
-    if np.asarray(positive).size == 0:
-        return None
-    return cheapest_point(threshold_sweep(positive, score), miss_cost)
-
-
 def summarise_folds(fold_metrics: list[dict]) -> dict:
     """Mean ± sd across cross-validation folds for the headline numbers."""
 
