@@ -6,9 +6,10 @@ import json
 import shutil
 
 import pytest
-from conftest import REPO
+from conftest import DATA, REPO
 
 from xrcompare.backbones import WeightsUnavailable
+from xrcompare.inference import evaluate_folder
 from xrcompare.runs import build_full_model, list_runs, load_run, rebuild_problem
 
 SHIPPED = REPO / "trained"
@@ -60,4 +61,6 @@ def test_random_control_is_not_rebuilt_under_another_keras(tmp_path):
     assert "cannot be rebuilt identically" in rebuild_problem(run)
     with pytest.raises(WeightsUnavailable, match="random-init control"):
         build_full_model(run)
+    with pytest.raises(WeightsUnavailable, match="random-init control"):
+        evaluate_folder(run, DATA / "kaggle_test")
     assert rebuild_problem(load_run(SHIPPED / "resnet50-cxr3")) is None  # ImageNet runs

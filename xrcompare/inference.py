@@ -7,7 +7,7 @@ from pathlib import Path
 from xrcompare.data import scan_dataset
 from xrcompare.evaluate import evaluate_predictions
 from xrcompare.features import FeatureExtractor, FeatureSpec
-from xrcompare.runs import Run, build_head_for_run
+from xrcompare.runs import Run, build_head_for_run, check_rebuildable
 from xrcompare.train import predict
 
 
@@ -24,6 +24,7 @@ def evaluate_folder(run: Run, folder: str | Path, *, repeats: int = 1000):
     unknown = sorted(set(dataset.labels) - set(run.labels))
     if unknown:
         raise ValueError(f"{folder} has classes {unknown} that the run does not predict")
+    check_rebuildable(run)  # a random-init control's base differs across Keras versions
     extractor = FeatureExtractor(feature_spec(run))
     result = extractor.extract([record.path for record in dataset.records])
     if not result.ok:

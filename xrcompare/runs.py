@@ -275,18 +275,26 @@ def rebuild_problem(run: Run) -> str | None:
     return None
 
 
+def check_rebuildable(run: Run) -> None:
+    """Raise :class:`xrcompare.backbones.WeightsUnavailable` with :func:`rebuild_problem`'s
+    sentence when the run's base cannot be rebuilt faithfully here."""
+    from xrcompare.backbones import WeightsUnavailable
+
+    problem = rebuild_problem(run)
+    if problem:
+        raise WeightsUnavailable(problem)
+
+
 def build_full_model(run: Run, *, base=None):
     """The run's full classifier as ONE flat graph: frozen base + head layers.
 
     Raises :class:`xrcompare.backbones.WeightsUnavailable` when ImageNet weights are missing
     or a random-init control cannot be rebuilt identically here.
     """
-    from xrcompare.backbones import WeightsUnavailable, build_base
+    from xrcompare.backbones import build_base
     from xrcompare.train import attach_head
 
-    problem = rebuild_problem(run)
-    if problem:
-        raise WeightsUnavailable(problem)
+    check_rebuildable(run)
     if base is None:
         base = build_base(run.backbone, run.info["image_size"], run.info["weights"],
                           seed=run.info.get("weights_seed", 0))
