@@ -1,0 +1,29 @@
+"""User-controlled text shown through Streamlit Markdown renders as itself."""
+
+from __future__ import annotations
+
+import pytest
+
+from xrcompare.escaping import escape_markdown
+
+
+@pytest.mark.parametrize(("text", "escaped"), [
+    ("[click](http://evil.example)", r"\[click\]\(http\://evil.example\)"),
+    ("![x](http://evil.example/a.png)", r"\!\[x\]\(http\://evil.example/a.png\)"),
+    ("<http://evil.example>", r"\<http\://evil.example\>"),
+    ("see www.evil.example", r"see www\.evil.example"),
+    ("mail me@evil.example", r"mail me\@evil.example"),
+    ("**bold** _it_ `code` ~~gone~~", r"\*\*bold\*\* \_it\_ \`code\` \~\~gone\~\~"),
+    (":red[alarm] :material/home: $x^2$", r"\:red\[alarm\] \:material/home\: \$x^2\$"),
+    ("# title", r"\# title"), ("- item", r"\- item"), ("12. item", r"12\. item"),
+    ("> quote", r"\> quote"), ("a\\b", r"a\\b"),
+    ("line one\nline two", "line one line two"),
+    ("resnet50-cxr3 · ResNet50", "resnet50-cxr3 · ResNet50"),  # plain names stay readable
+])
+def test_markdown_specials_are_escaped(text, escaped):
+    assert escape_markdown(text) == escaped
+
+
+def test_any_object_is_escaped_as_its_text():
+    assert escape_markdown(ValueError("bad [x](y)")) == r"bad \[x\]\(y\)"
+    assert escape_markdown(3) == "3"
