@@ -28,7 +28,14 @@ from xrcompare.data import (
 from xrcompare.evaluate import evaluate_predictions, summarise_folds
 from xrcompare.features import FeatureExtractor, FeatureSpec
 from xrcompare.imaging import RESIZE_MODES
-from xrcompare.runs import SCHEMA_VERSION, RunWriter, default_runs_dir, new_run_id, slug
+from xrcompare.runs import (
+    SCHEMA_VERSION,
+    RunWriter,
+    check_runs_dir,
+    default_runs_dir,
+    new_run_id,
+    slug,
+)
 from xrcompare.train import HEADS, build_head, fit_head, predict, save_head_weights
 
 Progress = Callable[[dict], None]
@@ -163,9 +170,14 @@ def train_runs(config: TrainConfig, progress: Progress | None = None) -> list[Pa
     """Train one run per backbone; return the committed run folders."""
     config.validate()
     emit = progress or (lambda event: None)
+    # Where the run goes must take it: said now, not after all the training work.
+    check_runs_dir(config.runs_dir or default_runs_dir())
     started = time.perf_counter()
     emit({"phase": "scan", "what": str(config.data)})
     dataset = scan_dataset(config.data)
+    dataset.check_trainable()  # one class would score 1.000 on everything
+    if dataset.manifest_problem:  # the split falls back to weaker patient ids: say so
+        emit({"phase": "warning", "what": dataset.manifest_problem})
     heldouts = [scan_dataset(folder) for folder in config.heldout]
     names = [heldout.root.name for heldout in heldouts]
     if len(set(names)) != len(names):
@@ -176,7 +188,7 @@ def train_runs(config: TrainConfig, progress: Progress | None = None) -> list[Pa
             raise ValueError(f"run folder {existing} already exists: choose another --name "
                              "or remove it first")
     scan_seconds = time.perf_counter() - started
-    splits: list[list[dict]] = []  # computed once, after the first base loads
+    splits: list[list[dict]] = []  # computed once, before any base loads
 
     def fold_splits() -> list[dict]:
         if not splits:
@@ -189,6 +201,7 @@ def train_runs(config: TrainConfig, progress: Progress | None = None) -> list[Pa
                                                 seed=config.seed)])
         return splits[0]
 
+    fold_splits()  # too few patients per class for the split asked: say so before any work
     folders = []
     for number, backbone in enumerate(config.backbones, start=1):
         def tagged(event, number=number, backbone=backbone):
