@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
-import tomllib
 from conftest import REPO
 
 from xrcompare import access
 
 
 def test_the_app_listens_on_loopback_by_default():
-    config = tomllib.loads((REPO / ".streamlit" / "config.toml").read_text(encoding="utf-8"))
-    assert access.is_loopback(config["server"]["address"])
+    text = (REPO / ".streamlit" / "config.toml").read_text(encoding="utf-8")
+    server = text.split("[server]", 1)[1].split("\n[", 1)[0]
+    address = re.search(r'^address\s*=\s*"([^"]*)"', server, re.MULTILINE)
+    assert address and access.is_loopback(address.group(1))
 
 
 @pytest.mark.parametrize(("address", "loopback"), [
@@ -52,3 +55,12 @@ def test_key_comparison():
     assert not access.key_matches("s3cre", "s3cret")
     assert not access.key_matches("", "s3cret") and not access.key_matches(None, "s3cret")
     assert not access.key_matches("anything", None)
+
+
+def test_training_processes_do_not_inherit_the_teacher_key(monkeypatch):
+    from xrcompare import jobs
+
+    monkeypatch.setenv(access.TEACHER_KEY_VARIABLE, "s3cret")
+    monkeypatch.setenv(access.TEACHER_KEY_SECRET, "s3cret")  # where Streamlit puts a secret
+    environment = jobs._child_environment()
+    assert "s3cret" not in environment.values()

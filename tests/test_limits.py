@@ -59,3 +59,22 @@ def test_slot_count_comes_from_the_environment(monkeypatch):
     for text in ("0", "-4", "many", ""):
         monkeypatch.setenv(limits.SLOTS_VARIABLE, text)
         assert limits.slot_count() == (1 if text in ("0", "-4") else limits.DEFAULT_SLOTS)
+
+
+def test_the_readme_limits_table_is_the_code():
+    from conftest import REPO
+
+    from xrcompare import imaging, uploads
+
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    table = readme.split("<!-- serving-limits:start -->")[1].split("<!-- serving-limits:end -->")[0]
+    config = (REPO / ".streamlit" / "config.toml").read_text(encoding="utf-8")
+    upload_mb = int(config.split("maxUploadSize =")[1].split()[0])
+    for text in (f"| upload size | {upload_mb} MB |",
+                 f"{imaging.MAX_FILE_BYTES / 1e6:.0f} MB, read no further",
+                 f"{imaging.MAX_PIXELS / 1e6:.0f} megapixels",
+                 f"| {imaging.MAX_DECODED_BYTES / 1e6:.0f} MB | `imaging.MAX_DECODED_BYTES`",
+                 f"longest side {uploads.MAX_SIDE} px",
+                 f"| {limits.DEFAULT_SLOTS} (`{limits.SLOTS_VARIABLE}`) |",
+                 f"| {limits.WAIT_TIMEOUT_S:.0f} s |"):
+        assert text in table, text

@@ -556,7 +556,11 @@ def _prune(jobs_dir: Path, keep: int = KEEP_JOBS) -> None:
 
 
 def _child_environment() -> dict:
+    from xrcompare.access import TEACHER_KEY_SECRET, TEACHER_KEY_VARIABLE
+
     env = dict(os.environ)
+    for name in (TEACHER_KEY_VARIABLE, TEACHER_KEY_SECRET):  # training never needs the key
+        env.pop(name, None)
     env["PYTHONUNBUFFERED"] = "1"
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     path = env.get("PYTHONPATH", "")
