@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from xrcompare.escaping import escape_markdown
+from xrcompare.escaping import escape_markdown, unescape_markdown
+
+ZWSP = "\u200b"
 
 
 @pytest.mark.parametrize(("text", "escaped"), [
-    ("[click](http://evil.example)", r"\[click\]\(http\://evil.example\)"),
-    ("![x](http://evil.example/a.png)", r"\!\[x\]\(http\://evil.example/a.png\)"),
-    ("<http://evil.example>", r"\<http\://evil.example\>"),
-    ("see www.evil.example", r"see www\.evil.example"),
-    ("mail me@evil.example", r"mail me\@evil.example"),
+    ("[click](http://evil.example)", rf"\[click\]\(http\:{ZWSP}//evil.example\)"),
+    ("![x](http://evil.example/a.png)", rf"\!\[x\]\(http\:{ZWSP}//evil.example/a.png\)"),
+    ("<http://evil.example>", rf"\<http\:{ZWSP}//evil.example\>"),
+    ("see www.evil.example", f"see www{ZWSP}.evil.example"),
+    ("mail me@evil.example", rf"mail me\@{ZWSP}evil.example"),
     ("**bold** _it_ `code` ~~gone~~", r"\*\*bold\*\* \_it\_ \`code\` \~\~gone\~\~"),
     (":red[alarm] :material/home: $x^2$", r"\:red\[alarm\] \:material/home\: \$x^2\$"),
     ("# title", r"\# title"), ("- item", r"\- item"), ("12. item", r"12\. item"),
@@ -27,3 +29,9 @@ def test_markdown_specials_are_escaped(text, escaped):
 def test_any_object_is_escaped_as_its_text():
     assert escape_markdown(ValueError("bad [x](y)")) == r"bad \[x\]\(y\)"
     assert escape_markdown(3) == "3"
+
+
+@pytest.mark.parametrize("text", ["[click](http://evil.example) **x** www.a.b c@d.e",
+                                  "error: a_b (c) #1 - 2. x", "- list", "3. item", "a\\b"])
+def test_unescaping_gives_back_the_text(text):
+    assert unescape_markdown(escape_markdown(text)) == text

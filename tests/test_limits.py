@@ -78,3 +78,30 @@ def test_the_readme_limits_table_is_the_code():
                  f"| {limits.DEFAULT_SLOTS} (`{limits.SLOTS_VARIABLE}`) |",
                  f"| {limits.WAIT_TIMEOUT_S:.0f} s |"):
         assert text in table, text
+
+
+def test_a_callback_that_raises_after_the_wait_gives_the_slot_back():
+    # Streamlit stops a script for a rerun by raising inside its next st.* call, which can
+    # be the "slot is free" callback: the slot must not leak.
+    slots = limits.WorkSlots(1)
+    release = threading.Event()
+
+    def holder() -> None:
+        with slots.hold():
+            release.wait(5)
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    while slots.busy == 0:
+        time.sleep(0.01)
+
+    def interrupted() -> None:
+        raise KeyboardInterrupt("rerun")
+
+    threading.Timer(0.1, release.set).start()
+    with pytest.raises(KeyboardInterrupt), slots.hold(on_start=interrupted):
+        pass
+    thread.join(5)
+    assert slots.busy == 0
+    with slots.hold(timeout=0.5):  # still available
+        pass

@@ -16,14 +16,25 @@ import re
 _INLINE = re.compile(r"([\\`*_{}\[\]()<>#+!|~:$&@])")
 _LIST_DASH = re.compile(r"^(\s*)-")  # "- item"; "+" and ">" are escaped as inline marks
 _LIST_NUMBER = re.compile(r"^(\s*\d+)\.")  # "1. item"
-_BARE_WWW = re.compile(r"(?i)\b(www)\.")
+#: Bare links (``http://…``, ``www.…``, ``name@host``) are found by GitHub-flavoured Markdown
+#: in the text *after* escapes are resolved, so a backslash cannot stop them: an invisible
+#: zero-width space after the ``:`` of ``://`` or an ``@``, and before the ``.`` of ``www.``,
+#: does.
+_ZERO_WIDTH_SPACE = "\u200b"
+_LINK_MARKS = re.compile(r"(?i)(:(?=//)|@|\bwww(?=\.))")
 
 
 def escape_markdown(text) -> str:
-    """``text`` (any object, made a string) as Markdown that renders as that exact text, on
-    one line: line breaks become spaces."""
+    """``text`` (any object, made a string) as Markdown that renders as that text, on one
+    line: line breaks become spaces, and a zero-width space keeps bare links from linking."""
     value = " ".join(str(text).splitlines())
+    value = _LINK_MARKS.sub(lambda match: match.group(1) + _ZERO_WIDTH_SPACE, value)
     value = _INLINE.sub(r"\\\1", value)
-    value = _BARE_WWW.sub(r"\1\\.", value)
     value = _LIST_DASH.sub(r"\1\\-", value)
     return _LIST_NUMBER.sub(r"\1\\.", value)
+
+
+def unescape_markdown(text: str) -> str:
+    """What :func:`escape_markdown` text shows: backslash escapes resolved, zero-width spaces
+    dropped (for tests and logs that compare shown text)."""
+    return re.sub(r"\\(.)", r"\1", text).replace(_ZERO_WIDTH_SPACE, "")

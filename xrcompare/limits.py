@@ -63,24 +63,27 @@ class WorkSlots:
         ``on_wait()`` is called once if no slot is free at once, ``on_start()`` once a slot
         is held after such a wait. Raises :class:`ServerBusy` after ``timeout`` seconds.
         """
-        acquired = self._semaphore.acquire(blocking=False)
-        if not acquired:
+        waited = not self._semaphore.acquire(blocking=False)
+        if waited:
             if on_wait is not None:
                 on_wait()
-            acquired = self._semaphore.acquire(timeout=timeout)
-            if not acquired:
+            if not self._semaphore.acquire(timeout=timeout):
                 raise ServerBusy(f"the server stayed busy for {timeout:.0f} s with other "
                                  "images; please try again in a minute")
-            if on_start is not None:
-                on_start()
-        with self._lock:
-            self._busy += 1
-            self.peak = max(self.peak, self._busy)
+        # Held from here: whatever happens next (a callback raising, Streamlit stopping the
+        # script for a rerun), the slot is given back.
         try:
-            yield
-        finally:
             with self._lock:
-                self._busy -= 1
+                self._busy += 1
+                self.peak = max(self.peak, self._busy)
+            try:
+                if waited and on_start is not None:
+                    on_start()
+                yield
+            finally:
+                with self._lock:
+                    self._busy -= 1
+        finally:
             self._semaphore.release()
 
 
