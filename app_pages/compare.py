@@ -39,6 +39,16 @@ if len(runs) < 2:
     st.stop()
 
 
+@st.cache_resource(max_entries=16, show_spinner="Comparing…")
+def cached_comparison(_run_a, _run_b, key: tuple, scope: str, names: tuple):
+    """The comparison of two runs (keyed on their ids and modification times), or the
+    refusal sentence; never mutated, so shared without copying."""
+    try:
+        return compare_runs(_run_a, _run_b, scope, names=dict(names))
+    except NotComparable as error:
+        return str(error)
+
+
 def run_name(run_id: str) -> str:
     run = by_id[run_id]
     marks = []
@@ -78,10 +88,11 @@ scope = st.radio("Images", scopes, key="compare_scope", horizontal=True,
                  help="The test split both runs were scored on, or a held-out folder both "
                       "were scored on.")
 
-try:
-    comparison = compare_runs(run_a, run_b, scope, names=labels)
-except NotComparable as error:
-    st.warning(f"{error}.", icon=":material/compare_arrows:")
+comparison = cached_comparison(
+    run_a, run_b, (run_a.run_id, run_a.modified, str(run_a.path), run_b.run_id, run_b.modified,
+                   str(run_b.path)), scope, tuple(sorted(labels.items())))
+if isinstance(comparison, str):
+    st.warning(f"{comparison}.", icon=":material/compare_arrows:")
     others = [s for s in usable if s != scope]
     if others:
         st.caption("These two runs can be compared on: "

@@ -289,6 +289,17 @@ def _test_accuracy(run: Run) -> float:
     return float(value) if isinstance(value, (int, float)) else float("-inf")
 
 
+def _images_key(run: Run, scope: str) -> tuple | None:
+    """What must match for two runs to pair on ``scope``: the folder (test split) and the
+    set of image paths; None when the run has no such predictions. A cheap pre-check: the
+    pair is then confirmed by :func:`comparable`."""
+    rows = run.predictions_for(scope)
+    if rows.empty:
+        return None
+    folder = run.scope_record(scope).get("name") if scope == TEST_SCOPE else None
+    return folder, frozenset(rows["path"].astype(str))
+
+
 def default_pair(runs: Sequence[Run]) -> tuple[Run, Run] | None:
     """The pair a comparison page opens with: the two best (test accuracy) ImageNet runs that
     are neither controls nor leaky and were tested on the same images; else the best
@@ -298,14 +309,25 @@ def default_pair(runs: Sequence[Run]) -> tuple[Run, Run] | None:
         return None
     ranked = sorted(runs, key=_test_accuracy, reverse=True)
     preferred = [run for run in ranked if not run.is_control and not run.is_leaky]
-    for pool in (preferred, ranked):
+    keys: dict[tuple[str, str], tuple | None] = {}
+
+    def key(run: Run, scope: str):
+        if (run.run_id, scope) not in keys:
+            keys[(run.run_id, scope)] = _images_key(run, scope)
+        return keys[(run.run_id, scope)]
+
+    def pairs(pool: Sequence[Run], scope_of):
         for index, run_a in enumerate(pool):
             for run_b in pool[index + 1:]:
-                if comparable(run_a, run_b, TEST_SCOPE) is None:
-                    return run_a, run_b
-    for index, run_a in enumerate(ranked):
-        for run_b in ranked[index + 1:]:
-            if any(comparable(run_a, run_b, scope) is None
-                   for scope in shared_scopes(run_a, run_b)):
-                return run_a, run_b
-    return ranked[0], ranked[1]
+                for scope in scope_of(run_a, run_b):
+                    same = key(run_a, scope) is not None and key(run_a, scope) == key(run_b,
+                                                                                       scope)
+                    if same and comparable(run_a, run_b, scope) is None:
+                        return run_a, run_b
+        return None
+
+    def test_only(run_a, run_b):
+        return [TEST_SCOPE]
+
+    return (pairs(preferred, test_only) or pairs(ranked, test_only)
+            or pairs(ranked, shared_scopes) or (ranked[0], ranked[1]))
