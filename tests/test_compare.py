@@ -415,6 +415,11 @@ def test_shipped_cv_run_pairs_on_kaggle_but_not_on_test(shipped):
     held = compare_runs(shipped[MAIN], shipped["resnet50-cxr3-cv5"], "heldout:kaggle_test",
                         repeats=200)
     assert held.stats["n"] == 624 and held.stats["sensitivity_difference"] is None
+    # no covid image here: covid recall is undefined, and the JSON says null, not NaN
+    payload = json.loads(json.dumps(held.to_json(), allow_nan=False))
+    recall = next(row for row in payload["per_class"]
+                  if (row["class"], row["metric"]) == ("covid", "recall"))
+    assert recall["a"] is None and recall["support"] == 0
     assert held.stats["accuracy_b"] == pytest.approx(
         shipped["resnet50-cxr3-cv5"].metrics["heldout"]["kaggle_test"]["accuracy"])
     with pytest.raises(NotComparable, match="tested on cxr3 and resnet50-seed001-blog on "
