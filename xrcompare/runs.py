@@ -49,6 +49,28 @@ FEATURE_STRIDE = 32
 MAX_FEATURE_CHANNELS = 4096
 
 
+#: The scope of a run's own test split (pooled out-of-fold predictions for cross-validation).
+TEST_SCOPE = "test"
+#: The prefix of a held-out folder's scope in predictions.csv (``heldout:<name>``).
+HELDOUT_PREFIX = "heldout:"
+
+
+def normalise_scope(scope: str) -> str:
+    """``"test"`` or ``"heldout:<name>"``; a bare held-out name gets its prefix."""
+    scope = str(scope).strip()
+    if not scope or scope == HELDOUT_PREFIX:
+        raise ValueError("a scope is 'test' or 'heldout:NAME'")
+    if scope == TEST_SCOPE or scope.startswith(HELDOUT_PREFIX):
+        return scope
+    return f"{HELDOUT_PREFIX}{scope}"
+
+
+def scope_text(scope: str) -> str:
+    """A scope in words: "test" or "held-out kaggle_test"."""
+    scope = normalise_scope(scope)
+    return scope if scope == TEST_SCOPE else f"held-out {scope[len(HELDOUT_PREFIX):]}"
+
+
 def default_runs_dir() -> Path:
     value = os.environ.get(RUNS_DIR_VARIABLE, "").strip()
     if value:
@@ -190,11 +212,83 @@ class Run:
             return f"{name} [random-init control]"
         return name
 
+    @property
+    def is_control(self) -> bool:
+        """A control run (not a model to pick): random-init today, any run marked
+        ``"control": true`` in run.json tomorrow (masked inputs, statistics baseline)."""
+        return self.is_random_control or self.info.get("control") is True
+
+    @property
+    def is_cross_validation(self) -> bool:
+        """Cross-validated: its "test" predictions are pooled out-of-fold over the dataset."""
+        return bool((self.info.get("split") or {}).get("folds"))
+
+    @property
+    def is_leaky(self) -> bool:
+        """Split so that one patient can sit on both sides (by image, not by patient), or
+        marked ``"leaky": true`` in run.json: its test score is inflated by leakage."""
+        if self.info.get("leaky") is True:
+            return True
+        method = str((self.info.get("split") or {}).get("method", "by patient"))
+        return "patient" not in method.lower()
+
+    @property
+    def heldout_names(self) -> list[str]:
+        """Names of the held-out folders this run was scored on (metrics.json order)."""
+        return [str(name) for name in (self.metrics.get("heldout") or {})]
+
+    @property
+    def scopes(self) -> list[str]:
+        """The scopes this run has predictions for: ``"test"`` first (when present), then
+        ``"heldout:<name>"`` per held-out folder."""
+        present = set(self.predictions["split"].astype(str))
+        scopes = [TEST_SCOPE] if TEST_SCOPE in present else []
+        named = [f"{HELDOUT_PREFIX}{name}" for name in self.heldout_names]
+        extra = sorted(s for s in present if s.startswith(HELDOUT_PREFIX) and s not in named)
+        return scopes + [s for s in named if s in present] + extra
+
+    def predictions_for(self, scope: str) -> pd.DataFrame:
+        """predictions.csv rows of one scope (``"test"``, ``"heldout:<name>"`` or a bare
+        held-out name); empty when the run has none."""
+        return self.split_predictions(normalise_scope(scope))
+
+    def scope_record(self, scope: str) -> dict:
+        """run.json's record of the folder a scope's images came from (``data`` for the test
+        split, the ``heldout`` entry otherwise; {} when absent); :meth:`data_folder` finds
+        that folder on this machine."""
+        scope = normalise_scope(scope)
+        if scope == TEST_SCOPE:
+            record = self.info.get("data")
+            return record if isinstance(record, dict) else {}
+        name = scope[len(HELDOUT_PREFIX):]
+        return next((entry for entry in self.info.get("heldout") or []
+                     if isinstance(entry, dict) and entry.get("name") == name), {})
+
+    def prediction_column(self, label: str) -> str:
+        """The predictions.csv column holding the probability of ``label``."""
+        if label not in self.labels:
+            raise ValueError(f"{label!r} is not one of {self.title}'s classes "
+                             f"({', '.join(self.labels)})")
+        return f"prob_{label}"
+
     def split_predictions(self, split: str) -> pd.DataFrame:
         return self.predictions[self.predictions["split"] == split]
 
     def probability_columns(self) -> list[str]:
         return [f"prob_{label}" for label in self.labels]
+
+    def disk_bytes(self) -> int | None:
+        """Bytes of the run folder's files (None when the folder is not on disk)."""
+        if not self.path.is_dir():
+            return None
+        total = 0
+        for item in self.path.rglob("*"):
+            try:
+                if item.is_file() and not item.is_symlink():
+                    total += item.stat().st_size
+            except OSError:
+                continue
+        return total
 
     @property
     def head_weights(self) -> Path:
@@ -203,12 +297,10 @@ class Run:
     # ----------------------------------------------------------------- recorded data paths
 
     def data_record(self, scope: str = "data") -> dict:
-        """What the run recorded about its training folder (``scope="data"``) or about the
-        held-out folder named ``scope``; {} when it recorded nothing."""
-        if scope == "data":
-            return self.info.get("data") or {}
-        return next((entry for entry in self.info.get("heldout") or []
-                     if entry.get("name") == scope), {})
+        """What the run recorded about the folder of a scope's images: the training folder
+        for ``"data"`` or ``"test"``, a held-out folder for ``"heldout:<name>"`` or its bare
+        name (see :meth:`scope_record`); {} when it recorded nothing."""
+        return self.scope_record(TEST_SCOPE if scope == "data" else scope)
 
     def data_folder(self, scope: str = "data", data_root: str | Path | None = None
                     ) -> Path | None:
