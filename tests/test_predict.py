@@ -125,7 +125,8 @@ def copy_run(tmp_path, run_id: str, new_id: str, **changes):
     return folder
 
 
-def test_runs_that_cannot_be_rebuilt_are_listed_with_the_reason(tmp_path, samples):
+def test_runs_that_cannot_be_rebuilt_are_listed_with_the_reason(tmp_path, samples,
+                                                                  resnet50_only_weights):
     vgg = load_run(copy_run(tmp_path, MAIN_RUN, "vgg16-copy", backbone="vgg16",
                             backbone_display="VGG16", display_name="VGG16 copy"))
     broken_folder = copy_run(tmp_path, MAIN_RUN, "broken-head", display_name="Broken head")
@@ -345,7 +346,8 @@ def test_predict_and_explain_file_give_what_the_page_gives(shipped_runs, models,
     assert np.abs(written.astype(int) - expected.astype(int)).max() <= 2
 
 
-def test_explain_file_checks_out_before_building_a_model(tmp_path, samples):
+def test_explain_file_checks_out_before_building_a_model(tmp_path, samples,
+                                                        resnet50_only_weights):
     from xrcompare.backbones import WeightsUnavailable
     from xrcompare.inference import explain_file
 

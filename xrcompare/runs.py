@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from xrcompare import CLASSES
+from xrcompare.protocol import LEAKY_LABEL, check_protocol, leaky_reasons, protocol_label
 
 RUNS_DIR_VARIABLE = "XRCOMPARE_RUNS_DIR"
 REQUIRED_FILES = ("run.json", "metrics.json", "history.csv", "predictions.csv",
@@ -142,11 +143,38 @@ class Run:
         return self.info.get("weights") == "random"
 
     @property
+    def protocol(self) -> dict[str, str]:
+        """split, preprocess, select_on, augment; runs made before protocols were recorded
+        read as the sound defaults (checked on load)."""
+        return check_protocol(self.info.get("protocol") or {})
+
+    @property
+    def preprocess(self) -> str:
+        """How model inputs were scaled before the base (see Backbone.preprocess)."""
+        return self.protocol["preprocess"]
+
+    @property
+    def leaky_reasons(self) -> list[str]:
+        """Plain sentences saying why this run's protocol is leaky (empty when sound)."""
+        return leaky_reasons(self.protocol)
+
+    @property
+    def is_leaky(self) -> bool:
+        return bool(self.leaky_reasons)
+
+    @property
+    def protocol_label(self) -> str:
+        """"sound" or "2020 protocol (leaky)"."""
+        return protocol_label(self.protocol)
+
+    @property
     def title(self) -> str:
         """Short human label used everywhere a run is named."""
         name = self.info.get("display_name") or self.run_id
         if self.is_random_control and "random-init" not in name.lower():
-            return f"{name} [random-init control]"
+            name = f"{name} [random-init control]"
+        if self.is_leaky and "leaky" not in name.lower():
+            name = f"{name} [{LEAKY_LABEL}]"
         return name
 
     def split_predictions(self, split: str) -> pd.DataFrame:
@@ -188,6 +216,10 @@ def load_run(folder: str | Path) -> Run:
         raise RunError(f"{folder.name}: run.json/metrics.json lack {', '.join(fields)}")
     if not isinstance(metrics.get("heldout", {}), dict):
         raise RunError(f"{folder.name}: metrics.json 'heldout' is not an object")
+    try:
+        check_protocol(info.get("protocol") or {})
+    except ValueError as error:
+        raise RunError(f"{folder.name}: run.json {error}") from None
     try:
         history = pd.read_csv(folder / "history.csv")
         predictions = pd.read_csv(folder / "predictions.csv")
@@ -307,7 +339,7 @@ def model_input_for_run(run: Run, gray: np.ndarray) -> np.ndarray:
     from xrcompare.imaging import to_model_input
 
     image = to_model_input(gray, run.info["image_size"], run.info["resize_mode"])
-    return get_backbone(run.backbone).preprocess(image[None])
+    return get_backbone(run.backbone).preprocess(image[None], run.preprocess)
 
 
 def predict_gray(run: Run, model, gray: np.ndarray) -> dict[str, float]:
