@@ -59,9 +59,9 @@ order = ["run", "accuracy", "accuracy_95ci", "macro_f1", "covid_sensitivity", "c
          "train_seconds", "trainable_params", "run_id"]
 
 st.subheader("Leaderboard")
-st.caption("One row per run, scored on its own patient-wise test split (pooled out-of-fold "
-           "predictions for cross-validation runs). Click a column header to sort; hover it "
-           "for what it means.")
+st.caption("One row per run, scored on its own test split: patient-wise (pooled out-of-fold "
+           "predictions for cross-validation runs), or by image for runs of the 2020 "
+           "protocol. Click a column header to sort; hover it for what it means.")
 st.dataframe(table, column_config=column_config, column_order=order, hide_index=True,
              placeholder="–", key="leaderboard", height=common.table_height(len(table)))
 st.download_button("Download as CSV",
