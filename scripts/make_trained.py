@@ -123,7 +123,7 @@ def shipped_runs() -> list[RunPlan]:
             "Kaggle table with xception-cxr3's.",
             4, CXR3, [*MAIN_RECIPE, "--image-size", "299"], backbone="xception"),
         RunPlan(
-            "vgg16-seed001-blog2020", "VGG16 · 2020 blog reproduced (leaky protocol)",
+            "vgg16-seed001-blog2020", "VGG16 · 2020 blog reproduced",
             "The 2020 blog as it was done: VGG16 on its own 305 images, a random 80/20 IMAGE "
             "split (one patient's images on both sides), x/255 inputs instead of VGG16's own "
             "preprocessing, rotation augmentation (±15°, here 4 cached views per image), its "

@@ -173,7 +173,7 @@ class Run:
         name = self.info.get("display_name") or self.run_id
         if self.is_random_control and "random-init" not in name.lower():
             name = f"{name} [random-init control]"
-        if self.is_leaky and "leaky" not in name.lower():
+        if self.is_leaky and LEAKY_LABEL.lower() not in name.lower():
             name = f"{name} [{LEAKY_LABEL}]"
         return name
 
