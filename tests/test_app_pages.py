@@ -257,11 +257,11 @@ def test_leaky_runs_are_labelled_and_sit_beside_the_blog(tmp_path, monkeypatch):
     blog_data = next(run for run in shipped_runs() if run.info["data"]["name"] == "seed001_0402")
     main = next(run for run in shipped_runs() if run.info["data"]["name"] != "seed001_0402")
     leaky = {"split": "images", "preprocess": "scale01", "select_on": "test", "augment": "blog"}
-    relabel(main.path, tmp_path, "a-main", order=1, display_name="Main")
+    relabel(main.path, tmp_path, "a-main", order=1, display_name="Main", protocol={})
     relabel(blog_data.path, tmp_path, "b-vgg16-blog2020", order=2, backbone="vgg16",
             backbone_display="VGG16", display_name="VGG16 blog", protocol=leaky)
     relabel(blog_data.path, tmp_path, "c-vgg16-sound", order=3, backbone="vgg16",
-            backbone_display="VGG16", display_name="VGG16 sound")
+            backbone_display="VGG16", display_name="VGG16 sound", protocol={})
     app = start(monkeypatch, tmp_path)
     board = app.dataframe[0].value.set_index("run_id")
     assert board.loc["b-vgg16-blog2020", "protocol"] == "2020 protocol (leaky)"
