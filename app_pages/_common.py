@@ -46,6 +46,8 @@ PAGES = (
     PageSpec("app_pages/curves.py", "Training curves", ":material/show_chart:", "Compare runs"),
     PageSpec("app_pages/tradeoffs.py", "Recall trade-offs", ":material/tune:", "Compare runs"),
     PageSpec("app_pages/heldout.py", "Held-out Kaggle test", ":material/science:", "Compare runs"),
+    PageSpec("app_pages/compare.py", "Compare two runs", ":material/compare_arrows:",
+             "Compare runs"),
     PageSpec("app_pages/dataset.py", "Dataset", ":material/photo_library:", "Data and models"),
     PageSpec("app_pages/predict.py", "Predict & explain", ":material/image_search:",
              "Data and models"),

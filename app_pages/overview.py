@@ -3,14 +3,20 @@
 import streamlit as st
 
 from app_pages import _common as common
-from xrcompare.summary import LEADERBOARD_COLUMNS, blog_comparison, leaderboard
+from xrcompare.summary import (
+    LEADERBOARD_COLUMNS,
+    blog_comparison,
+    extract_throughput,
+    leaderboard,
+)
 
 runs = common.require_runs()
 st.title("Overview: which head did best, and how sure are we?")
 common.teaching_banner()
 labels, _ = common.labels_and_colors(runs)
 
-table = leaderboard(runs)
+throughput = extract_throughput()
+table = leaderboard(runs, throughput)
 table["run"] = [labels[run_id] for run_id in table["run_id"]]
 for column in ("accuracy", "macro_f1", "covid_sensitivity", "covid_specificity",
                "kaggle_accuracy"):
@@ -51,12 +57,19 @@ column_config = {
                                                    format="%.0f"),
     "trainable_params": st.column_config.NumberColumn(
         "Trainable params", help=help_text["trainable_params"], format="localized"),
+    "base_params": st.column_config.NumberColumn(
+        "Base params", help=help_text["base_params"], format="localized"),
+    "extract_images_per_s": st.column_config.NumberColumn(
+        "Extraction images/s", help=help_text["extract_images_per_s"], format="%.1f"),
+    "run_size_bytes": st.column_config.NumberColumn(
+        "Run size", help=help_text["run_size_bytes"], format="bytes"),
 }
 # Scores first (they are what the page is about), then how each run was made.
 order = ["run", "accuracy", "accuracy_95ci", "macro_f1", "covid_sensitivity", "covid_specificity",
          "kaggle_normal_non_covid_pct", "kaggle_pneumonia_non_covid_pct", "kaggle_accuracy",
          "protocol", "weights", "backbone", "data", "split", "image_size", "resize", "epochs",
-         "train_seconds", "trainable_params", "run_id"]
+         "base_params", "trainable_params", "extract_images_per_s", "train_seconds",
+         "run_size_bytes", "run_id"]
 
 st.subheader("Leaderboard")
 st.caption("One row per run, scored on its own test split: patient-wise (pooled out-of-fold "
@@ -64,6 +77,10 @@ st.caption("One row per run, scored on its own test split: patient-wise (pooled 
            "protocol. Click a column header to sort; hover it for what it means.")
 st.dataframe(table, column_config=column_config, column_order=order, hide_index=True,
              placeholder="–", key="leaderboard", height=common.table_height(len(table)))
+if throughput["backbones"]:
+    st.caption(f"Extraction images/s: measured by `benchmarks/extract_throughput.py` on "
+               f"{throughput['machine'] or 'this machine'}"
+               + (f", {throughput['measured']}" if throughput["measured"] else "") + ".")
 st.download_button("Download as CSV",
                    table[order].to_csv(index=False).encode("utf-8"),
                    file_name="xrcompare-leaderboard.csv", mime="text/csv",

@@ -16,6 +16,9 @@ import pytest
 from conftest import REPO
 from streamlit.testing.v1 import AppTest
 
+from xrcompare.backbones import REGISTRY
+from xrcompare.charts import run_labels
+from xrcompare.compare import compare_runs, default_pair
 from xrcompare.evaluate import binary_operating_point
 from xrcompare.runs import RUNS_DIR_VARIABLE, list_runs
 
@@ -32,6 +35,7 @@ PAGES = [
     ("app_pages/tradeoffs.py", "Recall trade-offs"),
     ("app_pages/heldout.py", "Held-out Kaggle test"),
     ("app_pages/dataset.py", "Dataset"),
+    ("app_pages/compare.py", "Compare two runs"),
 ]
 
 
@@ -102,6 +106,10 @@ def test_every_page_renders_the_shipped_runs(shipped_app, page, title):
         assert set(board["run_id"]) == {run.run_id for run in runs}
         assert app.get("download_button")
         assert any("Teaching, not diagnosis" in item.value for item in app.warning)
+        by_id = board.set_index("run_id")
+        for run in runs:
+            assert by_id.loc[run.run_id, "base_params"] == REGISTRY[run.backbone].base_params
+            assert by_id.loc[run.run_id, "run_size_bytes"] == run.disk_bytes() > 0
     elif page == "app_pages/per_class.py":
         assert len(plotly_charts(app)) == 1
         assert len(app.dataframe[0].value) == 3 * len(runs)
@@ -121,6 +129,19 @@ def test_every_page_renders_the_shipped_runs(shipped_app, page, title):
             heldout = run.metrics["heldout"]["kaggle_test"]
             row = heldout["confusion_matrix"][heldout["labels"].index("pneumonia")]
             assert f"**{row[heldout['labels'].index('covid')]} of {sum(row)}**" in traps
+    elif page == "app_pages/compare.py":
+        run_a, run_b = default_pair(runs)
+        assert app.selectbox(key="compare_a").value == run_a.run_id
+        assert app.selectbox(key="compare_b").value == run_b.run_id
+        expected = compare_runs(run_a, run_b, names=run_labels(runs))
+        verdicts = [item.value for item in [*app.success, *app.info]]
+        assert expected.verdict in verdicts
+        agreement = app.dataframe[0].value
+        assert agreement.to_numpy().sum() == expected.stats["n"]
+        assert agreement.iloc[0, 1] == expected.stats["a_right_b_wrong"]
+        assert len(plotly_charts(app)) == 1
+        discordant = expected.stats["a_right_b_wrong"] + expected.stats["a_wrong_b_right"]
+        assert len(app.get("image")) == min(discordant, 48), "thumbnails of the discordant images"
 
 
 def test_threshold_slider_changes_the_shown_sensitivity(shipped_app):
@@ -279,3 +300,43 @@ def test_leaky_runs_are_labelled_and_sit_beside_the_blog(tmp_path, monkeypatch):
                        "2020 blog, VGG16, as reported"]
     beside = next(item.value for item in app.dataframe if "why" in item.value.columns)
     assert list(beside["protocol"]) == ["2020 protocol (leaky)"] * 3 + ["sound"]
+
+
+# --------------------------------------------------------------------------- compare two runs
+
+
+def test_compare_page_refuses_different_images_in_one_sentence_then_pairs_on_kaggle(shipped_app):
+    app = open_page(shipped_app, "app_pages/compare.py")
+    app.selectbox(key="compare_a").set_value("resnet50-cxr3").run()
+    app.selectbox(key="compare_b").set_value("resnet50-cxr3-cv5").run()
+    assert_clean(app)
+    warnings = [item.value for item in app.warning]
+    assert len(warnings) == 1 and "different test images (256 vs 1280, 256 shared)" in warnings[0]
+    assert not plotly_charts(app) and not app.get("image")
+    assert any("can be compared on: held-out kaggle_test" in item.value for item in app.caption)
+    app.radio(key="compare_scope").set_value("heldout:kaggle_test").run()
+    assert_clean(app)
+    assert not app.warning
+    verdict = [item.value for item in [*app.success, *app.info]]
+    assert len(verdict) == 1 and "624 held-out kaggle_test images" in verdict[0]
+    assert len(plotly_charts(app)) == 1
+    assert app.get("image")
+    # the page caps each side at 24 thumbnails and says how many more there are
+    assert len(app.get("image")) <= 48
+    assert any(item.value.startswith("… and ") for item in app.caption)
+    app.radio(key="compare_scope").set_value("test").run()
+
+
+def test_compare_page_without_images_on_this_machine_keeps_the_tables(tmp_path, monkeypatch):
+    for name in ("resnet50-cxr3", "resnet50-cxr3-padded"):
+        run_dir = copy_run(SHIPPED / name, tmp_path)
+        info = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+        for record in [info["data"], *info["heldout"]]:
+            record["folder"] = record["folder_absolute"] = str(tmp_path / "gone" / record["name"])
+        (run_dir / "run.json").write_text(json.dumps(info), encoding="utf-8")
+    app = start(monkeypatch, tmp_path)
+    open_page(app, "app_pages/compare.py")
+    assert any("not on this machine" in item.value for item in app.warning)
+    assert not app.get("image")
+    assert app.success or app.info
+    assert len(app.dataframe) >= 3  # agreement, per class, the discordant images

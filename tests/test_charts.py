@@ -15,11 +15,14 @@ import pytest
 from conftest import DATA, REPO
 
 from xrcompare import CLASSES, charts
+from xrcompare.backbones import REGISTRY
 from xrcompare.evaluate import binary_operating_point, evaluate_predictions
 from xrcompare.runs import Run, list_runs
 from xrcompare.summary import (
     class_sources,
+    extract_throughput,
     image_origin,
+    leaderboard,
     resolve_folder,
     resolve_manifest,
     sample_files,
@@ -364,3 +367,34 @@ def test_a_run_moved_to_another_machine_still_finds_its_folder(tmp_path, shipped
     info = json.loads((copy / "run.json").read_text())
     info["data"]["folder_absolute"] = "/elsewhere/data/" + info["data"]["name"]
     assert resolve_folder(info["data"], repo=REPO) is not None
+
+
+# --------------------------------------------------------------------------- leaderboard
+
+
+def test_leaderboard_adds_base_parameters_run_size_and_measured_throughput(shipped_runs,
+                                                                           tmp_path):
+    runs = shipped_runs
+    measured = tmp_path / "extract_throughput.json"
+    measured.write_text(json.dumps({
+        "machine": "test box", "measured": "2026-12-02",
+        "backbones": {"resnet50": {"images_per_s": 37.5, "image_size": 224, "batch_size": 32},
+                      "vgg16": {"images_per_s": "fast"}}}), encoding="utf-8")
+    throughput = extract_throughput(measured)
+    assert throughput["machine"] == "test box"
+    assert set(throughput["backbones"]) == {"resnet50"}  # the malformed entry is dropped
+    table = leaderboard(runs, throughput).set_index("run_id")
+    for run in runs:
+        row = table.loc[run.run_id]
+        assert row["base_params"] == REGISTRY[run.backbone].base_params
+        assert row["run_size_bytes"] == sum(p.stat().st_size for p in run.path.rglob("*")
+                                            if p.is_file())
+        if run.info["image_size"] == 224:
+            assert row["extract_images_per_s"] == 37.5
+        else:  # measured at another input size: not this run's figure
+            assert pd.isna(row["extract_images_per_s"])
+    assert table.loc["resnet50-cxr3-288px", "image_size"] == 288
+    missing = leaderboard(runs, extract_throughput(tmp_path / "absent.json"))
+    assert missing["extract_images_per_s"].isna().all()
+    (tmp_path / "bad.json").write_text("[1, 2", encoding="utf-8")
+    assert extract_throughput(tmp_path / "bad.json")["backbones"] == {}

@@ -574,6 +574,48 @@ def worst_mistakes(run: Run, scope: str, count: int = 8, called: str | None = No
     return wrong.sort_values("confidence", ascending=False).head(count).reset_index(drop=True)
 
 
+# --------------------------------------------------------------------------- two runs
+
+
+#: How each per-class metric is named on the comparison chart.
+METRIC_NAMES = {"precision": "Precision", "recall": "Recall (sensitivity)", "f1": "F1"}
+METRIC_COLORS = {"precision": "#0072B2", "recall": "#D55E00", "f1": "#009E73"}
+
+
+def per_class_difference_figure(per_class: pd.DataFrame, name_a: str = "A",
+                                name_b: str = "B") -> go.Figure:
+    """Grouped bars: per class, precision / recall / F1 of run a minus run b, in points.
+
+    ``per_class`` is :func:`xrcompare.evaluate.per_class_differences`' long table; undefined
+    scores (a class with no image in this scope) are left out. Bars above zero favour run a.
+    """
+    frame = per_class.dropna(subset=["difference"]).copy()
+    frame["points"] = frame["difference"] * 100
+    frame["metric_name"] = frame["metric"].map(METRIC_NAMES)
+    classes = list(dict.fromkeys(per_class["class"]))
+    figure = go.Figure()
+    for metric, name in METRIC_NAMES.items():
+        rows = frame[frame["metric"] == metric]
+        figure.add_trace(go.Bar(
+            x=rows["class"], y=rows["points"], name=name, marker_color=METRIC_COLORS[metric],
+            customdata=np.stack([rows["a"], rows["b"], rows["support"]], axis=1)
+            if len(rows) else None,
+            hovertemplate=(f"%{{x}} · {name}<br>{name_a}: %{{customdata[0]:.3f}}<br>"
+                           f"{name_b}: %{{customdata[1]:.3f}}<br>difference: %{{y:+.1f}} points"
+                           "<br>images of this class: %{customdata[2]}<extra></extra>")))
+    figure.add_hline(y=0, line={"color": "#2c3e50", "width": 1})
+    largest = float(frame["points"].abs().max()) if len(frame) else 0.0
+    reach = max(5.0, largest * 1.15)
+    figure.update_layout(**_LAYOUT, barmode="group", height=380,
+                         title=wrap_title(f"Per class: {name_a} minus {name_b} "
+                                          "(percentage points; above 0 favours the first)", 70),
+                         legend={"orientation": "h", "y": -0.2}, legend_title_text="")
+    figure.update_xaxes(title_text="true class", categoryorder="array", categoryarray=classes)
+    figure.update_yaxes(title_text="difference (points)", range=[-reach, reach],
+                        zeroline=False)
+    return figure
+
+
 # --------------------------------------------------------------------------- dataset
 
 

@@ -1,4 +1,4 @@
-"""Command line: ``python -m xrcompare {train,evaluate,predict,runs,backbones,explain}``.
+"""Command line: ``python -m xrcompare {train,evaluate,predict,compare,runs,backbones,explain}``.
 
 Bad arguments or input end with a non-zero exit and one readable line, never a traceback.
 """
@@ -157,6 +157,22 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("image", type=Path)
     predict.add_argument("--json", action="store_true")
 
+    compare = commands.add_parser(
+        "compare", help="two runs on the same images: McNemar, paired bootstrap, verdict",
+        description="Compare two runs image by image on the same images (their test split or a "
+                    "held-out folder both were scored on). Runs are folders or run ids in the "
+                    "runs folder.")
+    compare.add_argument("run_a", help="run folder or run id")
+    compare.add_argument("run_b", help="run folder or run id")
+    compare.add_argument("--on", dest="scope", default="test", metavar="SCOPE",
+                         help="test (default) or heldout:NAME, e.g. heldout:kaggle_test")
+    compare.add_argument("--runs-dir", type=Path, default=None,
+                         help="where run ids are looked up (default: trained/)")
+    compare.add_argument("--repeats", type=_positive_int, default=2000,
+                         help="bootstrap resamples (default 2000, at least 100)")
+    compare.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    compare.add_argument("--json", action="store_true")
+
     runs = commands.add_parser("runs", help="list runs with headline metrics")
     runs.add_argument("--runs-dir", type=Path, default=None)
     runs.add_argument("--json", action="store_true")
@@ -260,6 +276,61 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def _find_run(text: str, runs_dir: Path | None):
+    """A run from a folder path, or from a run id inside the runs folder (never outside it)."""
+    from xrcompare.runs import RunError, default_runs_dir, load_run
+
+    folder = Path(text).expanduser()
+    if folder.is_dir():
+        return load_run(folder)
+    runs_dir = runs_dir or default_runs_dir()
+    if "/" not in text and "\\" not in text and text not in ("", ".", ".."):
+        candidate = runs_dir / text
+        if candidate.is_dir():
+            return load_run(candidate)
+    raise RunError(f"{text} is neither a run folder nor a run id in {runs_dir}")
+
+
+def cmd_compare(args) -> int:
+    from xrcompare.compare import NotComparable, compare_runs
+    from xrcompare.evaluate import format_interval_points, format_points, p_phrase
+    from xrcompare.runs import scope_text
+
+    run_a, run_b = _find_run(args.run_a, args.runs_dir), _find_run(args.run_b, args.runs_dir)
+    try:
+        comparison = compare_runs(run_a, run_b, args.scope, repeats=args.repeats,
+                                  seed=args.seed)
+    except NotComparable as error:  # the whole sentence: it says what differs
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    stats = comparison.stats
+    if args.json:
+        print(json.dumps(comparison.to_json()))
+        return 0
+
+    def score(value):
+        return "–" if value is None else f"{value:.3f}"
+
+    print(f"A {run_a.run_id}  ({run_a.title})")
+    print(f"B {run_b.run_id}  ({run_b.title})")
+    print(f"on {scope_text(comparison.scope)}: {stats['n']} images, {stats['patients']} "
+          f"{'patients' if stats['unit'] == 'patient' else 'images as units'}")
+    print(f"{'':<22}{'A':>8}{'B':>8}{'A − B (points)':>16}  95% CI (points)")
+    print(f"{'accuracy':<22}{score(stats['accuracy_a']):>8}{score(stats['accuracy_b']):>8}"
+          f"{format_points(stats['difference']):>16}  "
+          f"{format_interval_points(stats['difference_95ci'])}")
+    if stats["pos_label"] is not None and stats["positives"]:
+        print(f"{stats['pos_label'] + ' sensitivity':<22}{score(stats['sensitivity_a']):>8}"
+              f"{score(stats['sensitivity_b']):>8}"
+              f"{format_points(stats['sensitivity_difference']):>16}  "
+              f"{format_interval_points(stats['sensitivity_difference_95ci'])}")
+    print(f"both right {stats['both_right']}, A only {stats['a_right_b_wrong']}, "
+          f"B only {stats['a_wrong_b_right']}, both wrong {stats['both_wrong']}; "
+          f"McNemar exact {p_phrase(stats['mcnemar_p'])}")
+    print(stats["verdict"])
+    return 0
+
+
 def cmd_runs(args) -> int:
     from xrcompare.runs import list_runs
     from xrcompare.summary import leaderboard
@@ -311,7 +382,8 @@ def cmd_explain(args) -> int:
 
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict,
-            "runs": cmd_runs, "backbones": cmd_backbones, "explain": cmd_explain}
+            "compare": cmd_compare, "runs": cmd_runs, "backbones": cmd_backbones,
+            "explain": cmd_explain}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -50,6 +50,9 @@ class Dataset:
     class_folders: dict[str, str]
     manifest_path: Path | None = None
     ignored_files: list[str] = field(default_factory=list)
+    #: Near-duplicate images found across patient ids and merged into one group each
+    #: (see :func:`group_near_duplicates`): {"paths", "patients", "group", "score"}.
+    near_duplicates: list[dict] = field(default_factory=list)
 
     @property
     def labels(self) -> list[str]:
@@ -76,6 +79,7 @@ class Dataset:
             "patient_id_sources": self.patient_id_sources(),
             "manifest": str(self.manifest_path) if self.manifest_path else None,
             "ignored_files": self.ignored_files,
+            "near_duplicates": self.near_duplicates,
         }
 
 
@@ -170,6 +174,51 @@ def scan_dataset(root: str | Path, *, use_manifest: bool = True) -> Dataset:
         raise DatasetError(f"the class folders in {root} hold no images; {expected}")
     return Dataset(root, records, class_folders,
                    manifest if manifest_ids else None, ignored)
+
+
+# --------------------------------------------------------------------------- near-duplicates
+
+
+def group_near_duplicates(dataset: Dataset, threshold: float | None = None) -> list[dict]:
+    """Merge the patient ids of near-duplicate images (the same radiograph under two ids).
+
+    Every image is compared with every other by small, crop- and contrast-tolerant thumbnails
+    (:mod:`xrcompare.near_duplicates`); each near-duplicate pair's patients become one group,
+    so a patient-wise split can never put the two copies on both sides. Records are updated in
+    place (their ``patient_id`` becomes the merged group's id, ``patient_id_source`` gains
+    ``+near-duplicate``) and the merged pairs are returned and kept in
+    ``dataset.near_duplicates``. Unreadable images are left alone (training skips them).
+    """
+    from dataclasses import replace
+
+    from xrcompare import near_duplicates
+    from xrcompare.imaging import ImageError, read_gray
+
+    grays = []
+    for record in dataset.records:
+        try:
+            grays.append(read_gray(record.path))
+        except ImageError:
+            grays.append(None)
+    pairs = near_duplicates.find_near_duplicates(
+        grays, near_duplicates.THRESHOLD if threshold is None else threshold)
+    del grays
+    before = dataset.groups
+    pairs = [(i, j, score) for i, j, score in pairs if before[i] != before[j]]
+    after = near_duplicates.merge_groups(before, pairs)
+    found = []
+    for i, j, score in pairs:
+        found.append({"paths": [str(dataset.records[k].path.relative_to(dataset.root))
+                                for k in (i, j)],
+                      "patients": [before[i], before[j]], "group": after[i], "score": score})
+    for index, (old, new) in enumerate(zip(before, after, strict=True)):
+        if old != new:
+            record = dataset.records[index]
+            dataset.records[index] = replace(
+                record, patient_id=new,
+                patient_id_source=f"{record.patient_id_source}+near-duplicate")
+    dataset.near_duplicates = found
+    return found
 
 
 # --------------------------------------------------------------------------- splits

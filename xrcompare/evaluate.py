@@ -311,3 +311,253 @@ def summarise_folds(fold_metrics: list[dict]) -> dict:
         label: stats(m["per_class"][label]["recall"] for m in fold_metrics)
         for label in fold_metrics[0]["labels"]}
     return summary
+
+
+# --------------------------------------------------------------------------- two runs, paired
+#
+# Two runs scored on the SAME images: each image is a pair (run a right or wrong, run b right or
+# wrong). The pair keeps what an unpaired comparison throws away (both runs met the same hard
+# images), so small differences can be told from noise. Predictions are class labels here;
+# :mod:`xrcompare.compare` lines two runs' predictions.csv up and refuses unequal image sets.
+
+#: Below this many images a paired comparison can only show large differences; the verdict
+#: says so.
+SMALL_COMPARISON = 100
+#: The significance level of the verdict (both the McNemar test and the 95% interval).
+ALPHA = 0.05
+
+
+def mcnemar_exact(y_true: Sequence, y_pred_a: Sequence, y_pred_b: Sequence) -> dict:
+    """McNemar's exact test: the two-sided binomial test (p = ½) on the discordant pairs.
+
+    ``a_right_b_wrong`` (b) and ``a_wrong_b_right`` (c) are the images exactly one run gets
+    right; under "neither is better" each discordant image is a fair coin. ``p`` is 1 when there
+    is no discordant image.
+    """
+    from scipy.stats import binomtest
+
+    y_true, y_pred_a, y_pred_b = (np.asarray(v, dtype=object) for v in (y_true, y_pred_a,
+                                                                         y_pred_b))
+    if not len(y_true) == len(y_pred_a) == len(y_pred_b):
+        raise ValueError("y_true, y_pred_a and y_pred_b differ in length")
+    right_a, right_b = y_pred_a == y_true, y_pred_b == y_true
+    b = int(np.sum(right_a & ~right_b))
+    c = int(np.sum(~right_a & right_b))
+    p = 1.0 if b + c == 0 else float(binomtest(b, b + c, 0.5, alternative="two-sided").pvalue)
+    return {"a_right_b_wrong": b, "a_wrong_b_right": c,
+            "both_right": int(np.sum(right_a & right_b)),
+            "both_wrong": int(np.sum(~right_a & ~right_b)), "p": min(1.0, p)}
+
+
+def paired_bootstrap(y_true: Sequence, y_pred_a: Sequence, y_pred_b: Sequence,
+                     groups: Sequence | None = None, *, pos_label: str | None = POSITIVE_CLASS,
+                     repeats: int = 2000, seed: int = 0) -> dict:
+    """95% percentile intervals of accuracy(a) − accuracy(b) and sensitivity(a) −
+    sensitivity(b) of ``pos_label``, resampling patients (``groups``; images when None) with
+    replacement, the same resample for both runs.
+
+    The sensitivity entries are None when no image is of ``pos_label`` (e.g. a held-out folder
+    without covid). Differences are fractions (0.023 = 2.3 points).
+    """
+    y_true = np.asarray(y_true, dtype=object)
+    right_a = np.asarray(y_pred_a, dtype=object) == y_true
+    right_b = np.asarray(y_pred_b, dtype=object) == y_true
+    if not len(y_true) == len(right_a) == len(right_b):
+        raise ValueError("y_true, y_pred_a and y_pred_b differ in length")
+    if len(y_true) == 0:
+        raise ValueError("no predictions to compare")
+    if repeats < 100:
+        raise ValueError(f"a bootstrap needs at least 100 resamples, got {repeats}")
+    groups = np.arange(len(y_true)) if groups is None else np.asarray(groups)
+    if len(groups) != len(y_true):
+        raise ValueError("groups and y_true differ in length")
+    _, group_index = np.unique(groups.astype(str), return_inverse=True)
+    positive = y_true == pos_label if pos_label is not None else np.zeros(len(y_true), bool)
+    # Per patient: images, right by a, right by b, positives, positives found by a and by b.
+    # Integer counts throughout: an integer matrix product needs no BLAS threads (a float one
+    # stalls for long on a busy machine) and is exact.
+    columns = np.stack([np.ones(len(y_true), bool), right_a, right_b, positive,
+                        positive & right_a, positive & right_b], axis=1).astype(np.int64)
+    per_patient = np.zeros((group_index.max() + 1, columns.shape[1]), dtype=np.int64)
+    np.add.at(per_patient, group_index, columns)
+    patients = len(per_patient)
+    rng = np.random.default_rng(seed)
+    accuracy, sensitivity = [], []
+    for start in range(0, repeats, 250):  # bounded memory: 250 resamples at a time
+        size = min(250, repeats - start)
+        draws = rng.integers(0, patients, size=(size, patients))
+        offsets = np.arange(size)[:, None] * patients
+        counts = np.bincount((draws + offsets).ravel(), minlength=size * patients)
+        counts = counts.reshape(size, patients)
+        totals = counts @ per_patient
+        accuracy.append((totals[:, 1] - totals[:, 2]) / totals[:, 0])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            sensitivity.append((totals[:, 4] - totals[:, 5]) / totals[:, 3])
+    n_positive = int(positive.sum())
+    result = {
+        "method": f"paired patient bootstrap, {repeats} resamples, 95% percentile",
+        "unit": "patient" if patients < len(y_true) else "image", "patients": patients,
+        "seed": seed, "repeats": repeats,
+        "accuracy_difference": float(right_a.mean() - right_b.mean()),
+        "accuracy_difference_95ci": _interval(np.concatenate(accuracy)),
+        "pos_label": pos_label, "positives": n_positive,
+        "sensitivity_difference": None, "sensitivity_difference_95ci": None,
+    }
+    if n_positive:
+        result["sensitivity_difference"] = float(
+            (right_a & positive).sum() / n_positive - (right_b & positive).sum() / n_positive)
+        result["sensitivity_difference_95ci"] = _interval(np.concatenate(sensitivity))
+    return result
+
+
+def per_class_differences(y_true: Sequence, y_pred_a: Sequence, y_pred_b: Sequence,
+                          labels: Sequence[str]) -> pd.DataFrame:
+    """Per class and metric (precision, recall, F1): run a, run b and a − b.
+
+    Long table with columns class, metric, a, b, difference, support; NaN where a score is
+    undefined (recall of a class with no image, precision of a class never predicted).
+    """
+    labels = list(labels)
+    true_index = _as_indices(list(y_true), labels)
+    rows = []
+    scores = {}
+    for name, predicted in (("a", y_pred_a), ("b", y_pred_b)):
+        pred_index = _as_indices(list(predicted), labels)
+        cm = confusion_matrix(true_index, pred_index, labels=list(range(len(labels))))
+        scores[name] = _counts_metrics(cm)
+    support = np.bincount(true_index, minlength=len(labels))
+    for k, label in enumerate(labels):
+        for metric in ("precision", "recall", "f1"):
+            a, b = float(scores["a"][metric][k]), float(scores["b"][metric][k])
+            rows.append({"class": label, "metric": metric, "a": a, "b": b,
+                         "difference": a - b, "support": int(support[k])})
+    return pd.DataFrame(rows, columns=["class", "metric", "a", "b", "difference", "support"])
+
+
+def format_points(value: float | None, signed: bool = True) -> str:
+    """A difference of fractions in percentage points ("+2.3", "−1.6" with a real minus sign;
+    unsigned: "2.3"); "–" for None."""
+    if value is None:
+        return "\u2013"
+    text = f"{abs(value) * 100:.1f}"
+    if not signed:
+        return text
+    return ("+" if value >= 0 or text == "0.0" else "\u2212") + text
+
+
+def format_interval_points(interval: Sequence[float | None] | None) -> str:
+    """A 95% interval of a difference in points: "−1.6 to +2.4" ("–" when undefined)."""
+    if not interval or interval[0] is None or interval[1] is None:
+        return "\u2013"
+    return f"{format_points(interval[0])} to {format_points(interval[1])}"
+
+
+def format_p(p: float) -> str:
+    """A p-value for reading, never rounded across the :data:`ALPHA` line: "< 0.001",
+    "0.013", "< 0.05", "0.73"."""
+    if p < 0.001:
+        return "< 0.001"
+    text = f"{p:.2f}" if p >= 0.1 else f"{p:.3f}"
+    if p < ALPHA <= float(text):
+        return f"< {ALPHA:g}"
+    return text
+
+
+def p_phrase(p: float) -> str:
+    """"p = 0.013" or "p < 0.001": :func:`format_p` in a sentence."""
+    text = format_p(p)
+    return f"p {text}" if text.startswith("<") else f"p = {text}"
+
+
+def better_run(difference: float, difference_95ci: Sequence[float | None] | None,
+               mcnemar_p: float) -> str | None:
+    """"a" or "b" when one run is better by the verdict's rule, else None: the 95% interval of
+    accuracy(a) − accuracy(b) excludes 0 AND McNemar's exact p < :data:`ALPHA`."""
+    low, high = difference_95ci if difference_95ci else (None, None)
+    if low is None or high is None or mcnemar_p >= ALPHA or low <= 0 <= high:
+        return None
+    return "a" if difference > 0 else "b"
+
+
+def comparison_verdict(name_a: str, name_b: str, *, n: int, accuracy_a: float,
+                       accuracy_b: float, difference_95ci: Sequence[float | None],
+                       mcnemar_p: float, discordant: int, images: str = "test images") -> str:
+    """One plain sentence: which run is better on these images, or that there is no evidence.
+
+    Rule: a run is "better" only when the 95% bootstrap interval of the accuracy difference
+    excludes 0 AND McNemar's exact p < 0.05; otherwise there is no evidence either way. Small
+    comparisons (fewer than :data:`SMALL_COMPARISON` images) say so.
+    """
+    difference = accuracy_a - accuracy_b
+    low, high = difference_95ci if difference_95ci else (None, None)
+    where = f"these {n} {images}"
+    if n < SMALL_COMPARISON:
+        where += " (few: only a large difference could show)"
+    if discordant == 0:
+        return (f"On {where} both runs are right and wrong on exactly the same images "
+                f"(accuracy {accuracy_a:.3f} each): no difference to test.")
+    better = better_run(difference, difference_95ci, mcnemar_p)
+    if better is not None:
+        if better == "a":
+            better, sign, bounds = name_a, 1, (low, high)
+        else:
+            better, sign, bounds = name_b, -1, (-high, -low)
+        return (f"{better} is better on {where} by "
+                f"{format_points(sign * difference, False)} points of accuracy "
+                f"({max(accuracy_a, accuracy_b):.3f} vs {min(accuracy_a, accuracy_b):.3f}; "
+                f"95% CI {format_points(bounds[0], False)} to "
+                f"{format_points(bounds[1], False)}; McNemar {p_phrase(mcnemar_p)}).")
+    interval = ("" if low is None else
+                f", 95% CI {format_interval_points([low, high])}")
+    return (f"On {where} there is no evidence that either is better (accuracy "
+            f"{accuracy_a:.3f} vs {accuracy_b:.3f}; difference {format_points(difference)} points"
+            f"{interval}; McNemar {p_phrase(mcnemar_p)}).")
+
+
+def compare_predictions(y_true: Sequence, y_pred_a: Sequence, y_pred_b: Sequence,
+                        groups: Sequence | None = None, *, labels: Sequence[str],
+                        pos_label: str | None = POSITIVE_CLASS, name_a: str = "A",
+                        name_b: str = "B", images: str = "test images", repeats: int = 2000,
+                        seed: int = 0) -> dict:
+    """Everything a paired comparison of two runs reports, as plain JSON-ready values.
+
+    ``difference`` is accuracy(a) − accuracy(b); ``verdict`` is :func:`comparison_verdict`'s
+    sentence. ``pos_label`` falls back to None when it is not one of ``labels``.
+    """
+    labels = list(labels)
+    y_true = list(y_true)
+    for predicted in (y_true, y_pred_a, y_pred_b):
+        _as_indices(list(predicted), labels)
+    if pos_label not in labels:
+        pos_label = None
+    test = mcnemar_exact(y_true, y_pred_a, y_pred_b)
+    intervals = paired_bootstrap(y_true, y_pred_a, y_pred_b, groups, pos_label=pos_label,
+                                 repeats=repeats, seed=seed)
+    n = len(y_true)
+    accuracy_a = (test["both_right"] + test["a_right_b_wrong"]) / n
+    accuracy_b = (test["both_right"] + test["a_wrong_b_right"]) / n
+    result = {
+        "n": n, "patients": intervals["patients"], "unit": intervals["unit"],
+        "accuracy_a": accuracy_a, "accuracy_b": accuracy_b,
+        "difference": accuracy_a - accuracy_b,
+        "difference_95ci": intervals["accuracy_difference_95ci"],
+        "mcnemar_p": test["p"],
+        "a_right_b_wrong": test["a_right_b_wrong"], "a_wrong_b_right": test["a_wrong_b_right"],
+        "both_right": test["both_right"], "both_wrong": test["both_wrong"],
+        "pos_label": pos_label, "positives": intervals["positives"],
+        "sensitivity_a": None, "sensitivity_b": None,
+        "sensitivity_difference": intervals["sensitivity_difference"],
+        "sensitivity_difference_95ci": intervals["sensitivity_difference_95ci"],
+        "bootstrap": intervals["method"], "seed": seed,
+    }
+    if intervals["positives"]:
+        positive = np.asarray(y_true, dtype=object) == pos_label
+        for key, predicted in (("sensitivity_a", y_pred_a), ("sensitivity_b", y_pred_b)):
+            right = np.asarray(predicted, dtype=object)[positive] == pos_label
+            result[key] = float(right.mean())
+    result["better"] = better_run(result["difference"], result["difference_95ci"], test["p"])
+    result["verdict"] = comparison_verdict(
+        name_a, name_b, n=n, accuracy_a=accuracy_a, accuracy_b=accuracy_b,
+        difference_95ci=result["difference_95ci"], mcnemar_p=test["p"],
+        discordant=test["a_right_b_wrong"] + test["a_wrong_b_right"], images=images)
+    return result

@@ -39,6 +39,28 @@ REQUIRED_TEST_METRICS = ("labels", "accuracy", "confusion_matrix", "per_class", 
 TEMPORARY_PREFIX = ".tmp-"
 
 
+#: The scope of a run's own test split (pooled out-of-fold predictions for cross-validation).
+TEST_SCOPE = "test"
+#: The prefix of a held-out folder's scope in predictions.csv (``heldout:<name>``).
+HELDOUT_PREFIX = "heldout:"
+
+
+def normalise_scope(scope: str) -> str:
+    """``"test"`` or ``"heldout:<name>"``; a bare held-out name gets its prefix."""
+    scope = str(scope).strip()
+    if not scope or scope == HELDOUT_PREFIX:
+        raise ValueError("a scope is 'test' or 'heldout:NAME'")
+    if scope == TEST_SCOPE or scope.startswith(HELDOUT_PREFIX):
+        return scope
+    return f"{HELDOUT_PREFIX}{scope}"
+
+
+def scope_text(scope: str) -> str:
+    """A scope in words: "test" or "held-out kaggle_test"."""
+    scope = normalise_scope(scope)
+    return scope if scope == TEST_SCOPE else f"held-out {scope[len(HELDOUT_PREFIX):]}"
+
+
 def default_runs_dir() -> Path:
     value = os.environ.get(RUNS_DIR_VARIABLE, "").strip()
     if value:
@@ -144,9 +166,14 @@ class Run:
 
     @property
     def protocol(self) -> dict[str, str]:
-        """split, preprocess, select_on, augment; runs made before protocols were recorded
-        read as the sound defaults (checked on load)."""
-        return check_protocol(self.info.get("protocol") or {})
+        """split, preprocess, select_on, augment (checked on load). Runs made before protocols
+        were recorded read as the sound defaults, except that a split method not "by patient"
+        reads as an image split."""
+        recorded = self.info.get("protocol")
+        if recorded is None:
+            method = str((self.info.get("split") or {}).get("method", "by patient"))
+            recorded = {} if "patient" in method.lower() else {"split": "images"}
+        return check_protocol(recorded)
 
     @property
     def preprocess(self) -> str:
@@ -155,17 +182,23 @@ class Run:
 
     @property
     def leaky_reasons(self) -> list[str]:
-        """Plain sentences saying why this run's protocol is leaky (empty when sound)."""
-        return leaky_reasons(self.protocol)
+        """Plain sentences saying why this run's protocol is leaky (empty when sound); a run
+        marked ``"leaky": true`` in run.json without a protocol says just that."""
+        reasons = leaky_reasons(self.protocol)
+        if not reasons and self.info.get("leaky") is True:
+            reasons = ["marked leaky in its run.json"]
+        return reasons
 
     @property
     def is_leaky(self) -> bool:
+        """Its test score is inflated by the protocol (see :attr:`leaky_reasons`): one patient
+        on both sides, the epoch chosen on test, or inputs unlike the base's training."""
         return bool(self.leaky_reasons)
 
     @property
     def protocol_label(self) -> str:
         """"sound" or "2020 protocol (leaky)"."""
-        return protocol_label(self.protocol)
+        return LEAKY_LABEL if self.is_leaky else protocol_label(self.protocol)
 
     @property
     def title(self) -> str:
@@ -177,11 +210,75 @@ class Run:
             name = f"{name} [{LEAKY_LABEL}]"
         return name
 
+    @property
+    def is_control(self) -> bool:
+        """A control run (not a model to pick): random-init today, any run marked
+        ``"control": true`` in run.json tomorrow (masked inputs, statistics baseline)."""
+        return self.is_random_control or self.info.get("control") is True
+
+    @property
+    def is_cross_validation(self) -> bool:
+        """Cross-validated: its "test" predictions are pooled out-of-fold over the dataset."""
+        return bool((self.info.get("split") or {}).get("folds"))
+
+
+    @property
+    def heldout_names(self) -> list[str]:
+        """Names of the held-out folders this run was scored on (metrics.json order)."""
+        return [str(name) for name in (self.metrics.get("heldout") or {})]
+
+    @property
+    def scopes(self) -> list[str]:
+        """The scopes this run has predictions for: ``"test"`` first (when present), then
+        ``"heldout:<name>"`` per held-out folder."""
+        present = set(self.predictions["split"].astype(str))
+        scopes = [TEST_SCOPE] if TEST_SCOPE in present else []
+        named = [f"{HELDOUT_PREFIX}{name}" for name in self.heldout_names]
+        extra = sorted(s for s in present if s.startswith(HELDOUT_PREFIX) and s not in named)
+        return scopes + [s for s in named if s in present] + extra
+
+    def predictions_for(self, scope: str) -> pd.DataFrame:
+        """predictions.csv rows of one scope (``"test"``, ``"heldout:<name>"`` or a bare
+        held-out name); empty when the run has none."""
+        return self.split_predictions(normalise_scope(scope))
+
+    def scope_record(self, scope: str) -> dict:
+        """run.json's record of the folder a scope's images came from (``data`` for the test
+        split, the ``heldout`` entry otherwise; {} when absent), for
+        :func:`xrcompare.summary.resolve_folder`."""
+        scope = normalise_scope(scope)
+        if scope == TEST_SCOPE:
+            record = self.info.get("data")
+            return record if isinstance(record, dict) else {}
+        name = scope[len(HELDOUT_PREFIX):]
+        return next((entry for entry in self.info.get("heldout") or []
+                     if isinstance(entry, dict) and entry.get("name") == name), {})
+
+    def prediction_column(self, label: str) -> str:
+        """The predictions.csv column holding the probability of ``label``."""
+        if label not in self.labels:
+            raise ValueError(f"{label!r} is not one of {self.title}'s classes "
+                             f"({', '.join(self.labels)})")
+        return f"prob_{label}"
+
     def split_predictions(self, split: str) -> pd.DataFrame:
         return self.predictions[self.predictions["split"] == split]
 
     def probability_columns(self) -> list[str]:
         return [f"prob_{label}" for label in self.labels]
+
+    def disk_bytes(self) -> int | None:
+        """Bytes of the run folder's files (None when the folder is not on disk)."""
+        if not self.path.is_dir():
+            return None
+        total = 0
+        for item in self.path.rglob("*"):
+            try:
+                if item.is_file() and not item.is_symlink():
+                    total += item.stat().st_size
+            except OSError:
+                continue
+        return total
 
     @property
     def head_weights(self) -> Path:

@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
 
 import pandas as pd
 
+from xrcompare.backbones import REGISTRY
 from xrcompare.protocol import LEAKY_LABEL as LEAKY_TEXT
 from xrcompare.runs import Run
+
+#: Where ``benchmarks/extract_throughput.py`` writes what it measured on this machine::
+#:
+#:     {"machine": "2 x86_64 CPU cores, no GPU", "measured": "2026-12-02",
+#:      "backbones": {"resnet50": {"images_per_s": 37.7, "image_size": 224, ...}, ...}}
+#:
+#: Extra keys are allowed; :func:`extract_throughput` reads it.
+EXTRACT_THROUGHPUT_FILE = (Path(__file__).resolve().parent.parent / "benchmarks" / "results"
+                           / "extract_throughput.json")
 
 #: One plain-language line per leaderboard column.
 LEADERBOARD_COLUMNS = {
@@ -23,7 +35,8 @@ LEADERBOARD_COLUMNS = {
              "protocol, at random by image.",
     "image_size": "Input size in pixels.",
     "resize": "squash: stretched to a square; pad: aspect kept with black borders.",
-    "epochs": "Epoch kept (chosen on the validation split) / epochs trained.",
+    "epochs": "Epoch kept (chosen on the validation split; on the test split in the 2020 "
+              "protocol) / epochs trained.",
     "accuracy": "Share of test images whose predicted class is right.",
     "accuracy_95ci": "95% bootstrap interval of the accuracy, resampling patients.",
     "macro_f1": "Mean F1 over the classes: balances precision and recall per class.",
@@ -35,6 +48,13 @@ LEADERBOARD_COLUMNS = {
     "kaggle_accuracy": "Accuracy on the held-out Kaggle test split (normal vs pneumonia).",
     "train_seconds": "Wall time of the whole run (features, head, evaluation).",
     "trainable_params": "Parameters trained in the head; the base stays frozen.",
+    "base_params": "Parameters of the frozen ImageNet base (computed once per image, never "
+                   "trained).",
+    "extract_images_per_s": "Images per second through the frozen base (read, decode, resize, "
+                            "base, cache), measured on this machine by "
+                            "benchmarks/extract_throughput.py at the run's input size; – when "
+                            "not measured.",
+    "run_size_bytes": "Size of the run folder on disk (head weights, predictions, metrics).",
 }
 
 
@@ -53,7 +73,53 @@ def _kaggle_heldout(run: Run) -> dict:
     return (run.metrics.get("heldout") or {}).get(KAGGLE_HELDOUT) or {}
 
 
-def leaderboard(runs: list[Run]) -> pd.DataFrame:
+def extract_throughput(path: str | Path | None = None) -> dict:
+    """The measured extraction throughput of :data:`EXTRACT_THROUGHPUT_FILE` (or ``path``).
+
+    Returns ``{"machine": str | None, "measured": str | None, "backbones": {name:
+    {"images_per_s": float, "image_size": int | None}}}``, keeping only well-formed backbone
+    entries; every field empty when the file is missing or unreadable (it is data from outside).
+    """
+    path = Path(path) if path else EXTRACT_THROUGHPUT_FILE
+    empty = {"machine": None, "measured": None, "backbones": {}}
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return empty
+    if not isinstance(payload, dict) or not isinstance(payload.get("backbones"), dict):
+        return empty
+    backbones = {}
+    for name, entry in payload["backbones"].items():
+        if not isinstance(entry, dict):
+            continue
+        rate, size = entry.get("images_per_s"), entry.get("image_size")
+        if (isinstance(rate, (int, float)) and not isinstance(rate, bool)
+                and math.isfinite(rate) and rate > 0):
+            backbones[str(name).lower()] = {
+                "images_per_s": float(rate),
+                "image_size": size if isinstance(size, int) and not isinstance(size, bool)
+                else None}
+    text = {key: str(payload[key])[:120] if isinstance(payload.get(key), str) else None
+            for key in ("machine", "measured")}
+    return {**text, "backbones": backbones}
+
+
+def _extract_rate(run: Run, throughput: dict) -> float | None:
+    """The measured images/s of the run's backbone at the run's input size, else None."""
+    entry = throughput.get("backbones", {}).get(str(run.backbone).lower())
+    if not entry:
+        return None
+    if entry["image_size"] is not None and entry["image_size"] != run.info.get("image_size"):
+        return None
+    return entry["images_per_s"]
+
+
+def leaderboard(runs: list[Run], throughput: dict | None = None) -> pd.DataFrame:
+    """One row per run (columns: :data:`LEADERBOARD_COLUMNS` plus ``run_id``).
+
+    ``throughput`` is :func:`extract_throughput`'s table (read from its file when None).
+    """
+    throughput = extract_throughput() if throughput is None else throughput
     rows = []
     for run in runs:
         test = run.metrics["test"]
@@ -82,6 +148,10 @@ def leaderboard(runs: list[Run]) -> pd.DataFrame:
             "kaggle_accuracy": heldout.get("accuracy"),
             "train_seconds": info.get("timings_s", {}).get("total"),
             "trainable_params": info.get("trainable_params"),
+            "base_params": (REGISTRY[run.backbone].base_params if run.backbone in REGISTRY
+                            else None),
+            "extract_images_per_s": _extract_rate(run, throughput),
+            "run_size_bytes": run.disk_bytes(),
         })
     return pd.DataFrame(rows, columns=["run", "run_id", *list(LEADERBOARD_COLUMNS)[1:]])
 

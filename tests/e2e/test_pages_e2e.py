@@ -22,11 +22,12 @@ PAGES = [
     ("tradeoffs", "Recall trade-offs", "Which threshold reaches a target sensitivity",
      "05-recall-tradeoffs"),
     ("heldout", "Held-out Kaggle test", "Worst mistakes", "06-heldout-kaggle"),
+    ("compare", "Compare two runs", "The images that decide it", "06b-compare-two-runs"),
     ("dataset", "Dataset", "The traps of this data", "07-dataset"),
     ("predict", "Predict & explain", "Predict & explain", "08-predict-explain"),
 ]
 #: Pages that always draw at least one chart (the Predict page waits for an image).
-CHARTED = {"per_class", "confusion", "curves", "tradeoffs", "heldout", "dataset"}
+CHARTED = {"per_class", "confusion", "curves", "tradeoffs", "heldout", "dataset", "compare"}
 
 
 @pytest.mark.e2e
