@@ -20,6 +20,7 @@ from xrcompare import CLASSES, __version__
 from xrcompare.backbones import get_backbone, weights_status
 from xrcompare.data import (
     Dataset,
+    group_near_duplicates,
     kfold_by_patient,
     scan_dataset,
     split_by_image,
@@ -209,6 +210,13 @@ def train_runs(config: TrainConfig, progress: Progress | None = None) -> list[Pa
 
     def fold_splits() -> list[dict]:
         if not splits:
+            if config.split == "patients":
+                # The same radiograph under two patient ids must not cross the split.
+                emit({"phase": "scan", "what": "looking for near-duplicate images"})
+                merged = group_near_duplicates(dataset)
+                if merged:
+                    emit({"phase": "scan", "what": f"{len(merged)} near-duplicate pair(s) of "
+                                                  "images merged into one patient each"})
             # Choosing the epoch on the test split leaves no use for a validation split.
             val_fraction = config.val_fraction if config.select_on == "val" else None
             if config.folds:
@@ -472,6 +480,7 @@ def _run_info(config, backbone, size, feature_shape, dataset, fold_splits, first
              "val_fraction": config.val_fraction if config.select_on == "val" else None,
              "test_fraction": None if config.folds else config.test_fraction,
              "summary": split_summary(dataset, fold_splits[0]),
+             "near_duplicates": dataset.near_duplicates,
              "files": {name: files(indices) for name, indices in first["splits"].items()}}
     if config.folds:
         split["folds"] = config.folds
