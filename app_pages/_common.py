@@ -136,6 +136,8 @@ def _describe(run: Run) -> str:
              f"epoch {info.get('best_epoch')}/{info.get('epochs_run')}"]
     if (info.get("split") or {}).get("folds"):
         parts.append(f"{info['split']['folds']}-fold cross-validation")
+    if run.is_leaky:
+        parts.append(f"{run.protocol_label}: {'; '.join(run.leaky_reasons)}")
     if info.get("description"):
         parts.append(info["description"])
     return " · ".join(parts)

@@ -51,9 +51,7 @@ def cached_comparison(_run_a, _run_b, key: tuple, scope: str, names: tuple):
 
 def run_name(run_id: str) -> str:
     run = by_id[run_id]
-    marks = []
-    if run.is_leaky:
-        marks.append("leaky split")
+    marks = []  # a leaky run's title already says "2020 protocol (leaky)"
     if run.is_cross_validation:
         marks.append(f"{run.info['split']['folds']}-fold CV")
     accuracy = run.metrics["test"]["accuracy"]

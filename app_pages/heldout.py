@@ -16,6 +16,7 @@ from xrcompare.charts import (
 )
 from xrcompare.evaluate import BLOG_2020_REPORTED
 from xrcompare.runs import RunError
+from xrcompare.summary import blog_comparison
 
 runs = common.require_runs()
 st.title("Held-out Kaggle test: images from elsewhere")
@@ -81,7 +82,25 @@ st.caption(f"**{BLOG_REFERENCE_NAME}** (hatched): the blog reported only the sha
                        f"{true_class.upper()}" for true_class, entry in reported.items())
            + "); the rest is split by subtraction. Its model was trained on a random "
            "image split with the epoch chosen on the test split, so it is a reference, not a "
-           "like-for-like result.")
+           "like-for-like result. It is drawn right after the selected VGG16 runs on its own "
+           "images (its reproductions), when there are any.")
+comparison = blog_comparison(with_heldout)
+if not comparison.empty:
+    with st.expander("The 2020 blog beside the runs trained on its images", expanded=True):
+        st.dataframe(
+            comparison[["run", "backbone", "protocol", "why", "kaggle_normal_non_covid_pct",
+                        "kaggle_pneumonia_non_covid_pct"]],
+            hide_index=True, placeholder="–", key="heldout_blog_comparison",
+            column_config={
+                "run": st.column_config.TextColumn("Run", pinned=True),
+                "why": st.column_config.TextColumn("Split / why leaky"),
+                "kaggle_normal_non_covid_pct": st.column_config.NumberColumn(
+                    "NORMAL non-COVID %", format="%.1f"),
+                "kaggle_pneumonia_non_covid_pct": st.column_config.NumberColumn(
+                    "PNEUMONIA non-COVID %", format="%.1f")})
+        st.caption("Runs labelled *2020 protocol (leaky)* repeat the blog's mistakes on "
+                   "purpose; on these held-out images, which no run saw, the leak cannot help, "
+                   "so the Kaggle columns compare them fairly.")
 
 st.subheader("Worst mistakes")
 left, middle, right = st.columns([3, 2, 1])

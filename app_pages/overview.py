@@ -3,7 +3,12 @@
 import streamlit as st
 
 from app_pages import _common as common
-from xrcompare.summary import LEADERBOARD_COLUMNS, extract_throughput, leaderboard
+from xrcompare.summary import (
+    LEADERBOARD_COLUMNS,
+    blog_comparison,
+    extract_throughput,
+    leaderboard,
+)
 
 runs = common.require_runs()
 st.title("Overview: which head did best, and how sure are we?")
@@ -23,6 +28,7 @@ column_config = {
     "run_id": st.column_config.TextColumn("Run folder", help="The folder under trained/."),
     "backbone": st.column_config.TextColumn("Backbone", help=help_text["backbone"]),
     "weights": st.column_config.TextColumn("Weights", help=help_text["weights"]),
+    "protocol": st.column_config.TextColumn("Protocol", help=help_text["protocol"]),
     "data": st.column_config.TextColumn("Data", help=help_text["data"]),
     "split": st.column_config.TextColumn("Split", help=help_text["split"]),
     "image_size": st.column_config.NumberColumn("Input px", help=help_text["image_size"]),
@@ -61,14 +67,14 @@ column_config = {
 # Scores first (they are what the page is about), then how each run was made.
 order = ["run", "accuracy", "accuracy_95ci", "macro_f1", "covid_sensitivity", "covid_specificity",
          "kaggle_normal_non_covid_pct", "kaggle_pneumonia_non_covid_pct", "kaggle_accuracy",
-         "weights", "backbone", "data", "split", "image_size", "resize", "epochs",
+         "protocol", "weights", "backbone", "data", "split", "image_size", "resize", "epochs",
          "base_params", "trainable_params", "extract_images_per_s", "train_seconds",
          "run_size_bytes", "run_id"]
 
 st.subheader("Leaderboard")
-st.caption("One row per run, scored on its own patient-wise test split (pooled out-of-fold "
-           "predictions for cross-validation runs). Click a column header to sort; hover it "
-           "for what it means.")
+st.caption("One row per run, scored on its own test split: patient-wise (pooled out-of-fold "
+           "predictions for cross-validation runs), or by image for runs of the 2020 "
+           "protocol. Click a column header to sort; hover it for what it means.")
 st.dataframe(table, column_config=column_config, column_order=order, hide_index=True,
              placeholder="–", key="leaderboard", height=common.table_height(len(table)))
 if throughput["backbones"]:
@@ -100,6 +106,35 @@ if folds:
         st.caption("Mean ± standard deviation of each fold's test score: how much the number "
                    "moves when other patients land in the test split.")
 
+leaky = [run for run in runs if run.is_leaky]
+if leaky:
+    st.warning(
+        "**2020 protocol (leaky).** "
+        + "; ".join(f"*{labels[run.run_id]}*: {', '.join(run.leaky_reasons)}" for run in leaky)
+        + ". These runs reproduce the 2020 blog's mistakes on purpose; their test figures are "
+        "optimistic and are not comparable with the sound runs.", icon=":material/warning:")
+
+comparison = blog_comparison(runs)
+if not comparison.empty:
+    st.subheader("The 2020 blog beside its reproductions")
+    st.caption("The blog's reported figures (VGG16/VGG19 on its own images, 62 test images) and "
+               "the selected runs trained on the same images: as the blog did it (leaky) and "
+               "the sound way. Test figures of different splits are not like for like; the "
+               "Kaggle columns are the same 624 held-out images for every run.")
+    st.dataframe(
+        comparison, hide_index=True, placeholder="–", key="blog_comparison",
+        column_config={
+            "run": st.column_config.TextColumn("Run", pinned=True),
+            "backbone": st.column_config.TextColumn("Backbone"),
+            "protocol": st.column_config.TextColumn("Protocol", help=help_text["protocol"]),
+            "why": st.column_config.TextColumn("Split / why leaky"),
+            "test_images": st.column_config.NumberColumn("Test images"),
+            "accuracy": st.column_config.NumberColumn("Test accuracy", format="%.3f"),
+            "kaggle_normal_non_covid_pct": st.column_config.NumberColumn(
+                "Kaggle NORMAL not covid", format="%.1f%%"),
+            "kaggle_pneumonia_non_covid_pct": st.column_config.NumberColumn(
+                "Kaggle PNEUMONIA not covid", format="%.1f%%")})
+
 st.subheader("Before you trust these numbers")
 st.markdown(
     """
@@ -107,8 +142,8 @@ st.markdown(
   hospital; the COVID X-rays are adults from many sources. A CNN can separate the classes by
   age, hospital or burned-in text without learning anything about COVID-19.
 - **Patient leakage.** Several images of one patient must not sit on both sides of a split.
-  Every run here splits by patient; the 2020 blog split images at random and chose its epoch on
-  its test split.
+  Every sound run here splits by patient; the 2020 blog split images at random and chose its
+  epoch on its test split, and runs reproducing it are labelled "2020 protocol (leaky)".
 - **Preprocessing mismatch.** The held-out Kaggle copy was squashed to 224×224 before we got it;
   a head trained on aspect-kept, padded images sees something different there (a domain shift).
 - **Saliency is not proof.** A heat map shows where a gradient is large, not why a model is

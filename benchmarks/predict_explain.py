@@ -9,7 +9,8 @@ Prints, per phase, the median of ``--repeats`` timings, and as its last two line
 
 It also measures what the two caches buy: cold model building with and without a shared
 base, and a warm Grad-CAM with a fresh tf-keras-vis clone (``reuse=False``) against the kept
-one. Set ``XRCOMPARE_WEIGHTS_DIR`` (default ``../shared/weights`` beside the repository).
+one. Weights come from the app's folders (``.weights/`` and ``../shared/weights`` by default,
+or ``XRCOMPARE_WEIGHTS_DIR``).
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
-os.environ.setdefault("XRCOMPARE_WEIGHTS_DIR", str(REPO.parent / "shared" / "weights"))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from xrcompare import predictor  # noqa: E402

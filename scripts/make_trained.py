@@ -1,8 +1,12 @@
 """Regenerate the shipped runs in ``trained/`` with one command.
 
-Run from the repository root, with the shared data and weights beside the repo::
+Run from the repository root, with the shared data and weights beside the repo and Xception's
+weights built by ``scripts/setup_weights.py``::
 
-    XRCOMPARE_WEIGHTS_DIR=../shared/weights python scripts/make_trained.py --force
+    python scripts/setup_weights.py && python scripts/make_trained.py --force
+
+The weights come from the default folders (``.weights/`` then ``../shared/weights``); set
+``XRCOMPARE_WEIGHTS_DIR`` to use others.
 
 Every run is one ``python -m xrcompare train ...`` call with an explicit, stable ``--name``
 (the run id), ``--display-name``, ``--description`` and ``--order``. Data paths are relative
@@ -10,12 +14,14 @@ Every run is one ``python -m xrcompare train ...`` call with an explicit, stable
 skipped unless ``--force`` is given; with ``--force`` the new run is trained into a hidden
 staging folder first and replaces the old one only when it is complete.
 
-Every backbone other than ResNet50 whose ImageNet weights file is in
-``XRCOMPARE_WEIGHTS_DIR`` gets the main run's recipe too (``<backbone>-cxr3``).
+The main recipe runs on each of VGG16, ResNet50 and Xception (``<backbone>-cxr3``, same seed,
+so the same patient-wise split); any other backbone whose ImageNet weights file is in a
+weights folder gets it too.
 
 The main run's recipe (``MAIN_RECIPE``) was chosen on cxr3's validation split only, with
 ``python scripts/make_trained.py --tune`` (candidates and their validation figures are written
 to ``trained/tuning.json``; kaggle_test is not loaded and test figures are not read).
+``--tune-xception-size`` compares Xception at 224 px and at its native 299 px the same way.
 """
 
 from __future__ import annotations
@@ -55,6 +61,12 @@ VALIDATION_PICK = ["--head", "gap", "--epochs", "25", "--batch-size", "8",
 #: The 2020 blog's protocol where it is sound: its head, 25 epochs, batch 8, Adam 1e-3, 224 px.
 BLOG_RECIPE = ["--head", "blog", "--epochs", "25", "--batch-size", "8",
                "--learning-rate", "1e-3", "--image-size", "224"]
+#: The blog's augmentation: rotation within ±15° (fill nearest), here as 4 cached views.
+BLOG_AUGMENTATION = ["--augment", "blog", "--augment-views", "4"]
+#: The blog's flaws, on purpose: a random image split, x/255 inputs, the epoch kept on test.
+BLOG_FLAWS = ["--split", "images", "--preprocess", "scale01", "--select-on", "test"]
+#: The backbones compared side by side with the main recipe, in dashboard order.
+MAIN_BACKBONES = ("resnet50", "vgg16", "xception")
 
 
 @dataclass
@@ -79,7 +91,9 @@ class RunPlan:
 
 
 def shipped_runs() -> list[RunPlan]:
-    """The runs in ``trained/``, in dashboard order."""
+    """The runs in ``trained/``, in dashboard order: the three backbones' main runs first."""
+    from xrcompare.backbones import get_backbone
+
     plans = [
         RunPlan(
             "resnet50-cxr3", "ResNet50 · cxr3 (main)",
@@ -90,56 +104,98 @@ def shipped_runs() -> list[RunPlan]:
             "and age, which inflates every number.",
             1, CXR3, [*MAIN_RECIPE, *MAIN_IMAGE_SIZE]),
         RunPlan(
+            "vgg16-cxr3", "VGG16 · cxr3",
+            "The main recipe (GAP head, 4 augmented views, 224 px) on frozen ImageNet VGG16 "
+            "features: the same patient-wise split as the ResNet50 main run (same seed), so "
+            "the two backbones are compared on the same test and held-out images.",
+            2, CXR3, [*MAIN_RECIPE, *MAIN_IMAGE_SIZE], backbone="vgg16"),
+        RunPlan(
+            "xception-cxr3", "Xception · cxr3 (224 px)",
+            "The main recipe on frozen ImageNet Xception features at 224 px, the held-out Kaggle "
+            "copy's native size (Xception's own is 299 px): the same patient-wise split as the "
+            "other main runs.",
+            3, CXR3, [*MAIN_RECIPE, *MAIN_IMAGE_SIZE], backbone="xception"),
+        RunPlan(
+            "xception-cxr3-299px", "Xception · cxr3 · 299 px (native size, upsampling)",
+            "The main recipe on Xception at its native 299 px. cxr3 images are downsampled to "
+            "299 px, but the held-out Kaggle copy exists only at 224 px, so every Kaggle image "
+            "is upsampled: a preprocessing mismatch the validation split cannot see. Compare its "
+            "Kaggle table with xception-cxr3's.",
+            4, CXR3, [*MAIN_RECIPE, "--image-size", "299"], backbone="xception"),
+        RunPlan(
+            "vgg16-seed001-blog2020", "VGG16 · 2020 blog reproduced",
+            "The 2020 blog as it was done: VGG16 on its own 305 images, a random 80/20 IMAGE "
+            "split (one patient's images on both sides), x/255 inputs instead of VGG16's own "
+            "preprocessing, rotation augmentation (±15°, here 4 cached views per image), its "
+            "head, 25 epochs, batch 8, Adam 1e-3, 224 px, and the epoch kept by TEST accuracy. "
+            "Labelled '2020 protocol (leaky)': its test figure is optimistic by construction. "
+            "Set it beside the blog's reported VGG16 0.85 on 62 images.",
+            5, SEED001, [*BLOG_RECIPE, *BLOG_AUGMENTATION, *BLOG_FLAWS], backbone="vgg16"),
+        RunPlan(
+            "vgg16-seed001-sound", "VGG16 · 2020 blog data, sound protocol",
+            "The same images, head, augmentation, epochs, batch and learning rate as the blog "
+            "reproduction, with the three flaws fixed: a patient-wise split, VGG16's own "
+            "preprocess_input, and the epoch chosen on a validation split.",
+            6, SEED001, [*BLOG_RECIPE, *BLOG_AUGMENTATION], backbone="vgg16"),
+        RunPlan(
             "resnet50-seed001-blog", "ResNet50 · 2020 blog data and protocol",
             "The 2020 blog's own 305 images and its protocol where it is sound (its head, 25 "
             "epochs, batch 8, Adam 1e-3, 224 px), but with a patient-wise split, an epoch "
             "chosen on validation rather than test, and correct ResNet50 preprocessing. Set "
             "it beside the blog's VGG16 0.85 / VGG19 0.89 on 62 images.",
-            2, SEED001, BLOG_RECIPE),
+            7, SEED001, BLOG_RECIPE),
         RunPlan(
             "resnet50-cxr3-random-control", "ResNet50 · cxr3 · random-init control",
             "A control, not a model: the main recipe on a randomly initialised (untrained) "
             "ResNet50 base. The gap to the main run is what ImageNet features buy; what it "
             "still gets right shows how easy the source/age shortcut is.",
-            3, CXR3, [*MAIN_RECIPE, *MAIN_IMAGE_SIZE, "--weights", "random"]),
+            8, CXR3, [*MAIN_RECIPE, *MAIN_IMAGE_SIZE, "--weights", "random"]),
+        RunPlan(
+            "xception-cxr3-random-control", "Xception · cxr3 · random-init control",
+            "A control, not a model: the main recipe on a randomly initialised Xception base "
+            "at 224 px. Set it beside xception-cxr3 and the ResNet50 control.",
+            9, CXR3, [*MAIN_RECIPE, *MAIN_IMAGE_SIZE, "--weights", "random"],
+            backbone="xception"),
         RunPlan(
             "resnet50-cxr3-cv5", "ResNet50 · cxr3 · 5-fold CV",
             "The main recipe under grouped (patient-wise) stratified 5-fold cross-validation: "
             "the test figures pool the out-of-fold predictions; mean ± sd over folds is in "
             "metrics.json. The held-out Kaggle figures are those of fold 1's head.",
-            4, CXR3, [*MAIN_RECIPE, *MAIN_IMAGE_SIZE, "--folds", "5"]),
+            10, CXR3, [*MAIN_RECIPE, *MAIN_IMAGE_SIZE, "--folds", "5"]),
         RunPlan(
             "resnet50-cxr3-padded", "ResNet50 · cxr3 · padded (preprocessing mismatch)",
             "The main recipe with aspect-preserving padding instead of squashing. The Kaggle "
             "test copy was squashed to 224×224 by its owner before we got it, so padded "
             "training meets squashed test images: a preprocessing mismatch, a domain shift "
             "of the kind that breaks models in new hospitals.",
-            5, CXR3, [*MAIN_RECIPE, *MAIN_IMAGE_SIZE, "--resize", "pad"]),
+            11, CXR3, [*MAIN_RECIPE, *MAIN_IMAGE_SIZE, "--resize", "pad"]),
         RunPlan(
             "resnet50-cxr3-288px", "ResNet50 · cxr3 · 288 px (validation's pick, upsampling)",
             "The recipe the validation split ranked first among all 14 candidates (GAP head, "
             "288 px, no augmentation). The held-out Kaggle copy exists only at 224 px, so this "
             "model upsamples every Kaggle image: a second preprocessing mismatch that the "
             "validation split cannot see. Compare its Kaggle table with the main run's.",
-            6, CXR3, VALIDATION_PICK),
+            12, CXR3, VALIDATION_PICK),
     ]
-    order = 10
+    order = 20
     for backbone in other_backbones_with_weights():
         plans.append(RunPlan(
             f"{backbone.name}-cxr3", f"{backbone.display_name} · cxr3",
             f"The main recipe on frozen ImageNet {backbone.display_name} features (picked up "
-            "because its weights file is in XRCOMPARE_WEIGHTS_DIR).",
+            "because its weights file is in a weights folder).",
             order, CXR3, MAIN_RECIPE, backbone=backbone.name))
         order += 1
+    for plan in plans:
+        get_backbone(plan.backbone)  # a typo in the plan fails before any training
     return plans
 
 
 def other_backbones_with_weights():
-    """Registry backbones besides ResNet50 whose weights file is in XRCOMPARE_WEIGHTS_DIR."""
+    """Registry backbones besides the main three whose weights file is in a weights folder."""
     from xrcompare.backbones import REGISTRY, weights_status
 
     return [backbone for name, backbone in REGISTRY.items()
-            if name != "resnet50" and weights_status(name).source == "file"]
+            if name not in MAIN_BACKBONES and weights_status(name).source == "file"]
 
 
 # --------------------------------------------------------------------------- tuning
@@ -176,21 +232,39 @@ def validation_scores(run_folder: Path) -> dict:
             "val_images": len(val), "best_epoch": info["best_epoch"]}
 
 
-def tune(runs_dir: Path) -> list[dict]:
-    """Train every candidate on cxr3 (no held-out folder) and rank them on validation.
+#: Xception's input size, compared with the main recipe otherwise fixed: 224 px (the held-out
+#: Kaggle copy's size) against 299 px (Xception's native size), on validation only.
+XCEPTION_SIZE_CANDIDATES = [{"head": "gap", "augment_views": 4, "balanced": False,
+                             "image_size": size} for size in (224, 299)]
+
+#: What each tuning study trains. "main" keeps its results at the top level of tuning.json
+#: (where they have always been); other studies get their own key.
+TUNING_STUDIES = {
+    "main": {"backbone": "resnet50", "candidates": TUNING_CANDIDATES},
+    "xception_size": {"backbone": "xception", "candidates": XCEPTION_SIZE_CANDIDATES},
+}
+TUNING_CRITERION = ("highest validation accuracy at the kept epoch, then lowest validation "
+                    "loss (cxr3 patient-wise validation split, seed 42)")
+
+
+def tune(runs_dir: Path, study: str = "main") -> list[dict]:
+    """Train every candidate of ``study`` on cxr3 (no held-out folder); rank on validation.
 
     Ranking: highest validation accuracy at the kept epoch, then lowest validation loss.
     The kept epoch is chosen by validation loss inside each run. Test-split figures are
-    written by the runs but never read here; kaggle_test is not even loaded.
+    written by the runs but never read here; kaggle_test is not even loaded. The results
+    replace this study's part of ``trained/tuning.json`` and keep the other studies'.
     """
+    import json
     import tempfile
 
     from xrcompare.experiment import TrainConfig, train_runs
 
+    backbone = TUNING_STUDIES[study]["backbone"]
     results = []
     with tempfile.TemporaryDirectory(prefix="xrcompare-tuning-") as scratch:
-        for number, candidate in enumerate(TUNING_CANDIDATES, start=1):
-            config = TrainConfig(data=Path(CXR3), backbones=["resnet50"], epochs=25,
+        for number, candidate in enumerate(TUNING_STUDIES[study]["candidates"], start=1):
+            config = TrainConfig(data=Path(CXR3), backbones=[backbone], epochs=25,
                                  batch_size=8, learning_rate=1e-3, runs_dir=Path(scratch),
                                  name=f"candidate-{number}", **candidate)
             started = time.perf_counter()
@@ -198,18 +272,24 @@ def tune(runs_dir: Path) -> list[dict]:
             scores = validation_scores(folder)
             results.append({**candidate, **scores,
                             "seconds": round(time.perf_counter() - started, 1)})
-            print(f"{candidate_label(candidate)}: val accuracy {scores['val_accuracy']:.3f} "
-                  f"loss {scores['val_loss']:.3f} covid spec "
+            print(f"{backbone} {candidate_label(candidate)}: val accuracy "
+                  f"{scores['val_accuracy']:.3f} loss {scores['val_loss']:.3f} covid spec "
                   f"{scores['val_covid_specificity']:.3f} (epoch {scores['best_epoch']})",
                   flush=True)
     ranked = sorted(results, key=lambda r: (-round(r["val_accuracy"], 6), r["val_loss"]))
-    payload = {"criterion": "highest validation accuracy at the kept epoch, then lowest "
-                            "validation loss (cxr3 patient-wise validation split, seed 42)",
-               "chosen": ranked[0], "candidates": results}
-    import json
-
-    (runs_dir / TUNING_FILE).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-    print(f"chosen: {candidate_label(ranked[0])}")
+    part = {"criterion": TUNING_CRITERION, "chosen": ranked[0], "candidates": results}
+    path = runs_dir / TUNING_FILE
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except (OSError, ValueError):
+        payload = {}
+    payload = payload if isinstance(payload, dict) else {}
+    if study == "main":
+        payload.update(part)
+    else:
+        payload[study] = {"backbone": backbone, **part}
+    path.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    print(f"chosen: {backbone} {candidate_label(ranked[0])}")
     return ranked
 
 
@@ -224,6 +304,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tune", action="store_true",
                         help="compare the main run's candidate recipes on the validation split "
                              "and write trained/tuning.json (trains nothing into trained/)")
+    parser.add_argument("--tune-xception-size", action="store_true",
+                        help="compare Xception at 224 and 299 px with the main recipe on the "
+                             "validation split only; adds 'xception_size' to "
+                             "trained/tuning.json (trains nothing into trained/)")
     return parser
 
 
@@ -231,9 +315,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     os.chdir(REPO)
     sys.path.insert(0, str(REPO))
-    default_weights = REPO.parent / "shared" / "weights"
-    if not os.environ.get("XRCOMPARE_WEIGHTS_DIR") and default_weights.is_dir():
-        os.environ["XRCOMPARE_WEIGHTS_DIR"] = str(default_weights)
+    if not os.environ.get("XRCOMPARE_WEIGHTS_DIR"):
+        # The app's default folders, made explicit: a missing file fails at once (one line)
+        # instead of trying a download halfway through the plan.
+        from xrcompare.backbones import DEFAULT_WEIGHTS_DIRS
+
+        os.environ["XRCOMPARE_WEIGHTS_DIR"] = os.pathsep.join(
+            str(folder) for folder in DEFAULT_WEIGHTS_DIRS if folder.is_dir())
     plans = shipped_runs()
     if args.only:
         unknown = set(args.only) - {plan.name for plan in plans}
@@ -242,9 +330,12 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         plans = [plan for plan in plans if plan.name in args.only]
     runs_dir = args.runs_dir.resolve()
-    if args.tune:
+    if args.tune or args.tune_xception_size:
         runs_dir.mkdir(parents=True, exist_ok=True)
-        tune(runs_dir)
+        if args.tune:
+            tune(runs_dir, "main")
+        if args.tune_xception_size:
+            tune(runs_dir, "xception_size")
         return 0
     if args.list:
         for plan in plans:

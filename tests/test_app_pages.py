@@ -329,6 +329,46 @@ def test_a_crafted_run_title_is_shown_as_text_not_markdown(tmp_path, monkeypatch
         for kind in ("markdown", "caption", "warning", "info", "success", "subheader"):
             for item in app.get(kind):
                 assert "[click me](" not in str(item.value), (page, kind, item.value)
+
+
+def relabel(source: Path, runs_dir: Path, run_id: str, **changes) -> Path:
+    target = runs_dir / run_id
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("head_fold*"))
+    info = json.loads((target / "run.json").read_text(encoding="utf-8"))
+    info.update(changes)
+    (target / "run.json").write_text(json.dumps(info), encoding="utf-8")
+    return target
+
+
+def test_leaky_runs_are_labelled_and_sit_beside_the_blog(tmp_path, monkeypatch):
+    """The shipped blog-data run's files relabelled as the two VGG16 reproductions."""
+    blog_data = next(run for run in shipped_runs() if run.info["data"]["name"] == "seed001_0402")
+    main = next(run for run in shipped_runs() if run.info["data"]["name"] != "seed001_0402")
+    leaky = {"split": "images", "preprocess": "scale01", "select_on": "test", "augment": "blog"}
+    relabel(main.path, tmp_path, "a-main", order=1, display_name="Main", protocol={})
+    relabel(blog_data.path, tmp_path, "b-vgg16-blog2020", order=2, backbone="vgg16",
+            backbone_display="VGG16", display_name="VGG16 blog", protocol=leaky)
+    relabel(blog_data.path, tmp_path, "c-vgg16-sound", order=3, backbone="vgg16",
+            backbone_display="VGG16", display_name="VGG16 sound", protocol={})
+    app = start(monkeypatch, tmp_path)
+    board = app.dataframe[0].value.set_index("run_id")
+    assert board.loc["b-vgg16-blog2020", "protocol"] == "2020 protocol (leaky)"
+    assert board.loc["b-vgg16-blog2020", "run"] == "VGG16 blog [2020 protocol (leaky)]"
+    assert list(board["protocol"]) == ["sound", "2020 protocol (leaky)", "sound"]
+    assert any("2020 protocol (leaky)" in item.value and "chosen on the test split"
+               in item.value for item in app.warning)
+    comparison = next(item.value for item in app.dataframe if "why" in item.value.columns)
+    assert list(comparison["run"]) == ["2020 blog, VGG16, as reported",
+                                       "2020 blog, VGG19, as reported",
+                                       "VGG16 blog [2020 protocol (leaky)]", "VGG16 sound"]
+    open_page(app, "app_pages/heldout.py")
+    summary = list(app.dataframe[0].value["run"])
+    assert summary == ["Main", "VGG16 blog [2020 protocol (leaky)]", "VGG16 sound",
+                       "2020 blog, VGG16, as reported"]
+    beside = next(item.value for item in app.dataframe if "why" in item.value.columns)
+    assert list(beside["protocol"]) == ["2020 protocol (leaky)"] * 3 + ["sound"]
+
+
 # --------------------------------------------------------------------------- compare two runs
 
 

@@ -183,6 +183,27 @@ def test_training_curves_mark_the_kept_epoch():
     assert len(without_val.data) == 2
 
 
+def test_training_curves_of_a_run_that_chose_its_epoch_on_test():
+    history = pd.DataFrame({"epoch": [1, 2], "loss": [1.0, 0.5], "accuracy": [0.5, 0.8],
+                            "test_loss": [1.1, 0.9], "test_accuracy": [0.4, 0.6]})
+    figure = charts.training_curves_figure(history, 2, "leaky")
+    assert {trace.name for trace in figure.data} == {"training", "test (picked the epoch)"}
+
+
+def test_the_blog_reference_sits_right_after_its_vgg16_reproductions():
+    held_labels = ["normal", "pneumonia"]
+    held = ("kaggle_test", held_labels, one_hot_probabilities(held_labels))
+    runs = [make_run(name, ["covid"], one_hot_probabilities(["covid"]), heldout=held)
+            for name in ("main", "vgg16-blog", "other")]
+    runs[1].info.update(backbone="vgg16", data={"name": "seed001_0402"})
+    shares = charts.heldout_shares(runs, "kaggle_test")
+    assert list(dict.fromkeys(shares["run"])) == ["main", "vgg16-blog",
+                                                  charts.BLOG_REFERENCE_NAME, "other"]
+    runs[1].info.update(backbone="resnet50")  # no reproduction: the reference goes last
+    shares = charts.heldout_shares(runs, "kaggle_test")
+    assert list(dict.fromkeys(shares["run"]))[-1] == charts.BLOG_REFERENCE_NAME
+
+
 def test_heldout_shares_add_the_blog_reference():
     held_labels = ["normal"] * 4 + ["pneumonia"] * 4
     predicted = ["normal", "covid", "normal", "pneumonia", "pneumonia", "pneumonia", "covid",

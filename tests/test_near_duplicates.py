@@ -82,3 +82,23 @@ def test_cxr3_covid_holds_exactly_the_three_known_republished_radiographs():
         frozenset(("cohen_2-chest-filmc.jpg", "cohen_7-fatal-covid19.jpg")),
         frozenset(("cohen_AR-1.jpg", "cohen_extubation-1.jpg")),
     }
+
+
+def test_a_training_run_records_the_merged_pair_and_keeps_it_on_one_side(tmp_path, feature_cache):
+    from xrcompare.experiment import TrainConfig, train_runs
+    from xrcompare.runs import load_run
+
+    folder = tmp_path / "data"
+    shutil.copytree(TINY, folder)
+    source = folder / "covid" / "cohen_02b76460.jpg"
+    cv2.imwrite(str(folder / "covid" / "figure_from_another_paper.jpg"),
+                recropped(read_gray(source), margin=0.02, contrast=0.9, brightness=-10))
+    config = TrainConfig(data=folder, backbones=["resnet50"], image_size=64, epochs=1,
+                         batch_size=4, head="gap", val_fraction=0.25, test_fraction=0.25,
+                         runs_dir=tmp_path / "runs", name="neardup")
+    run = load_run(train_runs(config)[0])
+    merged = run.info["split"]["near_duplicates"]
+    assert [sorted(item["paths"]) for item in merged] == [
+        ["covid/cohen_02b76460.jpg", "covid/figure_from_another_paper.jpg"]]
+    where = dict(zip(run.predictions["path"], run.predictions["split"], strict=True))
+    assert where["covid/cohen_02b76460.jpg"] == where["covid/figure_from_another_paper.jpg"]

@@ -165,16 +165,18 @@ def test_every_method_with_raw_maps_and_a_chosen_class(monkeypatch):
     assert len(images(app)) == 1 + 2 * 5  # the X-ray, then overlay and raw map per method
 
 
-def test_runs_that_cannot_be_rebuilt_are_listed_with_their_reason(monkeypatch, tmp_path):
-    shutil.copytree(TRAINED / MAIN_RUN, tmp_path / MAIN_RUN,
+def test_runs_that_cannot_be_rebuilt_are_listed_with_their_reason(monkeypatch, tmp_path,
+                                                                  resnet50_only_weights):
+    runs = tmp_path / "runs"  # beside the weights folder of resnet50_only_weights
+    shutil.copytree(TRAINED / MAIN_RUN, runs / MAIN_RUN,
                     ignore=shutil.ignore_patterns("head_fold*"))
-    vgg = tmp_path / "vgg16-cxr3"
+    vgg = runs / "vgg16-cxr3"
     shutil.copytree(TRAINED / MAIN_RUN, vgg)
     info = json.loads((vgg / "run.json").read_text(encoding="utf-8"))
     info.update(backbone="vgg16", backbone_display="VGG16", display_name="VGG16 · cxr3",
                 last_conv_layer="block5_conv3")
     (vgg / "run.json").write_text(json.dumps(info), encoding="utf-8")
-    monkeypatch.setenv(RUNS_DIR_VARIABLE, str(tmp_path))
+    monkeypatch.setenv(RUNS_DIR_VARIABLE, str(runs))
     app = AppTest.from_file(str(APP), default_timeout=TIMEOUT_S)
     app.run()
     app.switch_page(PAGE).run()

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
+import json
+import shutil
+import sys
 
 import pytest
 from conftest import REPO
@@ -11,17 +14,26 @@ from xrcompare.runs import list_runs
 
 TRAINED = REPO / "trained"
 README = REPO / "README.md"
-SHIPPED_RUNS = ("resnet50-cxr3", "resnet50-seed001-blog", "resnet50-cxr3-random-control",
-                "resnet50-cxr3-cv5", "resnet50-cxr3-padded")
+LEAKY = "**[2020 protocol (leaky)]**"
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="module")
 def results_table():
-    spec = importlib.util.spec_from_file_location("results_table",
-                                                  REPO / "scripts" / "results_table.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("results_table")
+
+
+@pytest.fixture(scope="module")
+def planned_ids() -> list[str]:
+    """The run ids scripts/make_trained.py ships, in dashboard order."""
+    return [plan.name for plan in load_script("make_trained").shipped_runs()]
 
 
 def test_readme_results_block_matches_the_shipped_runs(results_table):
@@ -29,12 +41,19 @@ def test_readme_results_block_matches_the_shipped_runs(results_table):
     assert problem is None, problem
 
 
-def test_every_shipped_run_loads_and_is_listed():
+def test_the_plan_names_the_three_backbones_and_both_blog_reproductions(planned_ids):
+    assert planned_ids[:3] == ["resnet50-cxr3", "vgg16-cxr3", "xception-cxr3"]
+    assert {"xception-cxr3-299px", "vgg16-seed001-blog2020", "vgg16-seed001-sound",
+            "resnet50-seed001-blog", "resnet50-cxr3-random-control", "resnet50-cxr3-cv5",
+            "resnet50-cxr3-padded", "resnet50-cxr3-288px"} <= set(planned_ids)
+    assert len(set(planned_ids)) == len(planned_ids)
+
+
+def test_every_planned_run_is_shipped_in_plan_order(planned_ids):
     listing = list_runs(TRAINED)
     assert listing.problems == []
     ids = [run.run_id for run in listing.runs]
-    assert set(SHIPPED_RUNS) <= set(ids)
-    assert ids[:len(SHIPPED_RUNS)] == list(SHIPPED_RUNS)  # --order puts them first, in order
+    assert ids == planned_ids, "run python scripts/make_trained.py to regenerate trained/"
     for run in listing.runs:
         assert run.info["data"]["folder"].startswith("../shared/data/"), run.run_id
         assert "kaggle_test" in run.metrics["heldout"], run.run_id
@@ -48,10 +67,53 @@ def test_trained_folder_stays_small():
 def test_block_names_every_run_and_is_stable(results_table):
     block = results_table.render(TRAINED)
     assert block == results_table.render(TRAINED)
-    for run_id in SHIPPED_RUNS:
-        assert f"`{run_id}`" in block
+    listing = list_runs(TRAINED)
+    for run in listing.runs:
+        assert f"`{run.run_id}`" in block
+        assert (f"`{run.run_id}` is marked {LEAKY}" in block) == run.is_leaky
     assert "2020 blog, VGG16 (reported)" in block
     assert "mean ± sd over 5 patient-wise folds" in block
+
+
+def test_leaky_runs_are_marked_and_the_blog_sits_beside_its_reproductions(results_table,
+                                                                          tmp_path):
+    """A throwaway runs folder: a sound run on cxr3, then the VGG16 blog reproductions (the
+    shipped seed001 run's files relabelled), then another run."""
+    def copy(source, run_id, order, **changes):
+        folder = tmp_path / run_id
+        shutil.copytree(TRAINED / source, folder)
+        info = json.loads((folder / "run.json").read_text(encoding="utf-8"))
+        info.update(order=order, **changes)
+        (folder / "run.json").write_text(json.dumps(info), encoding="utf-8")
+
+    leaky = {"split": "images", "preprocess": "scale01", "select_on": "test", "augment": "blog"}
+    copy("resnet50-cxr3", "main", 1, protocol={})
+    hyper = {**json.loads((TRAINED / "resnet50-seed001-blog" / "run.json").read_text(
+        encoding="utf-8"))["hyperparameters"], "augment_views": 4}
+    copy("resnet50-seed001-blog", "vgg16-blog2020", 2, backbone="vgg16",
+         backbone_display="VGG16", protocol=leaky, hyperparameters=hyper)
+    copy("resnet50-seed001-blog", "vgg16-sound", 3, backbone="vgg16", backbone_display="VGG16",
+         protocol={})
+    copy("resnet50-cxr3-padded", "padded", 4, protocol={})
+    block = results_table.render(tmp_path)
+    lines = block.splitlines()
+    tables = [index for index, line in enumerate(lines) if line.startswith("| Run |")]
+    test_rows = [line.split(" | ")[0] for line in lines[tables[0] + 2:] if line.startswith("|")]
+    heldout_rows = [line.split(" | ")[0] for line in lines[tables[1] + 2:]
+                    if line.startswith("|")]
+    reported16, reported19 = (f"| 2020 blog, {model} (reported) {LEAKY}"
+                              for model in ("VGG16", "VGG19"))
+    assert test_rows[:6] == ["| `main`", f"| `vgg16-blog2020` {LEAKY}", "| `vgg16-sound`",
+                             reported16, reported19, "| `padded`"]
+    assert heldout_rows == ["| `main`", f"| `vgg16-blog2020` {LEAKY}", "| `vgg16-sound`",
+                            reported16, "| `padded`"]
+    row = next(line for line in lines if line.startswith(f"| `vgg16-blog2020` {LEAKY} | VGG16"))
+    assert "x/255 inputs" in row and "(blog rotation)" in row and "random image split" in row
+    assert row.endswith(" on test |")
+    note = next(line for line in lines if line.startswith("- `vgg16-blog2020` is marked"))
+    assert "images of one patient can sit in train and test" in note
+    assert "the epoch was chosen on the test split" in note and "0..1" in note
+    assert not any(line.startswith("- `vgg16-sound` is marked") for line in lines)
 
 
 def test_check_reports_a_changed_number_in_one_line(results_table, tmp_path, capsys):
@@ -60,7 +122,8 @@ def test_check_reports_a_changed_number_in_one_line(results_table, tmp_path, cap
                       encoding="utf-8")
     assert results_table.main(["--check", "--readme", str(readme)]) == 0
     text = readme.read_text(encoding="utf-8")
-    line = next(line for line in text.splitlines() if line.startswith("| `resnet50-cxr3` |"))
+    line = next(line for line in text.splitlines() if line.startswith("| `resnet50-cxr3` |")
+                and "| 256 |" in line)
     readme.write_text(text.replace(line, line.replace("| 256 |", "| 255 |")), encoding="utf-8")
     capsys.readouterr()
     assert results_table.main(["--check", "--readme", str(readme)]) == 1

@@ -33,7 +33,7 @@ def copy_run(name: str, destination):
 def test_every_shipped_run_loads_and_is_small():
     listing = list_runs(SHIPPED)
     assert listing.problems == []
-    assert [run.run_id for run in listing.runs][:2] == ["resnet50-cxr3", "resnet50-seed001-blog"]
+    assert [run.run_id for run in listing.runs][0] == "resnet50-cxr3"  # --order 1
     size = sum(p.stat().st_size for p in SHIPPED.rglob("*") if p.is_file())
     assert size < 20 * 1024 * 1024
 

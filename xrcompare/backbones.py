@@ -13,8 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
+from xrcompare.protocol import PROTOCOL_CHOICES
+
 WEIGHTS_DIR_VARIABLE = "XRCOMPARE_WEIGHTS_DIR"
 WEIGHT_KINDS = ("imagenet", "random")
+#: How model inputs (RGB 0..255) are scaled before the base: see :meth:`Backbone.preprocess`.
+PREPROCESS_MODES = PROTOCOL_CHOICES["preprocess"]
 
 
 class WeightsUnavailable(RuntimeError):
@@ -40,12 +44,23 @@ class Backbone:
 
         return getattr(keras.applications, self.builder)
 
-    def preprocess(self, batch: np.ndarray) -> np.ndarray:
-        """The backbone's own ``preprocess_input`` on a float32 copy (it works in place)."""
+    def preprocess(self, batch: np.ndarray, mode: str = "backbone") -> np.ndarray:
+        """A batch of model inputs (RGB 0..255) as the base is fed, on a float32 copy.
+
+        ``mode="backbone"``: the backbone's own ``preprocess_input`` (it works in place, hence
+        the copy). ``mode="scale01"``: ``x / 255`` in 0..1, as the 2020 blog fed its VGG16, a
+        mismatch with how the ImageNet weights were trained (kept only to reproduce it).
+        """
+        copy = np.array(batch, dtype=np.float32, copy=True)
+        if mode == "scale01":
+            return copy / np.float32(255.0)
+        if mode != "backbone":
+            raise ValueError(f"preprocess must be one of {', '.join(PREPROCESS_MODES)}, "
+                             f"got {mode!r}")
         import keras
 
         module = getattr(keras.applications, self.module)
-        return module.preprocess_input(np.array(batch, dtype=np.float32, copy=True))
+        return module.preprocess_input(copy)
 
     def check_size(self, size: int) -> int:
         if not isinstance(size, int) or isinstance(size, bool):
@@ -85,15 +100,54 @@ def get_backbone(name: str) -> Backbone:
     return REGISTRY[key]
 
 
-def weights_dir() -> Path | None:
+#: Folders searched, in order, when XRCOMPARE_WEIGHTS_DIR is unset (those that exist):
+#: the project's own ``.weights/`` (scripts/setup_weights.py builds Xception there) and the
+#: shared weights beside the repository.
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_WEIGHTS_DIRS = (REPO_ROOT / ".weights", REPO_ROOT.parent / "shared" / "weights")
+
+
+def weights_file_name(name: str) -> str:
+    return f"{get_backbone(name).name}_imagenet_notop.weights.h5"
+
+
+def weights_search() -> tuple[list[Path], bool]:
+    """(the folders searched for weight files, in order; whether the variable chose them).
+
+    ``XRCOMPARE_WEIGHTS_DIR`` may name several folders separated by ``os.pathsep``; set, it
+    is the promised source. Unset, the default folders that exist are searched and Keras's
+    own download is the fallback.
+    """
     value = os.environ.get(WEIGHTS_DIR_VARIABLE, "").strip()
-    return Path(value).expanduser() if value else None
+    if value:
+        return [Path(part.strip()).expanduser() for part in value.split(os.pathsep)
+                if part.strip()], True
+    return [folder for folder in DEFAULT_WEIGHTS_DIRS if folder.is_dir()], False
 
 
-def local_weights_file(name: str) -> Path:
-    """Where ``XRCOMPARE_WEIGHTS_DIR`` would hold this backbone's ImageNet weights."""
-    folder = weights_dir() or Path(f"${WEIGHTS_DIR_VARIABLE}")
-    return folder / f"{get_backbone(name).name}_imagenet_notop.weights.h5"
+def weights_dirs() -> list[Path]:
+    return weights_search()[0]
+
+
+def local_weights_file(name: str) -> Path | None:
+    """The first searched folder's ``<backbone>_imagenet_notop.weights.h5``, or None."""
+    file_name = weights_file_name(name)
+    return next((folder / file_name for folder in weights_dirs()
+                 if (folder / file_name).is_file()), None)
+
+
+def searched_text(name: str) -> str:
+    """Where this backbone's weights file was looked for, as part of a sentence."""
+    file_name = weights_file_name(name)
+    folders, explicit = weights_search()
+    if explicit:
+        return (f"{file_name} is in none of {', '.join(map(str, folders))} "
+                f"({WEIGHTS_DIR_VARIABLE})")
+    if folders:
+        return (f"{file_name} is in none of the default folders {', '.join(map(str, folders))}"
+                f" ({WEIGHTS_DIR_VARIABLE} is not set)")
+    return (f"{WEIGHTS_DIR_VARIABLE} is not set and none of the default folders "
+            f"{', '.join(map(str, DEFAULT_WEIGHTS_DIRS))} exists to hold {file_name}")
 
 
 def keras_cache_file(name: str) -> Path:
@@ -112,24 +166,24 @@ class WeightsStatus:
 def weights_status(name: str) -> WeightsStatus:
     """Where ImageNet weights for ``name`` would come from, without loading anything.
 
-    With ``XRCOMPARE_WEIGHTS_DIR`` set, the folder is the promised source: a missing file
-    there means unavailable (offline machines). Without it, Keras downloads on first use.
+    First the searched folders (see :func:`weights_search`), then Keras's cache
+    (``~/.keras/models``). With ``XRCOMPARE_WEIGHTS_DIR`` set, a file in none of them means
+    unavailable (offline machines); unset, Keras downloads it on first use.
     """
     backbone = get_backbone(name)
     local = local_weights_file(backbone.name)
-    if weights_dir() is not None and local.is_file():
+    if local is not None:
         return WeightsStatus(backbone.name, True, "file", f"ImageNet weights from {local}")
     if keras_cache_file(backbone.name).is_file():
         return WeightsStatus(backbone.name, True, "keras-cache",
                              f"ImageNet weights from Keras's cache {keras_cache_file(name)}")
-    if weights_dir() is None:
+    if not weights_search()[1]:
         return WeightsStatus(backbone.name, True, "download",
-                             f"{WEIGHTS_DIR_VARIABLE} is not set: Keras downloads the "
-                             f"{backbone.display_name} ImageNet weights on first use "
-                             "(needs internet)")
+                             f"Keras downloads the {backbone.display_name} ImageNet weights "
+                             f"on first use (needs internet): {searched_text(backbone.name)}")
     return WeightsStatus(backbone.name, False, "missing",
-                         f"no ImageNet weights for {backbone.display_name}: {local} does not "
-                         f"exist (put {local.name} in {WEIGHTS_DIR_VARIABLE})")
+                         f"no ImageNet weights for {backbone.display_name}: "
+                         f"{searched_text(backbone.name)}")
 
 
 def build_base(name: str, image_size: int | None = None, weights: str = "imagenet",
@@ -151,7 +205,7 @@ def build_base(name: str, image_size: int | None = None, weights: str = "imagene
         base = builder(include_top=False, weights=None, input_shape=shape)
     else:
         local = local_weights_file(backbone.name)
-        if weights_dir() is not None and local.is_file():
+        if local is not None:
             base = builder(include_top=False, weights=None, input_shape=shape)
             try:
                 base.load_weights(local)
@@ -160,14 +214,17 @@ def build_base(name: str, image_size: int | None = None, weights: str = "imagene
                     f"cannot load {local} into {backbone.display_name}: "
                     f"{first_line(error, 200)}") from None
         else:
+            if weights_search()[1] and not keras_cache_file(backbone.name).is_file():
+                # The variable is the promised source (offline machines): no download.
+                raise WeightsUnavailable(weights_status(backbone.name).detail)
             try:
                 base = builder(include_top=False, weights="imagenet", input_shape=shape)
             except Exception as error:
                 reason = first_line(error, 160)
                 raise WeightsUnavailable(
-                    f"no ImageNet weights for {backbone.display_name}: {local} does not exist "
-                    f"(set {WEIGHTS_DIR_VARIABLE} to a folder holding {local.name}) and "
-                    f"Keras's download failed ({reason})") from None
+                    f"no ImageNet weights for {backbone.display_name}: "
+                    f"{searched_text(backbone.name)}, and Keras's download failed "
+                    f"({reason})") from None
     base.trainable = False
     return base
 

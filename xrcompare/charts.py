@@ -202,13 +202,19 @@ def confusion_figure(metrics: dict, *, normalise: bool = False, title: str = "",
 
 def training_curves_figure(history: pd.DataFrame, best_epoch: int | None = None,
                            title: str = "") -> go.Figure:
-    """Loss and accuracy per epoch, training (solid) vs validation (dashed), kept epoch marked."""
+    """Loss and accuracy per epoch, training (solid) vs validation (dashed), kept epoch marked.
+
+    Runs of the 2020 protocol that chose their epoch on the test split have ``test_*``
+    columns instead of ``val_*``; those are drawn as "test (picked the epoch)".
+    """
     figure = make_subplots(rows=1, cols=2, subplot_titles=("Loss", "Accuracy"),
                            horizontal_spacing=0.1)
     epochs = history["epoch"] if "epoch" in history else pd.Series(range(1, len(history) + 1))
     for col, metric in ((1, "loss"), (2, "accuracy")):
         for prefix, name, dash, color in (("", "training", "solid", "#0072B2"),
-                                          ("val_", "validation", "dash", "#D55E00")):
+                                          ("val_", "validation", "dash", "#D55E00"),
+                                          ("test_", "test (picked the epoch)", "dot",
+                                           "#CC79A7")):
             column = f"{prefix}{metric}"
             if column not in history:
                 continue
@@ -441,6 +447,7 @@ def heldout_shares(runs: Sequence[Run], heldout: str, labels: dict[str, str] | N
     predicted as each class, with ``non_covid_pct``; the blog's reported figures added as a
     reference row when ``reference`` is true."""
     rows = []
+    reference_at = None  # the blog's row goes right after the runs reproducing it
     for run in runs:
         metrics = scope_metrics(run, heldout)
         if not metrics or "heldout_table" not in metrics:
@@ -451,8 +458,13 @@ def heldout_shares(runs: Sequence[Run], heldout: str, labels: dict[str, str] | N
                              "predicted": predicted, "percent": share, "n": entry["n"],
                              "non_covid_pct": entry.get("non_covid_pct"),
                              "reference": False})
+        if (run.info.get("data", {}).get("name") == BLOG_2020_REPORTED["data"]
+                and run.backbone == BLOG_2020_REPORTED["kaggle_test"]["model"].lower()):
+            reference_at = len(rows)
     if reference and rows:
-        present = {row["true_class"] for row in rows}
+        tail = rows[reference_at:] if reference_at is not None else []
+        rows = rows[:reference_at] if reference_at is not None else rows
+        present = {row["true_class"] for row in rows + tail}
         for true_class, reported in BLOG_2020_REPORTED["kaggle_test"]["per_class"].items():
             if true_class not in present:
                 continue
@@ -464,6 +476,7 @@ def heldout_shares(runs: Sequence[Run], heldout: str, labels: dict[str, str] | N
                 rows.append({"run": BLOG_REFERENCE_NAME, "true_class": true_class,
                              "predicted": predicted, "percent": shares[predicted], "n": np.nan,
                              "non_covid_pct": reported["non_covid_pct"], "reference": True})
+        rows += tail
     return pd.DataFrame(rows, columns=["run", "true_class", "predicted", "percent", "n",
                                        "non_covid_pct", "reference"])
 

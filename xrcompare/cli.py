@@ -46,9 +46,10 @@ def _progress_printer(stream=sys.stderr):
         elif phase == "train":
             metrics = event.get("metrics", {})
             fold = f" fold {event['fold']}/{event['folds']}" if event.get("folds", 1) > 1 else ""
+            held = "test" if event.get("selected_on") == "test" else "val"
             show(f"{prefix}training{fold} {bar(event['epoch'], event['epochs'])} "
                  f"loss {metrics.get('loss', float('nan')):.3f} "
-                 f"val_acc {metrics.get('val_accuracy', float('nan')):.3f}",
+                 f"{held}_acc {metrics.get('val_accuracy', float('nan')):.3f}",
                  force=event["epoch"] == event["epochs"])
         elif phase == "warning":
             if interactive:
@@ -81,6 +82,13 @@ def _float(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from xrcompare.protocol import CHOICE_TEXT, PROTOCOL_CHOICES, PROTOCOL_DEFAULTS
+
+    def protocol_help(key: str, lead: str) -> str:
+        return (f"{lead}: " + "; ".join(f"{choice} = {CHOICE_TEXT[(key, choice)]}"
+                                        for choice in PROTOCOL_CHOICES[key])
+                + f" (default {PROTOCOL_DEFAULTS[key]})")
+
     parser = argparse.ArgumentParser(
         prog="python -m xrcompare",
         description="Train and compare classifier heads on frozen ImageNet CNN bases for "
@@ -116,7 +124,26 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--test-fraction", type=_float, default=0.2)
     train.add_argument("--patience", type=int, default=None,
                        help="early stopping on the validation split")
-    train.add_argument("--monitor", choices=("val_loss", "val_accuracy"), default="val_loss")
+    train.add_argument("--monitor", choices=("val_loss", "val_accuracy"), default="val_loss",
+                       help="what picks the kept epoch on the validation split (with "
+                            "--select-on test: always accuracy on the test split)")
+    protocol = train.add_argument_group(
+        "protocol", "The 2020 blog's flaws, on purpose, to reproduce it. Any of --split images, "
+                    "--preprocess scale01, --select-on test labels the run "
+                    "'2020 protocol (leaky)'.")
+    protocol.add_argument("--split", choices=PROTOCOL_CHOICES["split"],
+                          default=PROTOCOL_DEFAULTS["split"],
+                          help=protocol_help("split", "how images are divided"))
+    protocol.add_argument("--preprocess", choices=PROTOCOL_CHOICES["preprocess"],
+                          default=PROTOCOL_DEFAULTS["preprocess"],
+                          help=protocol_help("preprocess", "input scaling before the base"))
+    protocol.add_argument("--select-on", choices=PROTOCOL_CHOICES["select_on"],
+                          default=PROTOCOL_DEFAULTS["select_on"],
+                          help=protocol_help("select_on", "the split that picks the kept "
+                                                          "epoch"))
+    protocol.add_argument("--augment", choices=PROTOCOL_CHOICES["augment"],
+                          default=PROTOCOL_DEFAULTS["augment"],
+                          help=protocol_help("augment", "the recipe of --augment-views"))
     train.add_argument("--name", default=None, help="run id (one backbone) or tag")
     train.add_argument("--display-name", default=None)
     train.add_argument("--description", default=None)
@@ -182,7 +209,8 @@ def cmd_train(args) -> int:
         val_fraction=args.val_fraction, test_fraction=args.test_fraction,
         patience=args.patience, monitor=args.monitor, name=args.name,
         display_name=args.display_name, description=args.description, order=args.order,
-        extract_batch_size=args.extract_batch_size)
+        extract_batch_size=args.extract_batch_size, split=args.split,
+        preprocess=args.preprocess, select_on=args.select_on, augment=args.augment)
     config.validate()
     printer = _progress_printer()
     hook = printer
@@ -333,11 +361,17 @@ def cmd_runs(args) -> int:
 
 
 def cmd_backbones(args) -> int:
-    from xrcompare.backbones import REGISTRY, weights_status
+    from xrcompare.backbones import REGISTRY, WEIGHTS_DIR_VARIABLE, weights_search, weights_status
 
+    folders, explicit = weights_search()
+    where = ", ".join(map(str, folders)) or "none"
+    print(f"weights folders searched: {where} "
+          + (f"(from {WEIGHTS_DIR_VARIABLE})" if explicit
+             else f"({WEIGHTS_DIR_VARIABLE} not set: the defaults that exist, then Keras's "
+                  "download)"))
     for name, backbone in REGISTRY.items():
         status = weights_status(name)
-        mark = "ok " if status.available else "-- "
+        mark = {"download": "net", "missing": "-- "}.get(status.source, "ok ")
         print(f"{mark}{name:<12} {backbone.default_size:>4}px  last conv "
               f"{backbone.last_conv_layer:<22} {status.detail}")
     return 0

@@ -353,25 +353,64 @@ def _stratified_group_folds(labels, groups, n_splits: int, seed: int):
     return list(splitter.split(np.zeros(len(labels)), labels, groups))
 
 
-def split_by_patient(dataset: Dataset, *, val_fraction: float = 0.15,
+def split_by_patient(dataset: Dataset, *, val_fraction: float | None = 0.15,
                      test_fraction: float = 0.2, seed: int = 42) -> dict[str, list[int]]:
     """Stratified train / val / test indices with no patient in two splits.
 
     Fractions are approximated with stratified group folds (``1/fraction`` folds).
+    ``val_fraction=None`` makes no validation split (``val`` is empty; the same test split).
     """
-    if not (0 < test_fraction < 0.5 and 0 < val_fraction < 0.5):
+    if not (0 < test_fraction < 0.5 and (val_fraction is None or 0 < val_fraction < 0.5)):
         raise ValueError("val_fraction and test_fraction must be between 0 and 0.5")
     dataset.check_trainable()
     labels = np.asarray(dataset.labels)
     groups = np.asarray(dataset.groups)
     test_folds = max(2, round(1 / test_fraction))
     rest, test = _stratified_group_folds(labels, groups, test_folds, seed)[0]
-    val_folds = max(2, round((1 - test_fraction) / val_fraction))
-    sub_train, sub_val = _stratified_group_folds(labels[rest], groups[rest], val_folds, seed)[0]
-    splits = {"train": sorted(rest[sub_train].tolist()), "val": sorted(rest[sub_val].tolist()),
-              "test": sorted(test.tolist())}
+    if val_fraction is None:
+        splits = {"train": sorted(rest.tolist()), "val": [], "test": sorted(test.tolist())}
+    else:
+        val_folds = max(2, round((1 - test_fraction) / val_fraction))
+        sub_train, sub_val = _stratified_group_folds(labels[rest], groups[rest], val_folds,
+                                                     seed)[0]
+        splits = {"train": sorted(rest[sub_train].tolist()),
+                  "val": sorted(rest[sub_val].tolist()), "test": sorted(test.tolist())}
     check_no_patient_overlap(dataset, splits)
     return splits
+
+
+def split_by_image(dataset: Dataset, *, val_fraction: float | None = 0.15,
+                   test_fraction: float = 0.2, seed: int = 42) -> dict[str, list[int]]:
+    """Stratified random train / val / test indices of IMAGES, patients ignored: the 2020
+    blog's split (scikit-learn ``train_test_split(..., stratify=labels, random_state=seed)``).
+
+    Images of one patient can land on both sides, so test figures are optimistic; kept only to
+    reproduce that protocol. ``val_fraction=None`` makes no validation split.
+    """
+    from sklearn.model_selection import train_test_split
+
+    if not (0 < test_fraction < 0.5 and (val_fraction is None or 0 < val_fraction < 0.5)):
+        raise ValueError("val_fraction and test_fraction must be between 0 and 0.5")
+    labels = np.asarray(dataset.labels)
+    indices = np.arange(len(labels))
+    parts = 2 if val_fraction is None else 3
+    for label in np.unique(labels):
+        if int(np.sum(labels == label)) < parts:
+            raise DatasetError(f"class '{label}' has fewer than {parts} images; a stratified "
+                               "image split needs at least one per split")
+    try:
+        rest, test = train_test_split(indices, test_size=test_fraction, stratify=labels,
+                                      random_state=seed)
+        if val_fraction is None:
+            train, val = rest, np.array([], dtype=int)
+        else:
+            train, val = train_test_split(rest, test_size=val_fraction / (1 - test_fraction),
+                                          stratify=labels[rest], random_state=seed)
+    except ValueError as error:  # too few images for the fractions asked
+        raise DatasetError(f"cannot split {len(labels)} images by class with these "
+                           f"fractions: {str(error).splitlines()[0][:160]}") from None
+    return {"train": sorted(train.tolist()), "val": sorted(val.tolist()),
+            "test": sorted(test.tolist())}
 
 
 def kfold_by_patient(dataset: Dataset, folds: int, *, val_fraction: float = 0.15,

@@ -20,14 +20,23 @@ from xrcompare import CLASSES, __version__
 from xrcompare.backbones import get_backbone, weights_status
 from xrcompare.data import (
     Dataset,
+    group_near_duplicates,
     kfold_by_patient,
     scan_dataset,
+    split_by_image,
     split_by_patient,
     split_summary,
 )
 from xrcompare.evaluate import evaluate_predictions, summarise_folds
 from xrcompare.features import FeatureExtractor, FeatureSpec
 from xrcompare.imaging import RESIZE_MODES
+from xrcompare.protocol import (
+    CHOICE_TEXT,
+    PROTOCOL_CHOICES,
+    PROTOCOL_DEFAULTS,
+    leaky_reasons,
+    protocol_label,
+)
 from xrcompare.runs import (
     SCHEMA_VERSION,
     RunWriter,
@@ -67,6 +76,15 @@ class TrainConfig:
     description: str | None = None
     order: int | None = None
     extract_batch_size: int = 32
+    # The protocol (xrcompare.protocol): the sound defaults, or the 2020 blog's flaws on purpose.
+    split: str = PROTOCOL_DEFAULTS["split"]  # patients | images
+    preprocess: str = PROTOCOL_DEFAULTS["preprocess"]  # backbone | scale01
+    select_on: str = PROTOCOL_DEFAULTS["select_on"]  # val | test
+    augment: str = PROTOCOL_DEFAULTS["augment"]  # mild | blog (with augment_views ≥ 1)
+
+    @property
+    def protocol(self) -> dict[str, str]:
+        return {key: getattr(self, key) for key in PROTOCOL_CHOICES}
 
     def validate(self) -> None:
         """Raise ValueError with one readable line for any out-of-range parameter."""
@@ -100,6 +118,18 @@ class TrainConfig:
         for value, label in ((self.val_fraction, "validation"), (self.test_fraction, "test")):
             if not 0.05 <= value <= 0.45:
                 raise ValueError(f"{label} fraction must be between 0.05 and 0.45")
+        names = {"split": "split", "preprocess": "preprocess", "select_on": "select-on",
+                 "augment": "augment"}
+        for key, choices in PROTOCOL_CHOICES.items():
+            if getattr(self, key) not in choices:
+                raise ValueError(f"{names[key]} must be one of {', '.join(choices)}, "
+                                 f"got {getattr(self, key)!r}")
+        if self.augment != PROTOCOL_DEFAULTS["augment"] and not self.augment_views:
+            raise ValueError(f"augment {self.augment} needs augmented views: add "
+                             "--augment-views 1 or more")
+        if self.folds is not None and (self.split != "patients" or self.select_on != "val"):
+            raise ValueError("cross-validation (--folds) keeps the sound protocol: use it with "
+                             "--split patients and --select-on val")
 
 
 def environment() -> dict:
@@ -192,13 +222,23 @@ def train_runs(config: TrainConfig, progress: Progress | None = None) -> list[Pa
 
     def fold_splits() -> list[dict]:
         if not splits:
+            if config.split == "patients":
+                # The same radiograph under two patient ids must not cross the split.
+                emit({"phase": "scan", "what": "looking for near-duplicate images"})
+                merged = group_near_duplicates(dataset)
+                if merged:
+                    emit({"phase": "scan", "what": f"{len(merged)} near-duplicate pair(s) of "
+                                                  "images merged into one patient each"})
+            # Choosing the epoch on the test split leaves no use for a validation split.
+            val_fraction = config.val_fraction if config.select_on == "val" else None
             if config.folds:
                 splits.append(kfold_by_patient(dataset, config.folds, seed=config.seed,
                                                val_fraction=config.val_fraction))
             else:
-                splits.append([split_by_patient(dataset, val_fraction=config.val_fraction,
-                                                test_fraction=config.test_fraction,
-                                                seed=config.seed)])
+                splitter = split_by_image if config.split == "images" else split_by_patient
+                splits.append([splitter(dataset, val_fraction=val_fraction,
+                                        test_fraction=config.test_fraction,
+                                        seed=config.seed)])
         return splits[0]
 
     fold_splits()  # too few patients per class for the split asked: say so before any work
@@ -221,7 +261,7 @@ def _train_one(config: TrainConfig, backbone_name: str, dataset: Dataset,
 
     backbone = get_backbone(backbone_name)
     size = config.image_size or backbone.default_size
-    spec = FeatureSpec(backbone.name, size, config.resize_mode, config.weights, config.seed)
+    spec = feature_spec(config, backbone.name, size)
     phases = _Phases()
     phases.seconds["scan"] = scan_seconds
     status = weights_status(backbone.name)
@@ -261,19 +301,28 @@ def _train_one(config: TrainConfig, backbone_name: str, dataset: Dataset,
             aug_rows = [r for r, i in enumerate(aug_records) if i in wanted]
             train_x = np.concatenate([train_x, aug_result.features[aug_rows]])
             train_y = np.concatenate([train_y, labels[[row_of[aug_records[r]] for r in aug_rows]]])
-        val_rows = [row_of[i] for i in kept["val"]]
+        # The 2020 protocol (--select-on test) keeps the epoch with the best TEST accuracy:
+        # the test split is handed to fit_head as its validation data.
+        selection = "test" if config.select_on == "test" else "val"
+        val_rows = [row_of[i] for i in kept[selection]]
+        monitor = "val_accuracy" if selection == "test" else config.monitor
         keras.utils.set_random_seed(config.seed)
         head = build_head(config.head, feature_shape, len(CLASSES))
         t = time.perf_counter()
 
-        def on_epoch(event, fold_number=fold_number):
-            emit({**event, "fold": fold_number, "folds": len(fold_splits)})
+        def on_epoch(event, fold_number=fold_number, selection=selection):
+            emit({**event, "fold": fold_number, "folds": len(fold_splits),
+                  "selected_on": selection})
 
         fit = fit_head(head, train_x, train_y, features[val_rows], labels[val_rows],
                        epochs=config.epochs, batch_size=config.batch_size,
                        learning_rate=config.learning_rate, seed=config.seed,
                        balanced=config.balanced, patience=config.patience,
-                       monitor=config.monitor, progress=on_epoch)
+                       monitor=monitor, progress=on_epoch)
+        if selection == "test":  # say what the "validation" figures really were
+            fit["history"] = {(f"test_{key[4:]}" if key.startswith("val_") else key): values
+                              for key, values in fit["history"].items()}
+            fit["monitor"] = "test_accuracy"
         phases.add("train", t)
         t = time.perf_counter()
         emit({"phase": "evaluate", "fold": fold_number, "folds": len(fold_splits)})
@@ -335,7 +384,10 @@ def _train_one(config: TrainConfig, backbone_name: str, dataset: Dataset,
                                 ignore_index=True)
     else:
         test_metrics = first["test_metrics"]
-        test_metrics["scope"] = "patient-wise test split"
+        test_metrics["scope"] = ("patient-wise test split" if config.split == "patients"
+                                 else "random image test split (patients ignored)")
+        if config.select_on == "test":
+            test_metrics["scope"] += ", also used to choose the epoch"
         predictions = pd.concat([*first["frames"], *heldout_frames], ignore_index=True)
     metrics = {"test": test_metrics, "heldout": heldout_metrics,
                "val_best": _best_val(first["fit"])}
@@ -375,6 +427,12 @@ def _train_one(config: TrainConfig, backbone_name: str, dataset: Dataset,
     return folder
 
 
+def feature_spec(config: TrainConfig, backbone: str, size: int) -> FeatureSpec:
+    """The feature-cache spec of a run made with ``config`` on ``backbone`` at ``size`` px."""
+    return FeatureSpec(backbone, size, config.resize_mode, config.weights, config.seed,
+                       preprocess=config.preprocess, augment=config.augment)
+
+
 def _command_line() -> str | None:
     """How this run was started, without machine-specific paths when it was the CLI."""
     if not sys.argv or not sys.argv[0]:
@@ -383,6 +441,15 @@ def _command_line() -> str | None:
     if program.name == "__main__.py" and program.parent.name == "xrcompare":
         return shlex.join(["python", "-m", "xrcompare", *sys.argv[1:]])
     return shlex.join([program.name, *sys.argv[1:]])
+
+
+def _selection_text(config: TrainConfig, fit: dict) -> str:
+    if config.select_on == "test":
+        return ("best epoch by accuracy on the TEST split (the 2020 protocol: the test split "
+                "doubled as validation, so its figures are optimistic)")
+    if fit["monitor"].startswith("last epoch"):
+        return fit["monitor"]
+    return f"best epoch by {fit['monitor']} on the validation split"
 
 
 def _best_val(fit: dict) -> dict:
@@ -414,11 +481,19 @@ def _run_info(config, backbone, size, feature_shape, dataset, fold_splits, first
     def files(indices):
         return [_relative(dataset.records[i].path, dataset.root) for i in indices]
 
-    split = {"method": ("grouped stratified k-fold by patient" if config.folds
-                        else "grouped stratified train/val/test by patient"),
-             "seed": config.seed, "val_fraction": config.val_fraction,
+    parts = "train/val/test" if config.select_on == "val" else "train/test"
+    if config.folds:
+        method = "grouped stratified k-fold by patient"
+    elif config.split == "images":
+        method = f"stratified random {parts} by image (patients ignored)"
+    else:
+        method = f"grouped stratified {parts} by patient"
+    split = {"method": method, "by": config.split,
+             "seed": config.seed,
+             "val_fraction": config.val_fraction if config.select_on == "val" else None,
              "test_fraction": None if config.folds else config.test_fraction,
              "summary": split_summary(dataset, fold_splits[0]),
+             "near_duplicates": dataset.near_duplicates,
              "files": {name: files(indices) for name, indices in first["splits"].items()}}
     if config.folds:
         split["folds"] = config.folds
@@ -426,6 +501,14 @@ def _run_info(config, backbone, size, feature_shape, dataset, fold_splits, first
     hyper = {key: value for key, value in asdict(config).items()
              if key in ("epochs", "batch_size", "learning_rate", "seed", "augment_views",
                         "balanced", "patience", "monitor", "head", "resize_mode")}
+    hyper["monitor"] = first["fit"]["monitor"]
+    if config.augment_views:
+        from xrcompare.features import AUGMENTATIONS
+
+        hyper["augment"] = config.augment
+        hyper["augment_description"] = AUGMENTATIONS[config.augment].description
+    protocol = config.protocol
+    reasons = leaky_reasons(protocol)
     summary = dataset.summary()
     return {
         "schema": SCHEMA_VERSION, "run_id": run_id,
@@ -453,9 +536,12 @@ def _run_info(config, backbone, size, feature_shape, dataset, fold_splits, first
         "split": split,
         "heldout": heldout_info,
         "best_epoch": first["fit"]["best_epoch"], "epochs_run": first["fit"]["epochs_run"],
-        "selection": f"best epoch by {first['fit']['monitor']} on the validation split",
-        "features": {"spec": FeatureSpec(backbone.name, size, config.resize_mode, config.weights,
-                                         config.seed).key(),
+        "selection": _selection_text(config, first["fit"]),
+        "protocol": protocol, "protocol_label": protocol_label(protocol),
+        "protocol_description": {key: CHOICE_TEXT[(key, value)]
+                                 for key, value in protocol.items()},
+        "leaky_reasons": reasons,
+        "features": {"spec": feature_spec(config, backbone.name, size).key(),
                      "cached": original.cached, "computed": original.computed},
         "timings_s": {key: round(value, 2) for key, value in phases.seconds.items()},
         "keras_backend": keras.backend.backend(),

@@ -2,8 +2,9 @@
 
 The cache key is the image's content hash (SHA-256 of its bytes) plus everything that
 changes the features: backbone, weights (ImageNet or the seeded random-init control),
-input size, resize mode and augmentation view. The head then trains on cached features
-for any number of epochs, instead of re-running the frozen base every epoch.
+input size, resize mode, input scaling (when not the backbone's own) and, for augmented
+views, the recipe and view number. The head then trains on cached features for any number
+of epochs, instead of re-running the frozen base every epoch.
 """
 
 from __future__ import annotations
@@ -23,12 +24,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from xrcompare.backbones import build_base, get_backbone
+from xrcompare.backbones import PREPROCESS_MODES, build_base, get_backbone
 from xrcompare.imaging import ImageError, decode_gray, read_bytes, to_model_input
 
 CACHE_DIR_VARIABLE = "XRCOMPARE_CACHE_DIR"
-#: Bump when the augmentation recipe changes, so cached augmented views are not reused.
+#: Bump when the mild augmentation recipe changes, so cached augmented views are not reused.
 AUGMENT_VERSION = 1
+#: Bump when the blog's rotation recipe changes.
+BLOG_AUGMENT_VERSION = 1
 #: Features are stored as float16 (half the disk); every reader sees the same rounding.
 CACHE_DTYPE = np.float16
 
@@ -58,8 +61,13 @@ class FeatureSpec:
     resize_mode: str = "squash"
     weights: str = "imagenet"
     seed: int = 0  # only for the random-init control
+    preprocess: str = "backbone"  # see xrcompare.backbones.Backbone.preprocess
+    augment: str = "mild"  # the recipe of augmented views (views ≥ 1 only)
 
     def key(self) -> str:
+        """The cache folder of this spec. A field at its default adds nothing, so caches made
+        before the field existed stay valid. The augmentation recipe is part of each view's
+        folder (:meth:`view_folder`), not of the key: original images share one cache."""
         if self.weights == "imagenet":
             weights = "imagenet"
         else:  # seeded initialisers differ between Keras backends and versions
@@ -67,7 +75,18 @@ class FeatureSpec:
 
             weights = (f"random-seed{self.seed}-{keras.backend.backend()}"
                        f"-keras{keras.__version__}")
-        return f"{self.backbone}-{weights}-{self.image_size}px-{self.resize_mode}"
+        key = f"{self.backbone}-{weights}-{self.image_size}px-{self.resize_mode}"
+        if self.preprocess != "backbone":
+            key += f"-{self.preprocess}"
+        return key
+
+    def view_folder(self, view: int) -> str:
+        """The cache sub-folder of a view: ``original``, or the recipe, its version and the
+        view number (mild views keep their historical name ``aug1-viewN``)."""
+        if view == 0:
+            return "original"
+        recipe = AUGMENTATIONS[self.augment]
+        return f"{recipe.tag}-view{view}"
 
 
 def augment_gray(gray: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -86,8 +105,41 @@ def augment_gray(gray: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.clip(moved.astype(np.float32) * contrast + brightness, 0, 255).astype(np.uint8)
 
 
-def _view_seed(digest: str, view: int) -> int:
-    return int(hashlib.sha256(f"{digest}:{view}:{AUGMENT_VERSION}".encode()).hexdigest()[:8], 16)
+def augment_blog(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The 2020 blog's augmentation: a rotation drawn uniformly within ±15° about the centre,
+    the border filled by repeating the edge pixels (Keras ``ImageDataGenerator(
+    rotation_range=15, fill_mode="nearest")``). Applied, as the blog did, to the image already
+    resized to the model's square input."""
+    height, width = image.shape[:2]
+    matrix = cv2.getRotationMatrix2D((width / 2, height / 2), rng.uniform(-15, 15), 1.0)
+    return cv2.warpAffine(image, matrix, (width, height), flags=cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_REPLICATE)
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """One augmentation recipe for cached views."""
+
+    tag: str  # cache folder prefix, with the recipe's version
+    seed_tag: str  # mixed into each view's seed
+    function: Callable[[np.ndarray, np.random.Generator], np.ndarray]
+    after_resize: bool  # applied to the square model input (True) or the decoded gray image
+    description: str
+
+
+#: The recipes ``--augment`` chooses from (keys: xrcompare.protocol.PROTOCOL_CHOICES).
+AUGMENTATIONS: dict[str, Augmentation] = {
+    "mild": Augmentation(f"aug{AUGMENT_VERSION}", str(AUGMENT_VERSION), augment_gray, False,
+                         "small rotation (±8°), zoom, shift, brightness/contrast; no flips"),
+    "blog": Augmentation(f"augblog{BLOG_AUGMENT_VERSION}", f"blog{BLOG_AUGMENT_VERSION}",
+                         augment_blog, True,
+                         "rotation only, uniform within ±15°, border replicated (the 2020 "
+                         "blog's rotation_range=15, fill_mode nearest)"),
+}
+
+
+def _view_seed(digest: str, view: int, seed_tag: str = str(AUGMENT_VERSION)) -> int:
+    return int(hashlib.sha256(f"{digest}:{view}:{seed_tag}".encode()).hexdigest()[:8], 16)
 
 
 @dataclass
@@ -107,6 +159,12 @@ class FeatureExtractor:
 
     def __init__(self, spec: FeatureSpec, *, batch_size: int = 32, cache_dir: Path | None = None,
                  base=None, workers: int | None = None):
+        if spec.augment not in AUGMENTATIONS:
+            raise ValueError(f"augmentation must be one of {', '.join(AUGMENTATIONS)}, "
+                             f"got {spec.augment!r}")
+        if spec.preprocess not in PREPROCESS_MODES:
+            raise ValueError(f"preprocess must be one of {', '.join(PREPROCESS_MODES)}, "
+                             f"got {spec.preprocess!r}")
         self.spec = spec
         self.backbone = get_backbone(spec.backbone)
         self.batch_size = max(1, int(batch_size))
@@ -125,14 +183,19 @@ class FeatureExtractor:
         return self._base
 
     def _cache_file(self, digest: str, view: int) -> Path:
-        folder = "original" if view == 0 else f"aug{AUGMENT_VERSION}-view{view}"
-        return self.cache_dir / folder / digest[:2] / f"{digest}.npy"
+        return self.cache_dir / self.spec.view_folder(view) / digest[:2] / f"{digest}.npy"
 
     def _model_input(self, data: bytes, name: str, digest: str, view: int) -> np.ndarray:
         gray = decode_gray(data, name)
-        if view:
-            gray = augment_gray(gray, np.random.default_rng(_view_seed(digest, view)))
-        return to_model_input(gray, self.spec.image_size, self.spec.resize_mode)
+        if not view:
+            return to_model_input(gray, self.spec.image_size, self.spec.resize_mode)
+        recipe = AUGMENTATIONS[self.spec.augment]
+        rng = np.random.default_rng(_view_seed(digest, view, recipe.seed_tag))
+        if not recipe.after_resize:
+            return to_model_input(recipe.function(gray, rng), self.spec.image_size,
+                                  self.spec.resize_mode)
+        return recipe.function(to_model_input(gray, self.spec.image_size,
+                                              self.spec.resize_mode), rng)
 
     def _prepare_batch(self, jobs: list[tuple[int, bytes, str, str, int]]):
         inputs, kept, failed = [], [], []
@@ -142,7 +205,8 @@ class FeatureExtractor:
                 kept.append((position, digest, view))
             except ImageError as error:
                 failed.append((position, str(error)))
-        batch = self.backbone.preprocess(np.stack(inputs)) if inputs else None
+        batch = (self.backbone.preprocess(np.stack(inputs), self.spec.preprocess) if inputs
+                 else None)
         return batch, kept, failed
 
     def extract(self, paths: Sequence[str | Path], *, views: Sequence[int] = (0,),

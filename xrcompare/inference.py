@@ -14,7 +14,7 @@ from xrcompare.train import predict
 def feature_spec(run: Run) -> FeatureSpec:
     info = run.info
     return FeatureSpec(info["backbone"], info["image_size"], info["resize_mode"],
-                       info["weights"], info.get("weights_seed", 0))
+                       info["weights"], info.get("weights_seed", 0), preprocess=run.preprocess)
 
 
 def evaluate_folder(run: Run, folder: str | Path, *, repeats: int = 1000):

@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from xrcompare import CLASSES
+from xrcompare.protocol import LEAKY_LABEL, check_protocol, leaky_reasons, protocol_label
 
 REPO = Path(__file__).resolve().parent.parent
 RUNS_DIR_VARIABLE = "XRCOMPARE_RUNS_DIR"
@@ -205,11 +206,49 @@ class Run:
         return self.info.get("weights") == "random"
 
     @property
+    def protocol(self) -> dict[str, str]:
+        """split, preprocess, select_on, augment (checked on load). Runs made before protocols
+        were recorded read as the sound defaults, except that a split method not "by patient"
+        reads as an image split."""
+        recorded = self.info.get("protocol")
+        if recorded is None:
+            method = str((self.info.get("split") or {}).get("method", "by patient"))
+            recorded = {} if "patient" in method.lower() else {"split": "images"}
+        return check_protocol(recorded)
+
+    @property
+    def preprocess(self) -> str:
+        """How model inputs were scaled before the base (see Backbone.preprocess)."""
+        return self.protocol["preprocess"]
+
+    @property
+    def leaky_reasons(self) -> list[str]:
+        """Plain sentences saying why this run's protocol is leaky (empty when sound); a run
+        marked ``"leaky": true`` in run.json without a protocol says just that."""
+        reasons = leaky_reasons(self.protocol)
+        if not reasons and self.info.get("leaky") is True:
+            reasons = ["marked leaky in its run.json"]
+        return reasons
+
+    @property
+    def is_leaky(self) -> bool:
+        """Its test score is inflated by the protocol (see :attr:`leaky_reasons`): one patient
+        on both sides, the epoch chosen on test, or inputs unlike the base's training."""
+        return bool(self.leaky_reasons)
+
+    @property
+    def protocol_label(self) -> str:
+        """"sound" or "2020 protocol (leaky)"."""
+        return LEAKY_LABEL if self.is_leaky else protocol_label(self.protocol)
+
+    @property
     def title(self) -> str:
         """Short human label used everywhere a run is named."""
         name = self.info.get("display_name") or self.run_id
         if self.is_random_control and "random-init" not in name.lower():
-            return f"{name} [random-init control]"
+            name = f"{name} [random-init control]"
+        if self.is_leaky and LEAKY_LABEL.lower() not in name.lower():
+            name = f"{name} [{LEAKY_LABEL}]"
         return name
 
     @property
@@ -223,14 +262,6 @@ class Run:
         """Cross-validated: its "test" predictions are pooled out-of-fold over the dataset."""
         return bool((self.info.get("split") or {}).get("folds"))
 
-    @property
-    def is_leaky(self) -> bool:
-        """Split so that one patient can sit on both sides (by image, not by patient), or
-        marked ``"leaky": true`` in run.json: its test score is inflated by leakage."""
-        if self.info.get("leaky") is True:
-            return True
-        method = str((self.info.get("split") or {}).get("method", "by patient"))
-        return "patient" not in method.lower()
 
     @property
     def heldout_names(self) -> list[str]:
@@ -399,6 +430,10 @@ def load_run(folder: str | Path) -> Run:
         raise RunError(f"{folder.name}: run.json/metrics.json lack {', '.join(fields)}")
     if not isinstance(metrics.get("heldout", {}), dict):
         raise RunError(f"{folder.name}: metrics.json 'heldout' is not an object")
+    try:
+        check_protocol(info.get("protocol") or {})
+    except ValueError as error:
+        raise RunError(f"{folder.name}: run.json {error}") from None
     try:
         history = pd.read_csv(folder / "history.csv")
         predictions = pd.read_csv(folder / "predictions.csv")
@@ -784,7 +819,7 @@ def model_input_for_run(run: Run, gray: np.ndarray) -> np.ndarray:
     from xrcompare.imaging import to_model_input
 
     image = to_model_input(gray, run.info["image_size"], run.info["resize_mode"])
-    return get_backbone(run.backbone).preprocess(image[None])
+    return get_backbone(run.backbone).preprocess(image[None], run.preprocess)
 
 
 def predict_gray(run: Run, model, gray: np.ndarray) -> dict[str, float]:

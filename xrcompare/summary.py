@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from xrcompare.backbones import REGISTRY
+from xrcompare.protocol import LEAKY_LABEL as LEAKY_TEXT
 from xrcompare.runs import Run
 
 #: Where ``benchmarks/extract_throughput.py`` writes what it measured on this machine::
@@ -26,10 +27,16 @@ LEADERBOARD_COLUMNS = {
     "backbone": "The frozen ImageNet CNN whose features the head was trained on.",
     "weights": "ImageNet weights, or a random-init control showing what ImageNet features buy.",
     "data": "The training folder.",
-    "split": "How images were divided: always by patient, so no patient is on both sides.",
+    "protocol": "sound, or '2020 protocol (leaky)': images split at random (one patient on "
+                "both sides), the epoch chosen on the test split, or inputs scaled 0..1 unlike "
+                "the backbone's ImageNet training. Leaky runs reproduce the 2020 blog; their "
+                "test figures are optimistic.",
+    "split": "How images were divided: by patient (no patient on both sides) or, in the 2020 "
+             "protocol, at random by image.",
     "image_size": "Input size in pixels.",
     "resize": "squash: stretched to a square; pad: aspect kept with black borders.",
-    "epochs": "Epoch kept (chosen on the validation split) / epochs trained.",
+    "epochs": "Epoch kept (chosen on the validation split; on the test split in the 2020 "
+              "protocol) / epochs trained.",
     "accuracy": "Share of test images whose predicted class is right.",
     "accuracy_95ci": "95% bootstrap interval of the accuracy, resampling patients.",
     "macro_f1": "Mean F1 over the classes: balances precision and recall per class.",
@@ -126,8 +133,8 @@ def leaderboard(runs: list[Run], throughput: dict | None = None) -> pd.DataFrame
             "backbone": info.get("backbone_display", info["backbone"]),
             "weights": "random-init control" if run.is_random_control else "ImageNet",
             "data": info["data"]["name"],
-            "split": (f"{info['split']['folds']}-fold CV by patient" if info["split"].get("folds")
-                      else "train/val/test by patient"),
+            "protocol": run.protocol_label,
+            "split": split_text(run),
             "image_size": info["image_size"],
             "resize": info["resize_mode"],
             "epochs": f"{info.get('best_epoch')}/{info.get('epochs_run')}",
@@ -147,6 +154,59 @@ def leaderboard(runs: list[Run], throughput: dict | None = None) -> pd.DataFrame
             "run_size_bytes": run.disk_bytes(),
         })
     return pd.DataFrame(rows, columns=["run", "run_id", *list(LEADERBOARD_COLUMNS)[1:]])
+
+
+def split_text(run: Run) -> str:
+    """How the run divided its images, in a few words."""
+    split = run.info.get("split") or {}
+    if split.get("folds"):
+        return f"{split['folds']}-fold CV by patient"
+    parts = "train/val/test" if run.protocol["select_on"] == "val" else "train/test"
+    if run.protocol["split"] == "images":
+        return f"{parts} by image (random)"
+    return f"{parts} by patient"
+
+
+def blog_comparison(runs: list[Run]) -> pd.DataFrame:
+    """The 2020 blog's reported figures beside the runs trained on its data
+    (``BLOG_2020_REPORTED["data"]``): the blog's rows first, then runs with a backbone it
+    reported (its reproductions), then the others. Kaggle columns come from the held-out Kaggle
+    folder. Empty when no run was trained on the blog's data."""
+    from xrcompare.evaluate import BLOG_2020_REPORTED as reported
+
+    kaggle = reported["kaggle_test"]
+    rows = []
+    for model, accuracy in reported["accuracy"].items():
+        per_class = kaggle["per_class"] if model == kaggle["model"] else {}
+        rows.append({"run": f"2020 blog, {model}, as reported", "backbone": model,
+                     "protocol": LEAKY_TEXT,
+                     "why": "random image split; epoch chosen on the test images; x/255",
+                     "test_images": reported["test_images"], "accuracy": accuracy,
+                     "kaggle_normal_non_covid_pct":
+                         per_class.get("normal", {}).get("non_covid_pct"),
+                     "kaggle_pneumonia_non_covid_pct":
+                         per_class.get("pneumonia", {}).get("non_covid_pct")})
+    models = {model.lower() for model in reported["accuracy"]}
+    on_blog_data = [run for run in runs if run.info["data"]["name"] == reported["data"]]
+    on_blog_data.sort(key=lambda run: run.backbone not in models)  # stable: keeps run order
+    for run in on_blog_data:
+        table = _kaggle_heldout(run).get("heldout_table", {})
+        rows.append({"run": run.title,
+                     "backbone": run.info.get("backbone_display", run.backbone),
+                     "protocol": run.protocol_label,
+                     "why": "; ".join(run.leaky_reasons) or split_text(run),
+                     "test_images": run.metrics["test"].get("n"),
+                     "accuracy": run.metrics["test"]["accuracy"],
+                     "kaggle_normal_non_covid_pct": table.get("normal", {}).get("non_covid_pct"),
+                     "kaggle_pneumonia_non_covid_pct":
+                         table.get("pneumonia", {}).get("non_covid_pct")})
+    if len(rows) == len(reported["accuracy"]):
+        return pd.DataFrame(columns=BLOG_COMPARISON_COLUMNS)
+    return pd.DataFrame(rows, columns=BLOG_COMPARISON_COLUMNS)
+
+
+BLOG_COMPARISON_COLUMNS = ["run", "backbone", "protocol", "why", "test_images", "accuracy",
+                           "kaggle_normal_non_covid_pct", "kaggle_pneumonia_non_covid_pct"]
 
 
 def per_class_table(runs: list[Run], scope: str = "test") -> pd.DataFrame:
