@@ -218,7 +218,7 @@ def train_runs(config: TrainConfig, progress: Progress | None = None) -> list[Pa
             raise ValueError(f"run folder {existing} already exists: choose another --name "
                              "or remove it first")
     scan_seconds = time.perf_counter() - started
-    splits: list[list[dict]] = []  # computed once, before any base loads
+    splits: list[list[dict]] = []  # computed once, after the first base loads
 
     def fold_splits() -> list[dict]:
         if not splits:
@@ -241,7 +241,6 @@ def train_runs(config: TrainConfig, progress: Progress | None = None) -> list[Pa
                                         seed=config.seed)])
         return splits[0]
 
-    fold_splits()  # too few patients per class for the split asked: say so before any work
     folders = []
     for number, backbone in enumerate(config.backbones, start=1):
         def tagged(event, number=number, backbone=backbone):
