@@ -15,6 +15,7 @@ if str(ROOT) not in sys.path:  # pages run from the repository root; make that e
     sys.path.insert(0, str(ROOT))
 
 from xrcompare.charts import run_colors, run_labels, thumbnail  # noqa: E402
+from xrcompare.escaping import escape_markdown as md  # noqa: E402,F401 - pages use common.md
 from xrcompare.imaging import ImageError, read_gray  # noqa: E402
 from xrcompare.runs import Run, RunListing, default_runs_dir, list_runs, runs_fingerprint  # noqa: E402
 
@@ -154,11 +155,11 @@ def render_run_picker() -> list[Run]:
     with st.sidebar:
         st.header("Runs to compare")
         for name, reason in listing.problems:
-            st.warning(f"Run folder **{name}** could not be read and is hidden: {reason}",
-                       icon=":material/warning:")
+            st.warning(f"Run folder **{md(name)}** could not be read and is hidden: "
+                       f"{md(reason)}", icon=":material/warning:")
         if not runs:
             state[SELECTED_RUNS_KEY] = []
-            st.caption(f"No runs in `{runs_dir()}` yet.")
+            st.caption(f"No runs in {md(runs_dir())} yet.")
             return []
         backbones = sorted({_backbone_name(run) for run in runs})
         datas = sorted({_data_name(run) for run in runs})
@@ -184,14 +185,14 @@ def render_run_picker() -> list[Run]:
             right.button("None", key="run_pick_none", type="tertiary", on_click=_set_all,
                          args=(ids, False), icon=":material/deselect:")
         for run in candidates:
-            st.checkbox(labels[run.run_id], key=_pick_key(run.run_id), help=_describe(run),
-                        persist_state="session")
+            st.checkbox(md(labels[run.run_id]), key=_pick_key(run.run_id),
+                        help=md(_describe(run)), persist_state="session")
         chosen = [run.run_id for run in candidates if state.get(_pick_key(run.run_id))]
         state[SELECTED_RUNS_KEY] = chosen
         hidden = len(runs) - len(candidates)
         st.caption(f"{len(chosen)} of {len(runs)} runs shown"
                    + (f" ({hidden} filtered out)" if hidden else "")
-                   + f" · folder `{runs_dir().name}/`")
+                   + f" · folder {md(runs_dir().name)}/")
     chosen_set = set(chosen)
     return [run for run in runs if run.run_id in chosen_set]
 
@@ -211,13 +212,14 @@ def show_no_runs(listing: RunListing) -> None:
     st.title("No trained runs yet")
     folder = runs_dir()
     if listing.problems:
-        st.warning(f"{len(listing.problems)} folder(s) in `{folder}` could not be read: "
-                   + "; ".join(f"**{name}** ({reason})" for name, reason in listing.problems))
+        st.warning(f"{len(listing.problems)} folder(s) in {md(folder)} could not be read: "
+                   + "; ".join(f"**{md(name)}** ({md(reason)})"
+                               for name, reason in listing.problems))
     st.markdown(
         f"""
 This dashboard compares **runs**: a small classifier head trained on the frozen features of an
 ImageNet CNN, with its test-split scores and held-out results. It looks for run folders in
-`{folder}` and found none it could read.
+{md(folder)} and found none it could read.
 
 **Train one** with the form in the sidebar, or from a terminal in the repository folder
 (about a minute on a laptop CPU):
@@ -284,7 +286,7 @@ def thumbnail_grid(items: list[tuple[Path, str]], columns: int = 6, size: int = 
             image = load_thumbnail(path, size)
             with cell:
                 if image is None:
-                    st.caption(f"{path.name}: could not be read")
+                    st.caption(f"{md(path.name)}: could not be read")
                 else:
                     st.image(image, caption=caption, width="stretch")
                     shown += 1

@@ -12,9 +12,10 @@ import logging
 import pandas as pd
 import streamlit as st
 
-from xrcompare import jobs
+from xrcompare import access, jobs
 from xrcompare.backbones import REGISTRY, weights_status
 from xrcompare.charts import training_curves_figure
+from xrcompare.escaping import escape_markdown as md
 
 LOG = logging.getLogger("xrcompare.app")
 POLL_SECONDS = 1.0
@@ -22,6 +23,43 @@ LEARNING_RATES = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 IMAGE_SIZES = (None, 64, 96, 128, 160, 192, 224, 256, 299, 320, 384, 448, 512)
 SEEN_KEY = "training_seen_final_job"
 NONE_LABEL = "(none)"
+#: Session flag set once this browser session typed the teacher key (never the key itself).
+UNLOCKED_KEY = "training_teacher_unlocked"
+KEY_FIELD = "training_teacher_key"
+KEY_HELP = ("Starting and cancelling training need the teacher's key on this server; "
+            "everything else is open to everyone.")
+
+
+# --------------------------------------------------------------------------- access
+
+
+def _server_address() -> str | None:
+    """The address this server listens on (server.address; None or "" is every
+    interface)."""
+    return st.get_option("server.address")
+
+
+def _teacher_key() -> str | None:
+    """$XRCOMPARE_TEACHER_KEY, else ``teacher_key`` in .streamlit/secrets.toml. Only ever
+    compared, never shown."""
+    secrets = st.secrets if st.secrets.load_if_toml_exists() else None
+    return access.teacher_key_from(secrets=secrets)
+
+
+def _access() -> access.TrainingAccess:
+    return access.training_access(_server_address(), _teacher_key())
+
+
+def _unlocked(rights: access.TrainingAccess) -> bool:
+    return rights.allowed and (not rights.needs_key or bool(st.session_state.get(UNLOCKED_KEY)))
+
+
+def _unlock(typed: str | None) -> bool:
+    """Check a typed key in constant time; remember success for this browser session."""
+    if access.key_matches(typed, _teacher_key()):
+        st.session_state[UNLOCKED_KEY] = True
+        return True
+    return False
 
 
 def _duration(seconds: float | None) -> str:
@@ -52,7 +90,7 @@ def _current():
     try:
         return jobs.current_job()
     except (OSError, ValueError) as error:
-        st.warning(f"Cannot read the training jobs folder: {jobs.error_line(error)}")
+        st.warning(f"Cannot read the training jobs folder: {md(jobs.error_line(error))}")
         return None
 
 
@@ -72,31 +110,55 @@ def _curve(status) -> None:
                     key=f"training-curve-{status.job_id}")
 
 
-def _show(status) -> None:
+def _cancel(status) -> None:
+    """Cancel the job (returns at once; the polling panel shows the outcome when it is
+    recorded)."""
+    try:
+        jobs.request_cancel(status.job_id)
+    except (OSError, ValueError) as error:
+        st.error(f"Could not cancel: {md(jobs.error_line(error))}")
+    else:
+        st.rerun(scope="app")
+
+
+def _cancel_control(status, rights: access.TrainingAccess) -> None:
+    """The Cancel button, behind the teacher key when the server needs one."""
+    if not rights.allowed:
+        st.caption("Only the teacher can cancel training on this server.")
+    elif _unlocked(rights):
+        if st.button("Cancel training", key=f"cancel-{status.job_id}",
+                     use_container_width=True):
+            _cancel(status)
+    else:
+        with st.form(f"cancel-form-{status.job_id}", border=False):
+            typed = st.text_input("Teacher key", type="password", key=f"{KEY_FIELD}-cancel",
+                                  help=KEY_HELP)
+            if st.form_submit_button("Cancel training", use_container_width=True):
+                if _unlock(typed):
+                    _cancel(status)
+                else:
+                    st.error("Wrong teacher key: the training goes on.")
+
+
+def _show(status, rights: access.TrainingAccess) -> None:
     """One job's panel: live while it runs, its outcome afterwards."""
     progress = status.progress
     plan = status.plan
     names = [REGISTRY[name].display_name if name in REGISTRY else name
              for name in plan.get("backbones", [])]
-    what = (f"{', '.join(names)} on {plan.get('data_name', '?')} "
-            f"({plan.get('images', '?')} images, {plan.get('epochs', '?')} epochs)")
+    what = md(f"{', '.join(names)} on {plan.get('data_name', '?')} "
+              f"({plan.get('images', '?')} images, {plan.get('epochs', '?')} epochs)")
     if status.active:
         st.markdown(f"**Training:** {what}")
-        st.progress(min(1.0, max(0.0, progress["fraction"])), text=progress["phase_text"])
+        st.progress(min(1.0, max(0.0, progress["fraction"])), text=md(progress["phase_text"]))
         left = progress.get("eta_seconds")
         st.caption(f"{_duration(status.elapsed)} elapsed"
                    + (f" · about {_duration(left)} left (estimate)" if left is not None else ""))
         _curve(status)
         if status.cancel_requested:
             st.caption("Cancelling…")
-        elif st.button("Cancel training", key=f"cancel-{status.job_id}",
-                       use_container_width=True):
-            try:  # returns at once; the polling panel shows the outcome when it is recorded
-                jobs.request_cancel(status.job_id)
-            except (OSError, ValueError) as error:
-                st.error(f"Could not cancel: {jobs.error_line(error)}")
-            else:
-                st.rerun(scope="app")
+        else:
+            _cancel_control(status, rights)
         return
     if status.state == "done":
         count = len(status.runs)
@@ -107,9 +169,9 @@ def _show(status) -> None:
                 if status.runs else " No run was kept.")
         st.info(f"Cancelled after {_duration(status.elapsed)}: {what}.{kept}")
     elif status.state == "failed":
-        st.error(f"Training failed: {status.error}")
+        st.error(f"Training failed: {md(status.error)}")
     else:
-        st.warning(f"Training ended without an outcome: {status.error}")
+        st.warning(f"Training ended without an outcome: {md(status.error)}")
     if status.state in ("failed", "stale") and status.log_tail:
         with st.expander("Last log lines"):
             st.code("\n".join(status.log_tail[-15:]), language=None, wrap_lines=True)
@@ -125,7 +187,7 @@ def _panel(run_every: float | None):
         except Exception as error:
             LOG.exception("training panel failed")
             st.error(f"The training panel hit a problem ({type(error).__name__}: "
-                     f"{jobs.error_line(error)[:200]}); the run pages still work.")
+                     f"{md(jobs.error_line(error)[:200])}); the run pages still work.")
 
     panel()
 
@@ -144,10 +206,11 @@ def _panel_body(run_every: float | None) -> None:
         st.rerun(scope="app")  # the new run appears on every page, polling stops
     elif status.active and run_every is None:
         st.rerun(scope="app")  # started from another tab: start polling here too
-    _show(status)
+    _show(status, _access())
 
 
-def _form(data_root, datasets: list[str]) -> jobs.TrainRequest | None:
+def _form(data_root, datasets: list[str], rights: access.TrainingAccess
+          ) -> jobs.TrainRequest | None:
     weights = _weights()
     available = [name for name, (ok, _) in weights.items() if ok]
     unavailable = {name: detail for name, (ok, detail) in weights.items() if not ok}
@@ -155,12 +218,12 @@ def _form(data_root, datasets: list[str]) -> jobs.TrainRequest | None:
     with st.form("training-form", border=False):
         default = datasets.index("seed001_0402") if "seed001_0402" in datasets else 0
         dataset = st.selectbox("Dataset", datasets or [NONE_LABEL], index=default,
-                               help=f"Folders found under the data root {data_root}")
+                               help=f"Folders found under the data root {md(data_root)}")
         typed = st.text_input("…or a folder inside the data root",
                               placeholder="e.g. my_class/cxr_small",
                               help="Used instead of the list when filled in. Relative paths "
                                    "start at the data root; folders outside it are refused.")
-        reasons = "\n".join(f"- **{REGISTRY[name].display_name}**: {detail}"
+        reasons = "\n".join(f"- **{REGISTRY[name].display_name}**: {md(detail)}"
                              for name, detail in unavailable.items())
         chosen = st.multiselect("Backbones", available,
                                 default=["resnet50"] if "resnet50" in available else [],
@@ -193,9 +256,16 @@ def _form(data_root, datasets: list[str]) -> jobs.TrainRequest | None:
                                help="Never used in training; predicted after it. Do not hold "
                                     "out a folder that shares images or patients with the "
                                     "training data (seed001_0402 images also appear in cxr3).")
+        typed_key = None
+        if not _unlocked(rights):
+            typed_key = st.text_input("Teacher key", type="password", key=f"{KEY_FIELD}-start",
+                                      help=KEY_HELP)
         submitted = st.form_submit_button("Start training", type="primary",
                                           use_container_width=True)
     if not submitted:
+        return None
+    if not _unlocked(rights) and not _unlock(typed_key):
+        st.error("Wrong teacher key: training was not started.")
         return None
     folder = typed.strip() or (dataset if dataset != NONE_LABEL else "")
     return jobs.TrainRequest(
@@ -212,20 +282,25 @@ def render_training_sidebar() -> None:
         st.caption("Fits a small classifier head on frozen ImageNet features: seconds to "
                    "minutes. A teaching exercise, never a diagnostic model.")
         panel_box = st.container()
-        data_root = jobs.default_data_root()
-        datasets = _datasets(str(data_root))
+        rights = _access()
         status = _current()
-        with st.expander("New training run", expanded=status is None or not status.active):
-            request = _form(data_root, datasets)
-            if request is not None:
-                try:
-                    jobs.start_job(request)
-                except jobs.JobRunning as error:
-                    st.warning(f"{error}. It is shown above.")
-                except (ValueError, OSError) as error:  # JobError, DatasetError, bad params
-                    st.error(f"Cannot start: {jobs.error_line(error)}")
-                else:
-                    st.session_state[SEEN_KEY] = None
-                    st.rerun(scope="app")
+        if not rights.allowed:
+            st.info(md(rights.reason), icon=":material/lock:")
+        else:
+            data_root = jobs.default_data_root()
+            datasets = _datasets(str(data_root))
+            with st.expander("New training run",
+                             expanded=status is None or not status.active):
+                request = _form(data_root, datasets, rights)
+                if request is not None:
+                    try:
+                        jobs.start_job(request)
+                    except jobs.JobRunning as error:
+                        st.warning(f"{md(error)}. It is shown above.")
+                    except (ValueError, OSError) as error:  # JobError, DatasetError, params
+                        st.error(f"Cannot start: {md(jobs.error_line(error))}")
+                    else:
+                        st.session_state[SEEN_KEY] = None
+                        st.rerun(scope="app")
         with panel_box:
             _panel(POLL_SECONDS if status is not None and status.active else None)

@@ -6,6 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from app_pages import _common as common
+from app_pages._common import md
 from xrcompare.charts import per_class_difference_figure
 from xrcompare.compare import (
     DISCORDANT_SHOWN,
@@ -22,8 +23,7 @@ from xrcompare.evaluate import (
     format_p,
     format_points,
 )
-from xrcompare.runs import TEST_SCOPE, scope_text
-from xrcompare.summary import resolve_folder
+from xrcompare.runs import TEST_SCOPE, RunError, scope_text
 
 runs = common.require_runs()
 st.title("Compare two runs: is one really better?")
@@ -90,22 +90,24 @@ comparison = cached_comparison(
     run_a, run_b, (run_a.run_id, run_a.modified, str(run_a.path), run_b.run_id, run_b.modified,
                    str(run_b.path)), scope, tuple(sorted(labels.items())))
 if isinstance(comparison, str):
-    st.warning(f"{comparison}.", icon=":material/compare_arrows:")
+    st.warning(f"{md(comparison)}.", icon=":material/compare_arrows:")
     others = [s for s in usable if s != scope]
     if others:
         st.caption("These two runs can be compared on: "
-                   + ", ".join(scope_text(s) + " images" for s in others) + ".")
+                   + ", ".join(md(scope_text(s)) + " images" for s in others) + ".")
     st.stop()
 
 stats = comparison.stats
-if comparison.better:
-    st.success(comparison.verdict, icon=":material/check_circle:")
+if comparison.better:  # the verdict names the runs: shown as plain text
+    st.success(md(comparison.verdict), icon=":material/check_circle:")
 else:
-    st.info(comparison.verdict, icon=":material/balance:")
+    st.info(md(comparison.verdict), icon=":material/balance:")
 
 columns = st.columns(4)
-columns[0].metric("Accuracy A", f"{stats['accuracy_a']:.3f}", help=labels[run_a.run_id])
-columns[1].metric("Accuracy B", f"{stats['accuracy_b']:.3f}", help=labels[run_b.run_id])
+columns[0].metric("Accuracy A", f"{stats['accuracy_a']:.3f}",
+                  help=md(labels[run_a.run_id]))
+columns[1].metric("Accuracy B", f"{stats['accuracy_b']:.3f}",
+                  help=md(labels[run_b.run_id]))
 columns[2].metric("A − B (points)", format_points(stats["difference"]),
                   help="Accuracy of A minus accuracy of B, in percentage points.")
 columns[2].caption(f"95% CI {format_interval_points(stats['difference_95ci'])}")
@@ -114,13 +116,13 @@ columns[3].metric("McNemar exact p", format_p(stats["mcnemar_p"]),
                        "under 'neither is better' each is a coin flip.")
 if stats["positives"]:
     st.markdown(
-        f"**{stats['pos_label']} sensitivity** (of the {stats['positives']} "
-        f"{stats['pos_label']} images, the share each run finds): A "
+        f"**{md(stats['pos_label'])} sensitivity** (of the {stats['positives']} "
+        f"{md(stats['pos_label'])} images, the share each run finds): A "
         f"{stats['sensitivity_a']:.3f}, B {stats['sensitivity_b']:.3f}, difference "
         f"{format_points(stats['sensitivity_difference'])} points (95% CI "
         f"{format_interval_points(stats['sensitivity_difference_95ci'])}).")
 else:
-    st.caption(f"No {stats['pos_label'] or 'positive'} image in this scope, so there is no "
+    st.caption(f"No {md(stats['pos_label'] or 'positive')} image in this scope, so there is no "
                "sensitivity to compare.")
 st.caption(f"{stats['n']} images from {stats['patients']} "
            + ("patients" if stats["unit"] == "patient" else "images (no shared patients)")
@@ -155,13 +157,23 @@ st.dataframe(table, hide_index=True, placeholder="–", key="compare_per_class",
                      "images", help="Images of this class in the scope.")})
 
 st.subheader("The images that decide it")
-folder = resolve_folder(run_a.scope_record(comparison.scope)) or resolve_folder(
-    run_b.scope_record(comparison.scope))
-if folder is None:
+source, folder, refusal = None, None, None
+for candidate in (run_a, run_b):  # the images, from inside the data root only
+    try:
+        folder = candidate.data_folder(comparison.scope)
+    except RunError as error:
+        refusal = refusal or error
+        continue
+    if folder is not None:
+        source = candidate
+        break
+if folder is None and refusal is not None:
+    st.warning(f"{md(refusal)}; only the tables are shown.", icon=":material/block:")
+elif folder is None:
     record = run_a.scope_record(comparison.scope)
     st.warning(f"The images are not on this machine (the run recorded "
-               f"`{record.get('folder_absolute') or record.get('folder') or scope}`), so only "
-               "the tables are shown.", icon=":material/folder_off:")
+               f"{md(record.get('folder_absolute') or record.get('folder') or scope)}), so "
+               "only the tables are shown.", icon=":material/folder_off:")
 st.caption("Most confident mistake first. Each caption: the true class, then what A and B "
            "called it with the probability each gave its answer.")
 for side, title in (("a", "A right, B wrong"), ("b", "A wrong, B right")):
@@ -173,10 +185,13 @@ for side, title in (("a", "A right, B wrong"), ("b", "A wrong, B right")):
     if folder is not None:
         items = []
         for row in rows.itertuples():
+            path = source.image_path(str(row.path), comparison.scope)
+            if path is None:  # a recorded path leading out of the folder: not shown
+                continue
             p_a = getattr(row, f"prob_a_{row.predicted_a}")
             p_b = getattr(row, f"prob_b_{row.predicted_b}")
-            items.append((folder / row.path, f"true {row.label}  \nA: {row.predicted_a} "
-                                             f"{p_a:.2f} · B: {row.predicted_b} {p_b:.2f}"))
+            items.append((path, f"true {md(row.label)}  \nA: {md(row.predicted_a)} "
+                                f"{p_a:.2f} · B: {md(row.predicted_b)} {p_b:.2f}"))
         common.thumbnail_grid(items, columns=6, size=200)
     if total > len(rows):
         st.caption(f"… and {total - len(rows)} more, in the table below.")

@@ -3,6 +3,7 @@
 import streamlit as st
 
 from app_pages import _common as common
+from app_pages._common import md
 from xrcompare.charts import (
     TEST_SPLIT,
     confusion_figure,
@@ -53,13 +54,13 @@ for start in range(0, len(shown), per_row):
                 st.markdown(f":orange-badge[**{errors['fp']}** of {errors['negatives']} called "
                             "covid]  \n(no COVID images here, so no misses to count)")
             else:
-                missed = ", ".join(f"{count} as {label}" for label, count
+                missed = ", ".join(f"{count} as {md(label)}" for label, count
                                    in errors["fn_to"].items() if count)
-                alarms = ", ".join(f"{count} {label}" for label, count
+                alarms = ", ".join(f"{count} {md(label)}" for label, count
                                    in errors["fp_from"].items() if count)
                 st.markdown(
                     f":red-badge[**{errors['fn']}** of {errors['positives']} COVID missed]"
                     + (f" {missed}" if missed else "") + "  \n"
                     f":orange-badge[**{errors['fp']}** of {errors['negatives']} non-COVID "
                     "called covid]" + (f" {alarms}" if alarms else ""))
-            st.caption(f"{metrics['n']} images · {metrics.get('scope', scope)}")
+            st.caption(f"{metrics['n']} images · {md(metrics.get('scope', scope))}")

@@ -3,6 +3,7 @@
 import streamlit as st
 
 from app_pages import _common as common
+from app_pages._common import md
 from xrcompare.charts import training_curves_figure
 
 runs = common.require_runs()
@@ -17,7 +18,7 @@ labels, _ = common.labels_and_colors(runs)
 for run in runs:
     history = run.history
     if history.empty:
-        st.warning(f"{labels[run.run_id]}: its history.csv holds no epochs.")
+        st.warning(f"{md(labels[run.run_id])}: its history.csv holds no epochs.")
         continue
     title = labels[run.run_id]
     common.plot(training_curves_figure(history, run.info.get("best_epoch"), title),
@@ -26,4 +27,4 @@ for run in runs:
              run.info.get("selection", "")]
     if run.info.get("split", {}).get("folds"):
         notes.append(f"curves of fold 1 of {run.info['split']['folds']}")
-    st.caption(" · ".join(note for note in notes if note))
+    st.caption(" · ".join(md(note) for note in notes if note))

@@ -4,16 +4,16 @@ data in plain words."""
 import streamlit as st
 
 from app_pages import _common as common
+from app_pages._common import md
 from xrcompare.charts import (
     called_as_by_run,
     class_counts_figure,
     split_counts,
     split_counts_figure,
 )
+from xrcompare.runs import RunError
 from xrcompare.summary import (
     class_sources,
-    resolve_folder,
-    resolve_manifest,
     sample_files,
     sample_heldout_files,
 )
@@ -82,7 +82,7 @@ def runs_measured(runs, labels: dict[str, str], heldout: str = "kaggle_test") ->
     if counts.empty:
         return ""
     return (" The runs shown here, Kaggle pneumonia images called covid:\n\n" + "\n".join(
-        f"- *{row.run}* ({row.resize_mode}): **{row.called} of {row.total}**"
+        f"- *{md(row.run)}* ({md(row.resize_mode)}): **{row.called} of {row.total}**"
         for row in counts.itertuples()) + "\n\n")
 
 
@@ -133,13 +133,16 @@ with right:
         table["patients"] = counts.groupby("split")["patients"].first()
         st.dataframe(table, key="dataset_split_table", placeholder="–")
         st.caption("No patient appears in more than one split.")
-manifest = common.load_manifest(resolve_manifest(data))
+if data.get("manifest_problem"):
+    st.warning(f"**Patient ids:** {md(data['manifest_problem'])}.",
+               icon=":material/group_off:")
+manifest = common.load_manifest(run.manifest_path())
 if manifest is not None:
     try:
         sources = class_sources(manifest, data_name)
     except ValueError as error:
         sources = None
-        st.caption(f"Sources unavailable: {error}")
+        st.caption(f"Sources unavailable: {md(error)}")
     if sources is not None and not sources.empty:
         st.markdown("**Where the images come from**")
         st.dataframe(sources, hide_index=True, placeholder="–", key="dataset_sources",
@@ -148,37 +151,45 @@ if manifest is not None:
                    "the shortcut a CNN can learn instead of the disease.")
 
 
-st.subheader(f"Examples per class from {data_name}")
+def show_examples(scope: str, by_class: dict[str, list[str]], what: str) -> None:
+    """Thumbnails per class of the run's recorded files, read only from inside the run's
+    data folder (which must lie in the data root)."""
+    record = run.data_record(scope)
+    try:
+        folder = run.data_folder(scope)
+    except RunError as error:
+        st.warning(f"{md(error)}.", icon=":material/block:")
+        return
+    if folder is None:
+        st.warning(f"The {what} images are not on this machine (the run recorded "
+                   f"{md(record.get('folder_absolute') or record.get('folder'))}).",
+                   icon=":material/folder_off:")
+        return
+    if not by_class:
+        st.info("This run recorded no file lists to take examples from.")
+        return
+    refused = 0
+    for label, paths in by_class.items():
+        items = [(run.image_path(path, scope), md(_short(path))) for path in paths]
+        refused += sum(path is None for path, _ in items)
+        items = [(path, caption) for path, caption in items if path is not None]
+        if items:
+            st.markdown(f"**{md(label)}**")
+            common.thumbnail_grid(items, columns=6, size=180)
+    if refused:
+        st.warning(f"{refused} recorded image path(s) lead outside the run's data folder and "
+                   "were not shown.", icon=":material/block:")
+
+
+st.subheader(f"Examples per class from {md(data_name)}")
 st.caption("Look before you train: ages, image sizes, borders, arrows and text differ by class.")
-folder = resolve_folder(data)
-samples = sample_files(run, per_class=6)
-if folder is None:
-    st.warning(f"The training images are not on this machine (the run recorded "
-               f"`{data.get('folder_absolute') or data.get('folder')}`).",
-               icon=":material/folder_off:")
-elif not samples:
-    st.info("This run recorded no file lists to take examples from.")
-else:
-    for label, paths in samples.items():
-        st.markdown(f"**{label}**")
-        common.thumbnail_grid([(folder / path, _short(path)) for path in paths],
-                              columns=6, size=180)
+show_examples("data", sample_files(run, per_class=6), "training")
 
 for entry in run.info.get("heldout") or []:
     name = entry.get("name", "held-out")
-    st.subheader(f"Held-out folder: {name}")
+    st.subheader(f"Held-out folder: {md(name)}")
     counts_here = entry.get("class_counts") or {}
     st.caption(f"{entry.get('images', sum(counts_here.values()))} images, "
                f"{entry.get('patients', '–')} patients, never used in training: "
-               + ", ".join(f"{count} {label}" for label, count in counts_here.items()))
-    held_folder = resolve_folder(entry)
-    held_samples = sample_heldout_files(run, name, per_class=6)
-    if held_folder is None:
-        st.warning(f"The held-out images are not on this machine (the run recorded "
-                   f"`{entry.get('folder_absolute') or entry.get('folder')}`).",
-                   icon=":material/folder_off:")
-        continue
-    for label, paths in held_samples.items():
-        st.markdown(f"**{label}**")
-        common.thumbnail_grid([(held_folder / path, _short(path)) for path in paths],
-                              columns=6, size=180)
+               + ", ".join(f"{count} {md(label)}" for label, count in counts_here.items()))
+    show_examples(name, sample_heldout_files(run, name, per_class=6), "held-out")

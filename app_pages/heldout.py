@@ -4,6 +4,7 @@ mistakes."""
 import streamlit as st
 
 from app_pages import _common as common
+from app_pages._common import md
 from xrcompare.charts import (
     BLOG_REFERENCE_NAME,
     called_as_by_run,
@@ -14,7 +15,8 @@ from xrcompare.charts import (
     worst_mistakes,
 )
 from xrcompare.evaluate import BLOG_2020_REPORTED
-from xrcompare.summary import blog_comparison, resolve_folder
+from xrcompare.runs import RunError
+from xrcompare.summary import blog_comparison
 
 runs = common.require_runs()
 st.title("Held-out Kaggle test: images from elsewhere")
@@ -34,16 +36,16 @@ heldout = (st.selectbox("Held-out folder", names, key="heldout_name", persist_st
 with_heldout = [run for run in runs if heldout in (run.metrics.get("heldout") or {})]
 missing = [labels[run.run_id] for run in runs if run not in with_heldout]
 if missing:
-    st.caption("Not evaluated on this folder: " + ", ".join(missing))
+    st.caption("Not evaluated on this folder: " + ", ".join(md(name) for name in missing))
 
 padded = [run for run in with_heldout if run.info.get("resize_mode") == "pad"]
 if padded:
-    here = [f"*{row.run}* ({row.resize_mode}): **{row.called} of {row.total}**"
+    here = [f"*{md(row.run)}* ({md(row.resize_mode)}): **{row.called} of {row.total}**"
             for row in called_as_by_run(with_heldout, heldout, "pneumonia",
                                         labels=labels).itertuples()]
     st.warning(
         "**Preprocessing mismatch.** "
-        + ", ".join(f"*{labels[run.run_id]}*" for run in padded)
+        + ", ".join(f"*{md(labels[run.run_id])}*" for run in padded)
         + (" was" if len(padded) == 1 else " were")
         + " trained on padded images (aspect ratio kept, black borders), but this Kaggle copy "
         "was already squashed to 224×224 before we got it, so it shows the model stretched, "
@@ -119,20 +121,32 @@ if mistakes.empty:
     st.stop()
 st.caption("The most confident wrong answers first. Each caption: the true class, then the "
            "probability the run gave each class.")
-entry = next((item for item in run.info.get("heldout", []) if item.get("name") == heldout), {})
-folder = resolve_folder(entry)
-if folder is None:
-    st.warning(f"The held-out images are not on this machine (the run recorded "
-               f"`{entry.get('folder_absolute') or entry.get('folder') or heldout}`), so only "
-               "the table is shown.", icon=":material/folder_off:")
+entry = run.data_record(heldout)
+try:
+    folder = run.data_folder(heldout)
+except RunError as error:
+    folder = None
+    st.warning(f"{md(error)}; only the table is shown.", icon=":material/block:")
 else:
-    items = []
+    if folder is None:
+        st.warning(f"The held-out images are not on this machine (the run recorded "
+                   f"{md(entry.get('folder_absolute') or entry.get('folder') or heldout)}), "
+                   "so only the table is shown.", icon=":material/folder_off:")
+if folder is not None:
+    items, refused = [], 0
     for row in mistakes.itertuples():
-        probabilities = " · ".join(f"{label} {getattr(row, f'prob_{label}'):.2f}"
+        path = run.image_path(str(row.path), heldout)
+        if path is None:
+            refused += 1
+            continue
+        probabilities = " · ".join(f"{md(label)} {getattr(row, f'prob_{label}'):.2f}"
                                    for label in run.labels)
-        items.append((folder / row.path, f"true {row.label} → {row.predicted}  \n"
-                                         f"{probabilities}"))
+        items.append((path, f"true {md(row.label)} → {md(row.predicted)}  \n"
+                            f"{probabilities}"))
     common.thumbnail_grid(items, columns=6)
+    if refused:
+        st.warning(f"{refused} recorded image path(s) lead outside the held-out folder and "
+                   "were not shown.", icon=":material/block:")
 with st.expander("The same mistakes as a table"):
     st.dataframe(mistakes[["path", "label", "predicted", *run.probability_columns()]],
                  hide_index=True, placeholder="–", key="heldout_mistakes_table",

@@ -3,6 +3,7 @@
 import streamlit as st
 
 from app_pages import _common as common
+from app_pages._common import md
 from xrcompare.summary import (
     LEADERBOARD_COLUMNS,
     blog_comparison,
@@ -110,7 +111,8 @@ leaky = [run for run in runs if run.is_leaky]
 if leaky:
     st.warning(
         "**2020 protocol (leaky).** "
-        + "; ".join(f"*{labels[run.run_id]}*: {', '.join(run.leaky_reasons)}" for run in leaky)
+        + "; ".join(f"*{md(labels[run.run_id])}*: {md(', '.join(run.leaky_reasons))}"
+                    for run in leaky)
         + ". These runs reproduce the 2020 blog's mistakes on purpose; their test figures are "
         "optimistic and are not comparable with the sound runs.", icon=":material/warning:")
 

@@ -12,7 +12,8 @@ import logging
 import streamlit as st
 
 from app_pages import _common as common
-from xrcompare import predictor
+from app_pages._common import md
+from xrcompare import limits, predictor
 from xrcompare.explain import CAM_METHODS, METHODS
 from xrcompare.imaging import ImageError
 from xrcompare.runs import Run
@@ -66,6 +67,17 @@ def model_for(run: Run):
     return cached_model(run.run_id, run.modified, run)
 
 
+def work_slot(what: str):
+    """One of the server's work slots (decodes, predictions, maps are bounded across every
+    session); while all are busy the page says so and waits its turn."""
+    note = st.empty()
+    return limits.work_slot(
+        on_wait=lambda: note.info(f"Waiting for a free slot: the server is busy with other "
+                                  f"images ({limits.slot_count()} at a time); {what} starts "
+                                  "as soon as one is free.", icon=":material/hourglass_top:"),
+        on_start=note.empty)
+
+
 # --------------------------------------------------------------------------- choosing an image
 
 
@@ -86,27 +98,29 @@ def choose_image() -> tuple[UploadedImage | None, str]:
                 format_func=lambda item: item.title, disabled=uploaded is not None,
                 help="Four licensed images from the teaching data; see samples/README.md.")
             if sample is not None and uploaded is None:
-                st.caption(f"{sample.licence} · {sample.attribution}")
+                st.caption(f"{md(sample.licence)} · {md(sample.attribution)}")
         elif uploaded is None:
             st.caption("No sample images in this copy (samples/ is missing).")
 
     if uploaded is not None:
         name, data = uploaded.name, uploaded.getvalue()
-        source = f"your upload **{name}**"
+        source = f"your upload **{md(name)}**"
     elif sample is not None:
-        name, source = sample.name, f"sample **{sample.title}** (label: {sample.label})"
+        name = sample.name
+        source = f"sample **{md(sample.title)}** (label: {md(sample.label)})"
         try:
             data = sample.path.read_bytes()
         except OSError as error:
-            st.error(f"The sample {sample.name} cannot be read ({error.strerror}).")
+            st.error(f"The sample {md(sample.name)} cannot be read ({md(error.strerror)}).")
             return None, ""
     else:
         st.info("Upload a chest X-ray to begin.", icon=":material/upload:")
         return None, ""
     try:
-        return decode(data, name), source
-    except ImageError as error:
-        st.error(str(error), icon=":material/block:")
+        with work_slot("reading your image"):
+            return decode(data, name), source
+    except (ImageError, limits.ServerBusy) as error:
+        st.error(md(error), icon=":material/block:")
         if uploaded is not None:
             st.caption("Remove the file (×) to go back to the sample X-rays, or drop another.")
         return None, ""
@@ -127,7 +141,7 @@ def show_image(image: UploadedImage, source: str) -> None:
         details.append(f"window: {window['source']}")
     st.caption(f"{source} · " + " · ".join(details))
     for warning in image.warnings:
-        st.warning(warning, icon=":material/warning:")
+        st.warning(md(warning), icon=":material/warning:")
 
 
 def run_predictions(runs: list[Run], image: UploadedImage) -> list[predictor.RunPrediction]:
@@ -135,9 +149,16 @@ def run_predictions(runs: list[Run], image: UploadedImage) -> list[predictor.Run
 
     def progress(number: int, total: int, run: Run) -> None:
         bar.progress(number / total, text=f"Loading and running model {number + 1} of "
-                                          f"{total}: {run.title}")
+                                          f"{total}: {md(run.title)}")
 
-    predictions = predictor.predict_runs(runs, image.gray, model_for, progress=progress)
+    try:
+        with work_slot("the prediction"):
+            predictions = predictor.predict_runs(runs, image.gray, model_for,
+                                                 progress=progress)
+    except limits.ServerBusy as error:
+        bar.empty()
+        st.error(md(error), icon=":material/hourglass_disabled:")
+        st.stop()
     bar.empty()
     return predictions
 
@@ -151,15 +172,16 @@ def show_predictions(predictions, labels: dict[str, str]) -> None:
     else:
         st.warning(summary.headline, icon=":material/call_split:")
     if len(summary.votes) > 1:
-        st.markdown("\n".join(f"- **{label}**: {', '.join(names)}"
+        st.markdown("\n".join(f"- **{md(label)}**: {', '.join(md(name) for name in names)}"
                               for label, names in summary.votes.items()))
     if summary.controls:
-        st.caption("Random-init controls (not counted): " + "; ".join(summary.controls)
+        st.caption("Random-init controls (not counted): "
+                   + "; ".join(md(control) for control in summary.controls)
                    + ". A head on random features learns little; compare its bars.")
     for prediction in predictions:
         if not prediction.ok:
-            st.error(f"**{labels.get(prediction.run_id, prediction.title)}** gave no "
-                     f"prediction. {prediction.problem}", icon=":material/block:")
+            st.error(f"**{md(labels.get(prediction.run_id, prediction.title))}** gave no "
+                     f"prediction. {md(prediction.problem)}", icon=":material/block:")
     if any(prediction.ok for prediction in predictions):
         common.plot(predictor.probability_figure(predictions, labels),
                     key="predict_probabilities")
@@ -240,16 +262,17 @@ def compute_maps(jobs, image: UploadedImage, digest: str, options: dict) -> dict
     bar = st.empty()
     results: dict[tuple[str, str], predictor.Explanation | str] = {}
     for number, (method, run, target) in enumerate(jobs):
-        label = f"{METHODS[method]} · {run.title} ({number + 1} of {len(jobs)})"
+        label = f"{METHODS[method]} · {md(run.title)} ({number + 1} of {len(jobs)})"
 
         def progress(fraction: float, number=number, label=label) -> None:
             bar.progress(min(1.0, (number + fraction) / len(jobs)), text=label)
 
         progress(0.0)
         try:
-            results[method, run.run_id] = predictor.explain_cached(
-                cache, run, model_for(run), image.gray, method, target, digest=digest,
-                progress=progress, **options)
+            with work_slot("this saliency map"):
+                results[method, run.run_id] = predictor.explain_cached(
+                    cache, run, model_for(run), image.gray, method, target, digest=digest,
+                    progress=progress, **options)
         except Exception as error:  # one failing map must not hide the others
             LOG.exception("saliency %s for %s failed", method, run.run_id)
             results[method, run.run_id] = (f"{METHODS[method]} failed for this model "
@@ -286,20 +309,20 @@ def show_maps(runs_by_id: dict[str, Run], predictions, image: UploadedImage,
 
 def show_one_map(run: Run, prediction, result, image: UploadedImage, settings: dict,
                  labels: dict[str, str]) -> None:
-    name = labels.get(run.run_id, run.title)
+    name = md(labels.get(run.run_id, run.title))
     if result is None:
-        st.caption(f"**{name}** does not predict {settings['target']}.")
+        st.caption(f"**{name}** does not predict {md(settings['target'])}.")
         return
     if isinstance(result, str):
-        st.error(f"**{name}**: {result}", icon=":material/error:")
+        st.error(f"**{name}**: {md(result)}", icon=":material/error:")
         return
     probability = prediction.probabilities.get(result.target, 0.0)
-    caption = (f"**{name}**  \nexplains *{result.target}* (p = {probability:.0%}) · "
+    caption = (f"**{name}**  \nexplains *{md(result.target)}* (p = {probability:.0%}) · "
                f"{result.seconds:.1f} s")
     if result.is_blank:
         st.image(image.gray, width="stretch")
         st.caption(caption + f"  \n:material/visibility_off: blank map: nothing in the "
-                             f"image raises the {result.target} score here.")
+                             f"image raises the {md(result.target)} score here.")
         return
     st.image(predictor.overlay_for_run(run, image.gray, result.saliency,
                                        alpha=settings["alpha"], colormap=settings["colormap"]),

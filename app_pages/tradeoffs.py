@@ -3,6 +3,7 @@
 import streamlit as st
 
 from app_pages import _common as common
+from app_pages._common import md
 from xrcompare.charts import (
     cost_figure,
     curves_for_runs,
@@ -27,6 +28,7 @@ positive = st.selectbox(
     index=classes.index("covid") if "covid" in classes else 0, key="tradeoff_positive",
     persist_state="session",
     help="The class treated as 'positive'; the other classes together are 'negative'.")
+positive_md = md(positive)  # a class name from run.json: shown as written, never as Markdown
 st.caption("Scored on each run's patient-wise test split (out-of-fold predictions for "
            "cross-validation runs). With a few dozen positive images, one image moves "
            "sensitivity by several points.")
@@ -34,23 +36,23 @@ st.caption("Scored on each run's patient-wise test split (out-of-fold prediction
 common_config = {
     "run": st.column_config.TextColumn("run", pinned=True),
     "threshold": st.column_config.NumberColumn(
-        "threshold", format="%.3f", help=f"Call {positive} when p({positive}) ≥ threshold."),
+        "threshold", format="%.3f", help=f"Call {positive_md} when p({positive_md}) ≥ threshold."),
     "sensitivity": st.column_config.NumberColumn(
-        "sensitivity", format="%.3f", help=f"Share of {positive} images called {positive}."),
+        "sensitivity", format="%.3f", help=f"Share of {positive_md} images called {positive_md}."),
     "specificity": st.column_config.NumberColumn(
-        "specificity", format="%.3f", help=f"Share of other images not called {positive}."),
+        "specificity", format="%.3f", help=f"Share of other images not called {positive_md}."),
     "ppv": st.column_config.NumberColumn(
-        "PPV", format="%.3f", help=f"Of the images called {positive}, the share that are."),
+        "PPV", format="%.3f", help=f"Of the images called {positive_md}, the share that are."),
     "npv": st.column_config.NumberColumn(
-        "NPV", format="%.3f", help=f"Of the images not called {positive}, the share that "
+        "NPV", format="%.3f", help=f"Of the images not called {positive_md}, the share that "
                                    "are not."),
     "fn": st.column_config.NumberColumn("missed (FN)",
-                                        help=f"{positive} images not called {positive}."),
+                                        help=f"{positive_md} images not called {positive_md}."),
     "fp": st.column_config.NumberColumn("false alarms (FP)",
-                                        help=f"Other images called {positive}."),
+                                        help=f"Other images called {positive_md}."),
     "tp": st.column_config.NumberColumn("found (TP)"),
     "tn": st.column_config.NumberColumn("cleared (TN)"),
-    "positives": st.column_config.NumberColumn(f"{positive} images"),
+    "positives": st.column_config.NumberColumn(f"{positive_md} images"),
     "negatives": st.column_config.NumberColumn("other images"),
     "cost": st.column_config.NumberColumn("cost", format="%.0f",
                                           help="cost of a miss × missed + false alarms"),
@@ -62,19 +64,19 @@ common_config = {
 section_target, section_threshold, section_cost = st.container(), st.container(), st.container()
 with section_target:
     st.subheader("1 · Which threshold reaches a target sensitivity?")
-    target = st.slider(f"Target {positive} sensitivity", 0.50, 1.00, 0.95, 0.01,
+    target = st.slider(f"Target {positive_md} sensitivity", 0.50, 1.00, 0.95, 0.01,
                        key="tradeoff_target", persist_state="session",
                        help="For each run, the threshold that finds at least this share of "
-                            f"the {positive} images with the fewest false alarms.")
+                            f"the {positive_md} images with the fewest false alarms.")
 with section_threshold:
     st.subheader("2 · Move the threshold yourself")
-    threshold = st.slider(f"Threshold on p({positive})", 0.00, 1.00, 0.50, 0.01,
+    threshold = st.slider(f"Threshold on p({positive_md})", 0.00, 1.00, 0.50, 0.01,
                           key="tradeoff_threshold", persist_state="session",
-                          help=f"Images with p({positive}) at or above it are called "
-                               f"{positive}.")
+                          help=f"Images with p({positive_md}) at or above it are called "
+                               f"{positive_md}.")
 with section_cost:
     st.subheader("3 · What does a missed case cost?")
-    miss_cost = st.slider(f"One missed {positive} case costs as much as … false alarms",
+    miss_cost = st.slider(f"One missed {positive_md} case costs as much as … false alarms",
                           1, 100, 10, 1, key="tradeoff_cost", persist_state="session",
                           help="The cheapest threshold minimises cost × missed + false "
                                "alarms.")
@@ -82,9 +84,9 @@ with section_cost:
 tables = threshold_tables(runs, positive, threshold, target, miss_cost, labels)
 if tables["skipped"]:
     st.warning("Left out (their test split lacks either positive or negative images): "
-               + ", ".join(tables["skipped"]))
+               + ", ".join(md(name) for name in tables["skipped"]))
 if tables["at_threshold"].empty:
-    st.info(f"No selected run has both {positive} and other images in its test split.")
+    st.info(f"No selected run has both {positive_md} and other images in its test split.")
     st.stop()
 
 with section_target:
@@ -114,7 +116,7 @@ with section_threshold:
                                             zoom=zoom), key="tradeoff_pr")
 
 with section_cost:
-    st.markdown(f"**One missed {positive} case costs as much as {miss_cost} false alarms: "
+    st.markdown(f"**One missed {positive_md} case costs as much as {miss_cost} false alarms: "
                 "the cheapest threshold per run**")
     st.dataframe(tables["cheapest"], hide_index=True, placeholder="–", key="tradeoff_cost_table",
                  column_config=common_config,

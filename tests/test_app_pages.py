@@ -19,6 +19,7 @@ from streamlit.testing.v1 import AppTest
 from xrcompare.backbones import REGISTRY
 from xrcompare.charts import run_labels
 from xrcompare.compare import compare_runs, default_pair
+from xrcompare.escaping import escape_markdown
 from xrcompare.evaluate import binary_operating_point
 from xrcompare.runs import RUNS_DIR_VARIABLE, list_runs
 
@@ -262,6 +263,72 @@ def test_images_missing_from_this_machine_are_said_not_crashed(tmp_path, monkeyp
         open_page(app, page)
         assert any("not on this machine" in item.value for item in app.warning), page
         assert not app.get("image")
+
+
+# --------------------------------------------------------------------------- hostile run folders
+
+
+def _edit_json(path: Path, change) -> None:
+    payload = json.loads(path.read_text(encoding="utf-8"))
+    change(payload)
+    path.write_text(json.dumps(payload), encoding="utf-8")
+
+
+def test_a_run_with_wrong_typed_metrics_is_named_and_every_page_still_works(tmp_path,
+                                                                            monkeypatch):
+    source = smallest_run()
+    copy_run(source, tmp_path)
+    for name, change in (("bad-accuracy", lambda m: m["test"].update(accuracy="abc")),
+                         ("bad-per-class", lambda m: m["test"].update(per_class=[1, 2])),
+                         ("bad-matrix", lambda m: m["test"].update(confusion_matrix="x"))):
+        broken = tmp_path / name
+        shutil.copytree(source, broken, ignore=shutil.ignore_patterns("head_fold*"))
+        _edit_json(broken / "metrics.json", change)
+    app = start(monkeypatch, tmp_path)
+    warnings = [item.value for item in app.sidebar.warning]
+    assert len(warnings) == 3 and all("could not be read" in text for text in warnings)
+    assert list(app.dataframe[0].value["run_id"]) == [source.name]
+    for page, title in PAGES:
+        open_page(app, page)
+        assert app.title[0].value.startswith(title)
+
+
+def test_a_run_cannot_make_the_dataset_page_read_outside_the_data_root(tmp_path, monkeypatch):
+    run_dir = copy_run(smallest_run(), tmp_path)
+    secret = tmp_path / "outside" / "secret.jpg"
+    secret.parent.mkdir()
+    shutil.copy(next((REPO / "samples").glob("*.jpg")), secret)
+
+    def craft(info):
+        info["data"]["folder_absolute"] = info["data"]["folder"] = "/"
+        info["data"]["manifest"] = "/etc/shadow"
+        relative = str(secret.relative_to("/"))
+        info["split"]["files"] = {name: [relative] for name in ("train", "val", "test")}
+        for entry in info["heldout"]:
+            entry["folder_absolute"] = entry["folder"] = str(secret.parent)
+
+    _edit_json(run_dir / "run.json", craft)
+    app = start(monkeypatch, tmp_path)
+    for page in ("app_pages/dataset.py", "app_pages/heldout.py"):
+        open_page(app, page)
+        assert not app.get("image"), page  # nothing from outside the data root is shown
+        assert any("outside the data root" in item.value for item in app.warning), page
+    open_page(app, "app_pages/dataset.py")
+    assert not app.dataframe or all("shadow" not in str(frame.value) for frame in app.dataframe)
+
+
+def test_a_crafted_run_title_is_shown_as_text_not_markdown(tmp_path, monkeypatch):
+    run_dir = copy_run(smallest_run(), tmp_path)
+    title = "[click me](http://evil.example) **loud** :red[x]"
+    _edit_json(run_dir / "run.json", lambda info: info.update(display_name=title))
+    app = start(monkeypatch, tmp_path)
+    labels = [box.label for box in app.sidebar.checkbox]
+    assert labels == [escape_markdown(title)] and "\u200b//evil" in labels[0]
+    for page, _ in PAGES:
+        open_page(app, page)
+        for kind in ("markdown", "caption", "warning", "info", "success", "subheader"):
+            for item in app.get(kind):
+                assert "[click me](" not in str(item.value), (page, kind, item.value)
 
 
 def relabel(source: Path, runs_dir: Path, run_id: str, **changes) -> Path:

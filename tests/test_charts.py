@@ -17,14 +17,12 @@ from conftest import DATA, REPO
 from xrcompare import CLASSES, charts
 from xrcompare.backbones import REGISTRY
 from xrcompare.evaluate import binary_operating_point, evaluate_predictions
-from xrcompare.runs import Run, list_runs
+from xrcompare.runs import Run, list_runs, load_run
 from xrcompare.summary import (
     class_sources,
     extract_throughput,
     image_origin,
     leaderboard,
-    resolve_folder,
-    resolve_manifest,
     sample_files,
     sample_heldout_files,
 )
@@ -319,32 +317,39 @@ def test_sensitivity_table_answers_the_classroom_question(shipped_runs):
 # --------------------------------------------------------------------------- data folders
 
 
-def test_resolve_folder_tries_absolute_then_relative(tmp_path):
+def with_data(run: Run, **record) -> Run:
+    """A copy of ``run`` (in memory) whose training-data record is ``record``."""
+    return Run(run.path, {**run.info, "data": record}, run.metrics, run.history,
+               run.predictions, run.modified)
+
+
+def test_data_folder_tries_absolute_then_relative_inside_the_data_root(tmp_path, shipped_runs):
+    run = shipped_runs[0]
     folder = tmp_path / "data"
     folder.mkdir()
-    assert resolve_folder({"folder_absolute": str(folder)}) == folder
-    assert resolve_folder({"folder_absolute": "/nowhere/x", "folder": "data"},
-                          repo=tmp_path) == tmp_path / "data"
-    assert resolve_folder({"folder_absolute": "/nowhere/x", "folder": "../nowhere"},
-                          repo=tmp_path) is None
-    assert resolve_folder({}) is None
+    assert with_data(run, folder_absolute=str(folder)).data_folder(data_root=tmp_path) == folder
+    relative = DATA.relative_to(REPO.parent)  # "shared/data": relative to the repository
+    moved = with_data(run, folder_absolute="/nowhere/x", folder=f"../{relative}/cxr3")
+    assert moved.data_folder(data_root=DATA).resolve() == (DATA / "cxr3").resolve()
+    gone = with_data(run, folder_absolute="/nowhere/x", folder="../nowhere")
+    assert gone.data_folder(data_root=tmp_path) is None
+    assert with_data(run).data_folder(data_root=tmp_path) is None
 
 
 def test_shipped_runs_find_their_data_and_manifest(shipped_runs):
     for run in shipped_runs:
-        folder = resolve_folder(run.info["data"])
+        folder = run.data_folder()
         assert folder is not None and folder.name == run.info["data"]["name"]
-        manifest = resolve_manifest(run.info["data"])
+        manifest = run.manifest_path()
         assert manifest is not None and manifest.name == "manifest.csv"
         samples = sample_files(run, per_class=3)
         assert set(samples) == set(CLASSES)
         for paths in samples.values():
-            assert len(paths) == 3 and all((folder / path).is_file() for path in paths)
+            assert len(paths) == 3 and all(run.image_path(path).is_file() for path in paths)
         for entry in run.info["heldout"]:
-            held = resolve_folder(entry)
-            assert held is not None
+            assert run.data_folder(entry["name"]) is not None
             for paths in sample_heldout_files(run, entry["name"], per_class=2).values():
-                assert all((held / path).is_file() for path in paths)
+                assert all(run.image_path(path, entry["name"]).is_file() for path in paths)
 
 
 def test_class_sources_show_where_each_class_comes_from():
@@ -366,7 +371,8 @@ def test_a_run_moved_to_another_machine_still_finds_its_folder(tmp_path, shipped
     shutil.copytree(run.path, copy)
     info = json.loads((copy / "run.json").read_text())
     info["data"]["folder_absolute"] = "/elsewhere/data/" + info["data"]["name"]
-    assert resolve_folder(info["data"], repo=REPO) is not None
+    (copy / "run.json").write_text(json.dumps(info))
+    assert load_run(copy).data_folder() is not None
 
 
 # --------------------------------------------------------------------------- leaderboard

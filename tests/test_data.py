@@ -9,8 +9,12 @@ from conftest import DATA, FIXTURES
 
 from xrcompare.data import (
     DatasetError,
+    is_inside,
     kfold_by_patient,
+    list_datasets,
+    path_inside,
     patient_id_from_filename,
+    resolve_data_folder,
     scan_dataset,
     split_by_patient,
 )
@@ -93,3 +97,85 @@ def test_too_few_patients_for_a_split_is_a_clear_error():
     dataset = scan_dataset(TINY)
     with pytest.raises(DatasetError, match="only 5 patient"):
         kfold_by_patient(dataset, 6)
+
+
+# --------------------------------------------------------------------------- hardening
+
+
+def test_a_single_class_cannot_be_trained(tmp_path):
+    shutil.copytree(TINY / "covid", tmp_path / "one" / "covid")
+    dataset = scan_dataset(tmp_path / "one")
+    assert dataset.class_counts() == {"covid": 5}
+    for split in (lambda: split_by_patient(dataset), lambda: kfold_by_patient(dataset, 2)):
+        with pytest.raises(DatasetError, match=r"only one class \(covid \(5 images\)\); "
+                                               "training needs at least two classes"):
+            split()
+    # an empty second class folder does not count as a class
+    (tmp_path / "one" / "normal").mkdir()
+    with pytest.raises(DatasetError, match="only one class"):
+        scan_dataset(tmp_path / "one").check_trainable()
+
+
+def test_a_manifest_with_a_bad_header_is_reported_not_silently_ignored(tmp_path):
+    shutil.copytree(TINY, tmp_path / "data")
+    manifest = tmp_path / "data" / "manifest.csv"
+    rows = manifest.read_text(encoding="utf-8").splitlines()
+    manifest.write_text("\n".join(["file,patient,license", *rows[1:]]) + "\n", encoding="utf-8")
+    dataset = scan_dataset(tmp_path / "data")
+    assert dataset.manifest_path is None
+    assert "manifest" not in dataset.patient_id_sources()
+    problem = dataset.manifest_problem
+    assert problem.startswith(f"{manifest} was ignored: it lacks the columns path, patient_id "
+                              "(found: file, patient, license)")
+    assert "may land in different splits" in problem and "\n" not in problem
+    assert dataset.summary()["manifest_problem"] == problem
+    manifest.write_bytes(b"path,patient_id\n\xff\xfe not utf-8\n")
+    assert "cannot be read" in scan_dataset(tmp_path / "data").manifest_problem
+    assert scan_dataset(TINY).manifest_problem is None
+
+
+def test_symlinked_datasets_are_listed_only_when_they_can_be_used(tmp_path):
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    shutil.copytree(TINY, outside / "elsewhere")
+    shutil.copytree(TINY, root / "inside")
+    (root / "escape").symlink_to(outside / "elsewhere", target_is_directory=True)
+    (root / "alias").symlink_to(root / "inside", target_is_directory=True)  # stays inside
+    assert list_datasets(root) == ["alias", "inside"]
+    assert resolve_data_folder("alias", root) == (root / "inside").resolve()
+    with pytest.raises(DatasetError, match="outside the data root"):
+        resolve_data_folder("escape", root)
+    with pytest.raises(DatasetError, match="outside the data root"):
+        resolve_data_folder("../outside/elsewhere", root)
+
+
+def test_class_folders_and_images_linked_outside_the_dataset_are_refused(tmp_path):
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    shutil.copytree(TINY, outside / "stolen")
+    (root / "linked_class" / "normal").mkdir(parents=True)
+    shutil.copy(next((TINY / "normal").glob("*.jpg")), root / "linked_class" / "normal")
+    (root / "linked_class" / "covid").symlink_to(outside / "stolen" / "covid",
+                                                 target_is_directory=True)
+    assert "linked_class" not in list_datasets(root)  # listing and scanning agree
+    with pytest.raises(DatasetError, match="class folder covid .* is a link to .*outside the "
+                                           "dataset folder"):
+        scan_dataset(root / "linked_class")
+
+    shutil.copytree(TINY, root / "linked_image")
+    secret = outside / "secret.jpg"
+    shutil.copy(next((TINY / "covid").glob("*.jpg")), secret)
+    (root / "linked_image" / "covid" / "zz_link.jpg").symlink_to(secret)
+    dataset = scan_dataset(root / "linked_image")
+    assert all(record.path.name != "zz_link.jpg" for record in dataset.records)
+    assert "covid/zz_link.jpg (a link outside the dataset folder)" in dataset.ignored_files
+    assert list_datasets(root) == ["linked_image"]
+
+
+def test_paths_inside_a_folder():
+    assert path_inside(TINY, "covid/cohen_00870a9c.jpg") == TINY / "covid/cohen_00870a9c.jpg"
+    for escape in ("../tiny_cxr/covid/cohen_00870a9c.jpg", "/etc/passwd", "covid/../../x", "",
+                   "a\x00b"):
+        if escape.startswith("../tiny_cxr"):
+            assert path_inside(TINY, escape) is not None  # leaves and comes back: still inside
+        else:
+            assert path_inside(TINY, escape) is None, escape
+    assert is_inside(TINY / "covid", TINY) and not is_inside(TINY.parent, TINY)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import struct
 import zlib
 
@@ -14,10 +15,15 @@ from xrcompare.imaging import (
     MAX_PIXELS,
     PNG_SIGNATURE,
     ImageError,
+    check_decoded_bytes,
     decode_gray,
     fit_square,
+    gray_from_array,
     header_size,
+    jpeg_sample_layout,
     pad_box,
+    png_sample_layout,
+    read_bytes,
     read_gray,
     to_model_input,
 )
@@ -131,3 +137,103 @@ def test_pad_box_is_where_fit_square_puts_the_image(height, width, size):
     assert square[inside].min() > 0 and square[~inside].max() == 0
     with pytest.raises(ValueError, match="positive"):
         pad_box(0, width, size)
+
+
+# --- bounded memory: decoded bytes, float copies, what a path may be ----------------------
+
+
+def png_header_only(width: int, height: int, bit_depth: int, colour_type: int) -> bytes:
+    """A PNG whose IHDR announces an image but whose data is a stub (never decoded here)."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (struct.pack(">I", len(body)) + kind + body
+                + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF))
+
+    header = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
+    return (PNG_SIGNATURE + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 8))
+            + chunk(b"IEND", b""))
+
+
+@pytest.fixture
+def no_decoding(monkeypatch):
+    """Make any OpenCV decode fail the test: refusals must come from the header alone."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("cv2.imdecode was called: the image was decoded")
+
+    monkeypatch.setattr(cv2, "imdecode", refuse)
+
+
+def test_a_sixteen_bit_rgba_memory_bomb_under_the_pixel_cap_is_refused_before_decoding(
+        no_decoding):
+    # The probe's bomb: 8,900 × 8,900 = 79 MP (under MAX_PIXELS) but 16-bit RGBA: 634 MB.
+    assert 8900 * 8900 < MAX_PIXELS
+    with pytest.raises(ImageError, match=r"634 MB once decoded .*256 MB limit"):
+        decode_gray(png_header_only(8900, 8900, 16, 6), "bomb.png")
+    # 8-bit RGB at the same size (238 MB) is within the budget: the header check passes and
+    # the (stubbed) decoder is reached.
+    with pytest.raises(AssertionError, match="was decoded"):
+        decode_gray(png_header_only(8900, 8900, 8, 2), "big.png")
+
+
+def test_decoded_size_is_read_from_png_and_jpeg_headers():
+    assert png_sample_layout(png_header_only(10, 10, 16, 6)) == (4, 2)
+    assert png_sample_layout(png_header_only(10, 10, 8, 0)) == (1, 1)
+    assert png_sample_layout(png_header_only(10, 10, 8, 3)) == (4, 1)  # palette: maybe RGBA
+    path = next((DATA / "cxr3" / "covid").glob("*.jpg"))
+    channels, sample_bytes = jpeg_sample_layout(path.read_bytes())
+    assert channels in (1, 3) and sample_bytes == 1
+    with pytest.raises(ImageError, match="MB once decoded"):
+        check_decoded_bytes((8000, 8000), (3, 2), "wide.jpg")  # a 12-bit colour JPEG
+    check_decoded_bytes((8000, 8000), (1, 1), "gray.jpg")  # 64 MB: fine
+
+
+def reference_gray(image: np.ndarray) -> np.ndarray:
+    """The conversion spelled out on the whole image at once (what the bands must equal)."""
+    alpha = image[:, :, 3:4].astype(np.float32) / 65535.0
+    composited = (image[:, :, :3].astype(np.float32) * alpha).astype(np.uint16)
+    gray = cv2.cvtColor(composited, cv2.COLOR_BGR2GRAY).astype(np.float64)
+    low, high = gray.min(), gray.max()
+    return np.clip(np.rint((gray - low) / (high - low) * 255.0), 0, 255).astype(np.uint8)
+
+
+def test_sixteen_bit_rgba_becomes_gray_without_float_copies_of_the_whole_image():
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 65535, size=(1500, 1400, 4), dtype=np.uint16)  # 16.8 MB
+    tracemalloc.start()
+    try:
+        gray = gray_from_array(image)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert np.array_equal(gray, reference_gray(image))
+    # One float32 RGB copy alone would be 25 MB (the old path made several, over 60 MB);
+    # the banded path holds the 16-bit gray (4.2 MB), the output (2.1 MB) and one band's
+    # temporaries (about 8 MB).
+    assert peak < 20_000_000, f"{peak / 1e6:.1f} MB"
+
+
+def test_float_images_keep_their_stretch_and_non_finite_values():
+    image = np.array([[np.nan, 1.0, 3.0], [np.inf, -np.inf, 2.0]], dtype=np.float32)
+    gray = gray_from_array(image)
+    assert gray[0].tolist() == [0, 0, 255] and gray[1, 2] == 128
+    with pytest.raises(ImageError, match="no finite"):
+        gray_from_array(np.full((4, 4), np.nan, np.float32))
+
+
+def test_read_bytes_refuses_devices_pipes_folders_and_oversized_files(tmp_path):
+    with pytest.raises(ImageError, match="not a regular file"):
+        read_bytes("/dev/zero")  # would never end
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    with pytest.raises(ImageError, match="not a regular file"):
+        read_bytes(fifo)  # would block forever waiting for a writer
+    with pytest.raises(ImageError, match="not a regular file"):
+        read_bytes(tmp_path)
+    big = tmp_path / "big.png"
+    big.write_bytes(b"x" * 101)
+    with pytest.raises(ImageError, match="larger than"):
+        read_bytes(big, limit=100)
+    assert read_bytes(big, limit=101) == b"x" * 101
+    with pytest.raises(ImageError, match="cannot read missing.png"):
+        read_bytes(tmp_path / "missing.png")

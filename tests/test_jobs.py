@@ -283,6 +283,26 @@ def test_bad_folders_are_refused_with_a_readable_line(folders, tmp_path):
     assert jobs.current_job(folders["jobs_dir"]) is None
 
 
+def test_a_runs_folder_that_cannot_take_a_run_is_refused_before_starting(folders, tmp_path):
+    in_the_way = tmp_path / "runs-file"
+    in_the_way.write_text("not a folder")
+    with pytest.raises(ValueError, match="is a file, not a folder"):
+        jobs.start_job(tiny_request(), **{**folders, "runs_dir": in_the_way})
+    with pytest.raises(ValueError, match="cannot create the runs folder"):
+        jobs.start_job(tiny_request(), **{**folders, "runs_dir": "/proc/xrcompare-runs"})
+    assert jobs.current_job(folders["jobs_dir"]) is None
+
+
+def test_a_single_class_dataset_is_refused_before_starting(folders):
+    one = folders["data_root"] / "one_class"
+    shutil.copytree(folders["data_root"] / "tiny" / "covid", one / "covid")
+    try:
+        with pytest.raises(ValueError, match="only one class"):
+            jobs.start_job(tiny_request(dataset="one_class"), **folders)
+    finally:
+        shutil.rmtree(one)
+
+
 def test_parameters_are_guarded(folders):
     for overrides, words in (({"epochs": 0}, "epochs"), ({"batch_size": 1.5}, "batch size"),
                              ({"learning_rate": 5.0}, "learning rate"),

@@ -401,3 +401,76 @@ def test_dicom_with_undecodable_compression():
 
 def test_text_named_dcm_is_not_dicom():
     assert "not be read as a DICOM" in refused(b"hello, this is not DICOM\n" * 10, "fake.dcm")
+
+
+# --- bounded memory -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def no_decoding(monkeypatch):
+    """Any OpenCV decode fails the test: a refusal must come from the header alone."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("cv2.imdecode was called: the image was decoded")
+
+    monkeypatch.setattr(cv2, "imdecode", refuse)
+
+
+def test_sixteen_bit_rgba_memory_bomb_is_refused_before_decoding(no_decoding):
+    # The probe's bomb: 8,900 × 8,900 16-bit RGBA, under the 80 MP cap, 634 MB decoded.
+    header = struct.pack(">IIBBBBB", 8900, 8900, 16, 6, 0, 0, 0)
+    data = (uploads.PNG_SIGNATURE + png_chunk(b"IHDR", header)
+            + png_chunk(b"IDAT", zlib.compress(b"\x00" * 100)) + png_chunk(b"IEND", b""))
+    message = refused(data, "bomb.png")
+    assert message == ("bomb.png would take 634 MB once decoded (8,900 × 8,900 pixels, 16-bit, "
+                       "4 channels), more than the 256 MB limit; please use a smaller or 8-bit "
+                       "grayscale image.")
+
+
+def test_jpeg_announcing_too_many_decoded_bytes_is_refused_before_decoding(no_decoding):
+    side = 8000  # 64 MP, under the cap; 12-bit, 3 components: 384 MB
+    sof = b"\xff\xc1" + struct.pack(">HBHHB", 17, 12, side, side, 3) + b"\x01\x11\x00" * 3
+    data = b"\xff\xd8" + sof + b"\xff\xda\x00\x08\x01\x01\x00\x00\x3f\x00" + b"\x00" * 64
+    assert "384 MB once decoded" in refused(data + b"\xff\xd9", "wide.jpg")
+
+
+def test_small_sixteen_bit_rgba_png_is_still_read():
+    bgra = np.zeros((120, 100, 4), dtype=np.uint16)
+    bgra[..., :3] = np.linspace(0, 65535, 100, dtype=np.uint16)[None, :, None]
+    bgra[..., 3] = 65535
+    bgra[:20, :, 3] = 0
+    upload = load_upload(encode(bgra), "alpha16.png")
+    assert upload.info["bit_depth"] == 16 and upload.gray.shape == (120, 100)
+    assert upload.gray[:20].max() == 0 and upload.gray[60:, -1].min() == 255
+
+
+def test_dicom_announcing_too_many_decoded_bytes_is_refused_before_decoding():
+    import pydicom
+
+    data = make_dicom(twelve_bit_ramp())
+    dataset = pydicom.dcmread(io.BytesIO(data))
+    dataset.Rows = dataset.Columns = 8000  # 64 MP × 2 bytes × 3 samples = 384 MB
+    dataset.SamplesPerPixel = 3
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    assert "384 MB once decoded" in refused(buffer.getvalue(), "huge.dcm")
+
+
+def test_large_dicom_is_reduced_before_the_float_steps():
+    import tracemalloc
+
+    rows, columns = 3000, 2600
+    pixels = (np.arange(rows * columns, dtype=np.uint32) % 4096).astype(np.uint16)
+    data = make_dicom(pixels.reshape(rows, columns), window=(2048, 4096))
+    tracemalloc.start()
+    try:
+        upload = load_upload(data, "large.dcm")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert upload.info["original_size"] == (columns, rows)
+    assert upload.info["size"] == (round(columns * 2048 / rows), 2048)
+    assert upload.info["downscaled"] is True
+    assert any(f"{columns} × {rows}" in warning for warning in upload.warnings)
+    # The file, pydicom's copy and its array (16 MB each) are unavoidable, then the float
+    # steps run on the reduced image; on the full image they took 281 MB here.
+    assert peak < 200_000_000, f"{peak / 1e6:.0f} MB"

@@ -51,6 +51,11 @@ def _progress_printer(stream=sys.stderr):
                  f"loss {metrics.get('loss', float('nan')):.3f} "
                  f"{held}_acc {metrics.get('val_accuracy', float('nan')):.3f}",
                  force=event["epoch"] == event["epochs"])
+        elif phase == "warning":
+            if interactive:
+                stream.write("\n")
+            stream.write(f"warning: {event.get('what', '')}\n")
+            stream.flush()
         elif phase in ("scan", "load_backbone", "evaluate", "heldout", "write"):
             show(f"{prefix}{phase.replace('_', ' ')} {event.get('what', '')}", force=True)
         elif phase == "written" and interactive:
@@ -338,9 +343,11 @@ def cmd_runs(args) -> int:
     listing = list_runs(args.runs_dir)
     table = leaderboard(listing.runs)
     if args.json:
-        print(json.dumps({"runs": table.to_dict(orient="records"),
+        # Missing values (no held-out folder, an undefined score) are JSON null, never NaN.
+        records = table.astype(object).where(table.notna(), None).to_dict(orient="records")
+        print(json.dumps({"runs": records,
                           "problems": [{"folder": f, "reason": r} for f, r in listing.problems]},
-                         default=str))
+                         default=str, allow_nan=False))
         return 0
     if table.empty:
         print("no runs yet: train one with python -m xrcompare train --data DIR --backbone NAME")

@@ -8,6 +8,7 @@ some of them (the Kaggle test split has ``NORMAL/`` and ``PNEUMONIA/``).
 from __future__ import annotations
 
 import csv
+import os
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -20,6 +21,8 @@ from xrcompare import CLASSES
 from xrcompare.imaging import IMAGE_SUFFIXES
 
 MANIFEST_NAME = "manifest.csv"
+DATA_ROOT_VARIABLE = "XRCOMPARE_DATA_ROOT"
+REPO = Path(__file__).resolve().parent.parent
 
 #: Known file-name patterns that carry a patient id (Kermany / Kaggle chest X-rays).
 PATIENT_PATTERNS = (
@@ -33,6 +36,85 @@ SPLIT_NAMES = ("train", "val", "test")
 
 class DatasetError(ValueError):
     """A dataset folder that cannot be used, with a one-line reason."""
+
+
+# --------------------------------------------------------------------------- confinement
+
+
+def default_data_root() -> Path:
+    """Where datasets live: ``$XRCOMPARE_DATA_ROOT``, default ``../shared/data``. The sidebar
+    offers the folders under it, and paths a run recorded are shown only from inside it."""
+    value = os.environ.get(DATA_ROOT_VARIABLE, "").strip()
+    return Path(value).expanduser() if value else REPO.parent / "shared" / "data"
+
+
+def is_inside(path: str | Path, folder: str | Path) -> bool:
+    """Whether ``path``, once symlinks and ``..`` are resolved, lies in ``folder`` (the
+    folder itself included)."""
+    try:
+        return Path(path).resolve().is_relative_to(Path(folder).resolve())
+    except (OSError, RuntimeError, ValueError):  # a symlink loop, a NUL byte
+        return False
+
+
+def path_inside(folder: str | Path, relative: str | Path) -> Path | None:
+    """``folder / relative`` if it stays inside ``folder`` once resolved, else None.
+
+    An absolute ``relative``, ``..`` parts or a symlink leading out are all refused.
+    """
+    text = str(relative)
+    if not text or "\x00" in text or Path(text).is_absolute():
+        return None
+    candidate = Path(folder) / text
+    return candidate if is_inside(candidate, folder) else None
+
+
+def list_datasets(data_root: str | Path | None = None) -> list[str]:
+    """Names of the folders directly under the data root that hold class sub-folders and
+    that :func:`resolve_data_folder` accepts (a symlink leading out of the root is not
+    offered)."""
+    root = Path(data_root) if data_root else default_data_root()
+    if not root.is_dir():
+        return []
+    return sorted(child.name for child in root.iterdir()
+                  if not child.name.startswith(".") and child.is_dir()
+                  and is_inside(child, root) and _looks_like_dataset(child))
+
+
+def _looks_like_dataset(folder: Path) -> bool:
+    """Class sub-folders, none of them a link out of the folder (as scan_dataset demands)."""
+    try:
+        classes = [child for child in folder.iterdir()
+                   if child.is_dir() and match_class_folder(child.name)]
+    except OSError:
+        return False
+    return bool(classes) and all(is_inside(child, folder) for child in classes)
+
+
+def resolve_data_folder(text: str | Path, data_root: str | Path | None = None) -> Path:
+    """The dataset folder for a listed name or a typed path, kept inside the data root.
+
+    Rule: a relative path is taken from the data root; any path, once symlinks are
+    resolved, must lie inside the data root (the root itself included). Anything else is
+    refused with :class:`DatasetError`, so a browser user can never make the app read
+    elsewhere on the machine.
+    """
+    root = Path(data_root) if data_root else default_data_root()
+    text = str(text).strip()
+    if not text:
+        raise DatasetError("choose a dataset folder")
+    if "\x00" in text:
+        raise DatasetError("the folder name contains a NUL character")
+    if not root.is_dir():
+        raise DatasetError(f"the data root {root} does not exist; set {DATA_ROOT_VARIABLE} "
+                           "to the folder that holds your datasets")
+    root = root.resolve()
+    candidate = Path(text).expanduser()
+    folder = (candidate if candidate.is_absolute() else root / candidate).resolve()
+    if not folder.is_relative_to(root):
+        raise DatasetError(f"{text} is outside the data root {root}; only folders inside it "
+                           f"can be used (set {DATA_ROOT_VARIABLE} to use another root)")
+    return folder
 
 
 @dataclass(frozen=True)
@@ -50,6 +132,9 @@ class Dataset:
     class_folders: dict[str, str]
     manifest_path: Path | None = None
     ignored_files: list[str] = field(default_factory=list)
+    #: Why a manifest.csv that was found gave no patient ids (None when it did or none was
+    #: found): the split then groups by file name or image, and a patient may be split.
+    manifest_problem: str | None = None
     #: Near-duplicate images found across patient ids and merged into one group each
     #: (see :func:`group_near_duplicates`): {"paths", "patients", "group", "score"}.
     near_duplicates: list[dict] = field(default_factory=list)
@@ -78,9 +163,19 @@ class Dataset:
             "class_folders": self.class_folders,
             "patient_id_sources": self.patient_id_sources(),
             "manifest": str(self.manifest_path) if self.manifest_path else None,
+            "manifest_problem": self.manifest_problem,
             "ignored_files": self.ignored_files,
             "near_duplicates": self.near_duplicates,
         }
+
+    def check_trainable(self) -> None:
+        """Raise :class:`DatasetError` unless at least two classes hold images: one class
+        would train a head that is always right and report accuracy 1.000."""
+        counts = self.class_counts()
+        if len(counts) < 2:
+            found = ", ".join(f"{label} ({count} images)" for label, count in counts.items())
+            raise DatasetError(f"{self.root} has images of only one class ({found}); training "
+                               "needs at least two classes with images")
 
 
 def _find_manifest(root: Path) -> Path | None:
@@ -91,20 +186,31 @@ def _find_manifest(root: Path) -> Path | None:
     return None
 
 
-def _read_manifest(manifest: Path) -> dict[Path, str]:
-    """Map resolved image path → patient id, from a manifest with path,patient_id columns."""
+MANIFEST_FALLBACK = ("patient ids come from file names or one per image instead, so images "
+                     "of one patient may land in different splits")
+
+
+def _read_manifest(manifest: Path) -> tuple[dict[Path, str], str | None]:
+    """(resolved image path → patient id, problem) from a manifest with path,patient_id
+    columns; the problem is one sentence when the file gives no ids at all."""
     patient_ids: dict[Path, str] = {}
     try:
         with manifest.open(newline="", encoding="utf-8") as handle:
             reader = csv.DictReader(handle)
-            if not reader.fieldnames or not {"path", "patient_id"} <= set(reader.fieldnames):
-                return {}
+            columns = [str(name).strip() for name in (reader.fieldnames or [])]
+            missing = [name for name in ("path", "patient_id") if name not in columns]
+            if missing:
+                found = ", ".join(columns[:6]) or "no header"
+                return {}, (f"{manifest} was ignored: it lacks the column"
+                            f"{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
+                            f"(found: {found}); {MANIFEST_FALLBACK}")
             for row in reader:
                 if row.get("path") and row.get("patient_id"):
                     patient_ids[(manifest.parent / row["path"]).resolve()] = row["patient_id"]
-    except (OSError, UnicodeDecodeError, csv.Error):
-        return {}
-    return patient_ids
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        reason = getattr(error, "strerror", None) or str(error).splitlines()[0][:120]
+        return {}, f"{manifest} was ignored: it cannot be read ({reason}); {MANIFEST_FALLBACK}"
+    return patient_ids, None
 
 
 def patient_id_from_filename(name: str) -> str | None:
@@ -140,6 +246,10 @@ def scan_dataset(root: str | Path, *, use_manifest: bool = True) -> Dataset:
         label = match_class_folder(child.name) if child.is_dir() else None
         if label is None:
             continue
+        if not is_inside(child, root):
+            raise DatasetError(f"class folder {child.name} in {root} is a link to "
+                               f"{child.resolve()}, outside the dataset folder; copy the "
+                               "images into the dataset folder instead")
         if label in class_folders:
             raise DatasetError(f"{root} has two folders for class {label!r}: "
                                f"{class_folders[label]} and {child.name}")
@@ -149,7 +259,7 @@ def scan_dataset(root: str | Path, *, use_manifest: bool = True) -> Dataset:
         raise DatasetError(f"no class folders in {root} (found: {found}); {expected}")
 
     manifest = _find_manifest(root) if use_manifest else None
-    manifest_ids = _read_manifest(manifest) if manifest else {}
+    manifest_ids, manifest_problem = _read_manifest(manifest) if manifest else ({}, None)
     records: list[ImageRecord] = []
     ignored: list[str] = []
     for label in CLASSES:
@@ -160,6 +270,9 @@ def scan_dataset(root: str | Path, *, use_manifest: bool = True) -> Dataset:
                 continue
             if path.suffix.lower() not in IMAGE_SUFFIXES:
                 ignored.append(str(path.relative_to(root)))
+                continue
+            if not is_inside(path, root):  # a symlinked image leading out of the folder
+                ignored.append(f"{path.relative_to(root)} (a link outside the dataset folder)")
                 continue
             patient_id = manifest_ids.get(path.resolve())
             source = "manifest"
@@ -173,7 +286,7 @@ def scan_dataset(root: str | Path, *, use_manifest: bool = True) -> Dataset:
     if not records:
         raise DatasetError(f"the class folders in {root} hold no images; {expected}")
     return Dataset(root, records, class_folders,
-                   manifest if manifest_ids else None, ignored)
+                   manifest if manifest_ids else None, ignored, manifest_problem)
 
 
 # --------------------------------------------------------------------------- near-duplicates
@@ -249,6 +362,7 @@ def split_by_patient(dataset: Dataset, *, val_fraction: float | None = 0.15,
     """
     if not (0 < test_fraction < 0.5 and (val_fraction is None or 0 < val_fraction < 0.5)):
         raise ValueError("val_fraction and test_fraction must be between 0 and 0.5")
+    dataset.check_trainable()
     labels = np.asarray(dataset.labels)
     groups = np.asarray(dataset.groups)
     test_folds = max(2, round(1 / test_fraction))
@@ -304,6 +418,7 @@ def kfold_by_patient(dataset: Dataset, folds: int, *, val_fraction: float = 0.15
     """Grouped stratified k-fold: each fold's test part, and a val part from its rest."""
     if folds < 2:
         raise ValueError("--folds must be at least 2")
+    dataset.check_trainable()
     labels = np.asarray(dataset.labels)
     groups = np.asarray(dataset.groups)
     result = []

@@ -37,7 +37,14 @@ from xrcompare.protocol import (
     leaky_reasons,
     protocol_label,
 )
-from xrcompare.runs import SCHEMA_VERSION, RunWriter, default_runs_dir, new_run_id, slug
+from xrcompare.runs import (
+    SCHEMA_VERSION,
+    RunWriter,
+    check_runs_dir,
+    default_runs_dir,
+    new_run_id,
+    slug,
+)
 from xrcompare.train import HEADS, build_head, fit_head, predict, save_head_weights
 
 Progress = Callable[[dict], None]
@@ -193,9 +200,14 @@ def train_runs(config: TrainConfig, progress: Progress | None = None) -> list[Pa
     """Train one run per backbone; return the committed run folders."""
     config.validate()
     emit = progress or (lambda event: None)
+    # Where the run goes must take it: said now, not after all the training work.
+    check_runs_dir(config.runs_dir or default_runs_dir())
     started = time.perf_counter()
     emit({"phase": "scan", "what": str(config.data)})
     dataset = scan_dataset(config.data)
+    dataset.check_trainable()  # one class would score 1.000 on everything
+    if dataset.manifest_problem:  # the split falls back to weaker patient ids: say so
+        emit({"phase": "warning", "what": dataset.manifest_problem})
     heldouts = [scan_dataset(folder) for folder in config.heldout]
     names = [heldout.root.name for heldout in heldouts]
     if len(set(names)) != len(names):

@@ -9,10 +9,13 @@ of epochs, instead of re-running the frozen base every epoch.
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import logging
 import os
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -33,6 +36,13 @@ BLOG_AUGMENT_VERSION = 1
 CACHE_DTYPE = np.float16
 
 Progress = Callable[[dict], None]
+LOG = logging.getLogger("xrcompare.features")
+#: Errors that mean the disk (or the user's quota) is full.
+DISK_FULL_ERRORS = (errno.ENOSPC, errno.EDQUOT)
+
+
+class CacheWriteError(OSError):
+    """A feature-cache entry could not be written; the message names the cache folder."""
 
 
 def cache_root() -> Path:
@@ -140,6 +150,8 @@ class ExtractionResult:
     cached: int = 0
     computed: int = 0
     seconds: float = 0.0
+    #: One sentence per cache fault met (bad entries recomputed, entries not written).
+    cache_notes: list[str] = field(default_factory=list)
 
 
 class FeatureExtractor:
@@ -159,7 +171,8 @@ class FeatureExtractor:
         # Threads that decode and preprocess upcoming batches while the base runs (OpenCV
         # releases the GIL). One is enough on a 2-core CPU; a GPU box wants more.
         self.workers = max(1, int(workers or os.environ.get("XRCOMPARE_DECODE_WORKERS", 1)))
-        self.cache_dir = (cache_dir or cache_root()) / spec.key()
+        self.cache_root = cache_dir or cache_root()
+        self.cache_dir = self.cache_root / spec.key()
         self._base = base
 
     @property
@@ -205,7 +218,8 @@ class FeatureExtractor:
         features: dict[int, np.ndarray] = {}
         failed: dict[int, str] = {}
         pending: list[tuple[int, bytes, str, str, int]] = []
-        cached = 0
+        loaded: dict[int, tuple[int, str, int]] = {}  # position → (path index, digest, view)
+        bad_entries: list[str] = []
         for index, path in enumerate(paths):
             try:
                 data = read_bytes(path)
@@ -218,13 +232,33 @@ class FeatureExtractor:
                 position = index * len(views) + offset
                 cache_file = self._cache_file(digest, view)
                 if cache_file.is_file():
-                    try:
-                        features[position] = np.load(cache_file).astype(np.float32)
-                        cached += 1
+                    entry, problem = self._load_entry(cache_file)
+                    if entry is not None:
+                        features[position] = entry
+                        loaded[position] = (index, digest, view)
                         continue
-                    except (OSError, ValueError):
-                        cache_file.unlink(missing_ok=True)  # corrupt cache entry: recompute
+                    bad_entries.append(f"{cache_file.name} ({problem})")
+                    cache_file.unlink(missing_ok=True)  # a bad entry: recompute it
                 pending.append((position, data, Path(path).name, digest, view))
+        for position in self._misshapen(features, loaded, bool(pending)):
+            index, digest, view = loaded.pop(position)
+            entry = features.pop(position)
+            cache_file = self._cache_file(digest, view)
+            bad_entries.append(f"{cache_file.name} (shape {entry.shape})")
+            cache_file.unlink(missing_ok=True)
+            try:
+                pending.append((position, read_bytes(paths[index]), Path(paths[index]).name,
+                                digest, view))
+            except ImageError as error:
+                failed[position] = str(error)
+        pending.sort(key=lambda job: job[0])
+        cached = len(features)
+        notes: list[str] = []
+        if bad_entries:
+            notes.append(f"feature cache at {self.cache_dir}: {len(bad_entries)} damaged "
+                         f"entr{'y' if len(bad_entries) == 1 else 'ies'} recomputed "
+                         f"({'; '.join(bad_entries[:3])})")
+            LOG.warning(notes[-1])
         self._report(progress, label, cached + len(failed), total, cached)
 
         batches = [pending[i:i + self.batch_size] for i in range(0, len(pending), self.batch_size)]
@@ -250,26 +284,67 @@ class FeatureExtractor:
                         writes.append(pool.submit(self._store_batch, kept, output))
                     done += len(batches[number])
                     self._report(progress, label, done, total, cached)
+                write_errors = []
                 for write in writes:
-                    write.result()  # surface cache-write errors
+                    try:
+                        write.result()
+                    except CacheWriteError as error:
+                        write_errors.append(str(error))
+                if write_errors:  # the features are computed: the run goes on without caching
+                    notes.append(f"{write_errors[0]}; {len(write_errors)} batch(es) of "
+                                 "features were not cached (this run is not affected)")
+                    LOG.warning(notes[-1])
         ok = sorted(features)
         stacked = (np.stack([features[i] for i in ok]) if ok
                    else np.zeros((0,), dtype=np.float32))
         return ExtractionResult(
             features=stacked, ok=ok,
             failed=[(str(paths[i // len(views)]), reason) for i, reason in sorted(failed.items())],
-            cached=cached, computed=len(ok) - cached, seconds=time.perf_counter() - started)
+            cached=cached, computed=len(ok) - cached, seconds=time.perf_counter() - started,
+            cache_notes=notes)
+
+    def _load_entry(self, cache_file: Path) -> tuple[np.ndarray | None, str | None]:
+        """A cache entry as float32, or (None, why) when it is unreadable or not a float16
+        feature map. Memory-mapped first, so a huge bogus file is never read whole."""
+        try:
+            entry = np.load(cache_file, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError, EOFError) as error:
+            return None, f"unreadable: {str(error).splitlines()[0][:60] if str(error) else ''}"
+        if entry.dtype != CACHE_DTYPE or entry.ndim != 3:
+            return None, f"{entry.dtype} {tuple(entry.shape)}, expected a float16 feature map"
+        return np.array(entry, dtype=np.float32), None
+
+    def _misshapen(self, features: dict[int, np.ndarray], loaded: dict, computing: bool
+                   ) -> list[int]:
+        """Positions of loaded entries whose shape is not the base's output shape.
+
+        The base's shape is asked for when the base runs anyway (``computing``) or when the
+        entries disagree; entries that all agree are trusted without building the base.
+        """
+        shapes = Counter(features[position].shape for position in loaded)
+        if not shapes or (len(shapes) == 1 and not computing and self._base is None):
+            return []
+        expected = tuple(int(d) for d in self.base.output.shape[1:])
+        return [position for position in loaded if features[position].shape != expected]
 
     def _store_batch(self, kept: list[tuple[int, str, int]], output: np.ndarray) -> None:
         for (_, digest, view), row in zip(kept, output, strict=True):
             self._store(self._cache_file(digest, view), row)
 
-    @staticmethod
-    def _store(cache_file: Path, row: np.ndarray) -> None:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
+    def _store(self, cache_file: Path, row: np.ndarray) -> None:
+        """Write one entry atomically (temporary file, then rename); on failure the
+        temporary is removed and :class:`CacheWriteError` names the cache folder."""
         temporary = cache_file.with_suffix(f".{os.getpid()}-{threading.get_ident()}.tmp.npy")
-        np.save(temporary, row.astype(CACHE_DTYPE))
-        os.replace(temporary, cache_file)
+        try:
+            cache_file.parent.mkdir(parents=True, exist_ok=True)
+            np.save(temporary, row.astype(CACHE_DTYPE))
+            os.replace(temporary, cache_file)
+        except OSError as error:
+            temporary.unlink(missing_ok=True)
+            if error.errno in DISK_FULL_ERRORS:
+                raise CacheWriteError(f"disk full at {self.cache_root}") from None
+            raise CacheWriteError(f"cannot write the feature cache at {self.cache_root} "
+                                  f"({error.strerror or error})") from None
 
     def _report(self, progress: Progress | None, label: str, done: int, total: int,
                 cached: int) -> None:

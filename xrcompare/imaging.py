@@ -8,6 +8,8 @@ is applied afterwards by :mod:`xrcompare.backbones`, on a copy.
 
 from __future__ import annotations
 
+import os
+import stat
 import struct
 from pathlib import Path
 
@@ -21,6 +23,15 @@ RESIZE_MODES = ("squash", "pad")
 
 #: Images with more pixels than this are refused before decoding (decompression bombs).
 MAX_PIXELS = 80_000_000
+#: Images whose decoded pixels would take more bytes than this (pixels × channels × bytes per
+#: sample, read from the header) are refused before decoding: a 16-bit RGBA PNG under the
+#: pixel limit can still need gigabytes.
+MAX_DECODED_BYTES = 256_000_000
+#: Files larger than this are refused without being read whole (uploads, CLI, training).
+MAX_FILE_BYTES = 50_000_000
+#: Large images are converted to gray in bands of about this many pixels, so no float copy
+#: of a whole image is ever made.
+CHUNK_PIXELS = 1 << 18
 
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -31,36 +42,67 @@ class ImageError(ValueError):
     """An image that cannot be used, with a message fit to show a user."""
 
 
+def _row_bands(height: int, width: int):
+    """Row slices covering an image in bands of about :data:`CHUNK_PIXELS` pixels."""
+    rows = max(1, CHUNK_PIXELS // max(1, width))
+    for start in range(0, height, rows):
+        yield slice(start, min(height, start + rows))
+
+
 def gray_from_array(image: np.ndarray) -> np.ndarray:
-    """Any decoded image (gray, BGR, BGRA; 8 or 16 bit; float) → 8-bit grayscale (H, W)."""
+    """Any decoded image (gray, BGR, BGRA; 8 or 16 bit; float) → 8-bit grayscale (H, W).
+
+    Colour conversion, alpha compositing and the 16-bit stretch run in bands of rows, so the
+    extra memory is about one output image, never a float copy of the whole input.
+    """
     if image is None or image.size == 0:
         raise ImageError("the image has no pixels")
     array = np.asarray(image)
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[:, :, 0]
     if array.ndim == 3:
-        if array.shape[2] == 4:
-            # Composite transparent pixels onto black, as the shared data was prepared.
-            alpha = array[:, :, 3:4].astype(np.float32) / float(np.iinfo(array.dtype).max
-                                                               if array.dtype.kind in "ui" else 1.0)
-            array = (array[:, :, :3].astype(np.float32) * alpha).astype(array.dtype)
-        elif array.shape[2] != 3:
-            raise ImageError(f"unsupported number of channels: {array.shape[2]}")
-        array = cv2.cvtColor(array, cv2.COLOR_BGR2GRAY)
+        channels = array.shape[2]
+        if channels not in (3, 4):
+            raise ImageError(f"unsupported number of channels: {channels}")
+        full_scale = float(np.iinfo(array.dtype).max) if array.dtype.kind in "ui" else 1.0
+        gray = np.empty(array.shape[:2], dtype=array.dtype)
+        for rows in _row_bands(*array.shape[:2]):
+            band = array[rows]
+            if channels == 4:
+                # Composite transparent pixels onto black, as the shared data was prepared.
+                alpha = band[:, :, 3:4].astype(np.float32) / full_scale
+                band = (band[:, :, :3].astype(np.float32) * alpha).astype(array.dtype)
+            gray[rows] = cv2.cvtColor(np.ascontiguousarray(band), cv2.COLOR_BGR2GRAY)
+        array = gray
     if array.ndim != 2:
         raise ImageError(f"unsupported image shape {array.shape}")
     if array.dtype == np.uint8:
         return array
     # 16-bit or float data: stretch its own range to 0..255.
-    data = array.astype(np.float64)
-    finite = data[np.isfinite(data)]
-    if finite.size == 0:
-        raise ImageError("the image holds no finite pixel values")
-    low, high = float(finite.min()), float(finite.max())
+    low, high = _finite_range(array)
     if high <= low:
         return np.zeros(array.shape, dtype=np.uint8)
-    scaled = (np.nan_to_num(data, nan=low) - low) / (high - low) * 255.0
-    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+    result = np.empty(array.shape, dtype=np.uint8)
+    for rows in _row_bands(*array.shape):
+        data = array[rows].astype(np.float64)
+        with np.errstate(over="ignore", invalid="ignore"):  # ±inf: clipped to 0 or 255
+            scaled = (np.nan_to_num(data, nan=low) - low) / (high - low) * 255.0
+        result[rows] = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+    return result
+
+
+def _finite_range(array: np.ndarray) -> tuple[float, float]:
+    """(min, max) of the finite values of a 2-D array, band by band; ImageError if none."""
+    low, high = np.inf, -np.inf
+    for rows in _row_bands(*array.shape):
+        band = array[rows]
+        if band.dtype.kind == "f":
+            band = band[np.isfinite(band)]
+        if band.size:
+            low, high = min(low, float(band.min())), max(high, float(band.max()))
+    if low > high:
+        raise ImageError("the image holds no finite pixel values")
+    return low, high
 
 
 # --- headers: the size an image announces, read before decoding -------------------------
@@ -74,12 +116,36 @@ def png_size(data: bytes) -> tuple[int, int] | None:
     return width, height
 
 
+#: Channels OpenCV decodes per PNG colour type (gray, RGB, palette, gray+alpha, RGBA); a
+#: palette may carry transparency, so it counts as four.
+PNG_CHANNELS = {0: 1, 2: 3, 3: 4, 4: 4, 6: 4}
+
+
+def png_sample_layout(data: bytes) -> tuple[int, int] | None:
+    """(channels, bytes per sample) a PNG decodes to, from IHDR; None if malformed."""
+    if len(data) < 26 or data[12:16] != b"IHDR":
+        return None
+    bit_depth, colour_type = data[24], data[25]
+    return PNG_CHANNELS.get(colour_type, 4), 2 if bit_depth > 8 else 1
+
+
 def jpeg_header(data: bytes) -> tuple[tuple[int, int] | None, int | None]:
     """Walk the JPEG segments: ((width, height) from the first SOF, offset of the first SOS).
 
     Walking (rather than searching) skips thumbnails embedded in EXIF segments.
     """
-    size, position = None, 2
+    size, _, scan = _walk_jpeg(data)
+    return size, scan
+
+
+def jpeg_sample_layout(data: bytes) -> tuple[int, int] | None:
+    """(channels, bytes per sample) from the first JPEG frame header (SOF); None if none."""
+    return _walk_jpeg(data)[1]
+
+
+def _walk_jpeg(data: bytes):
+    """((width, height), (components, bytes per sample), offset of the first SOS)."""
+    size, layout, position = None, None, 2
     while position + 4 <= len(data):
         if data[position] != 0xFF:
             return size, None
@@ -91,16 +157,19 @@ def jpeg_header(data: bytes) -> tuple[tuple[int, int] | None, int | None]:
             position += 2
             continue
         if marker == 0xDA:
-            return size, position
+            return size, layout, position
         if marker == 0xD9:
-            return size, None
+            return size, layout, None
         (length,) = struct.unpack(">H", data[position + 2:position + 4])
         is_frame = 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC)
         if is_frame and size is None and position + 9 <= len(data):
             height, width = struct.unpack(">HH", data[position + 5:position + 9])
             size = (width, height)
+            if position + 10 <= len(data):
+                precision, components = data[position + 4], data[position + 9]
+                layout = (max(1, components), 2 if precision > 8 else 1)
         position += 2 + length
-    return size, None
+    return size, layout, None
 
 
 def check_pixel_count(size: tuple[int, int], name: str) -> None:
@@ -111,6 +180,39 @@ def check_pixel_count(size: tuple[int, int], name: str) -> None:
             f"{name} is {width:,} × {height:,} pixels ({width * height / 1e6:,.0f} megapixels), "
             f"more than the {MAX_PIXELS / 1e6:.0f} megapixel limit."
         )
+
+
+def check_decoded_bytes(size: tuple[int, int], layout: tuple[int, int] | None,
+                        name: str, frames: int = 1) -> None:
+    """Refuse images whose decoded pixels would need more than MAX_DECODED_BYTES.
+
+    ``layout`` is (channels, bytes per sample) as announced by the header (None: assume one
+    8-bit channel, the least an image can take).
+    """
+    width, height = size
+    channels, sample_bytes = layout or (1, 1)
+    needed = width * height * channels * sample_bytes * max(1, frames)
+    if needed > MAX_DECODED_BYTES:
+        depth = f"{8 * sample_bytes}-bit, {channels} channel{'s' if channels != 1 else ''}"
+        raise ImageError(
+            f"{name} would take {needed / 1e6:,.0f} MB once decoded ({width:,} × {height:,} "
+            f"pixels, {depth}), more than the {MAX_DECODED_BYTES / 1e6:.0f} MB limit; please "
+            "use a smaller or 8-bit grayscale image.")
+
+
+def check_header(data: bytes, name: str) -> tuple[int, int] | None:
+    """Check a PNG/JPEG header against the pixel and decoded-byte limits before decoding;
+    return the announced (width, height), or None for other or damaged data."""
+    if data.startswith(PNG_SIGNATURE):
+        size, layout = png_size(data), png_sample_layout(data)
+    elif data.startswith(JPEG_SIGNATURE):
+        size, layout, _ = _walk_jpeg(data)
+    else:
+        return None
+    if size is not None:
+        check_pixel_count(size, name)
+        check_decoded_bytes(size, layout, name)
+    return size
 
 
 def header_size(data: bytes) -> tuple[int, int] | None:
@@ -128,14 +230,13 @@ def header_size(data: bytes) -> tuple[int, int] | None:
 def decode_gray(data: bytes, name: str = "image") -> np.ndarray:
     """Decode PNG/JPEG bytes as 8-bit grayscale (H, W); raise :class:`ImageError` if unusable.
 
-    A PNG/JPEG header announcing more than :data:`MAX_PIXELS` pixels is refused before
-    decoding; anything OpenCV cannot decode (or refuses with ``cv2.error``) is unreadable.
+    A PNG/JPEG header announcing more than :data:`MAX_PIXELS` pixels, or more than
+    :data:`MAX_DECODED_BYTES` once decoded, is refused before decoding; anything OpenCV
+    cannot decode (or refuses with ``cv2.error``) is unreadable.
     """
     if not data:
         raise ImageError(f"{name} is empty (0 bytes)")
-    size = header_size(data)
-    if size is not None:
-        check_pixel_count(size, name)
+    check_header(data, name)
     try:
         image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
     except cv2.error:  # e.g. a header OpenCV refuses (over its own pixel limit)
@@ -145,12 +246,37 @@ def decode_gray(data: bytes, name: str = "image") -> np.ndarray:
     return gray_from_array(image)
 
 
-def read_bytes(path: str | Path) -> bytes:
+def read_bytes(path: str | Path, limit: int = MAX_FILE_BYTES) -> bytes:
+    """A regular file's bytes, at most ``limit`` of them; ImageError otherwise.
+
+    Devices, FIFOs and folders are refused without reading (``/dev/zero`` never ends, a FIFO
+    blocks), and a file larger than ``limit`` is refused after reading ``limit + 1`` bytes.
+    """
     path = Path(path)
     try:
-        return path.read_bytes()
+        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError as error:
         raise ImageError(f"cannot read {path.name}: {error.strerror or error}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            raise ImageError(f"{path.name} is not a regular file (a folder, device or pipe); "
+                             "give an image file")
+        chunks, remaining = [], limit + 1
+        while remaining > 0:
+            chunk = os.read(descriptor, min(remaining, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            remaining -= len(chunk)
+    except OSError as error:
+        raise ImageError(f"cannot read {path.name}: {error.strerror or error}") from None
+    finally:
+        os.close(descriptor)
+    data = b"".join(chunks)
+    if len(data) > limit:
+        raise ImageError(f"{path.name} is larger than the {limit / 1e6:.0f} MB limit for an "
+                         "image file")
+    return data
 
 
 def read_gray(path: str | Path) -> np.ndarray:

@@ -76,7 +76,7 @@ from xrcompare.backbones import first_line
 
 REPO = Path(__file__).resolve().parent.parent
 JOBS_DIR_VARIABLE = "XRCOMPARE_JOBS_DIR"
-DATA_ROOT_VARIABLE = "XRCOMPARE_DATA_ROOT"
+DATA_ROOT_VARIABLE = "XRCOMPARE_DATA_ROOT"  # read by xrcompare.data.default_data_root
 
 STATES_ACTIVE = ("starting", "running")
 STATES_FINAL = ("done", "failed", "cancelled", "stale")
@@ -133,53 +133,29 @@ def default_jobs_dir() -> Path:
 
 def default_data_root() -> Path:
     """Where the sidebar looks for datasets: ``$XRCOMPARE_DATA_ROOT`` or ``../shared/data``."""
-    value = os.environ.get(DATA_ROOT_VARIABLE, "").strip()
-    return Path(value).expanduser() if value else REPO.parent / "shared" / "data"
+    from xrcompare.data import default_data_root as data_root
 
-
-def _looks_like_dataset(folder: Path) -> bool:
-    from xrcompare.data import match_class_folder
-
-    try:
-        return any(child.is_dir() and match_class_folder(child.name)
-                   for child in folder.iterdir())
-    except OSError:
-        return False
+    return data_root()
 
 
 def list_datasets(data_root: str | Path | None = None) -> list[str]:
-    """Names of the folders directly under the data root that hold class sub-folders."""
-    root = Path(data_root) if data_root else default_data_root()
-    if not root.is_dir():
-        return []
-    return sorted(child.name for child in root.iterdir()
-                  if child.is_dir() and not child.name.startswith(".")
-                  and _looks_like_dataset(child))
+    """Names of the folders directly under the data root that hold class sub-folders (see
+    :func:`xrcompare.data.list_datasets`)."""
+    from xrcompare.data import list_datasets as datasets
+
+    return datasets(data_root)
 
 
 def resolve_data_folder(text: str | Path, data_root: str | Path | None = None) -> Path:
-    """The dataset folder for a listed name or a typed path, kept inside the data root.
+    """The dataset folder for a listed name or a typed path, kept inside the data root (see
+    :func:`xrcompare.data.resolve_data_folder`); :class:`JobError` otherwise."""
+    from xrcompare.data import DatasetError
+    from xrcompare.data import resolve_data_folder as resolve
 
-    Rule: a relative path is taken from the data root; any path, once symlinks are
-    resolved, must lie inside the data root (the root itself included). Anything else is
-    refused, so a browser user can never make the app read elsewhere on the machine.
-    """
-    root = Path(data_root) if data_root else default_data_root()
-    text = str(text).strip()
-    if not text:
-        raise JobError("choose a dataset folder")
-    if "\x00" in text:
-        raise JobError("the folder name contains a NUL character")
-    if not root.is_dir():
-        raise JobError(f"the data root {root} does not exist; set {DATA_ROOT_VARIABLE} to the "
-                       "folder that holds your datasets")
-    root = root.resolve()
-    candidate = Path(text).expanduser()
-    folder = (candidate if candidate.is_absolute() else root / candidate).resolve()
-    if not folder.is_relative_to(root):
-        raise JobError(f"{text} is outside the data root {root}; only folders inside it can "
-                       f"be used (set {DATA_ROOT_VARIABLE} to use another root)")
-    return folder
+    try:
+        return resolve(text, data_root)
+    except DatasetError as error:
+        raise JobError(str(error)) from None
 
 
 # --------------------------------------------------------------------------- requests
@@ -223,7 +199,7 @@ def prepare(request: TrainRequest, *, data_root: str | Path | None = None,
     from xrcompare.backbones import get_backbone, weights_status
     from xrcompare.data import scan_dataset, split_by_patient
     from xrcompare.experiment import TrainConfig
-    from xrcompare.runs import default_runs_dir
+    from xrcompare.runs import check_runs_dir, default_runs_dir
 
     backbones = []
     for name in request.backbones:
@@ -241,6 +217,7 @@ def prepare(request: TrainRequest, *, data_root: str | Path | None = None,
     config = TrainConfig(data=data, backbones=backbones, heldout=[heldout] if heldout else [],
                          runs_dir=runs, **chosen)
     config.validate()
+    check_runs_dir(runs)  # writable, with room for a run: say so now, not after training
     for name in backbones:
         status = weights_status(name)
         if not status.available:
@@ -579,7 +556,11 @@ def _prune(jobs_dir: Path, keep: int = KEEP_JOBS) -> None:
 
 
 def _child_environment() -> dict:
+    from xrcompare.access import TEACHER_KEY_SECRET, TEACHER_KEY_VARIABLE
+
     env = dict(os.environ)
+    for name in (TEACHER_KEY_VARIABLE, TEACHER_KEY_SECRET):  # training never needs the key
+        env.pop(name, None)
     env["PYTHONUNBUFFERED"] = "1"
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     path = env.get("PYTHONPATH", "")

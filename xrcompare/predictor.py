@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from xrcompare import CLASSES
+from xrcompare.escaping import escape_markdown
 from xrcompare.runs import Run, RunError
 
 #: Sample X-rays shipped with the repository (licences in ``samples/README.md``).
@@ -246,13 +247,13 @@ def agreement(predictions: Sequence[RunPrediction],
                          unavailable, controls)
     counts = [len(names) for names in votes.values()]
     majority = next(iter(votes)) if counts.count(counts[0]) == 1 else None
-    if len(votes) == 1:
-        label = next(iter(votes))
+    if len(votes) == 1:  # headline is Markdown: class names from run.json are escaped
+        label = escape_markdown(next(iter(votes)))
         headline = (f"The only trained model predicts **{label}**." if len(voters) == 1
                     else f"All {len(voters)} trained models predict **{label}**.")
     else:
-        parts = [f"{len(names)} predict{'s' if len(names) == 1 else ''} **{label}**"
-                 for label, names in votes.items()]
+        parts = [f"{len(names)} predict{'s' if len(names) == 1 else ''} "
+                 f"**{escape_markdown(label)}**" for label, names in votes.items()]
         headline = "The models disagree: " + ", ".join(parts) + "."
     return Agreement(headline, majority, votes, len(votes) == 1, unavailable, controls)
 

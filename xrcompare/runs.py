@@ -16,11 +16,13 @@ never sees half a run. Corrupt folders are reported and skipped, never fatal.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
 import time
 from dataclasses import dataclass
+from numbers import Real
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +31,7 @@ import pandas as pd
 from xrcompare import CLASSES
 from xrcompare.protocol import LEAKY_LABEL, check_protocol, leaky_reasons, protocol_label
 
+REPO = Path(__file__).resolve().parent.parent
 RUNS_DIR_VARIABLE = "XRCOMPARE_RUNS_DIR"
 REQUIRED_FILES = ("run.json", "metrics.json", "history.csv", "predictions.csv",
                   "head.weights.h5")
@@ -37,6 +40,14 @@ SCHEMA_VERSION = 1
 REQUIRED_INFO = ("backbone", "weights", "image_size", "resize_mode", "head", "feature_shape")
 REQUIRED_TEST_METRICS = ("labels", "accuracy", "confusion_matrix", "per_class", "macro_f1")
 TEMPORARY_PREFIX = ".tmp-"
+#: Free space a new run needs in the runs folder (a run is well under 1 MB of weights plus
+#: its predictions; the margin covers cross-validation heads and a nearly full disk).
+RUN_SPACE_BYTES = 50_000_000
+#: Every registry backbone downsamples its input by 32: the feature map of an S px input
+#: is between floor(S/32) and ceil(S/32) cells on a side.
+FEATURE_STRIDE = 32
+#: The most channels a frozen base's feature map has (DenseNet121 1024, ResNet 2048).
+MAX_FEATURE_CHANNELS = 4096
 
 
 #: The scope of a run's own test split (pooled out-of-fold predictions for cross-validation).
@@ -65,7 +76,7 @@ def default_runs_dir() -> Path:
     value = os.environ.get(RUNS_DIR_VARIABLE, "").strip()
     if value:
         return Path(value).expanduser()
-    return Path(__file__).resolve().parent.parent / "trained"
+    return REPO / "trained"
 
 
 class RunError(ValueError):
@@ -74,6 +85,36 @@ class RunError(ValueError):
 
 def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-._")[:80] or "run"
+
+
+def check_runs_dir(runs_dir: str | Path, needed_bytes: int = RUN_SPACE_BYTES) -> Path:
+    """Make sure a run can be written to ``runs_dir`` before any training work: it is (or
+    can be made) a folder, it is writable, and it has ``needed_bytes`` free. Raises
+    :class:`RunError` with one line otherwise."""
+    folder = Path(runs_dir).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise RunError(f"the runs folder {folder} is a file, not a folder; choose a folder "
+                       "with --runs-dir")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise RunError(f"cannot create the runs folder {folder}: "
+                       f"{error.strerror or error}") from None
+    probe = folder / f"{TEMPORARY_PREFIX}write-check-{os.getpid()}"
+    try:
+        probe.mkdir(exist_ok=True)
+        (probe / "probe").write_bytes(b"x")
+    except OSError as error:
+        raise RunError(f"the runs folder {folder} is not writable "
+                       f"({error.strerror or error})") from None
+    finally:
+        shutil.rmtree(probe, ignore_errors=True)
+    free = shutil.disk_usage(folder).free
+    if free < needed_bytes:
+        raise RunError(f"the runs folder {folder} has only {free / 1e6:.0f} MB free; a run "
+                       f"needs about {needed_bytes / 1e6:.0f} MB: free some space or choose "
+                       "another folder")
+    return folder
 
 
 def new_run_id(backbone: str, data_name: str, tag: str | None = None) -> str:
@@ -244,8 +285,8 @@ class Run:
 
     def scope_record(self, scope: str) -> dict:
         """run.json's record of the folder a scope's images came from (``data`` for the test
-        split, the ``heldout`` entry otherwise; {} when absent), for
-        :func:`xrcompare.summary.resolve_folder`."""
+        split, the ``heldout`` entry otherwise; {} when absent); :meth:`data_folder` finds
+        that folder on this machine."""
         scope = normalise_scope(scope)
         if scope == TEST_SCOPE:
             record = self.info.get("data")
@@ -283,6 +324,82 @@ class Run:
     @property
     def head_weights(self) -> Path:
         return self.path / "head.weights.h5"
+
+    # ----------------------------------------------------------------- recorded data paths
+
+    def data_record(self, scope: str = "data") -> dict:
+        """What the run recorded about the folder of a scope's images: the training folder
+        for ``"data"`` or ``"test"``, a held-out folder for ``"heldout:<name>"`` or its bare
+        name (see :meth:`scope_record`); {} when it recorded nothing."""
+        return self.scope_record(TEST_SCOPE if scope == "data" else scope)
+
+    def data_folder(self, scope: str = "data", data_root: str | Path | None = None
+                    ) -> Path | None:
+        """The recorded folder (training data, or the held-out folder ``scope``) on this
+        machine, or None when it is not here.
+
+        Tries ``folder_absolute``, then ``folder`` (as written and from the repository);
+        only a folder inside the data root
+        (``$XRCOMPARE_DATA_ROOT``, default ``../shared/data``) is used. Raises
+        :class:`RunError` when the recorded folder exists but lies outside it.
+        """
+        from xrcompare.data import default_data_root, is_inside
+
+        root = Path(data_root) if data_root else default_data_root()
+        record = self.data_record(scope)
+        candidates = []
+        if record.get("folder_absolute"):
+            candidates.append(Path(record["folder_absolute"]))
+        if record.get("folder"):
+            folder = Path(record["folder"]).expanduser()
+            candidates.append(folder)
+            if not folder.is_absolute():
+                candidates.append(REPO / folder)
+        refused = None
+        for candidate in candidates:
+            if candidate.is_dir():
+                if is_inside(candidate, root):
+                    return candidate
+                refused = refused or candidate
+        if refused is not None:
+            raise RunError(f"{self.run_id} recorded the folder {refused}, which is outside the "
+                           f"data root {root}; its images are not shown (set "
+                           "XRCOMPARE_DATA_ROOT to the folder that holds them)")
+        return None
+
+    def image_path(self, relative: str, scope: str = "data",
+                   data_root: str | Path | None = None) -> Path | None:
+        """A recorded image path (``split.files`` or ``predictions.csv``) inside the run's
+        data folder, or None when the folder is not here or the path would leave it."""
+        from xrcompare.data import path_inside
+
+        folder = self.data_folder(scope, data_root)
+        return None if folder is None else path_inside(folder, relative)
+
+    def manifest_path(self, data_root: str | Path | None = None) -> Path | None:
+        """The training data's ``manifest.csv`` on this machine (the recorded one, else the
+        one beside the data folder), only from inside the data root; None otherwise."""
+        from xrcompare.data import MANIFEST_NAME, default_data_root, is_inside
+
+        root = Path(data_root) if data_root else default_data_root()
+        candidates = []
+        recorded = self.data_record().get("manifest")
+        if isinstance(recorded, str) and recorded:
+            manifest = Path(recorded).expanduser()
+            candidates.append(manifest)
+            if not manifest.is_absolute():
+                candidates.append(REPO / manifest)
+        try:
+            folder = self.data_folder(data_root=root)
+        except RunError:
+            folder = None
+        if folder is not None:
+            candidates += [folder / MANIFEST_NAME, folder.parent / MANIFEST_NAME]
+        for candidate in candidates:
+            if (candidate.name == MANIFEST_NAME and is_inside(candidate, root)
+                    and candidate.is_file()):
+                return candidate
+        return None
 
 
 def load_run(folder: str | Path) -> Run:
@@ -322,13 +439,277 @@ def load_run(folder: str | Path) -> Run:
         predictions = pd.read_csv(folder / "predictions.csv")
     except (OSError, ValueError, pd.errors.ParserError) as error:
         raise RunError(f"{folder.name}: unreadable CSV ({str(error)[:120]})") from None
-    labels = list(info.get("classes", CLASSES))
+    try:
+        check_info(info)
+        labels = list(info.get("classes", CLASSES))
+        check_metrics(metrics, labels)
+        check_head_file(folder / "head.weights.h5", info, labels)
+    except SchemaError as error:
+        raise RunError(f"{folder.name}: {error}") from None
     needed = {"path", "split", "label", *[f"prob_{label}" for label in labels]}
     if not needed <= set(predictions.columns):
         raise RunError(f"{folder.name}: predictions.csv lacks columns "
                        f"{', '.join(sorted(needed - set(predictions.columns)))}")
+    not_numbers = [column for column in
+                   [*(f"prob_{label}" for label in labels), *history.columns]
+                   if not pd.api.types.is_numeric_dtype(
+                       predictions[column] if column.startswith("prob_") else history[column])]
+    if not_numbers:
+        raise RunError(f"{folder.name}: predictions.csv/history.csv column "
+                       f"{not_numbers[0]} holds values that are not numbers")
     modified = max(p.stat().st_mtime for p in folder.iterdir())
     return Run(folder, info, metrics, history, predictions, modified)
+
+
+# --------------------------------------------------------------------------- schema
+
+
+class SchemaError(ValueError):
+    """A field of run.json or metrics.json with the wrong type or shape."""
+
+
+def _is_number(value) -> bool:
+    return (isinstance(value, Real) and not isinstance(value, bool)
+            and math.isfinite(float(value)))
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _expect(ok: bool, where: str, what: str) -> None:
+    if not ok:
+        raise SchemaError(f"{where} is not {what}")
+
+
+def _expect_number(value, where: str, optional: bool = False) -> None:
+    _expect(_is_number(value) or (optional and value is None), where,
+            "a number" + (" or null" if optional else ""))
+
+
+def _expect_text(value, where: str, optional: bool = False) -> None:
+    _expect(isinstance(value, str) or (optional and value is None), where,
+            "a string" + (" or null" if optional else ""))
+
+
+def _expect_labels(value, where: str) -> None:
+    _expect(isinstance(value, list) and value and len(set(map(str, value))) == len(value)
+            and all(isinstance(label, str) and label for label in value),
+            where, "a list of distinct class names")
+
+
+def check_info(info: dict) -> None:
+    """Types and ranges of the run.json fields readers rely on; :class:`SchemaError` else."""
+    from xrcompare.imaging import RESIZE_MODES
+    from xrcompare.train import HEADS
+
+    _expect_text(info["backbone"], "run.json backbone")
+    _expect(info["weights"] in ("imagenet", "random"), "run.json weights",
+            "imagenet or random")
+    size = info["image_size"]
+    _expect(_is_count(size) and 1 <= size <= 1024, "run.json image_size",
+            "a whole number of pixels from 1 to 1024")
+    _expect(info["resize_mode"] in RESIZE_MODES, "run.json resize_mode",
+            f"one of {', '.join(RESIZE_MODES)}")
+    _expect(info["head"] in HEADS, "run.json head", f"one of {', '.join(HEADS)}")
+    check_feature_shape(info["feature_shape"], size)
+    if "classes" in info:
+        _expect_labels(info["classes"], "run.json classes")
+    for key in ("display_name", "description", "selection", "backbone_display"):
+        _expect_text(info.get(key), f"run.json {key}", optional=True)
+    for key in ("best_epoch", "epochs_run", "trainable_params", "weights_seed"):
+        _expect(info.get(key) is None or _is_count(info[key]), f"run.json {key}",
+                "a whole number or null")
+    order = info.get("order")
+    _expect(order is None or (isinstance(order, int) and not isinstance(order, bool)),
+            "run.json order", "a whole number or null")
+    data = info["data"]
+    _expect_text(data["name"], "run.json data.name")
+    _check_folder_record(data, "run.json data")
+    split = info["split"]
+    if split.get("folds") is not None:
+        _expect(_is_count(split["folds"]), "run.json split.folds", "a whole number")
+    files = split.get("files")
+    if files is not None:
+        _expect(isinstance(files, dict) and all(
+            isinstance(names, list) and all(isinstance(name, str) for name in names)
+            for names in files.values()), "run.json split.files", "lists of file paths")
+    heldout = info.get("heldout", [])
+    _expect(isinstance(heldout, list) and all(isinstance(entry, dict) for entry in heldout),
+            "run.json heldout", "a list of objects")
+    for number, entry in enumerate(heldout):
+        _expect_text(entry.get("name"), f"run.json heldout[{number}].name")
+        _check_folder_record(entry, f"run.json heldout[{number}]")
+    timings = info.get("timings_s", {})
+    _expect(isinstance(timings, dict) and all(_is_number(v) for v in timings.values()),
+            "run.json timings_s", "an object of numbers")
+    for key in ("hyperparameters", "features", "versions", "machine"):
+        _expect(isinstance(info.get(key, {}), dict), f"run.json {key}", "an object")
+
+
+def _check_folder_record(record: dict, where: str) -> None:
+    for key in ("folder", "folder_absolute", "manifest"):
+        _expect_text(record.get(key), f"{where}.{key}", optional=True)
+    for key in ("class_counts", "patient_id_sources"):
+        value = record.get(key, {})
+        _expect(isinstance(value, dict) and all(_is_count(v) for v in value.values()),
+                f"{where}.{key}", "an object of counts")
+    folders = record.get("class_folders", {})
+    _expect(isinstance(folders, dict) and all(isinstance(v, str) for v in folders.values()),
+            f"{where}.class_folders", "an object of folder names")
+    for key in ("images", "patients"):
+        _expect(record.get(key) is None or _is_count(record[key]), f"{where}.{key}",
+                "a whole number")
+
+
+def check_feature_shape(shape, image_size: int) -> tuple[int, int, int]:
+    """The recorded frozen-base feature map (height, width, channels), checked against what
+    a stride-32 base makes of ``image_size`` px; :class:`SchemaError` otherwise."""
+    _expect(isinstance(shape, list) and len(shape) == 3 and all(_is_count(v) and v > 0
+                                                                for v in shape),
+            "run.json feature_shape", "three positive whole numbers")
+    height, width, channels = shape
+    low = max(1, image_size // FEATURE_STRIDE)
+    high = max(1, -(-image_size // FEATURE_STRIDE))
+    if not (low <= height <= high and low <= width <= high):
+        raise SchemaError(f"run.json feature_shape {shape} does not fit a {image_size} px "
+                          f"input (a frozen base gives {low}–{high} cells on a side)")
+    if channels > MAX_FEATURE_CHANNELS:
+        raise SchemaError(f"run.json feature_shape {shape} has more than "
+                          f"{MAX_FEATURE_CHANNELS} channels")
+    return height, width, channels
+
+
+def check_metrics(metrics: dict, labels: list[str]) -> None:
+    """Types and shapes of the metrics.json parts the pages and the CLI read."""
+    _check_scope(metrics["test"], "metrics.json test", labels)
+    for name, scope in metrics.get("heldout", {}).items():
+        _expect(isinstance(scope, dict), f"metrics.json heldout.{name}", "an object")
+        _check_scope(scope, f"metrics.json heldout.{name}", labels)
+    folds = metrics.get("folds")
+    if folds is not None:
+        _expect(isinstance(folds, dict), "metrics.json folds", "an object")
+        for key in ("accuracy", "macro_f1", "covid_sensitivity", "covid_specificity"):
+            stats = folds.get(key)
+            if stats is not None:
+                _expect(isinstance(stats, dict), f"metrics.json folds.{key}", "an object")
+                _expect_number(stats.get("mean"), f"metrics.json folds.{key}.mean")
+                _expect_number(stats.get("sd"), f"metrics.json folds.{key}.sd")
+    val_best = metrics.get("val_best", {})
+    _expect(isinstance(val_best, dict) and all(_is_number(v) or v is None
+                                               for v in val_best.values()),
+            "metrics.json val_best", "an object of numbers")
+
+
+def _check_scope(scope: dict, where: str, labels: list[str]) -> None:
+    """One scored set (the test split or a held-out folder)."""
+    for key in REQUIRED_TEST_METRICS:
+        _expect(key in scope, f"{where}.{key}", "present")
+    _expect_labels(scope["labels"], f"{where}.labels")
+    _expect(set(scope["labels"]) <= set(labels), f"{where}.labels",
+            "a subset of the run's classes")
+    size = len(scope["labels"])
+    _expect_number(scope["accuracy"], f"{where}.accuracy")
+    _expect_number(scope["macro_f1"], f"{where}.macro_f1")
+    if "n" in scope:
+        _expect(_is_count(scope["n"]), f"{where}.n", "a whole number")
+    matrix = scope["confusion_matrix"]
+    _expect(isinstance(matrix, list) and len(matrix) == size
+            and all(isinstance(row, list) and len(row) == size and all(map(_is_count, row))
+                    for row in matrix),
+            f"{where}.confusion_matrix", f"a {size} × {size} table of counts")
+    per_class = scope["per_class"]
+    _expect(isinstance(per_class, dict) and set(scope["labels"]) <= set(per_class),
+            f"{where}.per_class", "an object with one entry per class")
+    for label in scope["labels"]:
+        scores = per_class[label]
+        _expect(isinstance(scores, dict), f"{where}.per_class.{label}", "an object")
+        for key in ("precision", "recall", "f1"):
+            _expect_number(scores.get(key), f"{where}.per_class.{label}.{key}", optional=True)
+        _expect(_is_count(scores.get("support")), f"{where}.per_class.{label}.support",
+                "a whole number")
+    for key in ("covid_vs_rest", "roc_auc", "average_precision"):
+        block = scope.get(key, {})
+        _expect(isinstance(block, dict), f"{where}.{key}", "an object")
+        for name, value in block.items():
+            if name != "rule":
+                _expect_number(value, f"{where}.{key}.{name}", optional=True)
+    intervals = scope.get("intervals", {})
+    _expect(isinstance(intervals, dict), f"{where}.intervals", "an object")
+    for key in ("accuracy", "sensitivity", "specificity"):
+        if intervals.get(key) is not None:
+            _expect_pair(intervals[key], f"{where}.intervals.{key}")
+    per_class_intervals = intervals.get("per_class", {})
+    _expect(isinstance(per_class_intervals, dict), f"{where}.intervals.per_class", "an object")
+    for key, pairs in per_class_intervals.items():
+        _expect(isinstance(pairs, list) and len(pairs) == size,
+                f"{where}.intervals.per_class.{key}", "one interval per class")
+        for pair in pairs:
+            _expect_pair(pair, f"{where}.intervals.per_class.{key}")
+    table = scope.get("heldout_table", {})
+    _expect(isinstance(table, dict), f"{where}.heldout_table", "an object")
+    for label, entry in table.items():
+        _expect(isinstance(entry, dict) and isinstance(entry.get("predicted_pct"), dict)
+                and all(_is_number(v) for v in entry["predicted_pct"].values()),
+                f"{where}.heldout_table.{label}", "an object of percentages")
+        _expect_number(entry.get("non_covid_pct"), f"{where}.heldout_table.{label}."
+                       "non_covid_pct", optional=True)
+
+
+def _expect_pair(value, where: str) -> None:
+    _expect(isinstance(value, list) and len(value) == 2
+            and all(_is_number(v) or v is None for v in value), where,
+            "a [low, high] interval")
+
+
+def check_head_file(path: Path, info: dict, labels: list[str]) -> None:
+    """The head weights must fit the recorded feature shape and classes, so a wrong
+    ``feature_shape`` is caught before any model is built (it sizes the head's layers)."""
+    shapes = head_weight_shapes(path)
+    height, width, channels = info["feature_shape"]
+    predictions = shapes.get("head_predictions")
+    if predictions is None:
+        return  # a layout this version does not know: the feature-shape bounds still hold
+    kernel = predictions[0] if predictions else ()
+    if len(kernel) != 2 or kernel[1] != len(labels):
+        raise SchemaError(f"head.weights.h5 predicts {kernel[1] if len(kernel) == 2 else '?'} "
+                          f"classes, run.json names {len(labels)}")
+    if info["head"] == "gap":
+        expected = {"head_predictions": channels}
+    elif info["head"] == "blog":
+        pooled = (height // min(4, height)) * (width // min(4, width)) * channels
+        expected = {"head_dense": pooled}
+    else:
+        expected = {}
+    for layer, inputs in expected.items():
+        found = (shapes.get(layer) or [()])[0]
+        if len(found) != 2 or found[0] != inputs:
+            raise SchemaError(f"head.weights.h5 does not fit run.json feature_shape "
+                              f"{info['feature_shape']} (layer {layer} takes "
+                              f"{found[0] if len(found) == 2 else '?'} inputs, the shape "
+                              f"gives {inputs})")
+
+
+def head_weight_shapes(path: Path) -> dict[str, list[tuple[int, ...]]]:
+    """Layer name → the shapes of its weights in a Keras 3 ``.weights.h5`` file, read
+    without building anything; :class:`SchemaError` when the file cannot be read."""
+    import h5py
+
+    shapes: dict[str, list[tuple[int, ...]]] = {}
+    try:
+        with h5py.File(path, "r") as handle:
+            layers = handle.get("layers")
+            for group in (layers.values() if layers is not None else []):
+                variables = group.get("vars") if isinstance(group, h5py.Group) else None
+                if variables is None:
+                    continue
+                name = variables.attrs.get("name")
+                name = name.decode() if isinstance(name, bytes) else str(name or group.name)
+                keys = sorted(variables.keys(), key=lambda k: int(k) if k.isdigit() else 0)
+                shapes[name] = [tuple(int(d) for d in variables[key].shape) for key in keys]
+    except (OSError, ValueError, KeyError) as error:
+        raise SchemaError(f"head.weights.h5 cannot be read ({str(error)[:80]})") from None
+    return shapes
 
 
 @dataclass
@@ -379,6 +760,8 @@ def runs_fingerprint(runs_dir: str | Path | None = None) -> tuple:
 def build_head_for_run(run: Run):
     from xrcompare.train import build_head
 
+    # feature_shape was checked on load (check_feature_shape, check_head_file): it sizes
+    # the head's layers, so an unchecked one could allocate gigabytes here.
     head = build_head(run.info["head"], tuple(run.info["feature_shape"]), len(run.labels))
     head.load_weights(run.head_weights)
     return head

@@ -231,45 +231,6 @@ def per_class_table(runs: list[Run], scope: str = "test") -> pd.DataFrame:
 # --------------------------------------------------------------------------- data folders
 
 
-def resolve_folder(record: dict, repo: str | Path | None = None) -> Path | None:
-    """The folder a run recorded (its ``data`` or a ``heldout`` entry), found on this machine.
-
-    Tries ``folder_absolute``, then ``folder`` as written (relative to the working directory)
-    and relative to the repository. None when none of them exists.
-    """
-    repo = Path(repo) if repo else Path(__file__).resolve().parent.parent
-    candidates = []
-    if record.get("folder_absolute"):
-        candidates.append(Path(record["folder_absolute"]))
-    if record.get("folder"):
-        folder = Path(record["folder"]).expanduser()
-        candidates.append(folder)
-        if not folder.is_absolute():
-            candidates.append(repo / folder)
-    for candidate in candidates:
-        if candidate.is_dir():
-            return candidate
-    return None
-
-
-def resolve_manifest(record: dict, repo: str | Path | None = None) -> Path | None:
-    """The manifest.csv a dataset record names, or the one beside its folder."""
-    repo = Path(repo) if repo else Path(__file__).resolve().parent.parent
-    candidates = []
-    if record.get("manifest"):
-        manifest = Path(record["manifest"]).expanduser()
-        candidates.append(manifest)
-        if not manifest.is_absolute():
-            candidates.append(repo / manifest)
-    folder = resolve_folder(record, repo)
-    if folder is not None:
-        candidates += [folder / "manifest.csv", folder.parent / "manifest.csv"]
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate
-    return None
-
-
 def image_origin(source_repo: str, notes: str = "") -> str:
     """Where an image of the shared data really comes from, in words (from the manifest)."""
     text = f"{source_repo} {notes}".lower()

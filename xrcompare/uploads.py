@@ -18,17 +18,21 @@ import numpy as np
 
 from xrcompare.imaging import (  # the header readers live with the decoder
     JPEG_SIGNATURE,
+    MAX_FILE_BYTES,
     MAX_PIXELS,
     PNG_SIGNATURE,
     ImageError,
+    check_decoded_bytes,
     check_pixel_count,
     gray_from_array,
     jpeg_header,
+    jpeg_sample_layout,
+    png_sample_layout,
     png_size,
 )
 
 #: Uploads larger than this are refused before any parsing.
-MAX_UPLOAD_BYTES = 50_000_000
+MAX_UPLOAD_BYTES = MAX_FILE_BYTES
 #: Decoded images are downscaled so that their longest side is at most this.
 MAX_SIDE = 2048
 #: Images with a side shorter than this are refused.
@@ -95,6 +99,7 @@ def load_upload(data: bytes, filename: str) -> UploadedImage:
     info = {"filename": name, "bytes": len(data), **info}
     warnings = list(warnings)
     height, width = color.shape[:2]
+    width, height = info.pop("decoded_from", (width, height))  # DICOM reduced while decoding
     info["original_size"] = (width, height)
     check_size(width, height, name, warnings)
 
@@ -108,7 +113,9 @@ def load_upload(data: bytes, filename: str) -> UploadedImage:
         )
 
     gray = gray_from_array(color)
+    del color  # the decoded original can be large: free it before resizing
     gray, downscaled = limit_side(gray, MAX_SIDE)
+    downscaled = downscaled or (width, height) != (gray.shape[1], gray.shape[0])
     info["downscaled"] = downscaled
     info["size"] = (gray.shape[1], gray.shape[0])
     if downscaled:
@@ -153,6 +160,7 @@ def decode_png(data: bytes, name: str) -> tuple[np.ndarray, dict, list[str]]:
     if size is None or 0 in size:
         raise ImageError(f"{name} has a damaged PNG header and cannot be read.")
     check_pixel_count(size, name)
+    check_decoded_bytes(size, png_sample_layout(data), name)
     if PNG_END_CHUNK not in data:
         raise ImageError(f"{name} appears to be truncated (the PNG data stops before its end "
                          "marker); please upload the complete file.")
@@ -171,6 +179,7 @@ def decode_jpeg(data: bytes, name: str) -> tuple[np.ndarray, dict, list[str]]:
     if size is None or 0 in size:
         raise ImageError(f"{name} has a damaged JPEG header and cannot be read.")
     check_pixel_count(size, name)
+    check_decoded_bytes(size, jpeg_sample_layout(data), name)
     # Entropy-coded data cannot contain FFD9, so the first one after the scan ends the image.
     if scan_start is None or data.find(b"\xff\xd9", scan_start) == -1:
         raise ImageError(f"{name} appears to be truncated (the JPEG data stops before its end "
@@ -227,6 +236,9 @@ def decode_dicom(data: bytes, name: str, forced: bool = False
     if rows * columns * frames > MAX_PIXELS:
         raise ImageError(f"{name} holds {frames} × {columns:,} × {rows:,} pixels, more than "
                          f"the {MAX_PIXELS / 1e6:.0f} megapixel limit.")
+    samples_per_pixel = max(1, int(dataset.get("SamplesPerPixel", 1) or 1))
+    sample_bytes = max(1, -(-int(dataset.get("BitsAllocated", 8) or 8) // 8))
+    check_decoded_bytes((columns, rows), (samples_per_pixel, sample_bytes), name, frames)
 
     transfer_syntax = getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", None)
     syntax_name = transfer_syntax.name if transfer_syntax is not None else "an unknown encoding"
@@ -245,6 +257,10 @@ def decode_dicom(data: bytes, name: str, forced: bool = False
     if frames > 1:
         pixels = pixels[0]
         warnings.append(f"The DICOM file holds {frames} frames; only the first is shown.")
+    decoded_from = (pixels.shape[1], pixels.shape[0])
+    # Reduce a large image before the float steps (rescale, window), so that no float copy
+    # of the full-size image is made; the upload is reduced to MAX_SIDE anyway.
+    pixels = reduce_side(pixels, MAX_SIDE)
     info = {
         "format": "DICOM",
         "bit_depth": int(dataset.get("BitsStored", dataset.get("BitsAllocated", 8)) or 8),
@@ -254,6 +270,8 @@ def decode_dicom(data: bytes, name: str, forced: bool = False
         "modality": str(dataset.get("Modality", "")),
         "dicom_window": None,
     }
+    if decoded_from != (pixels.shape[1], pixels.shape[0]):
+        info["decoded_from"] = decoded_from
     if samples == 3:
         # pydicom returns colour DICOM as RGB; the rest of the pipeline expects BGR.
         color = cv2.cvtColor(np.ascontiguousarray(pixels), cv2.COLOR_RGB2BGR)
@@ -361,6 +379,20 @@ def mean_saturation(image: np.ndarray) -> float:
     full_scale = float(np.iinfo(image.dtype).max) if image.dtype.kind in "ui" else 1.0
     chroma = (channels.max(axis=2) - channels.min(axis=2)) / full_scale
     return float(np.mean(chroma))
+
+
+def reduce_side(pixels: np.ndarray, max_side: int) -> np.ndarray:
+    """Area-downscale a decoded (H, W) or (H, W, C) array so its longest side is at most
+    ``max_side``, keeping its dtype where OpenCV can (other integer types go via float32)."""
+    height, width = pixels.shape[:2]
+    if max(height, width) <= max_side:
+        return pixels
+    scale = max_side / max(height, width)
+    new_size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    source = np.ascontiguousarray(pixels)
+    if source.dtype not in (np.uint8, np.uint16, np.int16, np.float32, np.float64):
+        source = source.astype(np.float32)
+    return cv2.resize(source, new_size, interpolation=cv2.INTER_AREA)
 
 
 def limit_side(gray: np.ndarray, max_side: int) -> tuple[np.ndarray, bool]:

@@ -7,7 +7,9 @@ Reusable by every e2e test in this folder:
                         ``XRCOMPARE_E2E_BASE_URL`` points the tests at a server already running.
 ``start_app_server``    session-wide factory: ``start_app_server({"XRCOMPARE_RUNS_DIR": ...})``
                         starts (once per distinct environment) another server with those
-                        environment overrides and returns its base URL.
+                        environment overrides and returns its base URL;
+                        ``start_app_server.server_at(url)`` is its :class:`StreamlitServer`
+                        (``.process.pid`` for memory measurements).
 ``browser``             one headless chromium for the session (never ``playwright install``).
 ``browser_page``        a fresh page (own context, 1440×1000) per test; console errors are
                         collected in ``browser_page.console_errors``.
@@ -119,6 +121,10 @@ def start_app_server():
                 pytest.fail(str(error))
         return servers[key].url
 
+    def server_at(url: str) -> StreamlitServer:
+        return next(server for server in servers.values() if server.url == url)
+
+    start.server_at = server_at
     yield start
     for server in servers.values():
         server.stop()

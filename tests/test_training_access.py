@@ -1,0 +1,154 @@
+"""The sidebar's training panel when served to a class: a teacher key guards Start and
+Cancel, training is off on an open server without a key, and the key never reaches the page.
+The panel runs alone through AppTest (the router's sidebar is drawn in its first run only)."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from conftest import FIXTURES, REPO
+from streamlit.testing.v1 import AppTest
+
+KEY = "correct horse battery staple"
+
+
+def sidebar_script(repo: str) -> None:
+    import sys
+
+    sys.path.insert(0, repo)
+    from app_pages._training import render_training_sidebar
+
+    render_training_sidebar()
+
+
+@pytest.fixture
+def panel(tmp_path, monkeypatch):
+    """A factory: the training panel on a data root whose only dataset is too small to split
+    (so an accepted Start stops at validation, before any process starts)."""
+    import app_pages._training as training
+
+    shutil.copytree(FIXTURES / "tiny_cxr", tmp_path / "data" / "small")
+    monkeypatch.setenv("XRCOMPARE_DATA_ROOT", str(tmp_path / "data"))
+    monkeypatch.setenv("XRCOMPARE_JOBS_DIR", str(tmp_path / "jobs"))
+    monkeypatch.setenv("XRCOMPARE_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.delenv("XRCOMPARE_TEACHER_KEY", raising=False)
+
+    def start(address: str = "127.0.0.1", key: str | None = None) -> AppTest:
+        monkeypatch.setattr(training, "_server_address", lambda: address)
+        if key:
+            monkeypatch.setenv("XRCOMPARE_TEACHER_KEY", key)
+        app = AppTest.from_function(sidebar_script, args=(str(REPO),), default_timeout=120)
+        app.run()
+        assert not app.exception, [item.value for item in app.exception]
+        return app
+
+    return start
+
+
+def everything_shown(app: AppTest) -> str:
+    """The page as the browser gets it: every element's protobuf, as text."""
+    texts = []
+
+    def walk(node) -> None:
+        proto = getattr(node, "proto", None)
+        if proto is not None:
+            texts.append(str(proto))
+        for child in getattr(node, "children", {}).values():
+            walk(child)
+
+    walk(app._tree)
+    return "\n".join(texts)
+
+
+def start_button(app: AppTest):
+    return next(button for button in app.sidebar.button if button.label == "Start training")
+
+
+def test_on_loopback_without_a_key_training_works_as_before(panel):
+    app = panel()
+    assert "Start training" in [button.label for button in app.sidebar.button]
+    assert not [field for field in app.sidebar.text_input if field.label == "Teacher key"]
+    start_button(app).click().run()
+    errors = [item.value for item in app.sidebar.error]
+    assert len(errors) == 1 and errors[0].startswith("Cannot start:")  # validation, not a key
+
+
+def test_served_to_the_network_without_a_key_training_is_off(panel):
+    app = panel(address="0.0.0.0")
+    assert "Start training" not in [button.label for button in app.sidebar.button]
+    notes = [item.value for item in app.sidebar.info]
+    assert any("Training from the browser is off" in note and "TEACHER" in note
+               for note in notes), notes
+
+
+@pytest.mark.parametrize("address", ["0.0.0.0", "127.0.0.1"])
+def test_with_a_teacher_key_start_needs_it_and_it_is_never_shown(panel, tmp_path, address):
+    app = panel(address=address, key=KEY)
+    field = next(field for field in app.sidebar.text_input if field.label == "Teacher key")
+    assert field.proto.type == field.proto.PASSWORD
+    assert KEY not in everything_shown(app)
+
+    field.input("wrong key")
+    start_button(app).click().run()
+    assert [item.value for item in app.sidebar.error] == [
+        "Wrong teacher key: training was not started."]
+    assert not (tmp_path / "jobs").exists() or not any((tmp_path / "jobs").iterdir())
+    assert "training_teacher_unlocked" not in app.session_state
+
+    field = next(field for field in app.sidebar.text_input if field.label == "Teacher key")
+    field.input(KEY)
+    start_button(app).click().run()
+    errors = [item.value for item in app.sidebar.error]
+    assert len(errors) == 1 and errors[0].startswith("Cannot start:"), errors  # key accepted
+    assert app.session_state["training_teacher_unlocked"] is True
+    app.run()  # once unlocked, this session is not asked again and the key is not kept
+    assert not [field for field in app.sidebar.text_input if field.label == "Teacher key"]
+    assert KEY not in everything_shown(app)
+
+
+@pytest.fixture
+def running_job(tmp_path):
+    """A job folder that reads as running: a live process of its own session stands in for
+    the supervisor (so a cancel's signal reaches only it)."""
+    import json
+    import subprocess
+    import sys
+    import time
+
+    from xrcompare import jobs
+
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"],
+                               start_new_session=True)
+    folder = tmp_path / "jobs" / "20000101-000000-abcdef"
+    folder.mkdir(parents=True)
+    (folder / "job.json").write_text(json.dumps({
+        "job_id": folder.name, "created": time.time(), "request": {},
+        "plan": {"backbones": ["resnet50"], "data_name": "small", "images": 15, "epochs": 2,
+                 "runs_dir": str(tmp_path / "runs")}, "argv": []}))
+    (folder / "launch.json").write_text(json.dumps({
+        "pid": process.pid, "identity": jobs.process_identity(process.pid)}))
+    yield folder
+    process.kill()
+    process.wait()
+
+
+def test_with_a_teacher_key_cancel_needs_it(panel, running_job):
+    app = panel(address="0.0.0.0", key=KEY)
+    assert "Cancel training" in [button.label for button in app.sidebar.button]
+    field = next(field for field in app.sidebar.text_input if field.key.endswith("-cancel"))
+    field.input("nope")
+    next(b for b in app.sidebar.button if b.label == "Cancel training").click().run()
+    assert "Wrong teacher key: the training goes on." in [e.value for e in app.sidebar.error]
+    assert not (running_job / "cancel").exists()
+    field = next(field for field in app.sidebar.text_input if field.key.endswith("-cancel"))
+    field.input(KEY)
+    next(b for b in app.sidebar.button if b.label == "Cancel training").click().run()
+    assert (running_job / "cancel").exists()
+    assert KEY not in everything_shown(app)
+
+
+def test_served_without_a_key_nobody_can_cancel(panel, running_job):
+    app = panel(address="0.0.0.0")
+    assert "Cancel training" not in [button.label for button in app.sidebar.button]
+    assert any("Only the teacher can cancel" in item.value for item in app.sidebar.caption)
