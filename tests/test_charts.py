@@ -17,7 +17,7 @@ from conftest import DATA, REPO
 from xrcompare import CLASSES, charts
 from xrcompare.backbones import REGISTRY
 from xrcompare.evaluate import binary_operating_point, evaluate_predictions
-from xrcompare.runs import Run, list_runs, load_run
+from xrcompare.runs import Run, heldout_names, list_runs, load_run
 from xrcompare.summary import (
     class_sources,
     extract_throughput,
@@ -295,7 +295,7 @@ def test_every_figure_builds_for_every_shipped_run(shipped_runs):
         charts.confusion_figure(run.metrics["test"], title=labels[run.run_id])
         charts.training_curves_figure(run.history, run.info.get("best_epoch"))
         assert run.split_predictions("test")["label"].nunique() == 3
-    for name in charts.heldout_names(shipped_runs):
+    for name in heldout_names(shipped_runs):
         shares = charts.heldout_shares(shipped_runs, name, labels)
         assert charts.BLOG_REFERENCE_NAME in set(shares["run"])
         charts.heldout_figure(shares, name)
