@@ -98,10 +98,10 @@ class TrainConfig:
     learning_rate: float = setting(1e-3, kind="float", flag="--learning-rate",
                                    range=(1e-6, 1.0), label="Learning rate",
                                    options=FORM_LEARNING_RATES, help="Adam's learning rate")
-    image_size: int | None = setting(None, kind="int", flag="--image-size", range=(32, 1024),
+    image_size: int | None = setting(None, kind="int", flag="--image-size",
                                      label="Input size", options=FORM_IMAGE_SIZES,
                                      help="input size in px, default the backbone's own "
-                                          "(at least 71 for Xception)")
+                                          "(each backbone's range: see `backbones`)")
     seed: int = setting(42, kind="int", flag="--seed", range=(0, 2**31 - 1), label="Seed",
                         help="seed of the split, the head and a random-init base")
     heldout: list[Path] = setting(kind="paths", flag="--heldout", default_factory=list,
@@ -332,6 +332,18 @@ def _whole_number(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
 
 
+def _at_least(low: int) -> Callable[[str], int]:
+    """A whole number of at least ``low``, checked as the flag is read."""
+    def parse(text: str) -> int:
+        value = _whole_number(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected a number ≥ {low}, got {value}")
+        return value
+
+    parse.__name__ = "whole number"
+    return parse
+
+
 def _number(text: str) -> float:
     try:
         return float(text)
@@ -375,7 +387,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
             options["choices"] = spec.choices
         else:
             options["metavar"] = METAVARS[spec.kind]
-        target.add_argument(spec.flag, type=ARGUMENT_TYPES[spec.kind], **options)
+        kind = ARGUMENT_TYPES[spec.kind]
+        if spec.kind == "int" and spec.range is not None and spec.range[0] >= 1:
+            kind = _at_least(int(spec.range[0]))  # a count: say so as the flag is read
+        target.add_argument(spec.flag, type=kind, **options)
 
 
 def config_from_arguments(arguments: argparse.Namespace,
@@ -408,7 +423,7 @@ def form_param(name: str) -> dict:
         raise ValueError(f"{name} is not a form setting")
     low, high = spec.range if spec.range else (None, None)
     options = spec.options
-    if options is not None:
+    if options is not None and spec.range is not None:
         options = tuple(value for value in options if value is None or low <= value <= high)
     return {"name": name, "label": spec.label, "help": spec.help, "default": default_of(item),
             "low": low, "high": high, "options": options, "kind": spec.kind}
