@@ -1,7 +1,8 @@
 """Generate the README's results tables from the shipped runs (never typed by hand).
 
-Reads ``trained/*/run.json`` and ``trained/*/metrics.json`` and renders Markdown between the
-markers ``<!-- results:start -->`` and ``<!-- results:end -->`` in README.md::
+Reads the runs in ``trained/`` through :class:`xrcompare.runs.Run` (their run.json,
+metrics.json and predictions.csv) and renders Markdown between the markers
+``<!-- results:start -->`` and ``<!-- results:end -->`` in README.md::
 
     python scripts/results_table.py           # print the block
     python scripts/results_table.py --write   # rewrite the block in README.md
@@ -9,7 +10,10 @@ markers ``<!-- results:start -->`` and ``<!-- results:end -->`` in README.md::
 
 The 2020 blog's figures are quoted as the blog reported them, right after the runs that
 reproduce it (VGG16 on its images). Runs of the 2020 protocol (random image split, epoch chosen
-on test, x/255 inputs) are marked "2020 protocol (leaky)" with what makes them leaky.
+on test, x/255 inputs) are marked "2020 protocol (leaky)" with what makes them leaky. A
+held-out folder is called "never used for training" of its patients only where no run's own
+data shares a patient with it; the runs that do are named below the table with their figures
+without those images.
 """
 
 from __future__ import annotations

@@ -242,7 +242,7 @@ def cmd_predict(args) -> int:
         print(json.dumps(result))
         return 0
     for label, probability in result["probabilities"].items():
-        print(f"{label:>10}  {probability:6.3f}  {'#' * round(probability * 30)}")
+        print(f"{label:>10}  {probability:6.3f}  {'#' * round(probability * 30)}".rstrip())
     print(f"predicted: {result['predicted']}  (teaching model, not a diagnosis)")
     for warning in result.get("warnings", []):
         print(f"warning: {warning}")
