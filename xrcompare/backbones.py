@@ -21,7 +21,9 @@ from xrcompare.paths import (
 )
 from xrcompare.protocol import PROTOCOL_CHOICES
 
-WEIGHT_KINDS = ("imagenet", "random")
+#: The weights of a random-init control base (a control, never a fallback).
+RANDOM_WEIGHTS = "random"
+WEIGHT_KINDS = ("imagenet", RANDOM_WEIGHTS)
 #: How model inputs (RGB 0..255) are scaled before the base: see :meth:`Backbone.preprocess`.
 PREPROCESS_MODES = PROTOCOL_CHOICES["preprocess"]
 
@@ -197,7 +199,7 @@ def build_base(name: str, image_size: int | None = None, weights: str = "imagene
         raise ValueError(f"weights must be one of {WEIGHT_KINDS}, got {weights!r}")
     builder = backbone.builder_function()
     shape = (size, size, 3)
-    if weights == "random":
+    if weights == RANDOM_WEIGHTS:
         keras.utils.set_random_seed(seed)
         base = builder(include_top=False, weights=None, input_shape=shape)
     else:

@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import MISSING, Field, dataclass, field, fields
 from pathlib import Path
 
-from xrcompare.backbones import WEIGHT_KINDS, get_backbone
+from xrcompare.backbones import RANDOM_WEIGHTS, WEIGHT_KINDS, get_backbone
 from xrcompare.imaging import RESIZE_MODES
 from xrcompare.protocol import CHOICE_TEXT, PROTOCOL_CHOICES, PROTOCOL_DEFAULTS
 from xrcompare.train import HEADS
@@ -171,7 +171,7 @@ class TrainConfig:
 
     @property
     def is_random_control(self) -> bool:
-        return self.weights == "random"
+        return self.weights == RANDOM_WEIGHTS
 
     def image_size_for(self, backbone: str) -> int:
         """The input size a backbone trains at: the chosen one, else its own default."""

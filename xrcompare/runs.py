@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from xrcompare import CLASSES, paths
+from xrcompare.backbones import RANDOM_WEIGHTS
 from xrcompare.errors import one_line
 from xrcompare.protocol import LEAKY_LABEL, check_protocol, leaky_reasons, protocol_label
 
@@ -51,8 +52,6 @@ RUN_SPACE_BYTES = 50_000_000
 FEATURE_STRIDE = 32
 #: The most channels a frozen base's feature map has (DenseNet121 1024, ResNet 2048).
 MAX_FEATURE_CHANNELS = 4096
-#: The weights of a random-init control base (see :attr:`Run.is_random_control`).
-RANDOM_WEIGHTS = "random"
 
 
 #: The scope of a run's own test split (pooled out-of-fold predictions for cross-validation).
