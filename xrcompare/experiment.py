@@ -481,7 +481,7 @@ def _run_info(config, backbone, size, feature_shape, dataset, fold_splits, first
         "description": config.description or "", "order": config.order,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "command": _command_line(),
-        "config": config.to_json(),
+        "config": {**config.to_json(), "runs_dir": None},  # the settings, not the machine
         "classes": list(CLASSES),
         "backbone": backbone.name, "backbone_display": backbone.display_name,
         "weights": config.weights,
