@@ -25,11 +25,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-if str(Path(__file__).resolve().parents[1]) not in sys.path:  # bootstrap: the package
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from xrcompare.paths import PROJECT_WEIGHTS_DIR, SHARED_DIR  # noqa: E402 - standard library only
-
+# The one script that imports nothing of the package (it runs before anything else is set up):
+# the same folders as xrcompare.paths.PROJECT_WEIGHTS_DIR and SHARED_DIR.
+REPO = Path(__file__).resolve().parents[1]
 #: What to build: backbone → sha256 of its ``<backbone>_imagenet_notop.weights.h5``, as the
 #: shared weights README lists it.
 BUILT_WEIGHTS = {
@@ -88,9 +86,9 @@ def ensure(backbone: str, expected_sha256: str, target: Path, rebuild: Path,
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shared", type=Path, default=SHARED_DIR,
+    parser.add_argument("--shared", type=Path, default=REPO.parent / "shared",
                         help="the shared folder beside the repository (default ../shared)")
-    parser.add_argument("--weights-dir", type=Path, default=PROJECT_WEIGHTS_DIR,
+    parser.add_argument("--weights-dir", type=Path, default=REPO / ".weights",
                         help="where to put built weights (default .weights/ in the project)")
     args = parser.parse_args(argv)
     rebuild = args.shared / "weights" / REBUILD_SCRIPT
