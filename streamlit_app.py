@@ -11,13 +11,14 @@ import logging
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+if str(Path(__file__).resolve().parent) not in sys.path:  # the package beside this router
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import streamlit as st  # noqa: E402
 
 from app_pages import _common as common  # noqa: E402
+from xrcompare.errors import one_line  # noqa: E402
+from xrcompare.paths import REPO_ROOT  # noqa: E402
 
 LOG = logging.getLogger("xrcompare.app")
 
@@ -28,11 +29,12 @@ st.set_page_config(page_title="xrcompare · CNNs on chest X-rays (teaching)",
 def build_navigation():
     sections: dict[str, list] = {}
     for number, spec in enumerate(common.PAGES):
-        if not (ROOT / spec.path).is_file():
+        if not (REPO_ROOT / spec.path).is_file():
             LOG.warning("page %s is missing and left out of the menu", spec.path)
             continue
         sections.setdefault(spec.section, []).append(
-            st.Page(ROOT / spec.path, title=spec.title, icon=spec.icon, default=number == 0))
+            st.Page(REPO_ROOT / spec.path, title=spec.title, icon=spec.icon,
+                    default=number == 0))
     return st.navigation(sections)
 
 
@@ -59,5 +61,6 @@ try:
     page.run()
 except Exception as error:  # the safety net: a readable sentence, the traceback in the log
     LOG.exception("page %s failed", page.title)
-    st.error(f"This page could not be drawn ({type(error).__name__}: {str(error)[:200]}). "
+    reason = common.md(one_line(error))
+    st.error(f"This page could not be drawn ({type(error).__name__}: {reason}). "
              "The other pages still work.")

@@ -4,20 +4,16 @@ picker, the empty state, banners and thumbnails. The logic itself lives in ``xrc
 from __future__ import annotations
 
 import logging
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import streamlit as st
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # pages run from the repository root; make that explicit
-    sys.path.insert(0, str(ROOT))
-
-from xrcompare.charts import run_colors, run_labels, thumbnail  # noqa: E402
-from xrcompare.escaping import escape_markdown as md  # noqa: E402,F401 - pages use common.md
-from xrcompare.imaging import ImageError, read_gray  # noqa: E402
-from xrcompare.runs import Run, RunListing, default_runs_dir, list_runs, runs_fingerprint  # noqa: E402
+from xrcompare import paths
+from xrcompare.charts import run_colors, run_labels, thumbnail
+from xrcompare.escaping import escape_markdown as md  # noqa: F401 - pages use common.md
+from xrcompare.imaging import ImageError, read_gray
+from xrcompare.runs import Run, RunListing, list_runs, runs_fingerprint
 
 LOG = logging.getLogger("xrcompare.app")
 
@@ -69,7 +65,7 @@ def _cached_listing(runs_dir: str, fingerprint: tuple) -> RunListing:
 
 
 def runs_dir() -> Path:
-    return default_runs_dir()
+    return paths.runs_dir()
 
 
 def load_listing() -> RunListing:
@@ -106,11 +102,11 @@ def selected_runs() -> list[Run]:
 
 
 def _backbone_name(run: Run) -> str:
-    return run.info.get("backbone_display") or run.backbone
+    return run.backbone_display
 
 
 def _data_name(run: Run) -> str:
-    return (run.info.get("data") or {}).get("name", "?")
+    return run.data_name or "?"
 
 
 def _matching(runs: list[Run]) -> list[Run]:
@@ -131,15 +127,14 @@ def _set_all(run_ids: list[str], value: bool) -> None:
 
 
 def _describe(run: Run) -> str:
-    info = run.info
-    parts = [f"folder {run.run_id}", f"{info.get('image_size')} px, {info.get('resize_mode')}",
-             f"epoch {info.get('best_epoch')}/{info.get('epochs_run')}"]
-    if (info.get("split") or {}).get("folds"):
-        parts.append(f"{info['split']['folds']}-fold cross-validation")
+    parts = [f"folder {run.run_id}", f"{run.image_size} px, {run.resize_mode}",
+             f"epoch {run.kept_epoch_text}"]
+    if run.folds:
+        parts.append(f"{run.folds}-fold cross-validation")
     if run.is_leaky:
         parts.append(f"{run.protocol_label}: {'; '.join(run.leaky_reasons)}")
-    if info.get("description"):
-        parts.append(info["description"])
+    if run.description:
+        parts.append(run.description)
     return " · ".join(parts)
 
 

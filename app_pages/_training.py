@@ -1,8 +1,9 @@
 """Sidebar training panel: a form that starts a job and a fragment that watches it.
 
-Streamlit glue only. Jobs, locks, validation and the progress summary live in
-:mod:`xrcompare.jobs`; the job's state is in files on disk, so it survives reloads, page
-changes, other tabs and app restarts.
+Streamlit glue only. The form's widgets come from :class:`xrcompare.config.TrainConfig`'s
+declarations (labels, bounds, defaults, offered values); jobs and locks live in
+:mod:`xrcompare.jobs`, the progress summary in :mod:`xrcompare.progress`; the job's state is
+in files on disk, so it survives reloads, page changes, other tabs and app restarts.
 """
 
 from __future__ import annotations
@@ -12,15 +13,16 @@ import logging
 import pandas as pd
 import streamlit as st
 
-from xrcompare import access, jobs
+from xrcompare import access, jobs, paths
 from xrcompare.backbones import REGISTRY, weights_status
 from xrcompare.charts import training_curves_figure
+from xrcompare.config import TrainConfig, form_param, sidebar_config
+from xrcompare.data import list_datasets
+from xrcompare.errors import one_line
 from xrcompare.escaping import escape_markdown as md
 
 LOG = logging.getLogger("xrcompare.app")
 POLL_SECONDS = 1.0
-LEARNING_RATES = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
-IMAGE_SIZES = (None, 64, 96, 128, 160, 192, 224, 256, 299, 320, 384, 448, 512)
 SEEN_KEY = "training_seen_final_job"
 NONE_LABEL = "(none)"
 #: Session flag set once this browser session typed the teacher key (never the key itself).
@@ -77,7 +79,7 @@ def _duration(seconds: float | None) -> str:
 
 @st.cache_data(ttl=10, show_spinner=False)
 def _datasets(root: str) -> list[str]:
-    return jobs.list_datasets(root)
+    return list_datasets(root)
 
 
 @st.cache_data(ttl=30, show_spinner=False)
@@ -90,7 +92,7 @@ def _current():
     try:
         return jobs.current_job()
     except (OSError, ValueError) as error:
-        st.warning(f"Cannot read the training jobs folder: {md(jobs.error_line(error))}")
+        st.warning(f"Cannot read the training jobs folder: {md(one_line(error))}")
         return None
 
 
@@ -116,7 +118,7 @@ def _cancel(status) -> None:
     try:
         jobs.request_cancel(status.job_id)
     except (OSError, ValueError) as error:
-        st.error(f"Could not cancel: {md(jobs.error_line(error))}")
+        st.error(f"Could not cancel: {md(one_line(error))}")
     else:
         st.rerun(scope="app")
 
@@ -187,7 +189,7 @@ def _panel(run_every: float | None):
         except Exception as error:
             LOG.exception("training panel failed")
             st.error(f"The training panel hit a problem ({type(error).__name__}: "
-                     f"{md(jobs.error_line(error)[:200])}); the run pages still work.")
+                     f"{md(one_line(error))}); the run pages still work.")
 
     panel()
 
@@ -209,12 +211,40 @@ def _panel_body(run_every: float | None) -> None:
     _show(status, _access())
 
 
+def _size_text(value) -> str:
+    return "each backbone's own (224 px; Xception 299)" if value is None else f"{value} px"
+
+
+def _widget(name: str, container=st):
+    """The form's widget for a TrainConfig setting, built from its declaration: a number box
+    with its range and default, or a select of the values it offers."""
+    param = form_param(name)
+    if param["options"] is None:
+        step = 1 if param["kind"] == "int" else None
+        return container.number_input(param["label"], min_value=param["low"],
+                                      max_value=param["high"], value=param["default"],
+                                      step=step, help=param["help"])
+    options = list(param["options"])
+    default = options.index(param["default"]) if param["default"] in options else 0
+    if name == "image_size":
+        return container.selectbox(param["label"], options, index=default,
+                                   format_func=_size_text, help=param["help"])
+    return container.select_slider(param["label"], options=options, value=options[default],
+                                   format_func=lambda v: f"{v:g}", help=param["help"])
+
+
+#: The form's settings (every one of :data:`xrcompare.config.FORM_FIELDS`), laid out two to
+#: a row where they are small number boxes.
+FORM_ROWS = (("epochs", "batch_size"), ("learning_rate",), ("image_size",),
+             ("augment_views", "seed"))
+
+
 def _form(data_root, datasets: list[str], rights: access.TrainingAccess
-          ) -> jobs.TrainRequest | None:
+          ) -> TrainConfig | None:
     weights = _weights()
     available = [name for name, (ok, _) in weights.items() if ok]
     unavailable = {name: detail for name, (ok, detail) in weights.items() if not ok}
-    defaults = jobs.request_defaults()  # TrainConfig's, so the form and the CLI agree
+    chosen_values = {}
     with st.form("training-form", border=False):
         default = datasets.index("seed001_0402") if "seed001_0402" in datasets else 0
         dataset = st.selectbox("Dataset", datasets or [NONE_LABEL], index=default,
@@ -234,24 +264,10 @@ def _form(data_root, datasets: list[str], rights: access.TrainingAccess
             st.caption("Not available, no ImageNet weights here (the ? of Backbones says "
                        "where they would go): "
                        + ", ".join(REGISTRY[name].display_name for name in unavailable))
-        left, right = st.columns(2)
-        epochs = left.number_input("Epochs", min_value=1, max_value=500,
-                                   value=defaults["epochs"], step=1)
-        batch_size = right.number_input("Batch size", min_value=1, max_value=512,
-                                        value=defaults["batch_size"], step=1)
-        learning_rate = st.select_slider("Learning rate", options=LEARNING_RATES,
-                                         value=defaults["learning_rate"],
-                                         format_func=lambda v: f"{v:g}")
-        image_size = st.selectbox(
-            "Input size", IMAGE_SIZES,
-            format_func=lambda v: "each backbone's own (224 px; Xception 299)" if v is None
-            else f"{v} px")
-        left, right = st.columns(2)
-        views = left.number_input("Augmented views", min_value=0, max_value=16,
-                                  value=defaults["augment_views"], step=1,
-                                  help="Extra augmented copies of each training image")
-        seed = right.number_input("Seed", min_value=0, max_value=2**31 - 1,
-                                  value=defaults["seed"], step=1)
+        for row in FORM_ROWS:
+            cells = st.columns(len(row)) if len(row) > 1 else [st]
+            for name, cell in zip(row, cells, strict=True):
+                chosen_values[name] = _widget(name, cell)
         heldout = st.selectbox("Held-out folder (optional)", [NONE_LABEL, *datasets],
                                help="Never used in training; predicted after it. Do not hold "
                                     "out a folder that shares images or patients with the "
@@ -268,11 +284,8 @@ def _form(data_root, datasets: list[str], rights: access.TrainingAccess
         st.error("Wrong teacher key: training was not started.")
         return None
     folder = typed.strip() or (dataset if dataset != NONE_LABEL else "")
-    return jobs.TrainRequest(
-        dataset=folder, backbones=list(chosen), epochs=int(epochs),
-        batch_size=int(batch_size), learning_rate=float(learning_rate),
-        image_size=image_size, augment_views=int(views), seed=int(seed),
-        heldout=None if heldout == NONE_LABEL else heldout)
+    return sidebar_config(folder, list(chosen), None if heldout == NONE_LABEL else heldout,
+                          data_root=data_root, **chosen_values)
 
 
 def render_training_sidebar() -> None:
@@ -287,18 +300,22 @@ def render_training_sidebar() -> None:
         if not rights.allowed:
             st.info(md(rights.reason), icon=":material/lock:")
         else:
-            data_root = jobs.default_data_root()
+            data_root = paths.data_root()
             datasets = _datasets(str(data_root))
             with st.expander("New training run",
                              expanded=status is None or not status.active):
-                request = _form(data_root, datasets, rights)
-                if request is not None:
+                try:
+                    config = _form(data_root, datasets, rights)
+                except (ValueError, OSError) as error:  # a folder outside the data root
+                    config = None
+                    st.error(f"Cannot start: {md(one_line(error))}")
+                if config is not None:
                     try:
-                        jobs.start_job(request)
+                        jobs.start_job(config)
                     except jobs.JobRunning as error:
                         st.warning(f"{md(error)}. It is shown above.")
                     except (ValueError, OSError) as error:  # JobError, DatasetError, params
-                        st.error(f"Cannot start: {md(jobs.error_line(error))}")
+                        st.error(f"Cannot start: {md(one_line(error))}")
                     else:
                         st.session_state[SEEN_KEY] = None
                         st.rerun(scope="app")

@@ -53,8 +53,8 @@ def run_name(run_id: str) -> str:
     run = by_id[run_id]
     marks = []  # a leaky run's title already says "2020 protocol (leaky)"
     if run.is_cross_validation:
-        marks.append(f"{run.info['split']['folds']}-fold CV")
-    accuracy = run.metrics["test"]["accuracy"]
+        marks.append(f"{run.folds}-fold CV")
+    accuracy = run.test_metrics["accuracy"]
     text = f"{labels[run_id]} · test {accuracy:.3f}"
     return text + (f" [{', '.join(marks)}]" if marks else "")
 
@@ -188,10 +188,9 @@ for side, title in (("a", "A right, B wrong"), ("b", "A wrong, B right")):
             path = source.image_path(str(row.path), comparison.scope)
             if path is None:  # a recorded path leading out of the folder: not shown
                 continue
-            p_a = getattr(row, f"prob_a_{row.predicted_a}")
-            p_b = getattr(row, f"prob_b_{row.predicted_b}")
             items.append((path, f"true {md(row.label)}  \nA: {md(row.predicted_a)} "
-                                f"{p_a:.2f} · B: {md(row.predicted_b)} {p_b:.2f}"))
+                                f"{row.p_predicted_a:.2f} · B: {md(row.predicted_b)} "
+                                f"{row.p_predicted_b:.2f}"))
         common.thumbnail_grid(items, columns=6, size=200)
     if total > len(rows):
         st.caption(f"… and {total - len(rows)} more, in the table below.")

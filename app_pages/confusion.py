@@ -4,13 +4,8 @@ import streamlit as st
 
 from app_pages import _common as common
 from app_pages._common import md
-from xrcompare.charts import (
-    TEST_SPLIT,
-    confusion_figure,
-    covid_errors,
-    heldout_names,
-    scope_metrics,
-)
+from xrcompare.charts import confusion_figure, covid_errors
+from xrcompare.runs import TEST_SCOPE, heldout_names
 
 runs = common.require_runs()
 st.title("Confusion matrices")
@@ -18,10 +13,10 @@ labels, _ = common.labels_and_colors(runs)
 
 left, middle, right = st.columns([2, 2, 1])
 with left:
-    scopes = [TEST_SPLIT, *heldout_names(runs)]
+    scopes = [TEST_SCOPE, *heldout_names(runs)]
     scope = st.selectbox(
         "Images scored", scopes, key="confusion_scope", persist_state="session",
-        format_func=lambda s: "test split (patient-wise)" if s == TEST_SPLIT
+        format_func=lambda s: "test split (patient-wise)" if s == TEST_SCOPE
         else f"held-out folder: {s}")
 with middle:
     mode = st.segmented_control("Cells show", ["counts", "row shares"], default="counts",
@@ -36,7 +31,7 @@ st.caption("Rows are the true class, columns the predicted class; the diagonal i
            "Outlined in **red**: COVID cases the model missed (false negatives). Outlined in "
            "**orange**: non-COVID images it called covid (false positives).")
 
-shown = [(run, scope_metrics(run, scope)) for run in runs]
+shown = [(run, run.metrics_for(scope)) for run in runs]
 shown = [(run, metrics) for run, metrics in shown if metrics]
 if not shown:
     st.info("None of the selected runs was evaluated on this folder.")

@@ -21,10 +21,10 @@ for run in runs:
         st.warning(f"{md(labels[run.run_id])}: its history.csv holds no epochs.")
         continue
     title = labels[run.run_id]
-    common.plot(training_curves_figure(history, run.info.get("best_epoch"), title),
+    common.plot(training_curves_figure(history, run.best_epoch, title),
                 key=f"curves_{run.run_id}")
-    notes = [f"kept epoch {run.info.get('best_epoch')} of {run.info.get('epochs_run')}",
-             run.info.get("selection", "")]
-    if run.info.get("split", {}).get("folds"):
-        notes.append(f"curves of fold 1 of {run.info['split']['folds']}")
+    notes = [f"kept epoch {run.best_epoch} of {run.epochs_run}", run.selection]
+    if run.folds:
+        notes.append(f"curves of fold 1 of {run.folds}; every fold's kept epoch: "
+                     f"{run.kept_epoch_text}")
     st.caption(" · ".join(md(note) for note in notes if note))

@@ -14,6 +14,7 @@ from xrcompare.charts import (
 from xrcompare.runs import RunError
 from xrcompare.summary import (
     class_sources,
+    resize_contrast,
     sample_files,
     sample_heldout_files,
 )
@@ -50,9 +51,8 @@ its test score was also used for tuning.
 **3 · Preprocessing mismatch.** Our training images keep their aspect ratio (longest side up to
 512 px), but the only complete copy of the Kaggle test split had been **squashed to 224×224**
 by its owner. A model trained on *padded* images (aspect kept, black borders) meets stretched,
-border-less chests there. The data README reports a first probe: a ResNet50 head trained on
-padded images called **215 of 390** Kaggle pneumonia images covid; trained on squashed images,
-**12**.{runs_measured} Preprocessing that differs between training and use is a domain shift.
+border-less chests there.{shipped_measured}{runs_measured} Preprocessing that differs between
+training and use is a domain shift.
 
 **4 · Saliency is not proof.** A heat map on the *Predict & explain* page shows where the
 gradient of the score is large. It does not show *why* the model is right, and saliency maps
@@ -76,6 +76,17 @@ REFERENCES = """
 """
 
 
+def shipped_measured(runs, labels: dict[str, str], heldout: str = "kaggle_test") -> str:
+    """The runs folder's own padded-vs-squashed contrast on the held-out pneumonia images."""
+    pairs = resize_contrast(runs, heldout)
+    return "".join(
+        f" In the runs here, *{md(labels.get(pair['padded'].run_id, pair['padded'].title))}* "
+        f"(padded) called **{pair['padded_called']} of {pair['total']}** {md(heldout)} "
+        "pneumonia images covid; the same recipe squashed, "
+        f"*{md(labels.get(pair['squashed'].run_id, pair['squashed'].title))}*, "
+        f"**{pair['squashed_called']} of {pair['total']}**." for pair in pairs)
+
+
 def runs_measured(runs, labels: dict[str, str], heldout: str = "kaggle_test") -> str:
     """The selected runs' own counts of Kaggle pneumonia images called covid (Markdown)."""
     counts = called_as_by_run(runs, heldout, "pneumonia", labels=labels)
@@ -89,41 +100,40 @@ def runs_measured(runs, labels: dict[str, str], heldout: str = "kaggle_test") ->
 labels, _ = common.labels_and_colors(runs)
 with st.container(border=True):
     st.subheader("The traps of this data")
-    st.markdown(TRAPS.replace("{runs_measured}", runs_measured(runs, labels)))
+    st.markdown(TRAPS.replace("{shipped_measured}", shipped_measured(common.all_runs(), labels))
+                .replace("{runs_measured}", runs_measured(runs, labels)))
     with st.expander("References"):
         st.markdown(REFERENCES)
 
-datasets = list(dict.fromkeys((run.info.get("data") or {}).get("name", "?") for run in runs))
+datasets = list(dict.fromkeys(run.data_name or "?" for run in runs))
 left, right = st.columns(2)
 with left:
     data_name = st.selectbox("Training folder", datasets, key="dataset_name",
                              help="The folders the selected runs were trained on.")
-using = [run for run in runs if (run.info.get("data") or {}).get("name") == data_name]
+using = [run for run in runs if (run.data_name or "?") == data_name]
 with right:
     chosen = st.selectbox("Split of run", [run.run_id for run in using],
                           format_func=labels.get, key="dataset_run",
                           help="Runs can split the same folder differently (seed, folds).")
 run = next(run for run in using if run.run_id == chosen)
-data = run.info.get("data") or {}
 
 columns = st.columns(4)
-columns[0].metric("Images", data.get("images", "–"))
-columns[1].metric("Patients", data.get("patients", "–"),
+columns[0].metric("Images", run.data_images if run.data_images is not None else "–")
+columns[1].metric("Patients", run.data_patients if run.data_patients is not None else "–",
                   help="Distinct patient ids: the unit every split is made by.")
-columns[2].metric("Classes", len(data.get("class_counts") or {}))
-split_info = run.info.get("split") or {}
-columns[3].metric("Split", f"{split_info['folds']}-fold CV" if split_info.get("folds")
-                  else "train / val / test", help=split_info.get("method"))
+columns[2].metric("Classes", len(run.data_class_counts))
+columns[3].metric("Split", f"{run.folds}-fold CV" if run.folds else "train / val / test",
+                  help=run.split_method or None)
 
 counts = split_counts(run)
 left, right = st.columns([3, 2])
 with left:
     if counts.empty:
-        common.plot(class_counts_figure(data.get("class_counts") or {},
+        common.plot(class_counts_figure(run.data_class_counts,
                                         f"Images per class in {data_name}"), key="dataset_counts")
     else:
         title = f"Images per class and split in {data_name}"
-        if split_info.get("folds"):
+        if run.folds:
             title += " (fold 1)"
         common.plot(split_counts_figure(counts, title), key="dataset_counts")
 with right:
@@ -133,9 +143,8 @@ with right:
         table["patients"] = counts.groupby("split")["patients"].first()
         st.dataframe(table, key="dataset_split_table", placeholder="–")
         st.caption("No patient appears in more than one split.")
-if data.get("manifest_problem"):
-    st.warning(f"**Patient ids:** {md(data['manifest_problem'])}.",
-               icon=":material/group_off:")
+if run.manifest_problem:
+    st.warning(f"**Patient ids:** {md(run.manifest_problem)}.", icon=":material/group_off:")
 manifest = common.load_manifest(run.manifest_path())
 if manifest is not None:
     try:
@@ -185,11 +194,19 @@ st.subheader(f"Examples per class from {md(data_name)}")
 st.caption("Look before you train: ages, image sizes, borders, arrows and text differ by class.")
 show_examples("data", sample_files(run, per_class=6), "training")
 
-for entry in run.info.get("heldout") or []:
+for entry in run.heldout_records:
     name = entry.get("name", "held-out")
     st.subheader(f"Held-out folder: {md(name)}")
     counts_here = entry.get("class_counts") or {}
+    overlap = run.patient_overlap(name) if name in run.heldout_names else None
+    if overlap is None:
+        seen = "images never used in training (patients not checked)"
+    elif overlap.get("images"):
+        seen = (f"images never used in training, but {overlap['patients']} of its patients "
+                f"({overlap['images']} images) are also in {md(run.data_name)}")
+    else:
+        seen = "never used in training, and no patient shared with the training data"
     st.caption(f"{entry.get('images', sum(counts_here.values()))} images, "
-               f"{entry.get('patients', '–')} patients, never used in training: "
+               f"{entry.get('patients', '–')} patients, {seen}: "
                + ", ".join(f"{count} {md(label)}" for label, count in counts_here.items()))
     show_examples(name, sample_heldout_files(run, name, per_class=6), "held-out")

@@ -9,21 +9,21 @@ from xrcompare.charts import (
     BLOG_REFERENCE_NAME,
     called_as_by_run,
     heldout_figure,
-    heldout_names,
     heldout_shares,
     heldout_summary,
     worst_mistakes,
 )
-from xrcompare.evaluate import BLOG_2020_REPORTED
-from xrcompare.runs import RunError
+from xrcompare.evaluate import BLOG_2020_REPORTED, overlap_sentence
+from xrcompare.runs import RunError, heldout_names
 from xrcompare.summary import blog_comparison
 
 runs = common.require_runs()
 st.title("Held-out Kaggle test: images from elsewhere")
 st.markdown(
-    "The Kaggle (Kermany) **test** split holds 624 NORMAL and PNEUMONIA X-rays of children that "
-    "no run trained on. It has no COVID images, so every *covid* call on it is a false alarm. "
-    "It is the closest thing here to asking how a model behaves outside its own dataset.")
+    "The Kaggle (Kermany) **test** split holds NORMAL and PNEUMONIA X-rays of children; no run "
+    "trained on these images. It has no COVID images, so every *covid* call on it is a false "
+    "alarm. It is the closest thing here to asking how a model behaves outside its own "
+    "dataset, as long as its patients are not in a run's own data (checked below).")
 labels, colors = common.labels_and_colors(runs)
 
 names = heldout_names(runs)
@@ -33,12 +33,24 @@ if not names:
     st.stop()
 heldout = (st.selectbox("Held-out folder", names, key="heldout_name", persist_state="session")
            if len(names) > 1 else names[0])
-with_heldout = [run for run in runs if heldout in (run.metrics.get("heldout") or {})]
+with_heldout = [run for run in runs if run.metrics_for(heldout)]
 missing = [labels[run.run_id] for run in runs if run not in with_heldout]
 if missing:
     st.caption("Not evaluated on this folder: " + ", ".join(md(name) for name in missing))
 
-padded = [run for run in with_heldout if run.info.get("resize_mode") == "pad"]
+shared = []  # runs whose own data holds patients of this folder
+for run in with_heldout:
+    overlap = run.patient_overlap(heldout)
+    if overlap and overlap.get("images"):
+        metrics = {**run.metrics_for(heldout), "patient_overlap": overlap}
+        shared.append(f"*{md(labels[run.run_id])}*: "
+                      f"{md(overlap_sentence(metrics, heldout, run.data_name))}")
+if shared:
+    st.warning("**Not fully held out.** Patients of this folder are also in some runs' own "
+               "data, so their figures here include images of patients the run has seen:\n\n"
+               + "\n".join(f"- {line}" for line in shared), icon=":material/group:")
+
+padded = [run for run in with_heldout if run.resize_mode == "pad"]
 if padded:
     here = [f"*{md(row.run)}* ({md(row.resize_mode)}): **{row.called} of {row.total}**"
             for row in called_as_by_run(with_heldout, heldout, "pneumonia",
@@ -50,9 +62,9 @@ if padded:
         + " trained on padded images (aspect ratio kept, black borders), but this Kaggle copy "
         "was already squashed to 224×224 before we got it, so it shows the model stretched, "
         "border-less chests it never saw in training. A mismatch in preprocessing is a domain "
-        "shift, the kind that breaks models in a new hospital. PNEUMONIA images called covid "
-        "(the data README measured 215 of 390 for a padded head against 12 for a squashed one):"
-        "\n\n" + "\n".join(f"- {line}" for line in here), icon=":material/aspect_ratio:")
+        "shift, the kind that breaks models in a new hospital. PNEUMONIA images called covid, "
+        "by the runs shown:\n\n" + "\n".join(f"- {line}" for line in here),
+        icon=":material/aspect_ratio:")
 
 shares = heldout_shares(with_heldout, heldout, labels, reference=True)
 if shares.empty:
@@ -134,14 +146,14 @@ else:
                    "so only the table is shown.", icon=":material/folder_off:")
 if folder is not None:
     items, refused = [], 0
-    for row in mistakes.itertuples():
-        path = run.image_path(str(row.path), heldout)
+    for row in mistakes.to_dict("records"):
+        path = run.image_path(str(row["path"]), heldout)
         if path is None:
             refused += 1
             continue
-        probabilities = " · ".join(f"{md(label)} {getattr(row, f'prob_{label}'):.2f}"
+        probabilities = " · ".join(f"{md(label)} {row[run.prediction_column(label)]:.2f}"
                                    for label in run.labels)
-        items.append((path, f"true {md(row.label)} → {md(row.predicted)}  \n"
+        items.append((path, f"true {md(row['label'])} → {md(row['predicted'])}  \n"
                             f"{probabilities}"))
     common.thumbnail_grid(items, columns=6)
     if refused:

@@ -93,7 +93,7 @@ with st.expander("What each column means"):
                           for key, text in [*help_text.items(),
                                             ("run_id", "The run's folder under trained/.")]))
 
-folds = [(labels[run.run_id], run.metrics["folds"]) for run in runs if run.metrics.get("folds")]
+folds = [(labels[run.run_id], run.folds_summary) for run in runs if run.folds_summary]
 if folds:
     with st.expander("Cross-validation runs: spread over folds"):
         rows = []

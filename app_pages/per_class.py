@@ -3,18 +3,19 @@
 import streamlit as st
 
 from app_pages import _common as common
-from xrcompare.charts import TEST_SPLIT, heldout_names, per_class_figure, per_class_frame
+from xrcompare.charts import per_class_figure, per_class_frame
+from xrcompare.runs import TEST_SCOPE, heldout_names
 
 runs = common.require_runs()
 st.title("Per-class scores")
 labels, colors = common.labels_and_colors(runs)
 
-scopes = [TEST_SPLIT, *heldout_names(runs)]
+scopes = [TEST_SCOPE, *heldout_names(runs)]
 left, right = st.columns([2, 3])
 with left:
     scope = st.selectbox(
         "Images scored", scopes, key="per_class_scope", persist_state="session",
-        format_func=lambda s: "test split (patient-wise)" if s == TEST_SPLIT
+        format_func=lambda s: "test split (patient-wise)" if s == TEST_SCOPE
         else f"held-out folder: {s}",
         help="The test split is held back from training by patient. A held-out folder comes "
              "from elsewhere (the Kaggle test split has no covid images).")
@@ -59,6 +60,6 @@ st.dataframe(
         "precision": st.column_config.NumberColumn(format="%.3f"),
         "recall": st.column_config.NumberColumn(format="%.3f"),
         "f1": st.column_config.NumberColumn(format="%.3f")})
-if scope != TEST_SPLIT:
+if scope != TEST_SCOPE:
     st.caption("The held-out folder has no covid images, so covid recall is undefined there "
                "and covid precision is 0 as soon as one image is called covid.")

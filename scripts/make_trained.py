@@ -35,7 +35,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+if str(Path(__file__).resolve().parents[1]) not in sys.path:  # bootstrap: the package
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from xrcompare.paths import DEFAULT_WEIGHTS_DIRS, REPO_ROOT, WEIGHTS_DIR_VARIABLE  # noqa: E402
+
+REPO = REPO_ROOT
 SHARED_DATA = "../shared/data"
 CXR3 = f"{SHARED_DATA}/cxr3"
 SEED001 = f"{SHARED_DATA}/seed001_0402"
@@ -216,20 +221,16 @@ def candidate_label(candidate: dict) -> str:
 
 def validation_scores(run_folder: Path) -> dict:
     """Validation-split figures of a finished run (the test split is not read)."""
-    import json
+    from xrcompare.runs import load_run
 
-    import pandas as pd
-
-    metrics = json.loads((run_folder / "metrics.json").read_text(encoding="utf-8"))
-    info = json.loads((run_folder / "run.json").read_text(encoding="utf-8"))
-    predictions = pd.read_csv(run_folder / "predictions.csv")
-    val = predictions[predictions["split"] == "val"]
+    run = load_run(run_folder)
+    val = run.split_predictions("val")
     is_covid, called_covid = val["label"] == "covid", val["predicted"] == "covid"
-    return {"val_accuracy": metrics["val_best"]["val_accuracy"],
-            "val_loss": metrics["val_best"]["val_loss"],
+    return {"val_accuracy": run.val_best["val_accuracy"],
+            "val_loss": run.val_best["val_loss"],
             "val_covid_sensitivity": float(called_covid[is_covid].mean()),
             "val_covid_specificity": float((~called_covid[~is_covid]).mean()),
-            "val_images": len(val), "best_epoch": info["best_epoch"]}
+            "val_images": len(val), "best_epoch": run.best_epoch}
 
 
 #: Xception's input size, compared with the main recipe otherwise fixed: 224 px (the held-out
@@ -314,13 +315,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     os.chdir(REPO)
-    sys.path.insert(0, str(REPO))
-    if not os.environ.get("XRCOMPARE_WEIGHTS_DIR"):
+    if not os.environ.get(WEIGHTS_DIR_VARIABLE):
         # The app's default folders, made explicit: a missing file fails at once (one line)
         # instead of trying a download halfway through the plan.
-        from xrcompare.backbones import DEFAULT_WEIGHTS_DIRS
-
-        os.environ["XRCOMPARE_WEIGHTS_DIR"] = os.pathsep.join(
+        os.environ[WEIGHTS_DIR_VARIABLE] = os.pathsep.join(
             str(folder) for folder in DEFAULT_WEIGHTS_DIRS if folder.is_dir())
     plans = shipped_runs()
     if args.only:

@@ -25,6 +25,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+# The one script that imports nothing of the package (it runs before anything else is set up):
+# the same folders as xrcompare.paths.PROJECT_WEIGHTS_DIR and SHARED_DIR.
 REPO = Path(__file__).resolve().parents[1]
 #: What to build: backbone → sha256 of its ``<backbone>_imagenet_notop.weights.h5``, as the
 #: shared weights README lists it.

@@ -21,7 +21,8 @@ from xrcompare.charts import run_labels
 from xrcompare.compare import compare_runs, default_pair
 from xrcompare.escaping import escape_markdown
 from xrcompare.evaluate import binary_operating_point
-from xrcompare.runs import RUNS_DIR_VARIABLE, list_runs
+from xrcompare.paths import RUNS_DIR_VARIABLE
+from xrcompare.runs import list_runs
 
 APP = REPO / "streamlit_app.py"
 SHIPPED = REPO / "trained"
@@ -124,8 +125,10 @@ def test_every_page_renders_the_shipped_runs(shipped_app, page, title):
     elif page == "app_pages/dataset.py":
         assert app.get("image"), "no thumbnails per class"
         assert any("Roberts" in item.value for item in app.markdown)
-        # the data README's probe is credited, and the runs' own counts are shown beside it
-        traps = next(item.value for item in app.markdown if "data README" in item.value)
+        # the runs' own counts are shown, never a figure typed by hand
+        traps = next(item.value for item in app.markdown if "Preprocessing mismatch" in
+                     item.value)
+        assert "215" not in traps
         for run in runs:
             heldout = run.metrics["heldout"]["kaggle_test"]
             row = heldout["confusion_matrix"][heldout["labels"].index("pneumonia")]

@@ -17,7 +17,7 @@ from conftest import DATA, REPO
 from xrcompare import CLASSES, charts
 from xrcompare.backbones import REGISTRY
 from xrcompare.evaluate import binary_operating_point, evaluate_predictions
-from xrcompare.runs import Run, list_runs, load_run
+from xrcompare.runs import Run, heldout_names, list_runs, load_run
 from xrcompare.summary import (
     class_sources,
     extract_throughput,
@@ -295,7 +295,7 @@ def test_every_figure_builds_for_every_shipped_run(shipped_runs):
         charts.confusion_figure(run.metrics["test"], title=labels[run.run_id])
         charts.training_curves_figure(run.history, run.info.get("best_epoch"))
         assert run.split_predictions("test")["label"].nunique() == 3
-    for name in charts.heldout_names(shipped_runs):
+    for name in heldout_names(shipped_runs):
         shares = charts.heldout_shares(shipped_runs, name, labels)
         assert charts.BLOG_REFERENCE_NAME in set(shares["run"])
         charts.heldout_figure(shares, name)
@@ -404,3 +404,30 @@ def test_leaderboard_adds_base_parameters_run_size_and_measured_throughput(shipp
     assert missing["extract_images_per_s"].isna().all()
     (tmp_path / "bad.json").write_text("[1, 2", encoding="utf-8")
     assert extract_throughput(tmp_path / "bad.json")["backbones"] == {}
+
+
+# --------------------------------------------------------------------------- what runs recorded
+
+
+def test_held_out_patient_overlap_and_the_padding_contrast_come_from_the_runs(shipped_runs):
+    """Run answers both questions the pages quote: the blog-data run shares 12 Kermany
+    patients (13 images) with kaggle_test, cxr3 runs none; and the padded run's count of
+    Kaggle pneumonia images called covid sits beside its squashed twin's."""
+    from xrcompare.summary import resize_contrast
+
+    by_id = {run.run_id: run for run in shipped_runs}
+    blog = by_id["resnet50-seed001-blog"]
+    overlap = blog.patient_overlap("kaggle_test")
+    assert (overlap["patients"], overlap["images"]) == (12, 13)
+    assert blog.patient_overlap("heldout:kaggle_test") == overlap
+    assert by_id["resnet50-cxr3"].patient_overlap("kaggle_test")["images"] == 0
+    assert blog.metrics_for("kaggle_test") is blog.metrics["heldout"]["kaggle_test"]
+    assert blog.metrics_for("test") is blog.test_metrics
+    assert blog.metrics_for("heldout:elsewhere") is None
+    pairs = resize_contrast(shipped_runs)
+    padded = next(pair for pair in pairs if pair["padded"].run_id == "resnet50-cxr3-padded")
+    assert padded["squashed"].run_id == "resnet50-cxr3"
+    for key, run in (("padded_called", padded["padded"]), ("squashed_called",
+                                                             padded["squashed"])):
+        assert (padded[key], padded["total"]) == charts.called_as(
+            run.metrics_for("kaggle_test"), "pneumonia")

@@ -93,3 +93,36 @@ def test_train_says_when_a_manifest_is_ignored_and_records_it(tmp_path):
     info = json.loads((tmp_path / "runs" / "bad-manifest" / "run.json").read_text())
     assert "may land in different splits" in info["data"]["manifest_problem"]
     assert "manifest" not in info["data"]["patient_id_sources"]
+
+
+def test_evaluate_prints_only_the_classes_macro_f1_averages_and_the_patient_overlap():
+    """The held-out table: no covid row of zeros beside a macro-F1 over two classes, and the
+    patients the folder shares with the run's own data said in one line."""
+    from xrcompare.cli import evaluation_lines
+    from xrcompare.data import patient_overlap
+    from xrcompare.evaluate import evaluate_heldout
+    from xrcompare.runs import load_run
+
+    run = load_run(SHIPPED / "resnet50-seed001-blog")
+    rows = run.predictions_for("kaggle_test")
+    patients = rows["patient_id"].astype(str).tolist()
+    overlap, shared = patient_overlap(run.own_patients, patients)
+    metrics = evaluate_heldout(rows["label"].tolist(), rows[run.probability_columns()].to_numpy(),
+                               patients, overlap, shared, labels=run.labels, repeats=100)
+    lines = evaluation_lines(run.title, "../shared/data/kaggle_test", metrics, (),
+                             run.data_name)
+    header = next(i for i, line in enumerate(lines) if line.split()[:2] == ["class",
+                                                                           "precision"])
+    per_class = [line.split() for line in lines[header + 1:header + 3]]
+    assert [row[0] for row in per_class] == ["normal", "pneumonia"]
+    printed_mean = sum(float(row[3]) for row in per_class) / 2
+    assert abs(printed_mean - metrics["macro_f1"]) < 0.001
+    assert f"macro-F1 {metrics['macro_f1']:.3f} (over the 2 classes present)" in lines[1]
+    confusion = lines[lines.index("confusion matrix (rows true, columns predicted):") + 2:header]
+    assert [row.split()[0] for row in confusion] == ["normal", "pneumonia"]
+    called_covid = sum(int(row.split()[1]) for row in confusion)
+    assert (f"covid no images in this folder, so not in macro-F1; {called_covid} images "
+            "called covid") in " ".join(lines[header + 3].split())
+    overlap_line = next(line for line in lines if line.startswith("patients: "))
+    assert "12 patients (13 images) of kaggle_test also appear in the run's own data " \
+           "(seed001_0402); without them (611 images): accuracy" in overlap_line

@@ -14,6 +14,8 @@ from xrcompare.data import (
     list_datasets,
     path_inside,
     patient_id_from_filename,
+    patient_keys,
+    patient_overlap,
     resolve_data_folder,
     scan_dataset,
     split_by_patient,
@@ -179,3 +181,32 @@ def test_paths_inside_a_folder():
         else:
             assert path_inside(TINY, escape) is None, escape
     assert is_inside(TINY / "covid", TINY) and not is_inside(TINY.parent, TINY)
+
+
+# --------------------------------------------------------------------------- held-out overlap
+
+
+def test_seed001_shares_12_kermany_patients_13_images_with_kaggle_test():
+    """The outside check's finding: the blog's data and the Kaggle test split share patients
+    (Kermany person ids of its train and test splits), so kaggle_test is not fully held out
+    for a run trained on seed001_0402; cxr3 shares none."""
+    seed001, kaggle = scan_dataset(DATA / "seed001_0402"), scan_dataset(DATA / "kaggle_test")
+    overlap, shared = patient_overlap(seed001.groups, kaggle.groups)
+    assert (overlap["patients"], overlap["images"]) == (12, 13)
+    assert len(overlap["ids"]) == 12 and all(i.startswith("kermany-person")
+                                             for i in overlap["ids"])
+    assert sum(shared) == 13 and len(shared) == 624
+    assert patient_overlap(scan_dataset(DATA / "cxr3").groups, kaggle.groups)[0] == {
+        "patients": 0, "images": 0, "ids": []}
+
+
+def test_patient_keys_match_manifest_and_file_name_ids_but_never_per_image_ids():
+    assert patient_keys("kermany-person1044") == patient_keys("person1044") == {"person1044"}
+    assert patient_keys("kermany-IM-0117") == patient_keys("IM-0117") == {"im-0117"}
+    assert patient_keys("kermany-NORMAL2-IM-0814") == {"normal2-im-0814"}
+    assert patient_keys("cohen-78+cohen-201") == {"cohen-78", "cohen-201"}
+    assert patient_keys("image:covid/a.jpg") == set() and patient_keys("nan") == set()
+    overlap, shared = patient_overlap(["kermany-person1044", "image:x.jpg"],
+                                      ["person1044", "image:x.jpg", "person9"])
+    assert overlap == {"patients": 1, "images": 1, "ids": ["person1044"]}
+    assert shared == [True, False, False]

@@ -17,11 +17,15 @@ from pathlib import Path
 import pytest
 
 from xrcompare import jobs
-from xrcompare.experiment import TrainConfig
+from xrcompare.config import FORM_FIELDS, TrainConfig, sidebar_config
+from xrcompare.data import DatasetError, list_datasets, resolve_data_folder
+from xrcompare.experiment import preflight
+from xrcompare.paths import REPO_ROOT
+from xrcompare.progress import read_progress
 from xrcompare.runs import list_runs
 
 # not `from conftest import DATA`: tests/e2e/conftest.py shadows that module name
-DATA = Path(os.environ.get("XRCOMPARE_SHARED", jobs.REPO.parent / "shared")).resolve() / "data"
+DATA = Path(os.environ.get("XRCOMPARE_SHARED", REPO_ROOT.parent / "shared")).resolve() / "data"
 
 PER_CLASS = 8  # the patient-wise split needs 5 patients per class after the test part
 SIZE = 64
@@ -79,10 +83,18 @@ def folders(tmp_path, data_root, feature_cache):
             "data_root": data_root}
 
 
-def tiny_request(**overrides) -> jobs.TrainRequest:
+def tiny_config(folders: dict, **overrides) -> TrainConfig:
+    """What the sidebar form makes of a request (folders kept inside the data root)."""
     values = {"dataset": "tiny", "backbones": ["resnet50"], "epochs": 2, "batch_size": 4,
-              "image_size": SIZE}
-    return jobs.TrainRequest(**{**values, **overrides})
+              "image_size": SIZE, **overrides}
+    return sidebar_config(values.pop("dataset"), values.pop("backbones"),
+                          values.pop("heldout", None), data_root=folders["data_root"],
+                          runs_dir=folders["runs_dir"], **values)
+
+
+def start(folders: dict, **overrides) -> jobs.JobStatus:
+    """The sidebar's path: form values → TrainConfig → a job."""
+    return jobs.start_job(tiny_config(folders, **overrides), jobs_dir=folders["jobs_dir"])
 
 
 def wait_for(job_id: str, jobs_dir: Path, until, timeout: float = 240) -> jobs.JobStatus:
@@ -119,13 +131,16 @@ def signal_masks(pid: int) -> dict[str, int]:
 
 @pytest.mark.slow
 def test_tiny_job_reaches_done_and_its_run_is_listed(folders):
-    status = jobs.start_job(tiny_request(), **folders)
+    status = start(folders)
     assert status.active and status.plan["images"] == 3 * PER_CLASS
+    # the child trains exactly the configuration the app checked, read from config.json
+    assert TrainConfig.read(status.folder / "config.json") == tiny_config(folders)
+    assert status.config == tiny_config(folders).to_json()
     final = wait_for(status.job_id, folders["jobs_dir"], lambda s: not s.active)
     assert final.state == "done", (final.error, final.log_tail)
     supervisor_exited(status.job_id)
     # the training process reported its phases through the job's progress file
-    events = jobs.read_progress(final.folder)
+    events = read_progress(final.folder)
     assert any(e["phase"] == "extract" and e["what"] == "dataset" and e["done"] == e["total"]
                for e in events)
     assert [e["epoch"] for e in events if e["phase"] == "train"] == [1, 2]
@@ -151,11 +166,11 @@ def test_tiny_job_reaches_done_and_its_run_is_listed(folders):
 
 @pytest.mark.slow
 def test_second_start_is_refused_and_cancel_leaves_no_run(folders):
-    status = jobs.start_job(tiny_request(epochs=500, batch_size=2), **folders)
+    status = start(folders, epochs=500, batch_size=2)
     wait_for(status.job_id, folders["jobs_dir"],
              lambda s: s.progress["curve"] or not s.active)
     with pytest.raises(jobs.JobRunning) as refused:
-        jobs.start_job(tiny_request(), **folders)
+        start(folders)
     assert refused.value.job.job_id == status.job_id
     assert "already running" in str(refused.value)
     # the supervisor catches SIGTERM (to outlive the cancel); the training process does not
@@ -181,7 +196,7 @@ def test_second_start_is_refused_and_cancel_leaves_no_run(folders):
 
 @pytest.mark.slow
 def test_failing_job_reports_the_cli_error_line(folders):
-    status = jobs.start_job(tiny_request(dataset="unreadable"), **folders)
+    status = start(folders, dataset="unreadable")
     final = wait_for(status.job_id, folders["jobs_dir"], lambda s: not s.active)
     supervisor_exited(status.job_id)
     assert final.state == "failed"
@@ -193,7 +208,7 @@ def test_failing_job_reports_the_cli_error_line(folders):
 
 @pytest.mark.slow
 def test_dead_job_is_detected_as_stale_and_frees_the_lock(folders):
-    status = jobs.start_job(tiny_request(epochs=500, batch_size=2), **folders)
+    status = start(folders, epochs=500, batch_size=2)
     running = wait_for(status.job_id, folders["jobs_dir"],
                        lambda s: s.progress["phase_text"] != "starting Python and TensorFlow")
     state = jobs._read_json(running.folder / "state.json")
@@ -214,7 +229,7 @@ def test_early_cancel_leaves_a_consistent_state(folders):
     """Cancels while the supervisor starts, just before and after it starts the training
     process: always "cancelled", no process left, no run, no half-written run, lock free."""
     for delay in (0.0, 0.05, 0.2, 0.5, 1.0, 2.0):
-        status = jobs.start_job(tiny_request(epochs=500, batch_size=2), **folders)
+        status = start(folders, epochs=500, batch_size=2)
         time.sleep(delay)
         final = jobs.cancel_job(status.job_id, folders["jobs_dir"])
         supervisor_exited(status.job_id)
@@ -234,7 +249,7 @@ def test_job_folder_failure_surfaces_and_frees_the_lock(folders, monkeypatch):
     folders["jobs_dir"].mkdir(parents=True)
     (folders["jobs_dir"] / "20000101-000000-blocked").write_text("in the way")
     with pytest.raises(FileExistsError):
-        jobs.start_job(tiny_request(), **folders)
+        start(folders)
     assert not (folders["jobs_dir"] / "lock").exists()
     assert jobs.current_job(folders["jobs_dir"]) is None
 
@@ -249,7 +264,7 @@ def test_supervisor_records_a_training_process_that_cannot_start(tmp_path):
         "argv": [str(tmp_path / "no-such-program"), "train"]})
     assert jobs._try_lock(jobs_dir, folder.name)
     done = subprocess.run([sys.executable, "-m", "xrcompare.jobs", "supervise", str(folder)],
-                          cwd=jobs.REPO, capture_output=True, text=True, timeout=60)
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 1, done.stderr
     status = jobs.job_status(folder.name, jobs_dir)
     assert status.state == "failed"
@@ -269,16 +284,16 @@ def test_bad_folders_are_refused_with_a_readable_line(folders, tmp_path):
                            (str(DATA / "seed001_0402"), "outside the data root"),
                            ("", "choose a dataset")):
         with pytest.raises(ValueError, match=words):
-            jobs.start_job(tiny_request(dataset=dataset), **folders)
+            start(folders, dataset=dataset)
     link = folders["data_root"] / "escape"
     link.symlink_to(DATA, target_is_directory=True)
     try:
-        with pytest.raises(jobs.JobError, match="outside the data root"):
-            jobs.start_job(tiny_request(dataset="escape/seed001_0402"), **folders)
+        with pytest.raises(DatasetError, match="outside the data root"):
+            start(folders, dataset="escape/seed001_0402")
     finally:
         link.unlink()
-    with pytest.raises(jobs.JobError, match="must differ"):
-        jobs.start_job(tiny_request(heldout="tiny"), **folders)
+    with pytest.raises(DatasetError, match="must differ"):
+        start(folders, heldout="tiny")
     assert not (folders["jobs_dir"] / "lock").exists()
     assert jobs.current_job(folders["jobs_dir"]) is None
 
@@ -287,9 +302,9 @@ def test_a_runs_folder_that_cannot_take_a_run_is_refused_before_starting(folders
     in_the_way = tmp_path / "runs-file"
     in_the_way.write_text("not a folder")
     with pytest.raises(ValueError, match="is a file, not a folder"):
-        jobs.start_job(tiny_request(), **{**folders, "runs_dir": in_the_way})
+        start({**folders, "runs_dir": in_the_way})
     with pytest.raises(ValueError, match="cannot create the runs folder"):
-        jobs.start_job(tiny_request(), **{**folders, "runs_dir": "/proc/xrcompare-runs"})
+        start({**folders, "runs_dir": Path("/proc/xrcompare-runs")})
     assert jobs.current_job(folders["jobs_dir"]) is None
 
 
@@ -298,7 +313,7 @@ def test_a_single_class_dataset_is_refused_before_starting(folders):
     shutil.copytree(folders["data_root"] / "tiny" / "covid", one / "covid")
     try:
         with pytest.raises(ValueError, match="only one class"):
-            jobs.start_job(tiny_request(dataset="one_class"), **folders)
+            start(folders, dataset="one_class")
     finally:
         shutil.rmtree(one)
 
@@ -311,87 +326,46 @@ def test_parameters_are_guarded(folders):
                              ({"backbones": []}, "at least one backbone"),
                              ({"backbones": ["alexnet"]}, "unknown backbone")):
         with pytest.raises(ValueError, match=words):
-            jobs.start_job(tiny_request(**overrides), **folders)
+            start(folders, **overrides)
 
 
 def test_backbone_without_weights_is_refused(folders, tmp_path, monkeypatch):
     monkeypatch.setenv("XRCOMPARE_WEIGHTS_DIR", str(tmp_path / "no-weights"))
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras-home"))
-    with pytest.raises(jobs.JobError, match="no ImageNet weights for VGG16"):
-        jobs.start_job(tiny_request(backbones=["vgg16"]), **folders)
+    with pytest.raises(ValueError, match="no ImageNet weights for VGG16"):
+        start(folders, backbones=["vgg16"])
 
 
 def test_request_defaults_are_the_train_config_defaults(folders):
     defaults = {item.name: item.default for item in fields(TrainConfig)}
-    assert jobs.request_defaults() == {name: defaults[name] for name in jobs.TUNABLE}
-    _, plan = jobs.prepare(jobs.TrainRequest(dataset="tiny", backbones=["resnet50"]),
-                           data_root=folders["data_root"], runs_dir=folders["runs_dir"])
+    plan = preflight(sidebar_config("tiny", ["resnet50"], data_root=folders["data_root"],
+                                    runs_dir=folders["runs_dir"]))
     assert plan["epochs"] == defaults["epochs"]
     assert plan["augment_views"] == defaults["augment_views"]
-    argv, _ = jobs.prepare(tiny_request(), data_root=folders["data_root"],
-                           runs_dir=folders["runs_dir"])
-    assert argv[argv.index("--batch-size") + 1] == "4"
-    assert argv[argv.index("--seed") + 1] == str(defaults["seed"])
-
-
-def test_error_line_is_one_line_even_for_an_empty_message():
-    assert jobs.error_line(ValueError("\n  first\nsecond")) == "first"
-    assert jobs.error_line(ValueError("")) == "ValueError"
-    assert jobs.error_line(OSError()) == "OSError"
+    assert plan["image_sizes"] == {"resnet50": 224}  # the backbone's own size
+    config = tiny_config(folders)
+    assert config.batch_size == 4 and config.seed == defaults["seed"]
+    # a form value left at None takes TrainConfig's default
+    assert tiny_config(folders, seed=None).seed == defaults["seed"]
+    assert set(FORM_FIELDS) == {"epochs", "batch_size", "learning_rate", "image_size",
+                                "augment_views", "seed"}
+    # the child's command carries the configuration as a file, not as flags
+    command = jobs.train_command(Path("/jobs/x"))
+    assert command[command.index("--config") + 1] == "/jobs/x/config.json"
+    assert "--epochs" not in command and "--data" not in command
 
 
 def test_datasets_are_listed_from_the_data_root(data_root):
-    assert jobs.list_datasets(data_root) == ["tiny", "two_per_class", "unreadable"]
-    assert {"seed001_0402", "kaggle_test", "cxr3"} <= set(jobs.list_datasets(DATA))
-    assert jobs.resolve_data_folder("tiny/", data_root) == (data_root / "tiny").resolve()
-    assert jobs.resolve_data_folder(data_root / "tiny", data_root).name == "tiny"
+    assert list_datasets(data_root) == ["tiny", "two_per_class", "unreadable"]
+    assert {"seed001_0402", "kaggle_test", "cxr3"} <= set(list_datasets(DATA))
+    assert resolve_data_folder("tiny/", data_root) == (data_root / "tiny").resolve()
+    assert resolve_data_folder(data_root / "tiny", data_root).name == "tiny"
 
 
 def test_process_identity_tells_live_from_dead():
     assert jobs.process_identity(os.getpid()) is not None
     assert jobs.process_identity(os.getpid()) == jobs.process_identity(os.getpid())
     assert jobs.process_identity(2**22 + 12345) is None
-
-
-# --------------------------------------------------------------------------- progress summary
-
-
-def test_progress_summary_phases_fraction_and_curve():
-    plan = {"images": 100, "epochs": 4, "backbones": ["resnet50", "vgg16"]}
-    tag = {"backbones": 2, "time": 6.0}
-    events = [{"phase": "scan", "what": "data", "time": 5.0},
-              {"phase": "load_backbone", "backbone": "resnet50", "backbone_index": 1, **tag}]
-    summary = jobs.summarize_progress(events, plan=plan, started=0.0, now=10.0)
-    assert summary["phase_text"].startswith("loading the ImageNet base (backbone 1 of 2")
-    fractions = []
-    for done, when in ((0, 10.0), (50, 12.0), (100, 14.0)):
-        events.append({"phase": "extract", "what": "dataset", "done": done, "total": 100,
-                       "cached": 0, "backbone": "resnet50", "backbone_index": 1, **tag,
-                       "time": when})
-        fractions.append(jobs.summarize_progress(events, plan=plan, started=0.0,
-                                                 now=20.0)["fraction"])
-    assert fractions == sorted(fractions) and fractions[-1] < 0.5
-    for epoch, when in ((1, 20.0), (2, 22.0)):
-        events.append({"phase": "train", "epoch": epoch, "epochs": 4, "fold": 1, "folds": 1,
-                       "metrics": {"loss": 1.0 / epoch, "val_accuracy": 0.5},
-                       "backbone": "resnet50", "backbone_index": 1, **tag, "time": when})
-    summary = jobs.summarize_progress(events, plan=plan, started=0.0, now=22.0)
-    assert summary["phase_text"] == "training epoch 2 of 4 (backbone 1 of 2: resnet50)"
-    assert fractions[-1] < summary["fraction"] < 0.5
-    # measured: 0.04 s per image, 2 s per epoch. Left: 2 epochs (4 s) + evaluate/write (2 s)
-    # + the second backbone: load 3 s + 100 images 4 s + 4 epochs 8 s + 2 s
-    assert summary["eta_seconds"] == pytest.approx(6.0 + 17.0)
-    later = jobs.summarize_progress(events, plan=plan, started=0.0, now=25.0)
-    assert later["eta_seconds"] == pytest.approx(20.0)
-    assert [row["loss"] for row in summary["curve"]] == [1.0, 0.5]
-    events.append({"phase": "written", "run": "r1", "backbone": "resnet50",
-                   "backbone_index": 1, **tag})
-    summary = jobs.summarize_progress(events, plan=plan, started=0.0, now=40.0)
-    assert summary["fraction"] == pytest.approx(0.5) and summary["runs"] == ["r1"]
-    failed = jobs.summarize_progress(events, plan=plan, state="failed", started=0.0,
-                                     finished=41.0, now=99.0)
-    assert failed["eta_seconds"] is None and failed["elapsed"] == 41.0
-    assert failed["phase_text"].startswith("failed during: run written")
 
 
 def test_failure_reason_prefers_the_cli_error_line():

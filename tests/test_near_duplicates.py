@@ -12,7 +12,7 @@ import numpy as np
 from conftest import DATA, FIXTURES
 
 from xrcompare import near_duplicates
-from xrcompare.data import group_near_duplicates, scan_dataset, split_by_patient
+from xrcompare.data import group_near_duplicates, merge_groups, scan_dataset, split_by_patient
 from xrcompare.imaging import read_gray
 
 TINY = FIXTURES / "tiny_cxr"
@@ -42,7 +42,7 @@ def test_a_recropped_recontrasted_copy_scores_above_the_threshold_and_strangers_
 
 def test_merge_groups_joins_chains_into_one_readable_group():
     groups = ["a", "b", "c", "d", "b"]
-    merged = near_duplicates.merge_groups(groups, [(0, 1, 0.97), (1, 2, 0.95)])
+    merged = merge_groups(groups, [(0, 1, 0.97), (1, 2, 0.95)])
     assert merged == ["a+b+c", "a+b+c", "a+b+c", "d", "a+b+c"]
 
 

@@ -16,7 +16,8 @@ from streamlit.testing.v1 import AppTest
 from test_uploads import make_dicom
 
 from xrcompare import predictor
-from xrcompare.runs import RUNS_DIR_VARIABLE, list_runs
+from xrcompare.paths import RUNS_DIR_VARIABLE
+from xrcompare.runs import list_runs
 
 APP = REPO / "streamlit_app.py"
 PAGE = "app_pages/predict.py"

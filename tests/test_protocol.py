@@ -21,7 +21,7 @@ from xrcompare.data import DatasetError, scan_dataset, split_by_image, split_by_
 from xrcompare.experiment import TrainConfig, train_runs
 from xrcompare.features import AUGMENTATIONS, FeatureExtractor, FeatureSpec, augment_blog
 from xrcompare.imaging import read_gray, to_model_input
-from xrcompare.inference import evaluate_folder, feature_spec
+from xrcompare.inference import evaluate_folder
 from xrcompare.protocol import LEAKY_LABEL
 from xrcompare.runs import (
     RunError,
@@ -200,7 +200,7 @@ def test_predict_on_the_leaky_run_uses_its_training_preprocessing(blog2020_run,
     saved = [row[f"prob_{label}"] for label in run.labels]
     assert np.allclose(list(probabilities.values()), saved, atol=2e-3)
     # The CLI's evaluate goes through the same scale01 features.
-    assert feature_spec(run).preprocess == "scale01"
+    assert run.feature_spec().preprocess == "scale01"
     metrics, skipped = evaluate_folder(run, one_patient_per_class, repeats=10)
     frame = run.predictions
     assert skipped == [] and metrics["n"] == len(frame) == 15

@@ -120,3 +120,10 @@ def test_script_imports_only_the_standard_library():
     text = SCRIPT.read_text(encoding="utf-8")
     imported = set(re.findall(r"^(?:import|from) (\w+)", text, flags=re.MULTILINE))
     assert imported <= set(sys.stdlib_module_names) | {"__future__"}, imported
+
+
+def test_its_folders_are_the_package_ones(setup_weights):
+    from xrcompare.paths import PROJECT_WEIGHTS_DIR, SHARED_DIR
+
+    assert setup_weights.REPO / ".weights" == PROJECT_WEIGHTS_DIR
+    assert setup_weights.REPO.parent / "shared" == SHARED_DIR

@@ -96,6 +96,45 @@ def test_training_writes_a_complete_run(tiny_run):
     assert not list(tiny_run.parent.glob(".tmp-*"))
 
 
+def test_a_held_out_folder_sharing_patients_is_recorded_and_scored_without_them(tiny_run):
+    """tiny_cxr holds three Kermany patients that seed001_0402 holds too: the run says so and
+    scores the held-out folder again without their images."""
+    run = load_run(tiny_run)
+    overlap = run.metrics["heldout"]["seed001_0402"]["patient_overlap"]
+    assert overlap == {"patients": 3, "images": 3,
+                       "ids": ["kermany-IM-0131", "kermany-IM-0145", "kermany-person1012"]}
+    assert run.patient_overlap("seed001_0402") == overlap
+    without = run.metrics_without_overlap("seed001_0402")
+    rows = run.predictions_for("seed001_0402")
+    kept = rows[~rows["patient_id"].isin(overlap["ids"])]
+    assert without["n"] == len(kept) == 302
+    right = (kept[run.probability_columns()].to_numpy().argmax(axis=1)
+             == [run.labels.index(label) for label in kept["label"]])
+    assert without["accuracy"] == pytest.approx(right.mean())
+
+
+def test_cross_validation_records_every_fold_kept_epoch_and_files(tmp_path, feature_cache):
+    from xrcompare.summary import leaderboard
+
+    cli("train", "--data", TINY, "--backbone", "resnet50", "--image-size", SIZE, "--epochs", 3,
+        "--batch-size", 4, "--folds", 3, "--val-fraction", 0.45, "--runs-dir", tmp_path,
+        "--name", "cv")
+    run = load_run(tmp_path / "cv")
+    folds = run.fold_records
+    assert [entry["fold"] for entry in folds] == [1, 2, 3]
+    assert all(1 <= entry["best_epoch"] <= entry["epochs_run"] <= 3 for entry in folds)
+    assert folds[0]["files"] == run.split_files  # fold 1's lists are also "files"
+    tested = sorted(path for entry in folds for path in entry["files"]["test"])
+    assert tested == sorted(run.predictions_for("test")["path"])  # each image tested once
+    for entry in folds:
+        assert not set(entry["files"]["test"]) & set(entry["files"]["train"])
+    per_fold = [entry["best_epoch"] for entry in run.folds_summary["per_fold"]]
+    assert run.kept_epochs == [entry["best_epoch"] for entry in folds] == per_fold
+    text = f"{', '.join(map(str, per_fold))}/{run.epochs_run}"
+    assert run.kept_epoch_text == text
+    assert leaderboard([run], {"backbones": {}}).loc[0, "epochs"] == text
+
+
 def test_rebuilt_flat_model_reproduces_the_saved_test_predictions(tiny_run):
     run = load_run(tiny_run)
     model = build_full_model(run)
@@ -113,6 +152,9 @@ def test_cli_evaluate_json_on_another_folder(tiny_run):
     assert payload["n"] == 624
     matrix = np.array(payload["confusion_matrix"])
     assert matrix.shape == (3, 3) and matrix[0].sum() == 0 and matrix.sum() == 624
+    # checked against the run's own patients: tiny_cxr shares none with kaggle_test
+    assert payload["patient_overlap"] == {"patients": 0, "images": 0, "ids": []}
+    assert "without_overlap" not in payload
     assert payload["per_class"]["normal"]["support"] == 234
     assert set(payload["per_class"]["pneumonia"]) >= {"precision", "recall", "f1", "support"}
 

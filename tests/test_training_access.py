@@ -152,3 +152,26 @@ def test_served_without_a_key_nobody_can_cancel(panel, running_job):
     app = panel(address="0.0.0.0")
     assert "Cancel training" not in [button.label for button in app.sidebar.button]
     assert any("Only the teacher can cancel" in item.value for item in app.sidebar.caption)
+
+
+def test_the_form_widgets_are_built_from_the_training_config(panel):
+    """Labels, bounds, defaults and offered values come from TrainConfig's declarations."""
+    from xrcompare.config import FORM_FIELDS, form_param
+
+    app = panel()
+    boxes = {box.label: box for box in app.sidebar.number_input}
+    sliders = {slider.label: slider for slider in app.sidebar.select_slider}
+    selects = {select.label: select for select in app.sidebar.selectbox}
+    for name in FORM_FIELDS:
+        param = form_param(name)
+        if param["options"] is None:
+            box = boxes[param["label"]]
+            assert (box.min, box.max, box.value) == (param["low"], param["high"],
+                                                     param["default"])
+        elif name == "image_size":
+            assert selects[param["label"]].value is param["default"] is None
+            assert len(selects[param["label"]].options) == len(param["options"])
+        else:
+            slider = sliders[param["label"]]
+            assert slider.value == param["default"]
+            assert len(slider.options) == len(param["options"])

@@ -13,10 +13,17 @@ from pathlib import Path
 
 import numpy as np
 
+from xrcompare.errors import one_line
+from xrcompare.paths import (
+    DEFAULT_WEIGHTS_DIRS,
+    WEIGHTS_DIR_VARIABLE,
+    weights_dirs_from_environment,
+)
 from xrcompare.protocol import PROTOCOL_CHOICES
 
-WEIGHTS_DIR_VARIABLE = "XRCOMPARE_WEIGHTS_DIR"
-WEIGHT_KINDS = ("imagenet", "random")
+#: The weights of a random-init control base (a control, never a fallback).
+RANDOM_WEIGHTS = "random"
+WEIGHT_KINDS = ("imagenet", RANDOM_WEIGHTS)
 #: How model inputs (RGB 0..255) are scaled before the base: see :meth:`Backbone.preprocess`.
 PREPROCESS_MODES = PROTOCOL_CHOICES["preprocess"]
 
@@ -100,13 +107,6 @@ def get_backbone(name: str) -> Backbone:
     return REGISTRY[key]
 
 
-#: Folders searched, in order, when XRCOMPARE_WEIGHTS_DIR is unset (those that exist):
-#: the project's own ``.weights/`` (scripts/setup_weights.py builds Xception there) and the
-#: shared weights beside the repository.
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_WEIGHTS_DIRS = (REPO_ROOT / ".weights", REPO_ROOT.parent / "shared" / "weights")
-
-
 def weights_file_name(name: str) -> str:
     return f"{get_backbone(name).name}_imagenet_notop.weights.h5"
 
@@ -118,10 +118,9 @@ def weights_search() -> tuple[list[Path], bool]:
     is the promised source. Unset, the default folders that exist are searched and Keras's
     own download is the fallback.
     """
-    value = os.environ.get(WEIGHTS_DIR_VARIABLE, "").strip()
-    if value:
-        return [Path(part.strip()).expanduser() for part in value.split(os.pathsep)
-                if part.strip()], True
+    chosen = weights_dirs_from_environment()
+    if chosen is not None:
+        return chosen, True
     return [folder for folder in DEFAULT_WEIGHTS_DIRS if folder.is_dir()], False
 
 
@@ -200,7 +199,7 @@ def build_base(name: str, image_size: int | None = None, weights: str = "imagene
         raise ValueError(f"weights must be one of {WEIGHT_KINDS}, got {weights!r}")
     builder = backbone.builder_function()
     shape = (size, size, 3)
-    if weights == "random":
+    if weights == RANDOM_WEIGHTS:
         keras.utils.set_random_seed(seed)
         base = builder(include_top=False, weights=None, input_shape=shape)
     else:
@@ -212,7 +211,7 @@ def build_base(name: str, image_size: int | None = None, weights: str = "imagene
             except Exception as error:  # a wrong or corrupt file: say which
                 raise WeightsUnavailable(
                     f"cannot load {local} into {backbone.display_name}: "
-                    f"{first_line(error, 200)}") from None
+                    f"{one_line(error)}") from None
         else:
             if weights_search()[1] and not keras_cache_file(backbone.name).is_file():
                 # The variable is the promised source (offline machines): no download.
@@ -220,7 +219,7 @@ def build_base(name: str, image_size: int | None = None, weights: str = "imagene
             try:
                 base = builder(include_top=False, weights="imagenet", input_shape=shape)
             except Exception as error:
-                reason = first_line(error, 160)
+                reason = one_line(error, 160)
                 raise WeightsUnavailable(
                     f"no ImageNet weights for {backbone.display_name}: "
                     f"{searched_text(backbone.name)}, and Keras's download failed "
@@ -228,8 +227,3 @@ def build_base(name: str, image_size: int | None = None, weights: str = "imagene
     base.trainable = False
     return base
 
-
-def first_line(error: BaseException, limit: int = 200) -> str:
-    """An exception as one short line (its type name when it has no message)."""
-    text = str(error).strip()
-    return text.splitlines()[0][:limit] if text else type(error).__name__

@@ -24,7 +24,7 @@ from xrcompare.evaluate import (
     threshold_for_sensitivity,
     threshold_sweep,
 )
-from xrcompare.runs import Run
+from xrcompare.runs import TEST_SCOPE, Run
 from xrcompare.summary import per_class_table
 
 #: One colour per class, used wherever a class is a colour.
@@ -37,7 +37,6 @@ RUN_PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00",
 #: The name of the 2020 blog's reported Kaggle-test figures (:data:`BLOG_2020_REPORTED`).
 BLOG_REFERENCE_NAME = f"2020 blog, {BLOG_2020_REPORTED['kaggle_test']['model']}, as reported"
 
-TEST_SPLIT = "test"
 _LAYOUT = {"template": "plotly_white", "font": {"size": 14},
            "margin": {"l": 10, "r": 10, "t": 60, "b": 10}}
 
@@ -74,35 +73,10 @@ def wrap_title(text: str, width: int = 38) -> str:
     return "<br>".join(lines)
 
 
-# --------------------------------------------------------------------------- scopes
-
-
-def heldout_names(runs: Sequence[Run]) -> list[str]:
-    """Names of the held-out folders evaluated by any of the runs, first seen first."""
-    names: list[str] = []
-    for run in runs:
-        for name in (run.metrics.get("heldout") or {}):
-            if name not in names:
-                names.append(name)
-    return names
-
-
-def scope_metrics(run: Run, scope: str = TEST_SPLIT) -> dict | None:
-    """The run's metrics for ``"test"`` or for a held-out folder name (None if it lacks it)."""
-    if scope == TEST_SPLIT:
-        return run.metrics.get("test")
-    return (run.metrics.get("heldout") or {}).get(scope)
-
-
-def scope_predictions(run: Run, scope: str = TEST_SPLIT) -> pd.DataFrame:
-    """Rows of predictions.csv for the test split (out-of-fold for CV) or a held-out folder."""
-    return run.split_predictions(scope if scope == TEST_SPLIT else f"heldout:{scope}")
-
-
 # --------------------------------------------------------------------------- per class
 
 
-def per_class_frame(runs: Sequence[Run], scope: str = TEST_SPLIT,
+def per_class_frame(runs: Sequence[Run], scope: str = TEST_SCOPE,
                     labels: dict[str, str] | None = None) -> pd.DataFrame:
     """Long table of per-class precision, recall, F1 (with 95% intervals) and support."""
     frames = []
@@ -242,12 +216,10 @@ def training_curves_figure(history: pd.DataFrame, best_epoch: int | None = None,
 
 
 def binary_scores(run: Run, positive: str = "covid",
-                  scope: str = TEST_SPLIT) -> tuple[np.ndarray, np.ndarray]:
-    """(is positive, probability of ``positive``) for the run's test-split images."""
-    frame = scope_predictions(run, scope)
-    column = f"prob_{positive}"
-    if column not in frame:
-        raise ValueError(f"run {run.run_id} has no probability column for {positive!r}")
+                  scope: str = TEST_SCOPE) -> tuple[np.ndarray, np.ndarray]:
+    """(is positive, probability of ``positive``) for the run's images of ``scope``."""
+    frame = run.predictions_for(scope)
+    column = run.prediction_column(positive)
     return (frame["label"].to_numpy() == positive), frame[column].to_numpy(dtype=float)
 
 
@@ -306,7 +278,7 @@ def curves_for_runs(runs: Sequence[Run], positive: str,
     """Run label → ROC and precision-recall curves of ``positive`` vs rest on the test split."""
     curves = {}
     for run in runs:
-        frame = scope_predictions(run)
+        frame = run.predictions_for(TEST_SCOPE)
         if frame.empty:
             continue
         result = one_vs_rest_curves(frame["label"].tolist(),
@@ -449,16 +421,16 @@ def heldout_shares(runs: Sequence[Run], heldout: str, labels: dict[str, str] | N
     rows = []
     reference_at = None  # the blog's row goes right after the runs reproducing it
     for run in runs:
-        metrics = scope_metrics(run, heldout)
-        if not metrics or "heldout_table" not in metrics:
+        table = run.heldout_table(heldout)
+        if not table:
             continue
-        for true_class, entry in metrics["heldout_table"].items():
+        for true_class, entry in table.items():
             for predicted, share in entry["predicted_pct"].items():
                 rows.append({"run": _label(run, labels), "true_class": true_class,
                              "predicted": predicted, "percent": share, "n": entry["n"],
                              "non_covid_pct": entry.get("non_covid_pct"),
                              "reference": False})
-        if (run.info.get("data", {}).get("name") == BLOG_2020_REPORTED["data"]
+        if (run.data_name == BLOG_2020_REPORTED["data"]
                 and run.backbone == BLOG_2020_REPORTED["kaggle_test"]["model"].lower()):
             reference_at = len(rows)
     if reference and rows:
@@ -498,12 +470,12 @@ def called_as_by_run(runs: Sequence[Run], heldout: str, true_class: str = "pneum
     ``true_class`` images it called ``predicted`` (runs without such images are left out)."""
     rows = []
     for run in runs:
-        metrics = scope_metrics(run, heldout)
+        metrics = run.metrics_for(heldout)
         if not metrics:
             continue
         called, total = called_as(metrics, true_class, predicted)
         if total:
-            rows.append({"run": _label(run, labels), "resize_mode": run.info.get("resize_mode"),
+            rows.append({"run": _label(run, labels), "resize_mode": run.resize_mode,
                          "called": called, "total": total})
     return pd.DataFrame(rows, columns=["run", "resize_mode", "called", "total"])
 
@@ -561,7 +533,7 @@ def worst_mistakes(run: Run, scope: str, count: int = 8, called: str | None = No
     ``called`` restricts to images predicted as that class (e.g. children called "covid").
     Sorted by the probability of the (wrong) predicted class, highest first.
     """
-    frame = scope_predictions(run, scope).copy()
+    frame = run.predictions_for(scope).copy()
     if frame.empty:
         return frame
     columns = run.probability_columns()
@@ -622,7 +594,7 @@ def per_class_difference_figure(per_class: pd.DataFrame, name_a: str = "A",
 def split_counts(run: Run) -> pd.DataFrame:
     """Images per split and class (long), from run.json's split summary."""
     rows = []
-    for split, entry in (run.info.get("split", {}).get("summary") or {}).items():
+    for split, entry in run.split_summary.items():
         for label, count in (entry.get("class_counts") or {}).items():
             rows.append({"split": split, "class": label, "images": int(count),
                          "patients": entry.get("patients")})

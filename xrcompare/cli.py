@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 
 EXIT_USAGE = 2
+#: How long the CLI's one-line error may get.
+ERROR_LIMIT = 500
 
 
 def _progress_printer(stream=sys.stderr):
@@ -82,12 +84,7 @@ def _float(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from xrcompare.protocol import CHOICE_TEXT, PROTOCOL_CHOICES, PROTOCOL_DEFAULTS
-
-    def protocol_help(key: str, lead: str) -> str:
-        return (f"{lead}: " + "; ".join(f"{choice} = {CHOICE_TEXT[(key, choice)]}"
-                                        for choice in PROTOCOL_CHOICES[key])
-                + f" (default {PROTOCOL_DEFAULTS[key]})")
+    from xrcompare.config import add_train_arguments
 
     parser = argparse.ArgumentParser(
         prog="python -m xrcompare",
@@ -95,60 +92,15 @@ def build_parser() -> argparse.ArgumentParser:
                     "chest X-rays. A teaching tool, never a diagnostic one.")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    train = commands.add_parser("train", help="train one run per backbone")
-    train.add_argument("--data", required=True, type=Path,
-                       help="dataset folder with covid/ normal/ pneumonia/ sub-folders")
-    train.add_argument("--backbone", action="append", required=True, dest="backbones",
-                       help="backbone name (repeat for several), see `backbones`")
-    train.add_argument("--epochs", type=_positive_int, default=25)
-    train.add_argument("--batch-size", type=_positive_int, default=8)
-    train.add_argument("--learning-rate", type=_float, default=1e-3)
-    train.add_argument("--image-size", type=_positive_int, default=None,
-                       help="input size in px (default: the backbone's own)")
-    train.add_argument("--seed", type=int, default=42)
-    train.add_argument("--heldout", action="append", type=Path, default=[],
-                       help="labelled folder never used in training (e.g. kaggle_test)")
-    train.add_argument("--runs-dir", type=Path, default=None, help="default: trained/")
-    train.add_argument("--folds", type=int, default=None,
-                       help="grouped stratified k-fold cross-validation")
-    train.add_argument("--resize", dest="resize_mode", choices=("squash", "pad"),
-                       default="squash", help="squash to a square (default) or pad keeping "
-                                              "the aspect ratio")
-    train.add_argument("--head", choices=("blog", "gap"), default="blog")
-    train.add_argument("--weights", choices=("imagenet", "random"), default="imagenet",
-                       help="'random' trains a random-init control base")
-    train.add_argument("--augment-views", type=int, default=0,
-                       help="augmented views per training image, extracted once")
-    train.add_argument("--balanced", action="store_true", help="class-balanced loss weights")
-    train.add_argument("--val-fraction", type=_float, default=0.15)
-    train.add_argument("--test-fraction", type=_float, default=0.2)
-    train.add_argument("--patience", type=int, default=None,
-                       help="early stopping on the validation split")
-    train.add_argument("--monitor", choices=("val_loss", "val_accuracy"), default="val_loss",
-                       help="what picks the kept epoch on the validation split (with "
-                            "--select-on test: always accuracy on the test split)")
-    protocol = train.add_argument_group(
-        "protocol", "The 2020 blog's flaws, on purpose, to reproduce it. Any of --split images, "
-                    "--preprocess scale01, --select-on test labels the run "
-                    "'2020 protocol (leaky)'.")
-    protocol.add_argument("--split", choices=PROTOCOL_CHOICES["split"],
-                          default=PROTOCOL_DEFAULTS["split"],
-                          help=protocol_help("split", "how images are divided"))
-    protocol.add_argument("--preprocess", choices=PROTOCOL_CHOICES["preprocess"],
-                          default=PROTOCOL_DEFAULTS["preprocess"],
-                          help=protocol_help("preprocess", "input scaling before the base"))
-    protocol.add_argument("--select-on", choices=PROTOCOL_CHOICES["select_on"],
-                          default=PROTOCOL_DEFAULTS["select_on"],
-                          help=protocol_help("select_on", "the split that picks the kept "
-                                                          "epoch"))
-    protocol.add_argument("--augment", choices=PROTOCOL_CHOICES["augment"],
-                          default=PROTOCOL_DEFAULTS["augment"],
-                          help=protocol_help("augment", "the recipe of --augment-views"))
-    train.add_argument("--name", default=None, help="run id (one backbone) or tag")
-    train.add_argument("--display-name", default=None)
-    train.add_argument("--description", default=None)
-    train.add_argument("--order", type=int, default=None, help="sort position in listings")
-    train.add_argument("--extract-batch-size", type=_positive_int, default=32)
+    train = commands.add_parser(
+        "train", help="train one run per backbone",
+        description="Train one run per backbone. Every setting, its default and its range "
+                    "come from xrcompare.config.TrainConfig; --config FILE reads them from a "
+                    "JSON file (flags given as well override it).")
+    train.add_argument("--config", type=Path, default=None, metavar="FILE",
+                       help="a training configuration as JSON (TrainConfig.to_json); "
+                            "--data and --backbone are then optional")
+    add_train_arguments(train)
     train.add_argument("--progress-file", type=Path, default=None,
                        help="append progress events as JSON lines (used by the app)")
 
@@ -198,24 +150,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_train(args) -> int:
-    from xrcompare.experiment import TrainConfig, train_runs
+    from xrcompare.config import config_from_arguments
+    from xrcompare.experiment import train_runs
 
-    config = TrainConfig(
-        data=args.data, backbones=args.backbones, epochs=args.epochs, batch_size=args.batch_size,
-        learning_rate=args.learning_rate, image_size=args.image_size, seed=args.seed,
-        heldout=args.heldout, runs_dir=args.runs_dir, folds=args.folds,
-        resize_mode=args.resize_mode, head=args.head, weights=args.weights,
-        augment_views=args.augment_views, balanced=args.balanced,
-        val_fraction=args.val_fraction, test_fraction=args.test_fraction,
-        patience=args.patience, monitor=args.monitor, name=args.name,
-        display_name=args.display_name, description=args.description, order=args.order,
-        extract_batch_size=args.extract_batch_size, split=args.split,
-        preprocess=args.preprocess, select_on=args.select_on, augment=args.augment)
-    config.validate()
+    config = config_from_arguments(args, args.config)  # validated once, by train_runs
     printer = _progress_printer()
     hook = printer
     if args.progress_file:
-        from xrcompare.jobs import progress_file_writer
+        from xrcompare.progress import progress_file_writer
 
         writer = progress_file_writer(args.progress_file)
 
@@ -235,6 +177,48 @@ def _load(run_dir: Path):
     return load_run(run_dir)
 
 
+def evaluation_lines(title: str, folder: str, metrics: dict, skipped=(),
+                     own_data: str = "") -> list[str]:
+    """What ``evaluate`` prints: accuracy and macro-F1, the confusion matrix and per-class
+    scores of the classes present (macro-F1 averages those), a line per class without images
+    in the folder, the held-out shares and the patient overlap with the run's own data."""
+    from pathlib import PurePath
+
+    from xrcompare.evaluate import overlap_sentence
+
+    labels = list(metrics["labels"])
+    present = [label for label in labels if metrics["per_class"][label]["support"] > 0]
+    absent = [label for label in labels if label not in present]
+    matrix = dict(zip(labels, metrics["confusion_matrix"], strict=True))
+    lines = [f"{title} on {folder} ({metrics['n']} images)",
+             f"accuracy {metrics['accuracy']:.3f}   macro-F1 {metrics['macro_f1']:.3f}"
+             + (f" (over the {len(present)} classes present)" if absent else ""),
+             "confusion matrix (rows true, columns predicted):",
+             "            " + "".join(f"{label:>11}" for label in labels)]
+    lines += [f"{label:>11} " + "".join(f"{value:>11}" for value in matrix[label])
+              for label in present]
+    lines.append(f"{'class':>11} {'precision':>10} {'recall':>8} {'f1':>6} {'support':>8}")
+    for label in present:
+        scores = metrics["per_class"][label]
+        lines.append(f"{label:>11} {scores['precision']:>10.3f} {scores['recall']:>8.3f} "
+                     f"{scores['f1']:>6.3f} {scores['support']:>8}")
+    for label in absent:
+        called = sum(matrix[true][labels.index(label)] for true in present)
+        lines.append(f"{label:>11} no images in this folder, so not in macro-F1; "
+                     f"{called} image{'s' if called != 1 else ''} called {label}")
+    for true_label, entry in metrics.get("heldout_table", {}).items():
+        shares = ", ".join(f"{k} {v:.1f}%" for k, v in entry["predicted_pct"].items())
+        lines.append(f"true {true_label}: predicted {shares}; "
+                     f"non-COVID {entry['non_covid_pct']:.1f}%")
+    overlap = overlap_sentence(metrics, PurePath(str(folder)).name, own_data)
+    if overlap:
+        lines.append(f"patients: {overlap}")
+    if skipped:
+        lines.append(f"skipped {len(skipped)} unreadable file(s): "
+                     + "; ".join(f"{p} ({r})" for p, r in list(skipped)[:5]))
+    return lines
+
+
 def cmd_evaluate(args) -> int:
     from xrcompare.inference import evaluate_folder
 
@@ -244,24 +228,8 @@ def cmd_evaluate(args) -> int:
         print(json.dumps({"run": run.run_id, "data": str(args.data_dir), **metrics,
                           "skipped": [{"path": p, "reason": r} for p, r in skipped]}))
         return 0
-    labels = metrics["labels"]
-    print(f"{run.title} on {args.data_dir} ({metrics['n']} images)")
-    print(f"accuracy {metrics['accuracy']:.3f}   macro-F1 {metrics['macro_f1']:.3f}")
-    print("confusion matrix (rows true, columns predicted):")
-    print("            " + "".join(f"{label:>11}" for label in labels))
-    for label, row in zip(labels, metrics["confusion_matrix"], strict=True):
-        print(f"{label:>11} " + "".join(f"{value:>11}" for value in row))
-    print(f"{'class':>11} {'precision':>10} {'recall':>8} {'f1':>6} {'support':>8}")
-    for label in labels:
-        scores = metrics["per_class"][label]
-        print(f"{label:>11} {scores['precision']:>10.3f} {scores['recall']:>8.3f} "
-              f"{scores['f1']:>6.3f} {scores['support']:>8}")
-    for true_label, entry in metrics.get("heldout_table", {}).items():
-        shares = ", ".join(f"{k} {v:.1f}%" for k, v in entry["predicted_pct"].items())
-        print(f"true {true_label}: predicted {shares}; non-COVID {entry['non_covid_pct']:.1f}%")
-    if skipped:
-        print(f"skipped {len(skipped)} unreadable file(s): "
-              + "; ".join(f"{p} ({r})" for p, r in skipped[:5]))
+    print("\n".join(evaluation_lines(run.title, str(args.data_dir), metrics, skipped,
+                                     run.data_name)))
     return 0
 
 
@@ -274,7 +242,7 @@ def cmd_predict(args) -> int:
         print(json.dumps(result))
         return 0
     for label, probability in result["probabilities"].items():
-        print(f"{label:>10}  {probability:6.3f}  {'#' * round(probability * 30)}")
+        print(f"{label:>10}  {probability:6.3f}  {'#' * round(probability * 30)}".rstrip())
     print(f"predicted: {result['predicted']}  (teaching model, not a diagnosis)")
     for warning in result.get("warnings", []):
         print(f"warning: {warning}")
@@ -283,12 +251,13 @@ def cmd_predict(args) -> int:
 
 def _find_run(text: str, runs_dir: Path | None):
     """A run from a folder path, or from a run id inside the runs folder (never outside it)."""
-    from xrcompare.runs import RunError, default_runs_dir, load_run
+    from xrcompare import paths
+    from xrcompare.runs import RunError, load_run
 
     folder = Path(text).expanduser()
     if folder.is_dir():
         return load_run(folder)
-    runs_dir = runs_dir or default_runs_dir()
+    runs_dir = runs_dir or paths.runs_dir()
     if "/" not in text and "\\" not in text and text not in ("", ".", ".."):
         candidate = runs_dir / text
         if candidate.is_dir():
@@ -361,7 +330,8 @@ def cmd_runs(args) -> int:
 
 
 def cmd_backbones(args) -> int:
-    from xrcompare.backbones import REGISTRY, WEIGHTS_DIR_VARIABLE, weights_search, weights_status
+    from xrcompare.backbones import REGISTRY, weights_search, weights_status
+    from xrcompare.paths import WEIGHTS_DIR_VARIABLE
 
     folders, explicit = weights_search()
     where = ", ".join(map(str, folders)) or "none"
@@ -396,19 +366,20 @@ COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = build_parser().parse_args(argv)
-    from xrcompare.backbones import WeightsUnavailable, first_line
+    from xrcompare.backbones import WeightsUnavailable
+    from xrcompare.errors import one_line
     from xrcompare.imaging import ImageError
     from xrcompare.runs import RunError
 
     try:
         return COMMANDS[args.command](args)
     except (ValueError, WeightsUnavailable, ImageError, RunError, OSError) as error:
-        print(f"error: {first_line(error)}", file=sys.stderr)
+        print(f"error: {one_line(error, ERROR_LIMIT)}", file=sys.stderr)
         return EXIT_USAGE if not isinstance(error, WeightsUnavailable) else 3
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as error:  # a bug or an environment problem: still one line, exit 1
-        print(f"error: unexpected {type(error).__name__}: {first_line(error)} "
+        print(f"error: unexpected {type(error).__name__}: {one_line(error, ERROR_LIMIT)} "
               "(please report it)", file=sys.stderr)
         return 1

@@ -15,8 +15,16 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from xrcompare.data import merge_groups
 from xrcompare.evaluate import POSITIVE_CLASS, compare_predictions, per_class_differences
-from xrcompare.runs import HELDOUT_PREFIX, TEST_SCOPE, Run, normalise_scope, scope_text
+from xrcompare.runs import (
+    TEST_SCOPE,
+    Run,
+    normalise_scope,
+    prediction_column,
+    scope_name,
+    scope_text,
+)
 
 #: How many discordant images a listing shows per side by default.
 DISCORDANT_SHOWN = 24
@@ -32,7 +40,8 @@ class PairedPredictions:
 
     ``frame`` columns: ``path``, ``label``, ``group`` (patient: images that share a patient in
     either run share a group), ``predicted_a``, ``predicted_b``, ``right_a``, ``right_b`` and
-    ``prob_a_<class>`` / ``prob_b_<class>`` per class of ``labels``.
+    per class of ``labels`` each run's probability (:func:`paired_column`: ``a_prob_<class>``,
+    ``b_prob_<class>``).
     """
 
     run_a: Run
@@ -90,8 +99,9 @@ class RunComparison:
 
         Most confident first: sorted by the probability the wrong run gave its wrong answer.
         Returns the first ``count`` rows (all when None) and how many there are in all.
-        Columns: path, label, predicted_a, predicted_b, p_true_a, p_true_b, p_wrong (the
-        wrong run's probability of its answer) and the probability columns.
+        Columns: path, label, predicted_a, predicted_b, p_true_a, p_true_b, p_predicted_a,
+        p_predicted_b (each run's probability of its own answer), p_wrong (the wrong run's)
+        and the probability columns.
         """
         if right not in ("a", "b"):
             raise ValueError(f"right must be 'a' or 'b', got {right!r}")
@@ -101,6 +111,8 @@ class RunComparison:
         rows["p_wrong"] = _probability_of(rows, wrong, rows[f"predicted_{wrong}"])
         rows["p_true_a"] = _probability_of(rows, "a", rows["label"])
         rows["p_true_b"] = _probability_of(rows, "b", rows["label"])
+        rows["p_predicted_a"] = _probability_of(rows, "a", rows["predicted_a"])
+        rows["p_predicted_b"] = _probability_of(rows, "b", rows["predicted_b"])
         rows = rows.sort_values(["p_wrong", "path"], ascending=[False, True])
         total = len(rows)
         if count is not None:
@@ -115,11 +127,17 @@ class RunComparison:
                 "labels": self.paired.labels, **self.stats, "per_class": per_class}
 
 
+def paired_column(side: str, label: str) -> str:
+    """The paired frame's column of run ``side``'s (``"a"`` or ``"b"``) probability of
+    ``label``: ``a_prob_covid``."""
+    return f"{side}_{prediction_column(label)}"
+
+
 def _probability_of(frame: pd.DataFrame, side: str, labels: pd.Series) -> np.ndarray:
     """Per row, run ``side``'s probability of the class named in ``labels``."""
     if frame.empty:
         return np.zeros(0)
-    return np.array([frame.at[index, f"prob_{side}_{label}"]
+    return np.array([frame.at[index, paired_column(side, label)]
                      for index, label in zip(frame.index, labels, strict=True)], dtype=float)
 
 
@@ -144,7 +162,7 @@ def _rows(run: Run, scope: str, name: str) -> pd.DataFrame:
     if rows.empty:
         have = ", ".join(run.scopes) or "none"
         what = ("test predictions" if scope == TEST_SCOPE else
-                f"predictions for the held-out folder {scope.removeprefix(HELDOUT_PREFIX)}")
+                f"predictions for the held-out folder {scope_name(scope)}")
         raise NotComparable(f"{name} has no {what} (it has: {have})")
     paths = rows["path"].astype(str)
     if paths.duplicated().any():
@@ -166,33 +184,29 @@ def _rows(run: Run, scope: str, name: str) -> pd.DataFrame:
         frame["patient"] = patients.to_numpy()
     else:
         frame["patient"] = None
-    for label, column in zip(run.labels, columns, strict=True):
-        frame[f"prob_{label}"] = probabilities[column].to_numpy(dtype=float)
+    for column in columns:
+        frame[column] = probabilities[column].to_numpy(dtype=float)
     return frame
 
 
 def _groups(patients_a: Sequence, patients_b: Sequence, paths: Sequence[str]) -> list[str]:
-    """One group per set of images sharing a patient in either run (union-find); an image
-    without a patient id is its own group."""
-    parent = list(range(len(paths)))
+    """One group per set of images sharing a patient in either run (union-find through
+    :func:`xrcompare.data.merge_groups`); an image without a patient id is its own group."""
+    def known(patient) -> bool:
+        return patient is not None and patient != ""
 
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
+    groups = [f"image:{path}" for path in paths]
+    pairs = []
     for patients in (patients_a, patients_b):
         first: dict[str, int] = {}
         for index, patient in enumerate(patients):
-            if patient is None or patient == "":
+            if not known(patient):
                 continue
             if patient in first:
-                parent[find(index)] = find(first[patient])
+                pairs.append((first[patient], index))
             else:
                 first[patient] = index
-    roots = [find(index) for index in range(len(paths))]
-    return [f"group{root}" for root in roots]
+    return merge_groups(groups, pairs)
 
 
 def comparable(run_a: Run, run_b: Run, scope: str = TEST_SCOPE,
@@ -254,11 +268,12 @@ def align_runs(run_a: Run, run_b: Run, scope: str = TEST_SCOPE, *,
     frame["group"] = _groups(merged["patient_a"].tolist(), merged["patient_b"].tolist(),
                              frame["path"].tolist())
     for side in ("a", "b"):
-        probabilities = merged[[f"prob_{label}_{side}" for label in labels]].to_numpy(float)
+        probabilities = merged[[f"{prediction_column(label)}_{side}"
+                                for label in labels]].to_numpy(float)
         frame[f"predicted_{side}"] = [labels[j] for j in probabilities.argmax(axis=1)]
         frame[f"right_{side}"] = frame[f"predicted_{side}"] == frame["label"]
         for k, label in enumerate(labels):
-            frame[f"prob_{side}_{label}"] = probabilities[:, k]
+            frame[paired_column(side, label)] = probabilities[:, k]
     return PairedPredictions(run_a, run_b, scope, labels, frame)
 
 
@@ -285,7 +300,7 @@ def compare_runs(run_a: Run, run_b: Run, scope: str = TEST_SCOPE, *,
 
 
 def _test_accuracy(run: Run) -> float:
-    value = (run.metrics.get("test") or {}).get("accuracy")
+    value = run.test_metrics.get("accuracy")
     return float(value) if isinstance(value, (int, float)) else float("-inf")
 
 

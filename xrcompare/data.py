@@ -8,28 +8,30 @@ some of them (the Kaggle test split has ``NORMAL/`` and ``PNEUMONIA/``).
 from __future__ import annotations
 
 import csv
-import os
 import re
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
-from xrcompare import CLASSES
+from xrcompare import CLASSES, paths
+from xrcompare.errors import one_line
 from xrcompare.imaging import IMAGE_SUFFIXES
+from xrcompare.paths import DATA_ROOT_VARIABLE
 
 MANIFEST_NAME = "manifest.csv"
-DATA_ROOT_VARIABLE = "XRCOMPARE_DATA_ROOT"
-REPO = Path(__file__).resolve().parent.parent
 
-#: Known file-name patterns that carry a patient id (Kermany / Kaggle chest X-rays).
-PATIENT_PATTERNS = (
-    re.compile(r"(?P<id>person\d+)_", re.IGNORECASE),
-    re.compile(r"(?P<id>NORMAL2-IM-\d+)", re.IGNORECASE),
-    re.compile(r"(?P<id>IM-\d+)", re.IGNORECASE),
-)
+#: The patient ids Kermany / Kaggle chest X-ray file names carry, most specific first.
+PATIENT_ID_CORES = (r"person\d+", r"NORMAL2-IM-\d+", r"IM-\d+")
+#: Known file-name patterns that carry a patient id (``person`` ids end with ``_``).
+PATIENT_PATTERNS = tuple(
+    re.compile(rf"(?P<id>{core})" + ("_" if core.startswith("person") else ""), re.IGNORECASE)
+    for core in PATIENT_ID_CORES)
+#: The prefix of the one-id-per-image fallback (an image whose patient is unknown).
+IMAGE_ID_PREFIX = "image:"
 
 SPLIT_NAMES = ("train", "val", "test")
 
@@ -39,13 +41,6 @@ class DatasetError(ValueError):
 
 
 # --------------------------------------------------------------------------- confinement
-
-
-def default_data_root() -> Path:
-    """Where datasets live: ``$XRCOMPARE_DATA_ROOT``, default ``../shared/data``. The sidebar
-    offers the folders under it, and paths a run recorded are shown only from inside it."""
-    value = os.environ.get(DATA_ROOT_VARIABLE, "").strip()
-    return Path(value).expanduser() if value else REPO.parent / "shared" / "data"
 
 
 def is_inside(path: str | Path, folder: str | Path) -> bool:
@@ -73,7 +68,7 @@ def list_datasets(data_root: str | Path | None = None) -> list[str]:
     """Names of the folders directly under the data root that hold class sub-folders and
     that :func:`resolve_data_folder` accepts (a symlink leading out of the root is not
     offered)."""
-    root = Path(data_root) if data_root else default_data_root()
+    root = Path(data_root) if data_root else paths.data_root()
     if not root.is_dir():
         return []
     return sorted(child.name for child in root.iterdir()
@@ -99,7 +94,7 @@ def resolve_data_folder(text: str | Path, data_root: str | Path | None = None) -
     refused with :class:`DatasetError`, so a browser user can never make the app read
     elsewhere on the machine.
     """
-    root = Path(data_root) if data_root else default_data_root()
+    root = Path(data_root) if data_root else paths.data_root()
     text = str(text).strip()
     if not text:
         raise DatasetError("choose a dataset folder")
@@ -208,7 +203,7 @@ def _read_manifest(manifest: Path) -> tuple[dict[Path, str], str | None]:
                 if row.get("path") and row.get("patient_id"):
                     patient_ids[(manifest.parent / row["path"]).resolve()] = row["patient_id"]
     except (OSError, UnicodeDecodeError, csv.Error) as error:
-        reason = getattr(error, "strerror", None) or str(error).splitlines()[0][:120]
+        reason = getattr(error, "strerror", None) or one_line(error, 120)
         return {}, f"{manifest} was ignored: it cannot be read ({reason}); {MANIFEST_FALLBACK}"
     return patient_ids, None
 
@@ -281,12 +276,78 @@ def scan_dataset(root: str | Path, *, use_manifest: bool = True) -> Dataset:
                 if from_name:
                     patient_id, source = from_name, "filename"
                 else:
-                    patient_id, source = f"image:{path.relative_to(root)}", "image"
+                    patient_id, source = f"{IMAGE_ID_PREFIX}{path.relative_to(root)}", "image"
             records.append(ImageRecord(path, label, patient_id, source))
     if not records:
         raise DatasetError(f"the class folders in {root} hold no images; {expected}")
     return Dataset(root, records, class_folders,
                    manifest if manifest_ids else None, ignored, manifest_problem)
+
+
+# --------------------------------------------------------------------------- patient groups
+
+
+def merge_groups(groups: Sequence[str], pairs: Iterable[tuple]) -> list[str]:
+    """Group ids after joining the groups of each index pair ``(i, j, ...)`` (union-find).
+
+    A merged group is named by its members' ids, sorted and joined with ``+`` (as the shared
+    manifest names the Cohen cases it merged), so it stays readable and deterministic. Used
+    for near-duplicate images (:func:`group_near_duplicates`) and for images that share a
+    patient in either of two runs (:func:`xrcompare.compare.align_runs`).
+    """
+    parent = {group: group for group in groups}
+
+    def root(group: str) -> str:
+        while parent[group] != group:
+            parent[group] = parent[parent[group]]
+            group = parent[group]
+        return group
+
+    for i, j, *_ in pairs:
+        a, b = root(groups[i]), root(groups[j])
+        if a != b:
+            parent[max(a, b)] = min(a, b)
+    members: dict[str, list[str]] = {}
+    for group in parent:
+        members.setdefault(root(group), []).append(group)
+    names = {top: "+".join(sorted(items)) for top, items in members.items()}
+    return [names[root(group)] for group in groups]
+
+
+def patient_keys(patient_id: str) -> set[str]:
+    """The keys under which a patient id is compared across datasets: every part of a merged
+    id (``a+b``), a Kermany id reduced to its core (the manifest's ``kermany-person1044`` and
+    the file name's ``person1044`` are one patient), lower case. A per-image id (patient
+    unknown) has none: it can never match."""
+    keys = set()
+    for part in str(patient_id).split("+"):
+        part = part.strip()
+        if not part or part.startswith(IMAGE_ID_PREFIX) or part.lower() == "nan":
+            continue
+        for core in PATIENT_ID_CORES:
+            match = re.search(core, part, re.IGNORECASE)
+            if match:
+                part = match.group(0)
+                break
+        keys.add(part.lower())
+    return keys
+
+
+def patient_overlap(own_patients: Iterable[str], patients: Sequence[str]
+                    ) -> tuple[dict, list[bool]]:
+    """Which images of a folder (``patients``: one id per image) belong to a patient that a
+    run's own data also holds (``own_patients``: every patient id of the run's data folder,
+    train, validation and test alike, since the run's whole dataset shaped its selection).
+
+    Returns ``({"patients": distinct ids shared, "images": images of them, "ids": [...]},
+    one flag per image)``; ids are compared by :func:`patient_keys`.
+    """
+    own: set[str] = set()
+    for patient in own_patients:
+        own |= patient_keys(patient)
+    shared = [bool(patient_keys(patient) & own) for patient in patients]
+    ids = sorted({str(patient) for patient, hit in zip(patients, shared, strict=True) if hit})
+    return {"patients": len(ids), "images": int(sum(shared)), "ids": ids}, shared
 
 
 # --------------------------------------------------------------------------- near-duplicates
@@ -318,7 +379,7 @@ def group_near_duplicates(dataset: Dataset, threshold: float | None = None) -> l
     del grays
     before = dataset.groups
     pairs = [(i, j, score) for i, j, score in pairs if before[i] != before[j]]
-    after = near_duplicates.merge_groups(before, pairs)
+    after = merge_groups(before, pairs)
     found = []
     for i, j, score in pairs:
         found.append({"paths": [str(dataset.records[k].path.relative_to(dataset.root))
@@ -408,7 +469,7 @@ def split_by_image(dataset: Dataset, *, val_fraction: float | None = 0.15,
                                           stratify=labels[rest], random_state=seed)
     except ValueError as error:  # too few images for the fractions asked
         raise DatasetError(f"cannot split {len(labels)} images by class with these "
-                           f"fractions: {str(error).splitlines()[0][:160]}") from None
+                           f"fractions: {one_line(error, 160)}") from None
     return {"train": sorted(train.tolist()), "val": sorted(val.tolist()),
             "test": sorted(test.tolist())}
 

@@ -173,6 +173,50 @@ def evaluate_predictions(y_true: Sequence[str], probabilities: np.ndarray,
     return result
 
 
+def evaluate_heldout(y_true: Sequence[str], probabilities: np.ndarray, groups: Sequence[str],
+                     overlap: dict | None, shared: Sequence[bool] | None = None,
+                     **options) -> dict:
+    """:func:`evaluate_predictions` of a held-out folder, with its patient overlap.
+
+    ``overlap`` (:func:`xrcompare.data.patient_overlap`: patients, images, ids shared with
+    the run's own data; None when unknown) is kept as ``patient_overlap``; when some images
+    are shared (``shared`` flags them), ``without_overlap`` holds the same metrics computed
+    without them, so a figure is never quoted as held-out when patients were seen.
+    """
+    metrics = evaluate_predictions(y_true, probabilities, groups, **options)
+    if overlap is None:
+        return metrics
+    metrics["patient_overlap"] = overlap
+    keep = ~np.asarray(shared if shared is not None else [], dtype=bool)
+    if overlap.get("images") and keep.size == len(y_true) and keep.any():
+        metrics["without_overlap"] = evaluate_predictions(
+            list(np.asarray(y_true, dtype=object)[keep]),
+            np.asarray(probabilities)[keep], list(np.asarray(groups, dtype=object)[keep]),
+            **options)
+    return metrics
+
+
+def overlap_sentence(metrics: dict, folder: str, own: str) -> str | None:
+    """One sentence on a held-out folder's patient overlap with a run's own data ``own``:
+    how many patients and images it shares and the scores without them; None when it was
+    not checked."""
+    overlap = metrics.get("patient_overlap")
+    if not isinstance(overlap, dict):
+        return None
+    if not overlap.get("images"):
+        return f"No patient of {folder} is in the run's own data ({own}), by patient id."
+    patients, images = overlap["patients"], overlap["images"]
+    text = (f"{patients} patient{'s' if patients != 1 else ''} ({images} "
+            f"image{'s' if images != 1 else ''}) of {folder} also appear in the run's own "
+            f"data ({own})")
+    rest = metrics.get("without_overlap")
+    if not isinstance(rest, dict):
+        left_none = images >= int(metrics.get("n") or 0)
+        return text + ("; no image is left without them." if left_none else ".")
+    return (text + f"; without them ({rest['n']} images): accuracy {rest['accuracy']:.3f}, "
+            f"macro-F1 {rest['macro_f1']:.3f}.")
+
+
 def heldout_table(y_true: Sequence[str], pred_index: np.ndarray, labels: Sequence[str]) -> dict:
     """For a folder without covid images: share of each true class predicted as each class.
 

@@ -10,7 +10,6 @@ import shlex
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -18,31 +17,27 @@ import pandas as pd
 
 from xrcompare import CLASSES, __version__
 from xrcompare.backbones import get_backbone, weights_status
+from xrcompare.config import TrainConfig
 from xrcompare.data import (
     Dataset,
     group_near_duplicates,
     kfold_by_patient,
+    patient_overlap,
     scan_dataset,
     split_by_image,
     split_by_patient,
     split_summary,
 )
-from xrcompare.evaluate import evaluate_predictions, summarise_folds
+from xrcompare.evaluate import evaluate_heldout, evaluate_predictions, summarise_folds
 from xrcompare.features import FeatureExtractor, FeatureSpec
-from xrcompare.imaging import RESIZE_MODES
-from xrcompare.protocol import (
-    CHOICE_TEXT,
-    PROTOCOL_CHOICES,
-    PROTOCOL_DEFAULTS,
-    leaky_reasons,
-    protocol_label,
-)
+from xrcompare.protocol import CHOICE_TEXT, leaky_reasons, protocol_label
 from xrcompare.runs import (
     SCHEMA_VERSION,
     RunWriter,
     check_runs_dir,
-    default_runs_dir,
+    heldout_scope,
     new_run_id,
+    prediction_column,
     slug,
 )
 from xrcompare.train import HEADS, build_head, fit_head, predict, save_head_weights
@@ -50,86 +45,44 @@ from xrcompare.train import HEADS, build_head, fit_head, predict, save_head_weig
 Progress = Callable[[dict], None]
 
 
-@dataclass
-class TrainConfig:
-    data: Path
-    backbones: list[str]
-    epochs: int = 25
-    batch_size: int = 8
-    learning_rate: float = 1e-3
-    image_size: int | None = None  # None: the backbone's default
-    seed: int = 42
-    heldout: list[Path] = field(default_factory=list)
-    runs_dir: Path | None = None
-    folds: int | None = None
-    resize_mode: str = "squash"
-    head: str = "blog"
-    weights: str = "imagenet"
-    augment_views: int = 0
-    balanced: bool = False
-    val_fraction: float = 0.15
-    test_fraction: float = 0.2
-    patience: int | None = None
-    monitor: str = "val_loss"
-    name: str | None = None  # run id (one backbone) or tag
-    display_name: str | None = None
-    description: str | None = None
-    order: int | None = None
-    extract_batch_size: int = 32
-    # The protocol (xrcompare.protocol): the sound defaults, or the 2020 blog's flaws on purpose.
-    split: str = PROTOCOL_DEFAULTS["split"]  # patients | images
-    preprocess: str = PROTOCOL_DEFAULTS["preprocess"]  # backbone | scale01
-    select_on: str = PROTOCOL_DEFAULTS["select_on"]  # val | test
-    augment: str = PROTOCOL_DEFAULTS["augment"]  # mild | blog (with augment_views ≥ 1)
+def preflight(config: TrainConfig) -> dict:
+    """Check a configuration completely before any training work and return its plan: what
+    a job will do, for the progress display (images, patients, classes, held-out images, per
+    backbone the input size, epochs, folds, views, fractions).
 
-    @property
-    def protocol(self) -> dict[str, str]:
-        return {key: getattr(self, key) for key in PROTOCOL_CHOICES}
-
-    def validate(self) -> None:
-        """Raise ValueError with one readable line for any out-of-range parameter."""
-        def check_int(name, value, low, high):
-            if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-                raise ValueError(f"{name} must be an integer from {low} to {high}, got {value!r}")
-
-        if not self.backbones:
-            raise ValueError("give at least one backbone")
-        for backbone in self.backbones:
-            spec = get_backbone(backbone)
-            if self.image_size is not None:
-                spec.check_size(self.image_size)
-        check_int("epochs", self.epochs, 1, 500)
-        check_int("batch size", self.batch_size, 1, 4096)
-        check_int("seed", self.seed, 0, 2**31 - 1)
-        check_int("augmentation views", self.augment_views, 0, 16)
-        if self.folds is not None:
-            check_int("folds", self.folds, 2, 20)
-        if self.patience is not None:
-            check_int("patience", self.patience, 1, 500)
-        if not (isinstance(self.learning_rate, (int, float)) and 1e-6 <= self.learning_rate <= 1):
-            raise ValueError(
-                f"learning rate must be between 1e-6 and 1, got {self.learning_rate!r}")
-        if self.resize_mode not in RESIZE_MODES:
-            raise ValueError(f"resize mode must be one of {', '.join(RESIZE_MODES)}")
-        if self.head not in HEADS:
-            raise ValueError(f"head must be one of {', '.join(HEADS)}")
-        if self.weights not in ("imagenet", "random"):
-            raise ValueError("weights must be imagenet or random")
-        for value, label in ((self.val_fraction, "validation"), (self.test_fraction, "test")):
-            if not 0.05 <= value <= 0.45:
-                raise ValueError(f"{label} fraction must be between 0.05 and 0.45")
-        names = {"split": "split", "preprocess": "preprocess", "select_on": "select-on",
-                 "augment": "augment"}
-        for key, choices in PROTOCOL_CHOICES.items():
-            if getattr(self, key) not in choices:
-                raise ValueError(f"{names[key]} must be one of {', '.join(choices)}, "
-                                 f"got {getattr(self, key)!r}")
-        if self.augment != PROTOCOL_DEFAULTS["augment"] and not self.augment_views:
-            raise ValueError(f"augment {self.augment} needs augmented views: add "
-                             "--augment-views 1 or more")
-        if self.folds is not None and (self.split != "patients" or self.select_on != "val"):
-            raise ValueError("cross-validation (--folds) keeps the sound protocol: use it with "
-                             "--split patients and --select-on val")
+    Validates the configuration (once), checks the runs folder can take a run, every
+    backbone's weights, the dataset (two classes at least) and that its split can be made.
+    Raises ValueError (or a subclass: DatasetError, RunError) with one readable line.
+    """
+    config.validate()
+    check_runs_dir(config.runs_folder)  # writable, with room for a run: say so now
+    for name in config.backbones:
+        status = weights_status(name)
+        if config.weights == "imagenet" and not status.available:
+            raise ValueError(status.detail)
+    dataset = scan_dataset(config.data)
+    dataset.check_trainable()
+    if config.folds:  # too few patients for the split asked: say so now, not after the base
+        kfold_by_patient(dataset, config.folds, seed=config.seed,
+                         val_fraction=config.val_fraction)
+    else:
+        splitter = split_by_image if config.split == "images" else split_by_patient
+        splitter(dataset, val_fraction=config.val_fraction if config.select_on == "val"
+                 else None, test_fraction=config.test_fraction, seed=config.seed)
+    heldouts = [scan_dataset(folder) for folder in config.heldout]
+    backbones = [get_backbone(name).name for name in config.backbones]
+    return {"data": str(config.data), "data_name": dataset.root.name,
+            "images": len(dataset.records), "patients": len(set(dataset.groups)),
+            "class_counts": dataset.class_counts(),
+            "heldout": [str(held.root) for held in heldouts],
+            "heldout_name": ", ".join(held.root.name for held in heldouts) or None,
+            "heldout_images": sum(len(held.records) for held in heldouts),
+            "backbones": backbones,
+            "image_sizes": {name: config.image_size_for(name) for name in backbones},
+            "image_size": config.image_size, "epochs": config.epochs, "folds": config.folds,
+            "augment_views": config.augment_views, "val_fraction": config.val_fraction,
+            "test_fraction": config.test_fraction, "select_on": config.select_on,
+            "runs_dir": str(config.runs_folder)}
 
 
 def environment() -> dict:
@@ -201,7 +154,7 @@ def train_runs(config: TrainConfig, progress: Progress | None = None) -> list[Pa
     config.validate()
     emit = progress or (lambda event: None)
     # Where the run goes must take it: said now, not after all the training work.
-    check_runs_dir(config.runs_dir or default_runs_dir())
+    check_runs_dir(config.runs_folder)
     started = time.perf_counter()
     emit({"phase": "scan", "what": str(config.data)})
     dataset = scan_dataset(config.data)
@@ -213,7 +166,7 @@ def train_runs(config: TrainConfig, progress: Progress | None = None) -> list[Pa
     if len(set(names)) != len(names):
         raise ValueError(f"held-out folders must have distinct names, got {', '.join(names)}")
     if config.name and len(config.backbones) == 1:
-        existing = (config.runs_dir or default_runs_dir()) / slug(config.name)
+        existing = config.runs_folder / slug(config.name)
         if existing.exists():
             raise ValueError(f"run folder {existing} already exists: choose another --name "
                              "or remove it first")
@@ -259,7 +212,7 @@ def _train_one(config: TrainConfig, backbone_name: str, dataset: Dataset,
     import keras
 
     backbone = get_backbone(backbone_name)
-    size = config.image_size or backbone.default_size
+    size = config.image_size_for(backbone.name)
     spec = feature_spec(config, backbone.name, size)
     phases = _Phases()
     phases.seconds["scan"] = scan_seconds
@@ -331,9 +284,7 @@ def _train_one(config: TrainConfig, backbone_name: str, dataset: Dataset,
             frames.append(_prediction_frame(dataset, indices, split_name, probabilities,
                                             fold_number if config.folds else None))
         test_frame = frames[2]
-        test_metrics = evaluate_predictions(
-            test_frame["label"].tolist(), test_frame[[f"prob_{c}" for c in CLASSES]].to_numpy(),
-            test_frame["patient_id"].tolist(), seed=config.seed)
+        test_metrics = _evaluate_frame(test_frame, config.seed)
         phases.add("evaluate", t)
         fold_results.append({"head": head, "fit": fit, "frames": frames,
                              "test_metrics": test_metrics, "splits": kept})
@@ -355,11 +306,14 @@ def _train_one(config: TrainConfig, backbone_name: str, dataset: Dataset,
                                  "note": "no readable images: not evaluated"})
             continue
         probabilities = predict(head, result.features)
-        frame = _prediction_frame(heldout, records, f"heldout:{name}", probabilities, None)
+        frame = _prediction_frame(heldout, records, heldout_scope(name), probabilities, None)
         heldout_frames.append(frame)
-        heldout_metrics[name] = evaluate_predictions(
-            frame["label"].tolist(), probabilities, frame["patient_id"].tolist(),
-            seed=config.seed)
+        # A held-out folder may share patients with the training data (seed001_0402 and
+        # kaggle_test share Kermany patients): measured, recorded, and scored without them.
+        overlap, shared = patient_overlap(dataset.groups, frame["patient_id"].tolist())
+        heldout_metrics[name] = evaluate_heldout(
+            frame["label"].tolist(), probabilities, frame["patient_id"].tolist(), overlap,
+            shared, seed=config.seed)
         if config.folds and len(fold_results) > 1:
             heldout_metrics[name]["across_folds"] = summarise_folds([
                 evaluate_predictions(frame["label"].tolist(), predict(fr["head"], result.features),
@@ -375,9 +329,7 @@ def _train_one(config: TrainConfig, backbone_name: str, dataset: Dataset,
     emit({"phase": "write"})
     if config.folds:
         test_frame = pd.concat([fr["frames"][2] for fr in fold_results], ignore_index=True)
-        test_metrics = evaluate_predictions(
-            test_frame["label"].tolist(), test_frame[[f"prob_{c}" for c in CLASSES]].to_numpy(),
-            test_frame["patient_id"].tolist(), seed=config.seed)
+        test_metrics = _evaluate_frame(test_frame, config.seed)
         test_metrics["scope"] = f"out-of-fold predictions pooled over {config.folds} folds"
         predictions = pd.concat([test_frame, *first["frames"][:2], *heldout_frames],
                                 ignore_index=True)
@@ -402,7 +354,7 @@ def _train_one(config: TrainConfig, backbone_name: str, dataset: Dataset,
     tag = config.name if len(config.backbones) > 1 else None
     run_id = (config.name if config.name and len(config.backbones) == 1
               else new_run_id(backbone.name, dataset.root.name, tag))
-    writer = RunWriter(config.runs_dir or default_runs_dir(), run_id)
+    writer = RunWriter(config.runs_folder, run_id)
     try:
         history = pd.DataFrame(first["fit"]["history"])
         history.insert(0, "epoch", range(1, len(history) + 1))
@@ -451,6 +403,13 @@ def _selection_text(config: TrainConfig, fit: dict) -> str:
     return f"best epoch by {fit['monitor']} on the validation split"
 
 
+def _evaluate_frame(frame: pd.DataFrame, seed: int) -> dict:
+    """Metrics of a prediction frame (one row per image, a probability column per class)."""
+    return evaluate_predictions(
+        frame["label"].tolist(), frame[[prediction_column(c) for c in CLASSES]].to_numpy(),
+        frame["patient_id"].tolist(), seed=seed)
+
+
 def _best_val(fit: dict) -> dict:
     history, epoch = fit["history"], fit["best_epoch"]
     return {key: values[epoch - 1] for key, values in history.items()
@@ -466,7 +425,7 @@ def _prediction_frame(dataset: Dataset, indices: list[int], split: str,
         "patient_id": [dataset.records[i].patient_id for i in indices],
     })
     for column, label in enumerate(CLASSES):
-        frame[f"prob_{label}"] = probabilities[:, column] if len(indices) else []
+        frame[prediction_column(label)] = probabilities[:, column] if len(indices) else []
     frame["predicted"] = [CLASSES[j] for j in probabilities.argmax(axis=1)] if len(indices) else []
     if fold is not None:
         frame["fold"] = fold
@@ -497,7 +456,13 @@ def _run_info(config, backbone, size, feature_shape, dataset, fold_splits, first
     if config.folds:
         split["folds"] = config.folds
         split["fold_summaries"] = [split_summary(dataset, s) for s in fold_splits]
-    hyper = {key: value for key, value in asdict(config).items()
+        # Every fold's head: its kept epoch and its own file lists (fold 1's are "files").
+        split["per_fold"] = [
+            {"fold": n, "best_epoch": fr["fit"]["best_epoch"],
+             "epochs_run": fr["fit"]["epochs_run"],
+             "files": {name: files(indices) for name, indices in fr["splits"].items()}}
+            for n, fr in enumerate(fold_results, start=1)]
+    hyper = {key: value for key, value in config.to_json().items()
              if key in ("epochs", "batch_size", "learning_rate", "seed", "augment_views",
                         "balanced", "patience", "monitor", "head", "resize_mode")}
     hyper["monitor"] = first["fit"]["monitor"]
@@ -512,10 +477,11 @@ def _run_info(config, backbone, size, feature_shape, dataset, fold_splits, first
     return {
         "schema": SCHEMA_VERSION, "run_id": run_id,
         "display_name": config.display_name or f"{backbone.display_name} · {dataset.root.name}"
-                        + (" · random-init control" if config.weights == "random" else ""),
+                        + (" · random-init control" if config.is_random_control else ""),
         "description": config.description or "", "order": config.order,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "command": _command_line(),
+        "config": {**config.to_json(), "runs_dir": None},  # the settings, not the machine
         "classes": list(CLASSES),
         "backbone": backbone.name, "backbone_display": backbone.display_name,
         "weights": config.weights,

@@ -4,36 +4,36 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from xrcompare.data import scan_dataset
-from xrcompare.evaluate import evaluate_predictions
-from xrcompare.features import FeatureExtractor, FeatureSpec
+from xrcompare.data import patient_overlap, scan_dataset
+from xrcompare.evaluate import evaluate_heldout
+from xrcompare.features import FeatureExtractor
 from xrcompare.runs import Run, build_head_for_run, check_rebuildable
 from xrcompare.train import predict
 
 
-def feature_spec(run: Run) -> FeatureSpec:
-    info = run.info
-    return FeatureSpec(info["backbone"], info["image_size"], info["resize_mode"],
-                       info["weights"], info.get("weights_seed", 0), preprocess=run.preprocess)
-
-
 def evaluate_folder(run: Run, folder: str | Path, *, repeats: int = 1000):
     """Metrics of ``run`` on a labelled folder (same layout as training data), through the
-    feature cache. Returns (metrics, skipped files)."""
+    feature cache. Returns (metrics, skipped files).
+
+    The folder's patients are checked against the run's own data (predictions.csv's
+    patient ids): the metrics carry ``patient_overlap`` and, when some are shared,
+    ``without_overlap`` (see :func:`xrcompare.evaluate.evaluate_heldout`)."""
     dataset = scan_dataset(folder)
     unknown = sorted(set(dataset.labels) - set(run.labels))
     if unknown:
         raise ValueError(f"{folder} has classes {unknown} that the run does not predict")
     check_rebuildable(run)  # a random-init control's base differs across Keras versions
-    extractor = FeatureExtractor(feature_spec(run))
+    extractor = FeatureExtractor(run.feature_spec())
     result = extractor.extract([record.path for record in dataset.records])
     if not result.ok:
         raise ValueError(f"none of the images in {folder} could be read")
     probabilities = predict(build_head_for_run(run), result.features)
     records = [dataset.records[i] for i in result.ok]
-    metrics = evaluate_predictions([r.label for r in records], probabilities,
-                                   [r.patient_id for r in records], labels=run.labels,
-                                   repeats=repeats)
+    patients = [r.patient_id for r in records]
+    own = run.own_patients
+    overlap, shared = patient_overlap(own, patients) if own is not None else (None, None)
+    metrics = evaluate_heldout([r.label for r in records], probabilities, patients, overlap,
+                               shared, labels=run.labels, repeats=repeats)
     return metrics, result.failed
 
 

@@ -3,58 +3,43 @@
 The sidebar calls :func:`start_job`, :func:`job_status`, :func:`current_job` and
 :func:`request_cancel` (:func:`cancel_job` also waits for the end); a test can call the very
 same functions. One job runs at a time per jobs folder (``<repo>/jobs/``, or
-``$XRCOMPARE_JOBS_DIR``).
+``$XRCOMPARE_JOBS_DIR``). This module owns processes, the lock and the job's status; the
+configuration is :class:`xrcompare.config.TrainConfig`, the checks before a start are
+:func:`xrcompare.experiment.preflight`, and the progress events are :mod:`xrcompare.progress`.
 
 How a job runs::
 
     start_job ──► python -m xrcompare.jobs supervise <job dir>    (own session = process group)
-                     └─► python -m xrcompare train ... --progress-file <job dir>/progress.jsonl
+                     └─► python -m xrcompare train --config <job dir>/config.json
+                                                   --progress-file <job dir>/progress.jsonl
 
-The supervisor waits for the training process, records its outcome in ``state.json``,
-removes any half-written run folder and frees the lock. Cancel sends SIGTERM to the whole
-process group; the supervisor outlives it (its handler is set before the training process
-starts), sees the training process end and records "cancelled". It kills the training
-process after ``CANCEL_KILL_AFTER_S``; a reader kills the whole group if it is still there
-``CANCEL_ESCALATE_S`` after the cancel. If the supervisor itself is gone without a final
-state (app or machine restart, ``kill -9``), the next reader notices through the pid and the
-process start time, records "stale" and frees the lock.
+The configuration is validated once in the app (``preflight``) and once in the training
+process (``train_runs``). The supervisor waits for the training process, records its outcome
+in ``state.json``, removes any half-written run folder and frees the lock. Cancel sends
+SIGTERM to the whole process group; the supervisor outlives it (its handler is set before the
+training process starts), sees the training process end and records "cancelled". It kills
+the training process after ``CANCEL_KILL_AFTER_S``; a reader kills the whole group if it is
+still there ``CANCEL_ESCALATE_S`` after the cancel. If the supervisor itself is gone without a
+final state (app or machine restart, ``kill -9``), the next reader notices through the pid and
+the process start time, records "stale" and frees the lock.
 
 Files in the jobs folder::
 
     lock                   {"job_id"}: the job holding the app's single training slot
-    <job-id>/job.json      the request, the resolved folders, the command, the plan (written once)
+    <job-id>/config.json   the TrainConfig, as JSON (paths as strings): what the child trains
+    <job-id>/job.json      the config, the plan, the command (written once)
     <job-id>/launch.json   {"pid", "identity"}: the supervisor process (pid = process group id)
     <job-id>/state.json    written by the supervisor (or by a reader that proved it dead):
                            {"state", "cli_pid", "cli_identity", "started", "finished",
                             "exit_code", "error", "runs"}
     <job-id>/cancel        present once cancel was asked for
-    <job-id>/progress.jsonl  one JSON object per line, appended by the training process
+    <job-id>/progress.jsonl  the training process's progress events (see xrcompare.progress)
     <job-id>/log.txt       the training process's stdout and stderr
 
 A process identity is ``"<boot id>:<start time in clock ticks>"`` from ``/proc``, so a pid
 reused after a restart never passes for the job's process.
 
 States: ``starting`` → ``running`` → ``done`` | ``failed`` | ``cancelled`` | ``stale``.
-
-Progress schema (``progress.jsonl``, written by :func:`progress_file_writer` from the events of
-:func:`xrcompare.experiment.train_runs`; every line has ``time`` (Unix seconds) and
-``phase``; all but ``scan`` and ``done`` also carry ``backbone``, ``backbone_index``
-(1-based) and ``backbones`` (how many in the job))::
-
-    {"phase": "scan", "what": <dataset folder>}
-    {"phase": "load_backbone"}
-    {"phase": "extract", "what": "dataset" | "augmented views" | "held-out <name>",
-     "done": int, "total": int, "cached": int}
-    {"phase": "train", "epoch": int, "epochs": int, "metrics": {"loss", "accuracy",
-     "val_loss", "val_accuracy"}, "best_epoch": int, "fold": int, "folds": int}
-    {"phase": "evaluate", "fold": int, "folds": int}
-    {"phase": "heldout", "what": <held-out folder name>}
-    {"phase": "write"}
-    {"phase": "written", "run": <run folder>}
-    {"phase": "done", "runs": [<run folder>, ...]}
-
-:func:`summarize_progress` turns these lines into what the page shows: a phase sentence,
-a fraction done, an estimate of the time left and the loss/accuracy curve so far.
 """
 
 from __future__ import annotations
@@ -68,23 +53,31 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from xrcompare.backbones import first_line
+from xrcompare import paths
+from xrcompare.config import TrainConfig
+from xrcompare.errors import one_line
+from xrcompare.progress import (
+    ACTIVE_STATES,
+    PROGRESS_FILE,
+    finished,
+    read_progress,
+    summarize_progress,
+    written_runs,
+)
 
-REPO = Path(__file__).resolve().parent.parent
-JOBS_DIR_VARIABLE = "XRCOMPARE_JOBS_DIR"
-DATA_ROOT_VARIABLE = "XRCOMPARE_DATA_ROOT"  # read by xrcompare.data.default_data_root
-
-STATES_ACTIVE = ("starting", "running")
+STATES_ACTIVE = ACTIVE_STATES
 STATES_FINAL = ("done", "failed", "cancelled", "stale")
 STARTING_GRACE_S = 30.0  # a job with no supervisor pid after this long is stale
 CANCEL_KILL_AFTER_S = 10.0  # SIGTERM, then SIGKILL if the training process is still there
 CANCEL_ESCALATE_S = CANCEL_KILL_AFTER_S + 5.0  # then a reader SIGKILLs the whole group
 KEEP_JOBS = 30  # finished job folders kept; older ones are pruned when a job starts
 LOG_TAIL_LINES = 20
+CONFIG_FILE = "config.json"
+#: How long a recorded error line may be.
+ERROR_LIMIT = 500
 
 # Supervisor processes started by this Python process, so they are reaped (no zombies).
 _CHILDREN: dict[str, subprocess.Popen] = {}
@@ -103,148 +96,14 @@ class JobRunning(JobError):
                          f"{job.progress.get('phase_text', job.state)}); watch it or cancel it")
 
 
-def error_line(error: BaseException) -> str:
-    """The first line of an error's message, or its type's name when it has none."""
-    return first_line(error, limit=500)
+def _jobs_dir(jobs_dir: str | Path | None) -> Path:
+    return Path(jobs_dir) if jobs_dir else paths.jobs_dir()
 
 
-def progress_file_writer(path: str | Path) -> Callable[[dict], None]:
-    """A progress hook that appends one JSON line per event (flushed, so readers see it)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-
-    def write(event: dict) -> None:
-        line = json.dumps({"time": time.time(), **event}, default=str)
-        with path.open("a", encoding="utf-8") as handle:
-            handle.write(line + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-
-    return write
-
-
-# --------------------------------------------------------------------------- folders
-
-
-def default_jobs_dir() -> Path:
-    value = os.environ.get(JOBS_DIR_VARIABLE, "").strip()
-    return Path(value).expanduser() if value else REPO / "jobs"
-
-
-def default_data_root() -> Path:
-    """Where the sidebar looks for datasets: ``$XRCOMPARE_DATA_ROOT`` or ``../shared/data``."""
-    from xrcompare.data import default_data_root as data_root
-
-    return data_root()
-
-
-def list_datasets(data_root: str | Path | None = None) -> list[str]:
-    """Names of the folders directly under the data root that hold class sub-folders (see
-    :func:`xrcompare.data.list_datasets`)."""
-    from xrcompare.data import list_datasets as datasets
-
-    return datasets(data_root)
-
-
-def resolve_data_folder(text: str | Path, data_root: str | Path | None = None) -> Path:
-    """The dataset folder for a listed name or a typed path, kept inside the data root (see
-    :func:`xrcompare.data.resolve_data_folder`); :class:`JobError` otherwise."""
-    from xrcompare.data import DatasetError
-    from xrcompare.data import resolve_data_folder as resolve
-
-    try:
-        return resolve(text, data_root)
-    except DatasetError as error:
-        raise JobError(str(error)) from None
-
-
-# --------------------------------------------------------------------------- requests
-
-
-TUNABLE = ("epochs", "batch_size", "learning_rate", "image_size", "augment_views", "seed")
-
-
-@dataclass
-class TrainRequest:
-    """What the sidebar form collects.
-
-    A tunable parameter left at None takes :class:`xrcompare.experiment.TrainConfig`'s
-    default (:func:`request_defaults`), so the defaults are defined in one place.
-    """
-
-    dataset: str  # a folder name from list_datasets, or a path inside the data root
-    backbones: list[str]
-    epochs: int | None = None
-    batch_size: int | None = None
-    learning_rate: float | None = None
-    image_size: int | None = None  # None: each backbone's own
-    augment_views: int | None = None
-    seed: int | None = None
-    heldout: str | None = None  # optional held-out folder, same rules as dataset
-
-
-def request_defaults() -> dict:
-    """TrainConfig's defaults for the parameters a request can set (the form's start values)."""
-    from xrcompare.experiment import TrainConfig
-
-    return {item.name: item.default for item in fields(TrainConfig) if item.name in TUNABLE}
-
-
-def prepare(request: TrainRequest, *, data_root: str | Path | None = None,
-            runs_dir: str | Path | None = None) -> tuple[list[str], dict]:
-    """Check a request completely before anything starts; return (train argv, plan).
-
-    Raises :class:`JobError` (or another ``ValueError``) with one readable line.
-    """
-    from xrcompare.backbones import get_backbone, weights_status
-    from xrcompare.data import scan_dataset, split_by_patient
-    from xrcompare.experiment import TrainConfig
-    from xrcompare.runs import check_runs_dir, default_runs_dir
-
-    backbones = []
-    for name in request.backbones:
-        backbone = get_backbone(name)
-        if backbone.name not in backbones:
-            backbones.append(backbone.name)
-    data = resolve_data_folder(request.dataset, data_root)
-    heldout = (resolve_data_folder(request.heldout, data_root)
-               if request.heldout not in (None, "") else None)
-    if heldout is not None and heldout == data:
-        raise JobError("the held-out folder must differ from the training dataset")
-    runs = Path(runs_dir or default_runs_dir()).expanduser().resolve()
-    chosen = {name: getattr(request, name) for name in TUNABLE
-              if getattr(request, name) is not None}
-    config = TrainConfig(data=data, backbones=backbones, heldout=[heldout] if heldout else [],
-                         runs_dir=runs, **chosen)
-    config.validate()
-    check_runs_dir(runs)  # writable, with room for a run: say so now, not after training
-    for name in backbones:
-        status = weights_status(name)
-        if not status.available:
-            raise JobError(status.detail)
-    dataset = scan_dataset(data)
-    split_by_patient(dataset, val_fraction=config.val_fraction,  # too few patients: say now
-                     test_fraction=config.test_fraction, seed=config.seed)
-    held = scan_dataset(heldout) if heldout else None
-    argv = [sys.executable, "-m", "xrcompare", "train", "--data", str(data),
-            "--epochs", str(config.epochs), "--batch-size", str(config.batch_size),
-            "--learning-rate", repr(float(config.learning_rate)), "--seed", str(config.seed),
-            "--augment-views", str(config.augment_views), "--runs-dir", str(runs)]
-    for name in backbones:
-        argv += ["--backbone", name]
-    if config.image_size is not None:
-        argv += ["--image-size", str(config.image_size)]
-    if heldout is not None:
-        argv += ["--heldout", str(heldout)]
-    plan = {"data": str(data), "data_name": data.name, "images": len(dataset.records),
-            "patients": len(set(dataset.groups)), "class_counts": dataset.class_counts(),
-            "heldout": str(heldout) if heldout else None,
-            "heldout_name": heldout.name if heldout else None,
-            "heldout_images": len(held.records) if held else 0,
-            "backbones": backbones, "epochs": config.epochs,
-            "augment_views": config.augment_views, "runs_dir": str(runs),
-            "image_size": config.image_size}
-    return argv, plan
+def train_command(folder: Path) -> list[str]:
+    """The training process's command line for the job in ``folder``."""
+    return [sys.executable, "-m", "xrcompare", "train", "--config", str(folder / CONFIG_FILE),
+            "--progress-file", str(folder / PROGRESS_FILE)]
 
 
 # --------------------------------------------------------------------------- processes
@@ -367,7 +226,7 @@ class JobStatus:
     job_id: str
     folder: Path
     state: str
-    request: dict = field(default_factory=dict)
+    config: dict = field(default_factory=dict)
     plan: dict = field(default_factory=dict)
     created: float | None = None
     started: float | None = None
@@ -393,23 +252,6 @@ class JobStatus:
     def to_dict(self) -> dict:
         return {**asdict(self), "folder": str(self.folder), "active": self.active,
                 "elapsed": self.elapsed}
-
-
-def read_progress(folder: Path) -> list[dict]:
-    """The progress events so far (a half-written last line is skipped)."""
-    events = []
-    try:
-        lines = (folder / "progress.jsonl").read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError):
-        return events
-    for line in lines:
-        try:
-            event = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(event, dict):
-            events.append(event)
-    return events
 
 
 def log_tail(folder: Path, lines: int = LOG_TAIL_LINES) -> list[str]:
@@ -448,7 +290,7 @@ def _list_jobs(jobs_dir: Path) -> list[str]:
 
 def job_status(job_id: str, jobs_dir: str | Path | None = None) -> JobStatus:
     """The job's state as its files and processes say; a dead job is recorded as stale."""
-    jobs_dir = Path(jobs_dir) if jobs_dir else default_jobs_dir()
+    jobs_dir = _jobs_dir(jobs_dir)
     if not job_id or "/" in job_id or job_id.startswith("."):
         raise JobError(f"no such job {job_id!r}")
     folder = jobs_dir / job_id
@@ -477,13 +319,13 @@ def _status_from(folder: Path, job: dict, state: dict) -> JobStatus:
     events = read_progress(folder)
     status = JobStatus(
         job_id=job["job_id"], folder=folder, state=state.get("state", "starting"),
-        request=job.get("request", {}), plan=job.get("plan", {}), created=job.get("created"),
+        config=job.get("config", {}), plan=job.get("plan", {}), created=job.get("created"),
         started=state.get("started"), finished=state.get("finished"), error=state.get("error"),
         exit_code=state.get("exit_code"), runs=list(state.get("runs") or []),
         cancel_requested=(folder / "cancel").exists())
     status.log_tail = log_tail(folder)
     if not status.runs:
-        status.runs = [event["run"] for event in events if event.get("phase") == "written"]
+        status.runs = written_runs(events)
     status.progress = summarize_progress(events, plan=status.plan, state=status.state,
                                          started=status.started or status.created,
                                          finished=status.finished)
@@ -511,10 +353,9 @@ def _finalize_orphan(jobs_dir: Path, job_id: str, job: dict, state: dict) -> dic
     """No process left and no final state: record what can be known, free the lock."""
     folder = jobs_dir / job_id
     events = read_progress(folder)
-    done = any(event.get("phase") == "done" for event in events)
+    done = finished(events)
     _cleanup_partial(job, state.get("cli_pid"))
-    final = {**state, "finished": time.time(),
-             "runs": [e["run"] for e in events if e.get("phase") == "written"]}
+    final = {**state, "finished": time.time(), "runs": written_runs(events)}
     if done:
         final.update(state="done", error=None)
     elif (folder / "cancel").exists():
@@ -530,7 +371,7 @@ def _finalize_orphan(jobs_dir: Path, job_id: str, job: dict, state: dict) -> dic
 
 def current_job(jobs_dir: str | Path | None = None) -> JobStatus | None:
     """The job holding the lock if any, else the most recent one (None when none ever ran)."""
-    jobs_dir = Path(jobs_dir) if jobs_dir else default_jobs_dir()
+    jobs_dir = _jobs_dir(jobs_dir)
     holder = _lock_holder(jobs_dir)
     if holder and (jobs_dir / holder / "job.json").is_file():
         status = job_status(holder, jobs_dir)
@@ -564,41 +405,42 @@ def _child_environment() -> dict:
     env["PYTHONUNBUFFERED"] = "1"
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     path = env.get("PYTHONPATH", "")
-    env["PYTHONPATH"] = str(REPO) + (os.pathsep + path if path else "")
+    env["PYTHONPATH"] = str(paths.REPO_ROOT) + (os.pathsep + path if path else "")
     return env
 
 
-def start_job(request: TrainRequest, *, jobs_dir: str | Path | None = None,
-              data_root: str | Path | None = None,
-              runs_dir: str | Path | None = None) -> JobStatus:
-    """Validate the request, take the lock and launch the job; never waits for it.
+def start_job(config: TrainConfig, *, jobs_dir: str | Path | None = None) -> JobStatus:
+    """Check the configuration (:func:`xrcompare.experiment.preflight`), take the lock and
+    launch the job; never waits for it.
 
-    Raises :class:`JobRunning` when a job holds the lock, :class:`JobError` (a
-    ``ValueError``) for a bad request.
+    Raises :class:`JobRunning` when a job holds the lock, a ``ValueError`` (one line) for a
+    configuration that cannot train.
     """
-    jobs_dir = Path(jobs_dir) if jobs_dir else default_jobs_dir()
+    jobs_dir = _jobs_dir(jobs_dir)
     jobs_dir.mkdir(parents=True, exist_ok=True)
     holder = _lock_holder(jobs_dir)
     if holder and (jobs_dir / holder / "job.json").is_file():
         running = job_status(holder, jobs_dir)
         if running.active:  # say so before spending time on validation
             raise JobRunning(running)
-    argv, plan = prepare(request, data_root=data_root, runs_dir=runs_dir)
+    from xrcompare.experiment import preflight
+
+    plan = preflight(config)  # validated once here, once more in the training process
     job_id = _new_job_id()
     _acquire_lock(jobs_dir, job_id)
     folder = jobs_dir / job_id
     child, launched = None, False
     try:
         folder.mkdir()
-        argv = [*argv, "--progress-file", str(folder / "progress.jsonl")]
+        config.write(folder / CONFIG_FILE)
         _write_json(folder / "job.json", {"job_id": job_id, "created": time.time(),
-                                          "request": asdict(request), "plan": plan,
-                                          "argv": argv})
+                                          "config": config.to_json(), "plan": plan,
+                                          "argv": train_command(folder)})
         with (folder / "supervisor.log").open("ab") as log:
             child = subprocess.Popen(
                 [sys.executable, "-m", "xrcompare.jobs", "supervise", str(folder)],
-                cwd=REPO, env=_child_environment(), stdin=subprocess.DEVNULL, stdout=log,
-                stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
+                cwd=paths.REPO_ROOT, env=_child_environment(), stdin=subprocess.DEVNULL,
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
         _CHILDREN[job_id] = child
         _write_json(folder / "launch.json", {"pid": child.pid,
                                              "identity": process_identity(child.pid)})
@@ -648,7 +490,7 @@ def request_cancel(job_id: str, jobs_dir: str | Path | None = None) -> JobStatus
     the training process after ``CANCEL_KILL_AFTER_S``; :func:`job_status` kills the whole
     group if it is still alive ``CANCEL_ESCALATE_S`` after the request.
     """
-    jobs_dir = Path(jobs_dir) if jobs_dir else default_jobs_dir()
+    jobs_dir = _jobs_dir(jobs_dir)
     status = job_status(job_id, jobs_dir)
     if not status.active:
         return status
@@ -662,7 +504,7 @@ def request_cancel(job_id: str, jobs_dir: str | Path | None = None) -> JobStatus
 def cancel_job(job_id: str, jobs_dir: str | Path | None = None,
                timeout: float = CANCEL_ESCALATE_S + 5) -> JobStatus:
     """Stop the job's whole process tree; returns once it is recorded as ended."""
-    jobs_dir = Path(jobs_dir) if jobs_dir else default_jobs_dir()
+    jobs_dir = _jobs_dir(jobs_dir)
     status = request_cancel(job_id, jobs_dir)
     deadline = time.monotonic() + timeout
     while status.active and time.monotonic() < deadline:
@@ -707,13 +549,13 @@ def supervise(folder: Path) -> int:
             return 0
         try:
             with (folder / "log.txt").open("ab") as log:
-                child = subprocess.Popen(job["argv"], cwd=REPO, env=_child_environment(),
+                child = subprocess.Popen(job["argv"], cwd=paths.REPO_ROOT, env=_child_environment(),
                                          stdin=subprocess.DEVNULL, stdout=log,
                                          stderr=subprocess.STDOUT)
         except (OSError, ValueError) as error:
             _write_json(folder / "state.json", {
                 **record, "state": "failed", "finished": time.time(),
-                "error": f"could not start the training process: {error_line(error)}"})
+                "error": f"could not start the training process: {one_line(error, ERROR_LIMIT)}"})
             return 1
         try:
             final = _watch(folder, job, child, record)
@@ -748,9 +590,9 @@ def _watch(folder: Path, job: dict, child: subprocess.Popen, record: dict) -> di
             elif time.monotonic() - cancel_seen > CANCEL_KILL_AFTER_S:
                 child.kill()
     events = read_progress(folder)
-    done = code == 0 and any(event.get("phase") == "done" for event in events)
+    done = code == 0 and finished(events)
     final = {**running, "finished": time.time(), "exit_code": code,
-             "runs": [e["run"] for e in events if e.get("phase") == "written"]}
+             "runs": written_runs(events)}
     if done:
         final.update(state="done", error=None)
     else:
@@ -760,174 +602,6 @@ def _watch(folder: Path, job: dict, child: subprocess.Popen, record: dict) -> di
         else:
             final.update(state="failed", error=failure_reason(log_tail(folder, 200), code))
     return final
-
-
-# --------------------------------------------------------------------------- progress
-
-
-def summarize_progress(events: list[dict], *, plan: dict | None = None,
-                       state: str = "running", started: float | None = None,
-                       finished: float | None = None, now: float | None = None) -> dict:
-    """What the page shows from the progress events: a pure function of its inputs.
-
-    Returns ``phase_text`` (a sentence), ``fraction`` (0–1), ``eta_seconds`` (None while
-    too early to tell), ``elapsed`` (s), ``curve`` (one dict per epoch with backbone, fold,
-    epoch and the Keras metrics), ``backbone``, ``backbone_index``, ``backbones`` and
-    ``runs`` (run folders written so far).
-    """
-    plan = plan or {}
-    now = time.time() if now is None else now
-    images = max(1, int(plan.get("images") or 0) or 100)
-    heldout_images = int(plan.get("heldout_images") or 0)
-    views = int(plan.get("augment_views") or 0)
-    # Work units ≈ images through a backbone; an epoch on cached features costs far less.
-    unit = {"load": 20.0, "extract": images * (1 + 0.7 * views),
-            "train": max(5.0, 0.008 * images * (1 + views) * int(plan.get("epochs") or 25)),
-            "evaluate": 3.0, "heldout": float(heldout_images), "write": 3.0}
-    per_backbone = sum(unit.values())
-    backbones = len(plan.get("backbones") or []) or 1
-    fraction, text = 0.0, "starting Python and TensorFlow"
-    backbone, index, curve, runs = None, 0, [], []
-    for event in events:
-        phase = event.get("phase")
-        if event.get("backbones"):
-            backbones = int(event["backbones"])
-        if event.get("backbone_index"):
-            backbone, index = event.get("backbone"), int(event["backbone_index"])
-        where = f" (backbone {index} of {backbones}: {backbone})" if backbone else ""
-        offset = (index - 1) * per_backbone if index else 0.0
-        done_units = None
-        if phase == "scan":
-            text = "reading images (listing the dataset)"
-        elif phase == "load_backbone":
-            text = f"loading the ImageNet base{where}"
-            done_units = offset
-        elif phase == "extract":
-            share = event.get("done", 0) / max(1, event.get("total", 0) or 1)
-            what = str(event.get("what", ""))
-            cached = f", {event['cached']} from the cache" if event.get("cached") else ""
-            text = (f"extracting features for backbone {index} of {backbones} ({backbone}): "
-                    f"{what} {event.get('done', 0)}/{event.get('total', 0)}{cached}")
-            if what.startswith("held-out"):
-                done_units = offset + sum(unit[k] for k in ("load", "extract", "train",
-                                                            "evaluate")) + share * unit["heldout"]
-            else:
-                done_units = offset + unit["load"] + share * unit["extract"]
-        elif phase == "train":
-            epochs = max(1, int(event.get("epochs") or 1))
-            folds = max(1, int(event.get("folds") or 1))
-            fold = int(event.get("fold") or 1)
-            epoch = int(event.get("epoch") or 0)
-            fold_text = f", fold {fold} of {folds}" if folds > 1 else ""
-            text = f"training epoch {epoch} of {epochs}{fold_text}{where}"
-            share = ((fold - 1) * epochs + epoch) / (folds * epochs)
-            done_units = offset + unit["load"] + unit["extract"] + share * unit["train"]
-            metrics = event.get("metrics") or {}
-            curve.append({"backbone": backbone, "fold": fold, "epoch": epoch,
-                          **{key: value for key, value in metrics.items()
-                             if isinstance(value, (int, float))}})
-        elif phase == "evaluate":
-            text = f"evaluating on the test split{where}"
-            done_units = offset + unit["load"] + unit["extract"] + unit["train"]
-        elif phase == "heldout":
-            text = f"predicting the held-out folder {event.get('what', '')}{where}"
-        elif phase == "write":
-            text = f"writing the run folder{where}"
-            done_units = offset + per_backbone - unit["write"]
-        elif phase == "written":
-            text = f"run written{where}"
-            done_units = offset + per_backbone
-            if event.get("run"):
-                runs.append(event["run"])
-        elif phase == "done":
-            text = "done"
-            done_units = backbones * per_backbone
-        if done_units is not None:
-            fraction = max(fraction, min(1.0, done_units / (backbones * per_backbone)))
-    end = finished if finished else now
-    elapsed = max(0.0, end - started) if started is not None else 0.0
-    eta = time_left(events, plan, now=end) if state in STATES_ACTIVE else None
-    if state == "done":
-        fraction, text = 1.0, "done"
-    elif state in ("failed", "cancelled", "stale"):
-        text = {"failed": "failed", "cancelled": "cancelled",
-                "stale": "ended without an outcome (stale)"}[state] + f" during: {text}"
-    return {"phase_text": text, "fraction": fraction, "eta_seconds": eta, "elapsed": elapsed,
-            "curve": curve, "backbone": backbone, "backbone_index": index,
-            "backbones": backbones, "runs": runs}
-
-
-SECONDS_PER_IMAGE_224 = 0.05  # a CPU guess, replaced by the measured rate once known
-SECONDS_PER_EPOCH_PER_IMAGE = 0.001
-LOAD_SECONDS = 3.0
-
-
-def time_left(events: list[dict], plan: dict, *, now: float) -> float | None:
-    """Seconds left, from rates measured in this job: seconds per computed image (feature
-    extraction) and per epoch; defaults stand in until they are measured. None before the
-    first event. Early stopping can only make it shorter."""
-    timed = [e for e in events if isinstance(e.get("time"), (int, float))]
-    if not timed or timed[-1].get("phase") == "done":
-        return None if not timed else 0.0
-    images = int(plan.get("images") or 0)
-    heldout_images = int(plan.get("heldout_images") or 0)
-    views = int(plan.get("augment_views") or 0)
-    size = int(plan.get("image_size") or 224)
-    per_image = SECONDS_PER_IMAGE_224 * (size / 224) ** 2
-    per_epoch = SECONDS_PER_EPOCH_PER_IMAGE * images * (1 + views)
-    # measured rates
-    passes: dict[tuple, list[dict]] = {}
-    epochs_seen: list[dict] = []
-    for event in timed:
-        key = (event.get("backbone_index"), event.get("what"))
-        if event.get("phase") == "extract":
-            passes.setdefault(key, []).append(event)
-        elif event.get("phase") == "train":
-            epochs_seen.append(event)
-    computed, seconds = 0, 0.0
-    for items in passes.values():
-        computed += items[-1].get("done", 0) - items[0].get("done", 0)
-        seconds += items[-1]["time"] - items[0]["time"]
-    if computed >= 8 and seconds > 0.5:
-        per_image = seconds / computed
-    gaps = [b["time"] - a["time"] for a, b in zip(epochs_seen, epochs_seen[1:], strict=False)
-            if (a.get("backbone_index"), a.get("fold")) == (b.get("backbone_index"),
-                                                              b.get("fold"))]
-    if gaps:
-        recent = sorted(gaps[-9:])
-        per_epoch = recent[len(recent) // 2]
-    epochs = int(plan.get("epochs") or 25)
-    folds = 1
-    extract_all = images * (1 + 0.65 * views) * per_image
-    after_training = 1.0 + heldout_images * per_image + 1.0
-
-    last = timed[-1]
-    phase = last.get("phase")
-    if phase == "train":
-        folds = max(1, int(last.get("folds") or 1))
-        epochs = max(1, int(last.get("epochs") or epochs))
-        remaining_epochs = (epochs - int(last.get("epoch") or 0)
-                            + (folds - int(last.get("fold") or 1)) * epochs)
-        left = remaining_epochs * per_epoch + after_training
-    elif phase == "extract":
-        rest = (last.get("total", 0) - last.get("done", 0)) * per_image
-        if str(last.get("what", "")).startswith("held-out"):
-            left = rest + 1.0
-        else:
-            later_views = (images * 0.65 * views * per_image
-                           if views and last.get("what") == "dataset" else 0.0)
-            left = rest + later_views + epochs * per_epoch + after_training
-    elif phase in ("evaluate", "heldout"):
-        left = after_training if phase == "evaluate" else heldout_images * per_image + 1.0
-    elif phase in ("write", "written"):
-        left = 1.0 if phase == "write" else 0.0
-    else:  # scan or load_backbone
-        left = LOAD_SECONDS + extract_all + epochs * per_epoch + after_training
-    backbones = int(last.get("backbones") or len(plan.get("backbones") or []) or 1)
-    later = backbones - int(last.get("backbone_index") or 1)
-    full = LOAD_SECONDS + extract_all + epochs * folds * per_epoch + after_training
-    left += max(0, later) * full
-    return max(0.0, left - (now - last["time"]))
 
 
 def main(argv: list[str] | None = None) -> int:

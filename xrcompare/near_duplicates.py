@@ -95,27 +95,3 @@ def find_near_duplicates(grays: Sequence[np.ndarray | None], threshold: float = 
     return [(usable[i], usable[j], round(float(scores[i, j]), 4))
             for i, j in zip(rows.tolist(), columns.tolist(), strict=True)]
 
-
-def merge_groups(groups: Sequence[str], pairs: Sequence[tuple[int, int, float]]) -> list[str]:
-    """Group ids after joining each near-duplicate pair's groups (union-find).
-
-    A merged group is named by its members' ids, sorted and joined with ``+`` (as the shared
-    manifest names the Cohen cases it merged), so it stays readable and deterministic.
-    """
-    parent = {group: group for group in groups}
-
-    def root(group: str) -> str:
-        while parent[group] != group:
-            parent[group] = parent[parent[group]]
-            group = parent[group]
-        return group
-
-    for i, j, _ in pairs:
-        a, b = root(groups[i]), root(groups[j])
-        if a != b:
-            parent[max(a, b)] = min(a, b)
-    members: dict[str, list[str]] = {}
-    for group in parent:
-        members.setdefault(root(group), []).append(group)
-    names = {top: "+".join(sorted(items)) for top, items in members.items()}
-    return [names[root(group)] for group in groups]

@@ -11,6 +11,10 @@ A run folder (``trained/<run-id>/``) holds::
 
 It is written into a hidden temporary folder and renamed when complete, so a listing
 never sees half a run. Corrupt folders are reported and skipped, never fatal.
+
+:class:`Run` is the only reader of a run folder's contents: every question about what a run
+recorded (its metrics and predictions per scope, its input size, feature spec, prediction
+columns, folds, held-out patient overlap) is one of its properties or methods.
 """
 
 from __future__ import annotations
@@ -28,11 +32,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from xrcompare import CLASSES
+from xrcompare import CLASSES, paths
+from xrcompare.backbones import RANDOM_WEIGHTS
+from xrcompare.errors import one_line
 from xrcompare.protocol import LEAKY_LABEL, check_protocol, leaky_reasons, protocol_label
 
-REPO = Path(__file__).resolve().parent.parent
-RUNS_DIR_VARIABLE = "XRCOMPARE_RUNS_DIR"
 REQUIRED_FILES = ("run.json", "metrics.json", "history.csv", "predictions.csv",
                   "head.weights.h5")
 SCHEMA_VERSION = 1
@@ -54,6 +58,21 @@ MAX_FEATURE_CHANNELS = 4096
 TEST_SCOPE = "test"
 #: The prefix of a held-out folder's scope in predictions.csv (``heldout:<name>``).
 HELDOUT_PREFIX = "heldout:"
+#: The splits of the run's own data in predictions.csv (every image of its data folder).
+OWN_SPLITS = ("train", "val", "test")
+#: predictions.csv names the probability of class ``c`` ``prob_<c>``.
+PROBABILITY_PREFIX = "prob_"
+
+
+def prediction_column(label: str) -> str:
+    """The predictions.csv column holding the probability of ``label`` (written and read
+    through this one function)."""
+    return f"{PROBABILITY_PREFIX}{label}"
+
+
+def heldout_scope(name: str) -> str:
+    """The scope of the held-out folder ``name``: ``"heldout:<name>"``."""
+    return f"{HELDOUT_PREFIX}{name}"
 
 
 def normalise_scope(scope: str) -> str:
@@ -63,20 +82,19 @@ def normalise_scope(scope: str) -> str:
         raise ValueError("a scope is 'test' or 'heldout:NAME'")
     if scope == TEST_SCOPE or scope.startswith(HELDOUT_PREFIX):
         return scope
-    return f"{HELDOUT_PREFIX}{scope}"
+    return heldout_scope(scope)
+
+
+def scope_name(scope: str) -> str:
+    """``"test"`` for the test split, the folder name for a held-out scope."""
+    scope = normalise_scope(scope)
+    return scope if scope == TEST_SCOPE else scope[len(HELDOUT_PREFIX):]
 
 
 def scope_text(scope: str) -> str:
     """A scope in words: "test" or "held-out kaggle_test"."""
     scope = normalise_scope(scope)
-    return scope if scope == TEST_SCOPE else f"held-out {scope[len(HELDOUT_PREFIX):]}"
-
-
-def default_runs_dir() -> Path:
-    value = os.environ.get(RUNS_DIR_VARIABLE, "").strip()
-    if value:
-        return Path(value).expanduser()
-    return REPO / "trained"
+    return scope if scope == TEST_SCOPE else f"held-out {scope_name(scope)}"
 
 
 class RunError(ValueError):
@@ -180,6 +198,10 @@ def _plain(value):
 # --------------------------------------------------------------------------- reading
 
 
+def _dict(value) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
 @dataclass
 class Run:
     path: Path
@@ -188,6 +210,8 @@ class Run:
     history: pd.DataFrame
     predictions: pd.DataFrame
     modified: float = 0.0
+
+    # ----------------------------------------------------------------- what was trained
 
     @property
     def run_id(self) -> str:
@@ -198,12 +222,55 @@ class Run:
         return self.info["backbone"]
 
     @property
+    def backbone_display(self) -> str:
+        """The backbone as people write it ("ResNet50"), else its registry name."""
+        return self.info.get("backbone_display") or self.backbone
+
+    @property
     def labels(self) -> list[str]:
         return list(self.info.get("classes", CLASSES))
 
     @property
+    def weights(self) -> str:
+        """``"imagenet"`` or ``"random"`` (checked on load)."""
+        return self.info["weights"]
+
+    @property
+    def weights_seed(self) -> int:
+        """The seed a random-init control base was built with (0 when not recorded)."""
+        return int(self.info.get("weights_seed") or 0)
+
+    @property
     def is_random_control(self) -> bool:
-        return self.info.get("weights") == "random"
+        return self.weights == RANDOM_WEIGHTS
+
+    @property
+    def image_size(self) -> int:
+        """The input size in pixels (checked on load)."""
+        return int(self.info["image_size"])
+
+    @property
+    def resize_mode(self) -> str:
+        """``"squash"`` or ``"pad"`` (checked on load)."""
+        return self.info["resize_mode"]
+
+    @property
+    def head(self) -> str:
+        return self.info["head"]
+
+    @property
+    def feature_shape(self) -> tuple[int, int, int]:
+        """The frozen base's feature map (height, width, channels), checked on load."""
+        height, width, channels = self.info["feature_shape"]
+        return int(height), int(width), int(channels)
+
+    def feature_spec(self):
+        """The feature-cache spec of this run's images (:class:`xrcompare.features.FeatureSpec`):
+        what its training features were computed with, so evaluation reuses the cache."""
+        from xrcompare.features import FeatureSpec
+
+        return FeatureSpec(self.backbone, self.image_size, self.resize_mode, self.weights,
+                           self.weights_seed, preprocess=self.preprocess)
 
     @property
     def protocol(self) -> dict[str, str]:
@@ -212,7 +279,7 @@ class Run:
         reads as an image split."""
         recorded = self.info.get("protocol")
         if recorded is None:
-            method = str((self.info.get("split") or {}).get("method", "by patient"))
+            method = str(_dict(self.info.get("split")).get("method", "by patient"))
             recorded = {} if "patient" in method.lower() else {"split": "images"}
         return check_protocol(recorded)
 
@@ -252,21 +319,225 @@ class Run:
         return name
 
     @property
+    def description(self) -> str:
+        return self.info.get("description") or ""
+
+    @property
+    def order(self) -> int | None:
+        """The run's place in listings (None: after the ordered runs)."""
+        order = self.info.get("order")
+        return order if isinstance(order, int) and not isinstance(order, bool) else None
+
+    @property
+    def command(self) -> str | None:
+        """The command line that trained it, as recorded."""
+        return self.info.get("command")
+
+    @property
     def is_control(self) -> bool:
         """A control run (not a model to pick): random-init today, any run marked
         ``"control": true`` in run.json tomorrow (masked inputs, statistics baseline)."""
         return self.is_random_control or self.info.get("control") is True
 
+    # ----------------------------------------------------------------- data and split
+
+    @property
+    def data_name(self) -> str:
+        """The name of the dataset folder the run was trained on (e.g. ``cxr3``)."""
+        return str(self.data_record().get("name", ""))
+
+    @property
+    def data_images(self) -> int | None:
+        """Images in the training data folder (as scanned when the run was made)."""
+        return self.data_record().get("images")
+
+    @property
+    def data_patients(self) -> int | None:
+        """Distinct patient ids in the training data folder."""
+        return self.data_record().get("patients")
+
+    @property
+    def data_class_counts(self) -> dict[str, int]:
+        """Images per class in the training data folder."""
+        return dict(self.data_record().get("class_counts") or {})
+
+    @property
+    def manifest_problem(self) -> str | None:
+        """Why the data's manifest.csv gave no patient ids (None when it did or none was
+        found)."""
+        return self.data_record().get("manifest_problem")
+
+    @property
+    def class_folders(self) -> dict[str, str]:
+        """Class → the folder name that held it in the training data."""
+        return dict(self.data_record().get("class_folders") or {})
+
+    @property
+    def split_record(self) -> dict:
+        """run.json's ``split``: method, seed, fractions, summary, files (fold 1's)."""
+        return _dict(self.info.get("split"))
+
+    @property
+    def split_method(self) -> str:
+        return str(self.split_record.get("method", ""))
+
+    @property
+    def folds(self) -> int | None:
+        """The number of cross-validation folds (None for a single split)."""
+        folds = self.split_record.get("folds")
+        return int(folds) if folds else None
+
     @property
     def is_cross_validation(self) -> bool:
         """Cross-validated: its "test" predictions are pooled out-of-fold over the dataset."""
-        return bool((self.info.get("split") or {}).get("folds"))
+        return bool(self.folds)
 
+    @property
+    def split_summary(self) -> dict[str, dict]:
+        """Per split (train/val/test; fold 1's for cross-validation): images, patients,
+        class_counts."""
+        return _dict(self.split_record.get("summary"))
+
+    @property
+    def split_files(self) -> dict[str, list[str]]:
+        """Per split, the image paths (relative to the data folder; fold 1's for
+        cross-validation, see :attr:`fold_records` for every fold's)."""
+        return dict(_dict(self.split_record.get("files")))
+
+    @property
+    def fold_records(self) -> list[dict]:
+        """One entry per cross-validation fold: ``fold``, ``best_epoch``, ``epochs_run`` and
+        ``files`` (per split); empty for a single split or runs that recorded none."""
+        folds = self.split_record.get("per_fold")
+        return [entry for entry in folds if isinstance(entry, dict)] if isinstance(
+            folds, list) else []
+
+    @property
+    def best_epoch(self) -> int | None:
+        """The kept epoch (fold 1's head for cross-validation)."""
+        return self.info.get("best_epoch")
+
+    @property
+    def epochs_run(self) -> int | None:
+        return self.info.get("epochs_run")
+
+    @property
+    def kept_epochs(self) -> list[int]:
+        """The kept epoch of every head: one per fold for cross-validation (from run.json's
+        folds, else metrics.json's), else the one head's."""
+        epochs = [entry.get("best_epoch") for entry in self.fold_records]
+        if not epochs and self.folds_summary:
+            epochs = [entry.get("best_epoch") for entry in
+                      self.folds_summary.get("per_fold") or [] if isinstance(entry, dict)]
+        epochs = [epoch for epoch in epochs if isinstance(epoch, int)]
+        return epochs or ([self.best_epoch] if self.best_epoch is not None else [])
+
+    @property
+    def kept_epoch_text(self) -> str:
+        """"8/25", or every fold's kept epoch for cross-validation: "4, 14, 2, 2, 13/25"."""
+        kept = ", ".join(str(epoch) for epoch in self.kept_epochs) or "?"
+        return f"{kept}/{self.epochs_run if self.epochs_run is not None else '?'}"
+
+    @property
+    def hyperparameters(self) -> dict:
+        """What the head was trained with: epochs, batch_size, learning_rate, seed,
+        augment_views, balanced, patience, monitor, head, resize_mode, augment."""
+        return dict(_dict(self.info.get("hyperparameters")))
+
+    @property
+    def augment_views(self) -> int:
+        return int(self.hyperparameters.get("augment_views") or 0)
+
+    @property
+    def selection(self) -> str:
+        """How the kept epoch was chosen, in words."""
+        return self.info.get("selection") or ""
+
+    @property
+    def trainable_params(self) -> int | None:
+        return self.info.get("trainable_params")
+
+    @property
+    def timings(self) -> dict[str, float]:
+        """Seconds per phase (scan, build_base, extract, train, evaluate, heldout, total)."""
+        return dict(_dict(self.info.get("timings_s")))
+
+    @property
+    def features_record(self) -> dict:
+        """run.json's ``features``: the cache spec key, images cached and computed."""
+        return _dict(self.info.get("features"))
+
+    @property
+    def machine(self) -> dict:
+        return _dict(self.info.get("machine"))
+
+    @property
+    def versions(self) -> dict:
+        return _dict(self.info.get("versions"))
+
+    @property
+    def heldout_records(self) -> list[dict]:
+        """run.json's record of each held-out folder (name, folder, images, patients,
+        class_counts, ...), in training order."""
+        return [entry for entry in self.info.get("heldout") or [] if isinstance(entry, dict)]
+
+    # ----------------------------------------------------------------- metrics and scopes
+
+    @property
+    def test_metrics(self) -> dict:
+        """metrics.json's test split (pooled out-of-fold for cross-validation)."""
+        return self.metrics["test"]
+
+    @property
+    def val_best(self) -> dict[str, float]:
+        """The validation figures at the kept epoch (val_loss, val_accuracy)."""
+        return dict(_dict(self.metrics.get("val_best")))
+
+    @property
+    def folds_summary(self) -> dict | None:
+        """metrics.json's ``folds`` (mean ± sd per score, per_fold) for cross-validation."""
+        folds = self.metrics.get("folds")
+        return folds if isinstance(folds, dict) else None
 
     @property
     def heldout_names(self) -> list[str]:
         """Names of the held-out folders this run was scored on (metrics.json order)."""
-        return [str(name) for name in (self.metrics.get("heldout") or {})]
+        return [str(name) for name in _dict(self.metrics.get("heldout"))]
+
+    def metrics_for(self, scope: str = TEST_SCOPE) -> dict | None:
+        """The metrics of ``"test"`` or of a held-out folder (``"heldout:<name>"`` or its
+        bare name); None when the run was not scored there."""
+        scope = normalise_scope(scope)
+        if scope == TEST_SCOPE:
+            return self.test_metrics
+        found = _dict(self.metrics.get("heldout")).get(scope_name(scope))
+        return found if isinstance(found, dict) else None
+
+    def heldout_table(self, scope: str) -> dict:
+        """For a scope without positive-class images: per true class, the share (%) predicted
+        as each class and ``non_covid_pct``; {} when the run has none there."""
+        return _dict((self.metrics_for(scope) or {}).get("heldout_table"))
+
+    def patient_overlap(self, scope: str) -> dict | None:
+        """How many of a held-out folder's patients (and their images) also appear in the
+        run's own data: ``{"patients", "images", "ids"}`` as metrics.json recorded it, else
+        worked out from predictions.csv's patient ids; None when neither can tell."""
+        found = (self.metrics_for(scope) or {}).get("patient_overlap")
+        if isinstance(found, dict):
+            return found
+        rows = self.predictions_for(scope)
+        own = self.own_patients
+        if own is None or rows.empty or normalise_scope(scope) == TEST_SCOPE:
+            return None
+        from xrcompare.data import patient_overlap
+
+        return patient_overlap(own, rows["patient_id"].astype(str).tolist())[0]
+
+    def metrics_without_overlap(self, scope: str) -> dict | None:
+        """The held-out folder's metrics computed without the images of patients the run's
+        own data also holds (None when there were none, or it was not checked)."""
+        found = (self.metrics_for(scope) or {}).get("without_overlap")
+        return found if isinstance(found, dict) else None
 
     @property
     def scopes(self) -> list[str]:
@@ -274,7 +545,7 @@ class Run:
         ``"heldout:<name>"`` per held-out folder."""
         present = set(self.predictions["split"].astype(str))
         scopes = [TEST_SCOPE] if TEST_SCOPE in present else []
-        named = [f"{HELDOUT_PREFIX}{name}" for name in self.heldout_names]
+        named = [heldout_scope(name) for name in self.heldout_names]
         extra = sorted(s for s in present if s.startswith(HELDOUT_PREFIX) and s not in named)
         return scopes + [s for s in named if s in present] + extra
 
@@ -283,30 +554,39 @@ class Run:
         held-out name); empty when the run has none."""
         return self.split_predictions(normalise_scope(scope))
 
+    def split_predictions(self, split: str) -> pd.DataFrame:
+        """predictions.csv rows whose ``split`` is exactly ``split`` (train, val, test or
+        ``heldout:<name>``)."""
+        return self.predictions[self.predictions["split"] == split]
+
+    @property
+    def own_patients(self) -> set[str] | None:
+        """The patient ids of every image of the run's own data folder (its train, val and
+        test rows), as predictions.csv recorded them; None when it recorded none."""
+        if "patient_id" not in self.predictions:
+            return None
+        rows = self.predictions[self.predictions["split"].isin(OWN_SPLITS)]
+        return {str(patient) for patient in rows["patient_id"].dropna()}
+
     def scope_record(self, scope: str) -> dict:
         """run.json's record of the folder a scope's images came from (``data`` for the test
         split, the ``heldout`` entry otherwise; {} when absent); :meth:`data_folder` finds
         that folder on this machine."""
         scope = normalise_scope(scope)
         if scope == TEST_SCOPE:
-            record = self.info.get("data")
-            return record if isinstance(record, dict) else {}
-        name = scope[len(HELDOUT_PREFIX):]
-        return next((entry for entry in self.info.get("heldout") or []
-                     if isinstance(entry, dict) and entry.get("name") == name), {})
+            return _dict(self.info.get("data"))
+        name = scope_name(scope)
+        return next((entry for entry in self.heldout_records if entry.get("name") == name), {})
 
     def prediction_column(self, label: str) -> str:
         """The predictions.csv column holding the probability of ``label``."""
         if label not in self.labels:
             raise ValueError(f"{label!r} is not one of {self.title}'s classes "
                              f"({', '.join(self.labels)})")
-        return f"prob_{label}"
-
-    def split_predictions(self, split: str) -> pd.DataFrame:
-        return self.predictions[self.predictions["split"] == split]
+        return prediction_column(label)
 
     def probability_columns(self) -> list[str]:
-        return [f"prob_{label}" for label in self.labels]
+        return [prediction_column(label) for label in self.labels]
 
     def disk_bytes(self) -> int | None:
         """Bytes of the run folder's files (None when the folder is not on disk)."""
@@ -343,9 +623,9 @@ class Run:
         (``$XRCOMPARE_DATA_ROOT``, default ``../shared/data``) is used. Raises
         :class:`RunError` when the recorded folder exists but lies outside it.
         """
-        from xrcompare.data import default_data_root, is_inside
+        from xrcompare.data import is_inside
 
-        root = Path(data_root) if data_root else default_data_root()
+        root = Path(data_root) if data_root else paths.data_root()
         record = self.data_record(scope)
         candidates = []
         if record.get("folder_absolute"):
@@ -354,7 +634,7 @@ class Run:
             folder = Path(record["folder"]).expanduser()
             candidates.append(folder)
             if not folder.is_absolute():
-                candidates.append(REPO / folder)
+                candidates.append(paths.from_repo(folder))
         refused = None
         for candidate in candidates:
             if candidate.is_dir():
@@ -364,7 +644,7 @@ class Run:
         if refused is not None:
             raise RunError(f"{self.run_id} recorded the folder {refused}, which is outside the "
                            f"data root {root}; its images are not shown (set "
-                           "XRCOMPARE_DATA_ROOT to the folder that holds them)")
+                           f"{paths.DATA_ROOT_VARIABLE} to the folder that holds them)")
         return None
 
     def image_path(self, relative: str, scope: str = "data",
@@ -379,16 +659,16 @@ class Run:
     def manifest_path(self, data_root: str | Path | None = None) -> Path | None:
         """The training data's ``manifest.csv`` on this machine (the recorded one, else the
         one beside the data folder), only from inside the data root; None otherwise."""
-        from xrcompare.data import MANIFEST_NAME, default_data_root, is_inside
+        from xrcompare.data import MANIFEST_NAME, is_inside
 
-        root = Path(data_root) if data_root else default_data_root()
+        root = Path(data_root) if data_root else paths.data_root()
         candidates = []
         recorded = self.data_record().get("manifest")
         if isinstance(recorded, str) and recorded:
             manifest = Path(recorded).expanduser()
             candidates.append(manifest)
             if not manifest.is_absolute():
-                candidates.append(REPO / manifest)
+                candidates.append(paths.from_repo(manifest))
         try:
             folder = self.data_folder(data_root=root)
         except RunError:
@@ -414,7 +694,7 @@ def load_run(folder: str | Path) -> Run:
         info = json.loads((folder / "run.json").read_text(encoding="utf-8"))
         metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise RunError(f"{folder.name}: unreadable JSON ({str(error)[:120]})") from None
+        raise RunError(f"{folder.name}: unreadable JSON ({one_line(error, 120)})") from None
     if not isinstance(info, dict) or not isinstance(metrics, dict):
         raise RunError(f"{folder.name}: run.json or metrics.json is not a JSON object")
     missing_info = [key for key in REQUIRED_INFO if key not in info]
@@ -438,7 +718,7 @@ def load_run(folder: str | Path) -> Run:
         history = pd.read_csv(folder / "history.csv")
         predictions = pd.read_csv(folder / "predictions.csv")
     except (OSError, ValueError, pd.errors.ParserError) as error:
-        raise RunError(f"{folder.name}: unreadable CSV ({str(error)[:120]})") from None
+        raise RunError(f"{folder.name}: unreadable CSV ({one_line(error, 120)})") from None
     try:
         check_info(info)
         labels = list(info.get("classes", CLASSES))
@@ -446,14 +726,14 @@ def load_run(folder: str | Path) -> Run:
         check_head_file(folder / "head.weights.h5", info, labels)
     except SchemaError as error:
         raise RunError(f"{folder.name}: {error}") from None
-    needed = {"path", "split", "label", *[f"prob_{label}" for label in labels]}
+    columns = [prediction_column(label) for label in labels]
+    needed = {"path", "split", "label", *columns}
     if not needed <= set(predictions.columns):
         raise RunError(f"{folder.name}: predictions.csv lacks columns "
                        f"{', '.join(sorted(needed - set(predictions.columns)))}")
-    not_numbers = [column for column in
-                   [*(f"prob_{label}" for label in labels), *history.columns]
+    not_numbers = [column for column in [*columns, *history.columns]
                    if not pd.api.types.is_numeric_dtype(
-                       predictions[column] if column.startswith("prob_") else history[column])]
+                       predictions[column] if column in columns else history[column])]
     if not_numbers:
         raise RunError(f"{folder.name}: predictions.csv/history.csv column "
                        f"{not_numbers[0]} holds values that are not numbers")
@@ -500,12 +780,13 @@ def _expect_labels(value, where: str) -> None:
 
 def check_info(info: dict) -> None:
     """Types and ranges of the run.json fields readers rely on; :class:`SchemaError` else."""
+    from xrcompare.backbones import WEIGHT_KINDS
     from xrcompare.imaging import RESIZE_MODES
     from xrcompare.train import HEADS
 
     _expect_text(info["backbone"], "run.json backbone")
-    _expect(info["weights"] in ("imagenet", "random"), "run.json weights",
-            "imagenet or random")
+    _expect(info["weights"] in WEIGHT_KINDS, "run.json weights",
+            f"one of {', '.join(WEIGHT_KINDS)}")
     size = info["image_size"]
     _expect(_is_count(size) and 1 <= size <= 1024, "run.json image_size",
             "a whole number of pixels from 1 to 1024")
@@ -529,11 +810,20 @@ def check_info(info: dict) -> None:
     split = info["split"]
     if split.get("folds") is not None:
         _expect(_is_count(split["folds"]), "run.json split.folds", "a whole number")
-    files = split.get("files")
-    if files is not None:
-        _expect(isinstance(files, dict) and all(
-            isinstance(names, list) and all(isinstance(name, str) for name in names)
-            for names in files.values()), "run.json split.files", "lists of file paths")
+    if split.get("files") is not None:
+        _check_files(split["files"], "run.json split.files")
+    per_fold = split.get("per_fold")
+    if per_fold is not None:
+        _expect(isinstance(per_fold, list) and all(isinstance(entry, dict)
+                                                   for entry in per_fold),
+                "run.json split.per_fold", "a list of objects")
+        for number, entry in enumerate(per_fold):
+            where = f"run.json split.per_fold[{number}]"
+            for key in ("fold", "best_epoch", "epochs_run"):
+                _expect(entry.get(key) is None or _is_count(entry[key]), f"{where}.{key}",
+                        "a whole number or null")
+            if entry.get("files") is not None:
+                _check_files(entry["files"], f"{where}.files")
     heldout = info.get("heldout", [])
     _expect(isinstance(heldout, list) and all(isinstance(entry, dict) for entry in heldout),
             "run.json heldout", "a list of objects")
@@ -545,6 +835,12 @@ def check_info(info: dict) -> None:
             "run.json timings_s", "an object of numbers")
     for key in ("hyperparameters", "features", "versions", "machine"):
         _expect(isinstance(info.get(key, {}), dict), f"run.json {key}", "an object")
+
+
+def _check_files(files, where: str) -> None:
+    _expect(isinstance(files, dict) and all(
+        isinstance(names, list) and all(isinstance(name, str) for name in names)
+        for names in files.values()), where, "lists of file paths")
 
 
 def _check_folder_record(record: dict, where: str) -> None:
@@ -584,8 +880,20 @@ def check_metrics(metrics: dict, labels: list[str]) -> None:
     """Types and shapes of the metrics.json parts the pages and the CLI read."""
     _check_scope(metrics["test"], "metrics.json test", labels)
     for name, scope in metrics.get("heldout", {}).items():
-        _expect(isinstance(scope, dict), f"metrics.json heldout.{name}", "an object")
-        _check_scope(scope, f"metrics.json heldout.{name}", labels)
+        where = f"metrics.json heldout.{name}"
+        _expect(isinstance(scope, dict), where, "an object")
+        _check_scope(scope, where, labels)
+        overlap = scope.get("patient_overlap")
+        if overlap is not None:
+            _expect(isinstance(overlap, dict) and _is_count(overlap.get("patients"))
+                    and _is_count(overlap.get("images"))
+                    and isinstance(overlap.get("ids", []), list)
+                    and all(isinstance(item, str) for item in overlap.get("ids", [])),
+                    f"{where}.patient_overlap", "an object with patients, images and ids")
+        if scope.get("without_overlap") is not None:
+            _expect(isinstance(scope["without_overlap"], dict), f"{where}.without_overlap",
+                    "an object")
+            _check_scope(scope["without_overlap"], f"{where}.without_overlap", labels)
     folds = metrics.get("folds")
     if folds is not None:
         _expect(isinstance(folds, dict), "metrics.json folds", "an object")
@@ -708,7 +1016,7 @@ def head_weight_shapes(path: Path) -> dict[str, list[tuple[int, ...]]]:
                 keys = sorted(variables.keys(), key=lambda k: int(k) if k.isdigit() else 0)
                 shapes[name] = [tuple(int(d) for d in variables[key].shape) for key in keys]
     except (OSError, ValueError, KeyError) as error:
-        raise SchemaError(f"head.weights.h5 cannot be read ({str(error)[:80]})") from None
+        raise SchemaError(f"head.weights.h5 cannot be read ({one_line(error, 80)})") from None
     return shapes
 
 
@@ -720,7 +1028,7 @@ class RunListing:
 
 def list_runs(runs_dir: str | Path | None = None) -> RunListing:
     """Every complete run under ``runs_dir``, newest first; broken folders become problems."""
-    runs_dir = Path(runs_dir) if runs_dir else default_runs_dir()
+    runs_dir = Path(runs_dir) if runs_dir else paths.runs_dir()
     runs: list[Run] = []
     problems: list[tuple[str, str]] = []
     if not runs_dir.is_dir():
@@ -733,14 +1041,21 @@ def list_runs(runs_dir: str | Path | None = None) -> RunListing:
         except RunError as error:
             problems.append((folder.name, str(error)))
     # "order": null (runs trained without --order) sorts after the ordered ones
-    runs.sort(key=lambda run: (run.info.get("order") if isinstance(run.info.get("order"), int)
-                               else 1000, run.run_id))
+    runs.sort(key=lambda run: (run.order if run.order is not None else 1000, run.run_id))
     return RunListing(runs, problems)
+
+
+def heldout_names(runs) -> list[str]:
+    """Names of the held-out folders any of ``runs`` was scored on, first seen first."""
+    names: list[str] = []
+    for run in runs:
+        names += [name for name in run.heldout_names if name not in names]
+    return names
 
 
 def runs_fingerprint(runs_dir: str | Path | None = None) -> tuple:
     """A cheap key that changes whenever a run is added, removed or rewritten."""
-    runs_dir = Path(runs_dir) if runs_dir else default_runs_dir()
+    runs_dir = Path(runs_dir) if runs_dir else paths.runs_dir()
     if not runs_dir.is_dir():
         return ()
     entries = []
@@ -762,7 +1077,7 @@ def build_head_for_run(run: Run):
 
     # feature_shape was checked on load (check_feature_shape, check_head_file): it sizes
     # the head's layers, so an unchecked one could allocate gigabytes here.
-    head = build_head(run.info["head"], tuple(run.info["feature_shape"]), len(run.labels))
+    head = build_head(run.head, run.feature_shape, len(run.labels))
     head.load_weights(run.head_weights)
     return head
 
@@ -775,10 +1090,10 @@ def rebuild_problem(run: Run) -> str | None:
     """
     import keras
 
-    if run.info.get("weights") != "random":
+    if not run.is_random_control:
         return None
     trained_backend = run.info.get("keras_backend")
-    trained_keras = run.info.get("versions", {}).get("keras")
+    trained_keras = run.versions.get("keras")
     here = (keras.backend.backend(), keras.__version__)
     if (trained_backend, trained_keras) != here:
         return (f"{run.title} is a random-init control made with Keras {trained_keras} on "
@@ -808,8 +1123,7 @@ def build_full_model(run: Run, *, base=None):
 
     check_rebuildable(run)
     if base is None:
-        base = build_base(run.backbone, run.info["image_size"], run.info["weights"],
-                          seed=run.info.get("weights_seed", 0))
+        base = build_base(run.backbone, run.image_size, run.weights, seed=run.weights_seed)
     return attach_head(base, build_head_for_run(run))
 
 
@@ -818,7 +1132,7 @@ def model_input_for_run(run: Run, gray: np.ndarray) -> np.ndarray:
     from xrcompare.backbones import get_backbone
     from xrcompare.imaging import to_model_input
 
-    image = to_model_input(gray, run.info["image_size"], run.info["resize_mode"])
+    image = to_model_input(gray, run.image_size, run.resize_mode)
     return get_backbone(run.backbone).preprocess(image[None], run.preprocess)
 
 

@@ -9,8 +9,9 @@ from pathlib import Path
 import pandas as pd
 
 from xrcompare.backbones import REGISTRY
+from xrcompare.paths import BENCHMARK_RESULTS_DIR
 from xrcompare.protocol import LEAKY_LABEL as LEAKY_TEXT
-from xrcompare.runs import Run
+from xrcompare.runs import TEST_SCOPE, Run
 
 #: Where ``benchmarks/extract_throughput.py`` writes what it measured on this machine::
 #:
@@ -18,8 +19,7 @@ from xrcompare.runs import Run
 #:      "backbones": {"resnet50": {"images_per_s": 37.7, "image_size": 224, ...}, ...}}
 #:
 #: Extra keys are allowed; :func:`extract_throughput` reads it.
-EXTRACT_THROUGHPUT_FILE = (Path(__file__).resolve().parent.parent / "benchmarks" / "results"
-                           / "extract_throughput.json")
+EXTRACT_THROUGHPUT_FILE = BENCHMARK_RESULTS_DIR / "extract_throughput.json"
 
 #: One plain-language line per leaderboard column.
 LEADERBOARD_COLUMNS = {
@@ -36,7 +36,7 @@ LEADERBOARD_COLUMNS = {
     "image_size": "Input size in pixels.",
     "resize": "squash: stretched to a square; pad: aspect kept with black borders.",
     "epochs": "Epoch kept (chosen on the validation split; on the test split in the 2020 "
-              "protocol) / epochs trained.",
+              "protocol) / epochs trained; every fold's for cross-validation.",
     "accuracy": "Share of test images whose predicted class is right.",
     "accuracy_95ci": "95% bootstrap interval of the accuracy, resampling patients.",
     "macro_f1": "Mean F1 over the classes: balances precision and recall per class.",
@@ -70,7 +70,7 @@ KAGGLE_HELDOUT = "kaggle_test"
 
 def _kaggle_heldout(run: Run) -> dict:
     """The run's metrics on the Kaggle test folder, or {} when it was not held out."""
-    return (run.metrics.get("heldout") or {}).get(KAGGLE_HELDOUT) or {}
+    return run.metrics_for(KAGGLE_HELDOUT) or {}
 
 
 def extract_throughput(path: str | Path | None = None) -> dict:
@@ -109,7 +109,7 @@ def _extract_rate(run: Run, throughput: dict) -> float | None:
     entry = throughput.get("backbones", {}).get(str(run.backbone).lower())
     if not entry:
         return None
-    if entry["image_size"] is not None and entry["image_size"] != run.info.get("image_size"):
+    if entry["image_size"] is not None and entry["image_size"] != run.image_size:
         return None
     return entry["images_per_s"]
 
@@ -122,22 +122,21 @@ def leaderboard(runs: list[Run], throughput: dict | None = None) -> pd.DataFrame
     throughput = extract_throughput() if throughput is None else throughput
     rows = []
     for run in runs:
-        test = run.metrics["test"]
+        test = run.test_metrics
         covid = test.get("covid_vs_rest", {})
         heldout = _kaggle_heldout(run)
-        table = heldout.get("heldout_table", {})
-        info = run.info
+        table = run.heldout_table(KAGGLE_HELDOUT)
         rows.append({
             "run": run.title,
             "run_id": run.run_id,
-            "backbone": info.get("backbone_display", info["backbone"]),
+            "backbone": run.backbone_display,
             "weights": "random-init control" if run.is_random_control else "ImageNet",
-            "data": info["data"]["name"],
+            "data": run.data_name,
             "protocol": run.protocol_label,
             "split": split_text(run),
-            "image_size": info["image_size"],
-            "resize": info["resize_mode"],
-            "epochs": f"{info.get('best_epoch')}/{info.get('epochs_run')}",
+            "image_size": run.image_size,
+            "resize": run.resize_mode,
+            "epochs": run.kept_epoch_text,
             "accuracy": test["accuracy"],
             "accuracy_95ci": _interval_text(test.get("intervals", {}).get("accuracy")),
             "macro_f1": test["macro_f1"],
@@ -146,8 +145,8 @@ def leaderboard(runs: list[Run], throughput: dict | None = None) -> pd.DataFrame
             "kaggle_normal_non_covid_pct": table.get("normal", {}).get("non_covid_pct"),
             "kaggle_pneumonia_non_covid_pct": table.get("pneumonia", {}).get("non_covid_pct"),
             "kaggle_accuracy": heldout.get("accuracy"),
-            "train_seconds": info.get("timings_s", {}).get("total"),
-            "trainable_params": info.get("trainable_params"),
+            "train_seconds": run.timings.get("total"),
+            "trainable_params": run.trainable_params,
             "base_params": (REGISTRY[run.backbone].base_params if run.backbone in REGISTRY
                             else None),
             "extract_images_per_s": _extract_rate(run, throughput),
@@ -158,9 +157,8 @@ def leaderboard(runs: list[Run], throughput: dict | None = None) -> pd.DataFrame
 
 def split_text(run: Run) -> str:
     """How the run divided its images, in a few words."""
-    split = run.info.get("split") or {}
-    if split.get("folds"):
-        return f"{split['folds']}-fold CV by patient"
+    if run.folds:
+        return f"{run.folds}-fold CV by patient"
     parts = "train/val/test" if run.protocol["select_on"] == "val" else "train/test"
     if run.protocol["split"] == "images":
         return f"{parts} by image (random)"
@@ -187,16 +185,16 @@ def blog_comparison(runs: list[Run]) -> pd.DataFrame:
                      "kaggle_pneumonia_non_covid_pct":
                          per_class.get("pneumonia", {}).get("non_covid_pct")})
     models = {model.lower() for model in reported["accuracy"]}
-    on_blog_data = [run for run in runs if run.info["data"]["name"] == reported["data"]]
+    on_blog_data = [run for run in runs if run.data_name == reported["data"]]
     on_blog_data.sort(key=lambda run: run.backbone not in models)  # stable: keeps run order
     for run in on_blog_data:
-        table = _kaggle_heldout(run).get("heldout_table", {})
+        table = run.heldout_table(KAGGLE_HELDOUT)
         rows.append({"run": run.title,
-                     "backbone": run.info.get("backbone_display", run.backbone),
+                     "backbone": run.backbone_display,
                      "protocol": run.protocol_label,
                      "why": "; ".join(run.leaky_reasons) or split_text(run),
-                     "test_images": run.metrics["test"].get("n"),
-                     "accuracy": run.metrics["test"]["accuracy"],
+                     "test_images": run.test_metrics.get("n"),
+                     "accuracy": run.test_metrics["accuracy"],
                      "kaggle_normal_non_covid_pct": table.get("normal", {}).get("non_covid_pct"),
                      "kaggle_pneumonia_non_covid_pct":
                          table.get("pneumonia", {}).get("non_covid_pct")})
@@ -209,12 +207,44 @@ BLOG_COMPARISON_COLUMNS = ["run", "backbone", "protocol", "why", "test_images", 
                            "kaggle_normal_non_covid_pct", "kaggle_pneumonia_non_covid_pct"]
 
 
-def per_class_table(runs: list[Run], scope: str = "test") -> pd.DataFrame:
+def resize_contrast(runs: list[Run], heldout: str = KAGGLE_HELDOUT,
+                    true_class: str = "pneumonia", predicted: str = "covid") -> list[dict]:
+    """For each run trained on padded images and scored on ``heldout``, the same figure for
+    its squashed counterpart (the first run with the same backbone, data, input size and
+    weights, squashed, sound): how many true ``true_class`` images each called
+    ``predicted``. The lesson of a preprocessing mismatch, from the runs' own metrics.
+
+    Returns one dict per pair: ``padded`` and ``squashed`` (the runs), ``padded_called``,
+    ``squashed_called`` and ``total``.
+    """
+    from xrcompare.charts import called_as
+
+    pairs = []
+    for padded in runs:
+        metrics = padded.metrics_for(heldout)
+        if padded.resize_mode != "pad" or not metrics:
+            continue
+        for squashed in runs:
+            other = squashed.metrics_for(heldout)
+            if (squashed.resize_mode == "squash" and other and not squashed.is_leaky
+                    and (squashed.backbone, squashed.data_name, squashed.image_size,
+                         squashed.weights) == (padded.backbone, padded.data_name,
+                                               padded.image_size, padded.weights)):
+                called, total = called_as(metrics, true_class, predicted)
+                squashed_called, squashed_total = called_as(other, true_class, predicted)
+                if total and total == squashed_total:
+                    pairs.append({"padded": padded, "squashed": squashed,
+                                  "padded_called": called, "squashed_called": squashed_called,
+                                  "total": total})
+                break
+    return pairs
+
+
+def per_class_table(runs: list[Run], scope: str = TEST_SCOPE) -> pd.DataFrame:
     """Long table: run, class, precision, recall, f1, support and their 95% intervals."""
     rows = []
     for run in runs:
-        heldout = run.metrics.get("heldout") or {}
-        metrics = run.metrics["test"] if scope == "test" else heldout.get(scope)
+        metrics = run.metrics_for(scope)
         if not metrics:
             continue
         intervals = metrics.get("intervals", {}).get("per_class", {})
@@ -266,9 +296,8 @@ def class_sources(manifest: pd.DataFrame, pool: str) -> pd.DataFrame:
 
 def sample_files(run: Run, per_class: int = 6) -> dict[str, list[str]]:
     """A few image paths per class from the run's recorded split files, spread evenly."""
-    files = [path for names in (run.info.get("split", {}).get("files") or {}).values()
-             for path in names]
-    folders = run.info.get("data", {}).get("class_folders") or {}
+    files = [path for names in run.split_files.values() for path in names]
+    folders = run.class_folders
     by_class: dict[str, list[str]] = {}
     for label in run.labels:
         folder = folders.get(label, label)
@@ -281,7 +310,7 @@ def sample_files(run: Run, per_class: int = 6) -> dict[str, list[str]]:
 
 def sample_heldout_files(run: Run, name: str, per_class: int = 6) -> dict[str, list[str]]:
     """A few image paths per class of a held-out folder, from the run's predictions."""
-    frame = run.split_predictions(f"heldout:{name}")
+    frame = run.predictions_for(name)
     by_class: dict[str, list[str]] = {}
     for label, group in frame.groupby("label", sort=False):
         members = sorted(group["path"])
