@@ -51,8 +51,19 @@ def render_training_form() -> None:
         st.sidebar.error("The training form hit a problem; the run pages still work.")
 
 
+def start_model_warm_up() -> None:
+    """Build the Predict page's models in a background thread, once per process."""
+    try:
+        from app_pages._engine import start_warm_up
+
+        start_warm_up()
+    except Exception:  # the Predict page builds on demand anyway
+        LOG.exception("model warm-up could not start")
+
+
 page = build_navigation()
 common.render_run_picker()
+start_model_warm_up()
 render_training_form()
 common.sidebar_footer()
 try:

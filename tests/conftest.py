@@ -18,6 +18,8 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 os.environ.setdefault("XRCOMPARE_WEIGHTS_DIR", str(WEIGHTS))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# No background model warm-up in the app under test (tests that want it turn it on).
+os.environ.setdefault("XRCOMPARE_WARM_UP", "0")
 
 
 @pytest.fixture(scope="session", autouse=True)

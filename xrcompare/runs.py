@@ -149,6 +149,37 @@ class Run:
             return f"{name} [random-init control]"
         return name
 
+    @property
+    def last_conv_layer(self) -> str:
+        """The base's last convolutional layer (the registry's), where the CAM methods look."""
+        from xrcompare.backbones import get_backbone
+
+        return get_backbone(self.backbone).last_conv_layer
+
+    @property
+    def data_name(self) -> str:
+        """The name of the dataset folder the run was trained on (e.g. ``cxr3``)."""
+        return str((self.info.get("data") or {}).get("name", ""))
+
+    def split_of(self, folder: str, path: str) -> str | None:
+        """Where this run met image ``path`` of dataset folder ``folder`` (a path relative to
+        that folder, as predictions.csv writes it): ``"train"``, ``"val"`` or ``"test"`` in
+        its own data, ``"heldout"`` in a held-out folder it was evaluated on, else None.
+
+        For cross-validation runs the answer is for the shipped head (fold 1): an image in
+        another fold's test split sat in fold 1's training or validation split.
+        """
+        frame = self.predictions
+        rows = frame[frame["path"].astype(str) == str(path)]
+        splits = set(rows["split"].astype(str))
+        if folder == self.data_name:
+            for split in ("train", "val", "test"):
+                if split in splits:
+                    return split
+        if f"heldout:{folder}" in splits:
+            return "heldout"
+        return None
+
     def split_predictions(self, split: str) -> pd.DataFrame:
         return self.predictions[self.predictions["split"] == split]
 
