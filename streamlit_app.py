@@ -52,7 +52,8 @@ def render_training_form() -> None:
 
 
 def start_model_warm_up() -> None:
-    """Build the Predict page's models in a background thread, once per process."""
+    """Build the Predict page's models in a background thread, once per process (and again
+    for new runs), so that the first upload finds them ready."""
     try:
         from app_pages._engine import start_warm_up
 
@@ -63,7 +64,6 @@ def start_model_warm_up() -> None:
 
 page = build_navigation()
 common.render_run_picker()
-start_model_warm_up()
 render_training_form()
 common.sidebar_footer()
 try:
@@ -72,3 +72,5 @@ except Exception as error:  # the safety net: a readable sentence, the traceback
     LOG.exception("page %s failed", page.title)
     st.error(f"This page could not be drawn ({type(error).__name__}: {str(error)[:200]}). "
              "The other pages still work.")
+finally:  # after the page, so that the first page is drawn before anything heavy starts
+    start_model_warm_up()

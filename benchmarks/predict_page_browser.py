@@ -61,7 +61,8 @@ POLL_MS = 50
 #: True when the script is idle and every run's probabilities (the bar chart, drawn) and
 #: Grad-CAM (a map caption and a loaded image per run, after the X-ray) are on the page, none
 #: of them stale; optionally also when a caption names ``name`` and the maps' images differ
-#: from ``before``. Evaluated inside the page (no round trip per poll, so the measuring
+#: from ``before``. Also true when the script is idle with an error on the page (reported by
+#: :func:`check_clean`). Evaluated inside the page (no round trip per poll, so the measuring
 #: does not load the CPU it measures).
 DONE_JS = """([runs, name, before]) => {
   const app = document.querySelector('[data-testid="stApp"]');
@@ -71,6 +72,8 @@ DONE_JS = """([runs, name, before]) => {
       + '[data-testid="stSkeleton"], [data-testid="stAppSkeleton"]')) return false;
   const main = document.querySelector('[data-testid="stMain"]');
   if (!main) return false;
+  if (main.querySelector('[data-testid="stException"], [data-testid="stAlertContentError"]'))
+    return true;  // finished, with an error the caller reports
   const all = (selector) => [...main.querySelectorAll(selector)]
       .filter((element) => !element.closest('[data-stale="true"]'));
   const captions = all('[data-testid="stCaptionContainer"]').map((c) => c.innerText);
@@ -112,6 +115,7 @@ def wait_done(page, runs: int, timeout_s: float, started: float, name: str | Non
         page.wait_for_function(DONE_JS, arg=[runs, name, before], polling=POLL_MS,
                                timeout=remaining * 1000)
         done_at = time.perf_counter()
+        check_clean(AppDriver(page, ""))
         page.wait_for_timeout(SETTLE_S * 1000)
         if page.evaluate(DONE_JS, [runs, name, before]):
             return done_at - started
@@ -238,6 +242,14 @@ def main(argv: list[str] | None = None) -> int:
     runs = len(listing.runs)
     if not runs:
         print(f"no runs in {args.runs_dir}", file=sys.stderr)
+        return 1
+    from xrcompare.predictor import weights_problem
+
+    problems = [f"{run.run_id}: {weights_problem(run)}" for run in listing.runs
+                if weights_problem(run)]
+    if problems:
+        print("these runs cannot be built here (set XRCOMPARE_WEIGHTS_DIR): "
+              + "; ".join(problems), file=sys.stderr)
         return 1
     env = {"XRCOMPARE_RUNS_DIR": str(Path(args.runs_dir).resolve()),
            "XRCOMPARE_WEIGHTS_DIR": os.environ["XRCOMPARE_WEIGHTS_DIR"]}
