@@ -120,9 +120,9 @@ def splits_sentence(splits: dict[str, str], titles: dict[str, str], folder: str,
         where = f"held-out folder *{folder}*" if split == "heldout" else name
         line = f"In the **{where}** of {', '.join(names)}"
         if split == "train":
-            line += ": those models were fitted on it, so their answer is no test"
+            line += ": those models were fitted on it, so their answer here tests nothing"
         elif split == "val":
-            line += ": it chose those models' epoch"
+            line += ": it helped choose those models' epoch"
         parts.append(line + ".")
     if unseen:
         parts.append(f"Not in the data of {', '.join(unseen)}.")
