@@ -303,14 +303,19 @@ def saliency_section(runs: list[Run], predictions, chosen: Chosen, digest: str,
     show_maps({run.run_id: run for run in runs}, predictions, chosen.image, digest, settings,
               labels, predictor.display_image(chosen.image.gray))
     if any(method in CAM_METHODS for method in settings["methods"]):
-        grids = sorted({(run.info["image_size"], *run.info["feature_shape"][:2])
-                        for run in runs if run.info.get("feature_shape")})
-        grid_text = ", ".join(f"{rows} × {columns} cells at {size} px"
-                              for size, rows, columns in grids)
-        st.caption(f"CAM maps come from each backbone's last convolutional layer ({grid_text} "
-                   "for the heads' feature maps), so they are blurry by construction. Maps of "
-                   "padded runs are cropped back to the image; those of squashed runs are "
-                   "stretched back.")
+        engine = _engine.engine()
+        grids = {}
+        for run, prediction in zip(runs, predictions, strict=True):
+            if prediction.ok:
+                rows, columns = engine.conv_grid(run)
+                grids[(run.info.get("backbone_display") or run.backbone,
+                       run.info["image_size"])] = (rows, columns, run.last_conv_layer)
+        grid_text = ", ".join(f"{backbone} `{layer}` {rows} × {columns} at {size} px"
+                              for (backbone, size), (rows, columns, layer)
+                              in sorted(grids.items()))
+        st.caption(f"CAM maps come from each backbone's last convolutional layer ({grid_text}), "
+                   "so they are blurry by construction. Maps of padded runs are cropped back "
+                   "to the image; those of squashed runs are stretched back.")
 
 
 def show_maps(runs_by_id: dict[str, Run], predictions, image: UploadedImage, digest: str,

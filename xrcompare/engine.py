@@ -305,6 +305,12 @@ class Engine:
             self._flat.put(key, model)
         return model
 
+    def conv_grid(self, run: Run) -> tuple[int, int]:
+        """(rows, columns) of the feature map the run's CAM maps come from (its trunk's
+        output): 7 × 7 for ResNet50 at 224 px, 14 × 14 for VGG16 (before its last pool)."""
+        shape = self.trunk(run).output.shape
+        return int(shape[1]), int(shape[2])
+
     def is_warm(self, run: Run) -> bool:
         """Whether the run's trunk is built and traced and its tail built."""
         entry = self._trunks.get(trunk_key(run))
