@@ -53,6 +53,17 @@ def render_training_form() -> None:
         st.sidebar.error("The training form hit a problem; the run pages still work.")
 
 
+def start_model_warm_up() -> None:
+    """Build the Predict page's models in a background thread, once per process (and again
+    for new runs), so that the first upload finds them ready."""
+    try:
+        from app_pages._engine import start_warm_up
+
+        start_warm_up()
+    except Exception:  # the Predict page builds on demand anyway
+        LOG.exception("model warm-up could not start")
+
+
 page = build_navigation()
 common.render_run_picker()
 render_training_form()
@@ -64,3 +75,5 @@ except Exception as error:  # the safety net: a readable sentence, the traceback
     reason = common.md(one_line(error))
     st.error(f"This page could not be drawn ({type(error).__name__}: {reason}). "
              "The other pages still work.")
+finally:  # after the page, so that the first page is drawn before anything heavy starts
+    start_model_warm_up()

@@ -1,19 +1,26 @@
 """Predict & explain: one X-ray through every selected run, with saliency maps.
 
-Layout only: decoding is :func:`xrcompare.uploads.load_upload`, predictions, agreement,
-saliency and overlays are :mod:`xrcompare.predictor`. Models and saliency maps are cached
-across reruns and sessions.
+Layout only: decoding is :func:`xrcompare.uploads.load_upload`; predictions, agreement,
+saliency and overlays are :mod:`xrcompare.predictor` on the server's one
+:class:`xrcompare.engine.Engine` (``app_pages/_engine.py``). Predictions and maps are cached
+per (image, run, method, options), so a rerun only redraws; the saliency section is a
+fragment, so its display settings rerun only that section. The page is drawn before any
+model runs, and the results fill in run by run.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from dataclasses import dataclass
 
 import streamlit as st
 
 from app_pages import _common as common
+from app_pages import _engine
 from app_pages._common import md
 from xrcompare import limits, predictor
+from xrcompare.errors import one_line
 from xrcompare.explain import CAM_METHODS, METHODS
 from xrcompare.imaging import ImageError
 from xrcompare.runs import Run
@@ -25,6 +32,8 @@ LOG = logging.getLogger("xrcompare.app")
 MAPS_PER_ROW = 6
 #: What the target-class picker offers first: each run explains its own predicted class.
 PREDICTED = "each model's predicted class"
+#: While models are still loading, the bar chart is redrawn at most this often (seconds).
+REDRAW_S = 0.75
 METHOD_HELP = {
     "saliency": "The gradient of the class score with respect to each pixel: fast, noisy.",
     "smoothgrad": "Vanilla saliency averaged over noisy copies of the image: smoother, slow "
@@ -37,39 +46,14 @@ METHOD_HELP = {
 }
 
 
-# --------------------------------------------------------------------------- caches
-
-
-@st.cache_resource(show_spinner=False)
-def shared_bases() -> predictor.BaseCache:
-    """One frozen base per (backbone, weights, size, seed), shared by the runs' models."""
-    return predictor.BaseCache()
-
-
-@st.cache_resource(show_spinner=False, max_entries=16)
-def cached_model(run_id: str, modified: float, _run: Run):
-    """The run's full model (one flat graph), kept per run id and folder time."""
-    return predictor.load_model(_run, shared_bases())
-
-
-@st.cache_resource(show_spinner=False)
-def saliency_cache() -> predictor.SaliencyCache:
-    """Saliency maps by image hash, run, method, class and options (least recently used go)."""
-    return predictor.SaliencyCache(max_entries=256)
-
-
 @st.cache_data(show_spinner=False, max_entries=32)
 def decode(data: bytes, name: str) -> UploadedImage:
     return load_upload(data, name)
 
 
-def model_for(run: Run):
-    return cached_model(run.run_id, run.modified, run)
-
-
 def work_slot(what: str):
-    """One of the server's work slots (decodes, predictions, maps are bounded across every
-    session); while all are busy the page says so and waits its turn."""
+    """One of the server's work slots (decodes are bounded across every session; model work
+    queues on the engine's one model thread); while all are busy the page says so and waits."""
     note = st.empty()
     return limits.work_slot(
         on_wait=lambda: note.info(f"Waiting for a free slot: the server is busy with other "
@@ -78,11 +62,25 @@ def work_slot(what: str):
         on_start=note.empty)
 
 
+@st.cache_data(show_spinner=False, max_entries=64)
+def sample_named_by_content(data: bytes) -> str | None:
+    """The file name of the shipped sample with exactly these bytes, or None."""
+    sample = predictor.find_sample(data)
+    return sample.name if sample else None
+
+
 # --------------------------------------------------------------------------- choosing an image
 
 
-def choose_image() -> tuple[UploadedImage | None, str]:
-    """The image to analyse (an upload wins over the sample picker) and its caption."""
+@dataclass(frozen=True)
+class Chosen:
+    image: UploadedImage
+    source: str  # Markdown: where the image comes from
+    sample: predictor.Sample | None  # the shipped sample it is (picked, or uploaded as is)
+
+
+def choose_image() -> Chosen | None:
+    """The image to analyse (an upload wins over the sample picker)."""
     samples = predictor.list_samples()
     upload_column, sample_column = st.columns([3, 2], gap="large")
     with upload_column:
@@ -105,6 +103,8 @@ def choose_image() -> tuple[UploadedImage | None, str]:
     if uploaded is not None:
         name, data = uploaded.name, uploaded.getvalue()
         source = f"your upload **{md(name)}**"
+        known = sample_named_by_content(data)
+        sample = next((item for item in samples if item.name == known), None)
     elif sample is not None:
         name = sample.name
         source = f"sample **{md(sample.title)}** (label: {md(sample.label)})"
@@ -112,24 +112,27 @@ def choose_image() -> tuple[UploadedImage | None, str]:
             data = sample.path.read_bytes()
         except OSError as error:
             st.error(f"The sample {md(sample.name)} cannot be read ({md(error.strerror)}).")
-            return None, ""
+            return None
     else:
         st.info("Upload a chest X-ray to begin.", icon=":material/upload:")
-        return None, ""
+        return None
     try:
         with work_slot("reading your image"):
-            return decode(data, name), source
+            return Chosen(decode(data, name), source, sample)
     except (ImageError, limits.ServerBusy) as error:
-        st.error(md(error), icon=":material/block:")
+        st.error(md(one_line(error, 500)), icon=":material/block:")
         if uploaded is not None:
             st.caption("Remove the file (×) to go back to the sample X-rays, or drop another.")
-        return None, ""
+        return None
 
 
 # --------------------------------------------------------------------------- sections
 
 
-def show_image(image: UploadedImage, source: str) -> None:
+def show_image(chosen: Chosen, runs: list[Run], labels: dict[str, str]) -> dict[str, str]:
+    """The X-ray, what it is, and which selected runs met it in their data (returned as
+    run id → split)."""
+    image = chosen.image
     info = image.info
     width, height = info.get("size", (image.gray.shape[1], image.gray.shape[0]))
     st.image(image.gray, width="stretch")
@@ -139,85 +142,117 @@ def show_image(image: UploadedImage, source: str) -> None:
     window = info.get("dicom_window") or {}
     if window.get("source"):
         details.append(f"window: {window['source']}")
-    st.caption(f"{source} · " + " · ".join(details))
+    st.caption(f"{chosen.source} · " + " · ".join(details))
     for warning in image.warnings:
         st.warning(md(warning), icon=":material/warning:")
-
-
-def run_predictions(runs: list[Run], image: UploadedImage) -> list[predictor.RunPrediction]:
-    bar = st.empty()
-
-    def progress(number: int, total: int, run: Run) -> None:
-        bar.progress(number / total, text=f"Loading and running model {number + 1} of "
-                                          f"{total}: {md(run.title)}")
-
-    try:
-        with work_slot("the prediction"):
-            predictions = predictor.predict_runs(runs, image.gray, model_for,
-                                                 progress=progress)
-    except limits.ServerBusy as error:
-        bar.empty()
-        st.error(md(error), icon=":material/hourglass_disabled:")
-        st.stop()
-    bar.empty()
-    return predictions
-
-
-def show_predictions(predictions, labels: dict[str, str]) -> None:
-    summary = predictor.agreement(predictions, labels)
-    if summary.majority is None and not summary.votes:
-        st.error(summary.headline, icon=":material/error:")
-    elif summary.unanimous:
-        st.success(summary.headline, icon=":material/check_circle:")
+    if chosen.sample is None:
+        return {}
+    splits = predictor.sample_splits(chosen.sample, runs)
+    folder = chosen.sample.source.partition("/")[0]
+    where = f"This sample is `{chosen.sample.source}` in the shared data."
+    unseen = [md(labels.get(run.run_id, run.title)) for run in runs if run.run_id not in splits]
+    sentence = predictor.splits_sentence(splits, {run_id: md(title) for run_id, title
+                                                  in labels.items()}, md(folder), unseen)
+    if not splits:
+        st.caption(f"{where} It is in none of the selected runs' data: every model meets it "
+                   "for the first time.")
+    elif any(split in ("train", "val") for split in splits.values()):
+        st.warning(f"{where} {sentence}", icon=":material/school:")
     else:
-        st.warning(summary.headline, icon=":material/call_split:")
-    if len(summary.votes) > 1:
-        st.markdown("\n".join(f"- **{md(label)}**: {', '.join(md(name) for name in names)}"
-                              for label, names in summary.votes.items()))
-    if summary.controls:
-        st.caption("Random-init controls (not counted): "
-                   + "; ".join(md(control) for control in summary.controls)
-                   + ". A head on random features learns little; compare its bars.")
-    for prediction in predictions:
-        if not prediction.ok:
-            st.error(f"**{md(labels.get(prediction.run_id, prediction.title))}** gave no "
-                     f"prediction. {md(prediction.problem)}", icon=":material/block:")
+        st.caption(f":material/school: {where} {sentence}")
+    return splits
+
+
+def run_predictions(runs: list[Run], chosen: Chosen, digest: str,
+                    labels: dict[str, str]) -> list[predictor.RunPrediction]:
+    """Every run's prediction, drawn as they come: the bar chart grows run by run while
+    models are still loading (the first use after a start); warm, it is drawn once."""
+    engine = _engine.engine()
+    cache = _engine.prediction_cache()
+    status, summary_slot, chart_slot = st.empty(), st.empty(), st.empty()
+    results: list[predictor.RunPrediction] = []
+    drawn = time.perf_counter()
+    for number, run in enumerate(runs):
+        if not engine.is_warm(run):
+            status.caption(f":material/hourglass_top: Model {number + 1} of {len(runs)}: "
+                           f"loading **{md(labels.get(run.run_id, run.title))}** (the first use "
+                           "after a start builds its frozen base)…")
+        results.append(predictor.predict_run(engine, run, chosen.image.gray, cache=cache,
+                                             digest=digest))
+        if number + 1 < len(runs) and time.perf_counter() - drawn > REDRAW_S \
+                and any(result.ok for result in results):
+            chart_slot.plotly_chart(predictor.probability_figure(results, labels),
+                                    width="stretch", config={"displaylogo": False})
+            drawn = time.perf_counter()
+    status.empty()
+    show_predictions(results, labels, summary_slot, chart_slot)
+    return results
+
+
+def show_predictions(predictions, labels: dict[str, str], summary_slot, chart_slot) -> None:
+    summary = predictor.agreement(predictions, labels)
+    with summary_slot.container():
+        if summary.majority is None and not summary.votes:
+            st.error(summary.headline, icon=":material/error:")
+        elif summary.unanimous:
+            st.success(summary.headline, icon=":material/check_circle:")
+        else:
+            st.warning(summary.headline, icon=":material/call_split:")
+        if len(summary.votes) > 1:
+            st.markdown("\n".join(f"- **{md(label)}**: {', '.join(md(name) for name in names)}"
+                                  for label, names in summary.votes.items()))
+        if summary.controls:
+            st.caption("Random-init controls (not counted): "
+                       + "; ".join(md(control) for control in summary.controls)
+                       + ". A head on random features learns little; compare its bars.")
+        for prediction in predictions:
+            if not prediction.ok:
+                st.error(f"**{md(labels.get(prediction.run_id, prediction.title))}** gave no "
+                         f"prediction. {md(prediction.problem)}", icon=":material/block:")
     if any(prediction.ok for prediction in predictions):
-        common.plot(predictor.probability_figure(predictions, labels),
-                    key="predict_probabilities")
+        with chart_slot.container():
+            common.plot(predictor.probability_figure(predictions, labels),
+                        key="predict_probabilities")
+    else:
+        chart_slot.empty()
 
 
-def show_table(predictions, labels: dict[str, str]) -> None:
-    table = predictor.probability_table(predictions, labels).drop(columns=["run_id"])
-    classes = [column for column in table.columns
-               if column not in ("run", "kind", "predicted", "confidence", "note")]
-    config = {"run": st.column_config.TextColumn("run", pinned=True),
-              "kind": st.column_config.TextColumn("weights"),
-              "predicted": st.column_config.TextColumn("predicted"),
-              "confidence": st.column_config.NumberColumn(
-                  "top probability", format="percent",
-                  help="The predicted class's probability. Softmax outputs are not calibrated "
-                       "chances: these models are often 99% sure and wrong.")}
-    for label in classes:
-        config[label] = st.column_config.ProgressColumn(f"p({label})", min_value=0.0,
-                                                        max_value=1.0, format="percent",
-                                                        width="small")
-    config["note"] = st.column_config.TextColumn("note", width="large")
+def show_table(predictions, labels: dict[str, str], splits: dict[str, str]) -> None:
+    table = predictor.probability_table(predictions, labels)
+    if splits:
+        table.insert(3, "image in", [predictor.SPLIT_NAMES.get(splits.get(run_id), "–")
+                                     for run_id in table["run_id"]])
+    table = table.drop(columns=["run_id"])
     if not table["note"].astype(bool).any():
         table = table.drop(columns=["note"])
-    st.dataframe(table, hide_index=True, width="stretch", column_config=config)
+    numbers = [column for column in table.columns
+               if column not in ("run", "kind", "image in", "predicted", "note")]
+    config = {"run": st.column_config.TextColumn("run", pinned=True),
+              "kind": st.column_config.TextColumn("weights"),
+              "image in": st.column_config.TextColumn(
+                  "image in", help="Where this run met the sample: in a split of its own "
+                                   "data, in a held-out folder, or nowhere (–)."),
+              "predicted": st.column_config.TextColumn("predicted"),
+              "confidence": st.column_config.NumberColumn(
+                  "top probability",
+                  help="The predicted class's probability. Softmax outputs are not calibrated "
+                       "chances: these models are often 99% sure and wrong."),
+              "note": st.column_config.TextColumn("note", width="large")}
+    for label in numbers:
+        if label != "confidence":
+            config[label] = st.column_config.NumberColumn(f"p({label})")
+    styled = table.style.format(predictor.format_probability, subset=numbers)
+    st.dataframe(styled, hide_index=True, width="stretch", column_config=config)
 
 
 def saliency_controls(classes: list[str]) -> dict:
     """The saliency settings, from widgets that keep their value across pages."""
-    left, middle, right = st.columns([3, 2, 2], gap="medium")
+    chosen = st.pills("Methods", list(METHODS), selection_mode="multi", default=["gradcam"],
+                      key="predict_methods", persist_state="session", format_func=METHODS.get,
+                      help="\n\n".join(f"**{METHODS[name]}**: {text}"
+                                       for name, text in METHOD_HELP.items()))
+    left, right = st.columns([1, 1], gap="medium")
     with left:
-        methods = st.multiselect(
-            "Methods", list(METHODS), default=["gradcam"], key="predict_methods",
-            persist_state="session", format_func=METHODS.get,
-            help="\n\n".join(f"**{METHODS[name]}**: {text}"
-                             for name, text in METHOD_HELP.items()))
-    with middle:
         target = st.selectbox("Explain which class", [PREDICTED, *classes],
                               key="predict_target", persist_state="session",
                               help="The class whose score the map explains. A map for a "
@@ -232,8 +267,8 @@ def saliency_controls(classes: list[str]) -> dict:
         with first:
             colormap = st.selectbox("Colour map", list(predictor.COLORMAPS),
                                     key="predict_colormap", persist_state="session",
-                                    help="OpenCV colour map; red is where the map is "
-                                         "strongest in jet and turbo.")
+                                    help="OpenCV colour map; the bar above the maps shows "
+                                         "which colour is low and which is high.")
             raw = st.toggle("Show the raw maps too", key="predict_raw",
                             persist_state="session",
                             help="The map alone, without the X-ray under it.")
@@ -250,88 +285,147 @@ def saliency_controls(classes: list[str]) -> dict:
                               key="predict_score_max_n", persist_state="session",
                               help="ScoreCAM masks the image with the N feature maps that "
                                    "vary most; more maps: slower, maybe clearer.")
-    methods = [name for name in METHODS if name in methods]  # always in the same order
+    methods = [name for name in METHODS if name in (chosen or [])]  # always in the same order
     return {"methods": methods, "target": target, "alpha": alpha, "colormap": colormap,
             "raw": raw, "options": {"smooth_samples": samples, "smooth_noise": noise,
                                     "score_max_n": max_n}}
 
 
-def compute_maps(jobs, image: UploadedImage, digest: str, options: dict) -> dict:
-    """Every (method, run, target) map, through the shared cache, with a progress bar."""
-    cache = saliency_cache()
-    bar = st.empty()
-    results: dict[tuple[str, str], predictor.Explanation | str] = {}
-    for number, (method, run, target) in enumerate(jobs):
-        label = f"{METHODS[method]} · {md(run.title)} ({number + 1} of {len(jobs)})"
-
-        def progress(fraction: float, number=number, label=label) -> None:
-            bar.progress(min(1.0, (number + fraction) / len(jobs)), text=label)
-
-        progress(0.0)
-        try:
-            with work_slot("this saliency map"):
-                results[method, run.run_id] = predictor.explain_cached(
-                    cache, run, model_for(run), image.gray, method, target, digest=digest,
-                    progress=progress, **options)
-        except Exception as error:  # one failing map must not hide the others
-            LOG.exception("saliency %s for %s failed", method, run.run_id)
-            results[method, run.run_id] = (f"{METHODS[method]} failed for this model "
-                                           f"({type(error).__name__}: {str(error)[:160]}).")
-    bar.empty()
-    return results
+def colour_bar(colormap: str) -> None:
+    """A small legend: the colour map from low to high saliency."""
+    stops = predictor.colormap_colors(colormap)
+    gradient = ", ".join(f"{colour} {100 * number / (len(stops) - 1):.0f}%"
+                         for number, colour in enumerate(stops))
+    st.html(
+        '<div style="display:flex;align-items:center;gap:0.5rem;font-size:0.85rem;'
+        'opacity:0.8">'
+        f'<span>low</span><div style="width:220px;height:12px;border-radius:3px;'
+        f'background:linear-gradient(to right, {gradient})"></div><span>high</span>'
+        f'<span>&nbsp;saliency ({colormap}), each map scaled to its own 0–1</span></div>')
 
 
-def show_maps(runs_by_id: dict[str, Run], predictions, image: UploadedImage,
-              settings: dict, labels: dict[str, str]) -> None:
+@st.fragment
+def saliency_section(runs: list[Run], predictions, chosen: Chosen, digest: str,
+                     labels: dict[str, str]) -> None:
+    """Controls and maps; a display change reruns only this, and only from cached maps."""
+    st.subheader("Saliency: where did each model look?")
+    classes = list(dict.fromkeys(label for run in runs for label in run.labels))
+    settings = saliency_controls(classes)
+    if not settings["methods"]:
+        st.info("Pick at least one method to see saliency maps.", icon=":material/touch_app:")
+        return
+    if not any(prediction.ok for prediction in predictions):
+        st.info("No model gave a prediction, so there is nothing to explain.")
+        return
+    show_maps({run.run_id: run for run in runs}, predictions, chosen.image, digest, settings,
+              labels, predictor.display_image(chosen.image.gray))
+    if any(method in CAM_METHODS for method in settings["methods"]):
+        engine = _engine.engine()
+        grids = {}
+        for run, prediction in zip(runs, predictions, strict=True):
+            if prediction.ok:
+                rows, columns = engine.conv_grid(run)
+                grids[(run.backbone_display, run.image_size)] = (rows, columns, run.last_conv_layer)
+        grid_text = ", ".join(f"{backbone} `{layer}` {rows} × {columns} at {size} px"
+                              for (backbone, size), (rows, columns, layer)
+                              in sorted(grids.items()))
+        st.caption(f"CAM maps come from each backbone's last convolutional layer ({grid_text}), "
+                   "so they are blurry by construction. Maps of padded runs are cropped back "
+                   "to the image; those of squashed runs are stretched back.")
+
+
+def show_maps(runs_by_id: dict[str, Run], predictions, image: UploadedImage, digest: str,
+              settings: dict, labels: dict[str, str], picture) -> None:
+    """One map per (method, run), laid out first and filled as each is ready (from the
+    cache at once; else computed, with a progress bar); drawn over ``picture``, the image
+    at display size."""
     usable = [p for p in predictions if p.ok]
-    jobs = []
-    for method in settings["methods"]:
-        for prediction in usable:
-            target = prediction.predicted if settings["target"] == PREDICTED \
-                else settings["target"]
-            if target in prediction.labels:
-                jobs.append((method, runs_by_id[prediction.run_id], target))
-    results = compute_maps(jobs, image, predictor.image_digest(image.gray),
-                           settings["options"])
     rows = -(-len(usable) // MAPS_PER_ROW)  # ceil: as few rows as possible, evenly filled
     per_row = max(1, -(-len(usable) // max(rows, 1)))
+    colour_bar(settings["colormap"])
+    bar = st.empty()
+    slots = []  # (method, prediction, overlay slot, raw slot or None) in display order
     for method in settings["methods"]:
         st.markdown(f"#### {METHODS[method]}")
         st.caption(METHOD_HELP[method])
         for start in range(0, len(usable), per_row):
+            chunk = usable[start:start + per_row]
             cells = st.columns(per_row, gap="small")
-            for cell, prediction in zip(cells, usable[start:start + per_row], strict=False):
-                with cell:
-                    show_one_map(runs_by_id[prediction.run_id], prediction,
-                                 results.get((method, prediction.run_id)), image, settings,
-                                 labels)
+            # Raw maps get a row of their own, so they line up whatever the captions' length.
+            raw_cells = st.columns(per_row, gap="small") if settings["raw"] else [None] * per_row
+            for cell, raw_cell, prediction in zip(cells, raw_cells, chunk, strict=False):
+                slots.append((method, prediction, cell.empty(),
+                              raw_cell.empty() if raw_cell is not None else None))
+    engine, cache = _engine.engine(), _engine.saliency_cache()
+    for number, (method, prediction, slot, raw_slot) in enumerate(slots):
+        run = runs_by_id[prediction.run_id]
+        target = prediction.predicted if settings["target"] == PREDICTED else settings["target"]
+        name = md(labels.get(run.run_id, run.title))  # shown in Markdown only
+        if target not in prediction.labels:
+            slot.caption(f"**{name}** does not predict {md(target)}.")
+            continue
+        label = f"{METHODS[method]} · {name} ({number + 1} of {len(slots)})"
+
+        def progress(fraction: float, number=number, label=label) -> None:
+            bar.progress(min(1.0, (number + fraction) / len(slots)), text=label)
+
+        try:
+            result = cache.get(cache.key(digest, run, method, target, settings["options"]))
+            if result is None:
+                result = compute_map(engine, cache, run, image, digest, method, target,
+                                     settings["options"], progress)
+        except Exception as error:  # one failing map must not hide the others
+            LOG.exception("saliency %s for %s failed", method, run.run_id)
+            slot.error(f"**{name}**: {METHODS[method]} failed for this model "
+                       f"({type(error).__name__}: {md(one_line(error, 160))}).",
+                       icon=":material/error:")
+            continue
+        show_one_map(run, prediction, result, picture, settings, name, slot, raw_slot)
+    bar.empty()
 
 
-def show_one_map(run: Run, prediction, result, image: UploadedImage, settings: dict,
-                 labels: dict[str, str]) -> None:
-    name = md(labels.get(run.run_id, run.title))
-    if result is None:
-        st.caption(f"**{name}** does not predict {md(settings['target'])}.")
-        return
-    if isinstance(result, str):
-        st.error(f"**{name}**: {md(result)}", icon=":material/error:")
-        return
-    probability = prediction.probabilities.get(result.target, 0.0)
-    caption = (f"**{name}**  \nexplains *{md(result.target)}* (p = {probability:.0%}) · "
-               f"{result.seconds:.1f} s")
-    if result.is_blank:
-        st.image(image.gray, width="stretch")
-        st.caption(caption + f"  \n:material/visibility_off: blank map: nothing in the "
-                             f"image raises the {md(result.target)} score here.")
-        return
-    st.image(predictor.overlay_for_run(run, image.gray, result.saliency,
-                                       alpha=settings["alpha"], colormap=settings["colormap"]),
-             width="stretch")
-    st.caption(caption)
-    if settings["raw"]:
-        st.image(predictor.raw_map_for_run(run, image.gray, result.saliency,
+def compute_map(engine, cache, run: Run, image: UploadedImage, digest: str, method: str,
+                target: str, options: dict, progress) -> predictor.Explanation:
+    """One map computed on the engine's model thread, the progress bar drawn from here.
+
+    The map is cached by the model thread itself, so a rerun that interrupts this wait (a
+    slider moved meanwhile) finds it when it is done instead of starting it again.
+    """
+    done = [0.0]  # written by the model thread, read here
+
+    def note(fraction: float) -> None:
+        done[0] = fraction
+
+    progress(0.0)
+    future = engine.submit(predictor.explain_cached, cache, engine, run, image.gray, method,
+                           target, digest=digest, progress=note, **options)
+    while True:
+        try:
+            return future.result(timeout=0.25)
+        except TimeoutError:
+            progress(done[0])
+
+
+def show_one_map(run: Run, prediction, result: predictor.Explanation, picture,
+                 settings: dict, name: str, slot, raw_slot) -> None:
+    probability = predictor.format_probability(prediction.probabilities.get(result.target))
+    caption = (f"**{name}**  \nexplains *{result.target}* (p = {probability}) · "
+               f"{result.seconds:.2f} s")
+    with slot.container():
+        if result.is_blank:
+            st.image(picture, width="stretch")
+            st.caption(caption + f"  \n:material/visibility_off: blank map: nothing in the "
+                                 f"image raises the {result.target} score here.")
+            return
+        st.image(predictor.overlay_for_run(run, picture, result.saliency,
+                                           alpha=settings["alpha"],
                                            colormap=settings["colormap"]), width="stretch")
-        st.caption("raw map")
+        st.caption(caption)
+    if raw_slot is not None:
+        with raw_slot.container():
+            st.image(predictor.raw_map_for_run(run, picture, result.saliency,
+                                               colormap=settings["colormap"]), width="stretch")
+            st.caption(f"raw map · {name}")
 
 
 # --------------------------------------------------------------------------- the page
@@ -343,37 +437,19 @@ labels, _ = common.labels_and_colors(runs)
 st.markdown("Give the models one chest X-ray. Each selected run gives its class "
             "probabilities, and saliency maps show which pixels moved its score most.")
 
-image, source = choose_image()
-if image is None:
+chosen = choose_image()
+if chosen is None:
     st.stop()
+digest = predictor.image_digest(chosen.image.gray)
 
 picture_column, result_column = st.columns([1, 2], gap="large")
 with picture_column:
-    show_image(image, source)
+    splits = show_image(chosen, runs, labels)
 with result_column:
     st.subheader("Predictions")
-    predictions = run_predictions(runs, image)
-    show_predictions(predictions, labels)
-show_table(predictions, labels)
-
-st.subheader("Saliency: where did each model look?")
-classes = list(dict.fromkeys(label for run in runs for label in run.labels))
-settings = saliency_controls(classes)
-if not settings["methods"]:
-    st.info("Pick at least one method to see saliency maps.", icon=":material/touch_app:")
-elif not any(prediction.ok for prediction in predictions):
-    st.info("No model gave a prediction, so there is nothing to explain.")
-else:
-    runs_by_id = {run.run_id: run for run in runs}
-    show_maps(runs_by_id, predictions, image, settings, labels)
-    if any(method in CAM_METHODS for method in settings["methods"]):
-        grids = sorted({(run.info["image_size"], *run.info["feature_shape"][:2])
-                        for run in runs if run.info.get("feature_shape")})
-        grid_text = ", ".join(f"{rows} × {columns} cells at {size} px"
-                              for size, rows, columns in grids)
-        st.caption(f"CAM maps come from the last convolutional block ({grid_text}), so they "
-                   "are blurry by construction. Maps of padded runs are cropped back to the "
-                   "image; those of squashed runs are stretched back.")
+    predictions = run_predictions(runs, chosen, digest, labels)
+show_table(predictions, labels, splits)
+saliency_section(runs, predictions, chosen, digest, labels)
 st.info(
     "**A saliency map is a hint, not proof.** It shows where the score is sensitive, not "
     "what the model understood, and different methods disagree on the same image. Saporta "

@@ -1,16 +1,24 @@
-"""Time the Predict & explain page's work on the shipped runs, warm (models cached).
+"""Time the Predict & explain page's model work on the shipped runs, as the page does it.
 
     python benchmarks/predict_explain.py [--runs-dir trained] [--image FILE] [--repeats 5]
 
-Prints, per phase, the median of ``--repeats`` timings, and as its last two lines:
+The page keeps one :class:`xrcompare.engine.Engine`: each run's classifier split at its last
+conv layer into a trunk shared by runs with the same frozen base and a per-run tail; one
+trunk pass per distinct (trunk, model input) and image; Grad-CAM from the tail's gradient on
+the kept feature map; the maps drawn over the image at display size; results cached, so a
+display change only redraws. This script times exactly those steps (the page's rendering in
+the browser is ``benchmarks/predict_page_browser.py``'s), warm, each the median of
+``--repeats`` images the engine has not seen (the image shifted sideways by a few pixels per
+repeat), and, for comparison, the way the page worked before (the flat full model for the
+prediction and tf-keras-vis Grad-CAM on it, per run). The last lines are::
 
-    predict_gradcam_one_run_s: X    (first run: prediction + Grad-CAM for its predicted class)
-    predict_gradcam_all_runs_s: Y   (every run: prediction + Grad-CAM)
+    warm_up_all_runs_s: W              (cold: build and trace every trunk and tail)
+    redraw_all_runs_s: R               (a display change: overlays from cached maps)
+    predict_gradcam_one_run_s: X       (the first run: prediction + Grad-CAM)
+    predict_gradcam_all_runs_s: Y      (every run: predictions + Grad-CAMs + overlays)
 
-It also measures what the two caches buy: cold model building with and without a shared
-base, and a warm Grad-CAM with a fresh tf-keras-vis clone (``reuse=False``) against the kept
-one. Weights come from the app's folders (``.weights/`` and ``../shared/weights`` by default,
-or ``XRCOMPARE_WEIGHTS_DIR``).
+Weights come from the app's folders (``.weights/`` and ``../shared/weights`` by default, or
+``XRCOMPARE_WEIGHTS_DIR``).
 """
 
 from __future__ import annotations
@@ -22,29 +30,58 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from xrcompare import predictor  # noqa: E402
+from xrcompare.engine import Engine, base_key  # noqa: E402
 from xrcompare.inference import load_image_file  # noqa: E402
 from xrcompare.runs import list_runs  # noqa: E402
 
 
-def median_time(function, repeats: int) -> float:
-    timings = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        timings.append(time.perf_counter() - start)
-    return statistics.median(timings)
+def unseen(gray: np.ndarray, count: int, start: int = 1) -> list[np.ndarray]:
+    """``count`` variants of ``gray`` no cache has seen: shifted sideways by 5 px each."""
+    return [np.ascontiguousarray(np.roll(gray, 5 * (start + number), axis=1))
+            for number in range(count)]
 
 
-def predict_and_gradcam(runs, models, gray) -> None:
-    predictions = predictor.predict_runs(runs, gray, lambda run: models[run.run_id])
-    for run, prediction in zip(runs, predictions, strict=True):
-        predictor.explain_run(run, models[run.run_id], gray, "gradcam", prediction.predicted)
+def timed(function, *args, **kwargs) -> float:
+    start = time.perf_counter()
+    function(*args, **kwargs)
+    return time.perf_counter() - start
+
+
+def page_work(engine: Engine, runs, gray, picture, phases: dict) -> None:
+    """What the page does for a new image: every prediction, every Grad-CAM of the
+    predicted class, every overlay at display size (the phases' seconds are appended)."""
+    start = time.perf_counter()
+    predictions = [predictor.predict_run(engine, run, gray) for run in runs]
+    middle = time.perf_counter()
+    maps = [predictor.explain_run(engine, run, gray, "gradcam", prediction.predicted)
+            for run, prediction in zip(runs, predictions, strict=True)]
+    late = time.perf_counter()
+    for run, explanation in zip(runs, maps, strict=True):
+        predictor.overlay_for_run(run, picture, explanation.saliency)
+    end = time.perf_counter()
+    for name, seconds in (("predict", middle - start), ("gradcam", late - middle),
+                          ("overlays", end - late), ("total", end - start)):
+        phases.setdefault(name, []).append(seconds)
+
+
+def flat_way(run, model, gray) -> None:
+    """The page before the engine: the flat model's prediction, then tf-keras-vis Grad-CAM
+    on the same flat model (its own forward pass through the base)."""
+    from xrcompare.explain import compute_saliency
+    from xrcompare.runs import model_input_for_run, predict_gray
+
+    probabilities = predict_gray(run, model, gray)
+    index = run.labels.index(max(probabilities, key=probabilities.get))
+    compute_saliency(model, model_input_for_run(run, gray), "gradcam", index,
+                     run.last_conv_layer)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--smooth-samples", type=int, default=20)
     args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
 
     import keras
 
@@ -64,64 +103,70 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     image = Path(args.image) if args.image else predictor.list_samples()[0].path
     gray = load_image_file(image).gray
-    print(f"keras {keras.__version__} on {keras.backend.backend()}, {os.cpu_count()} CPUs; "
-          f"image {image.name} {gray.shape[1]}x{gray.shape[0]}; {len(runs)} runs: "
+    picture = predictor.display_image(gray)
+    print(f"keras {keras.__version__} on {keras.backend.backend()}, {os.cpu_count()} CPUs, "
+          f"load average {os.getloadavg()[0]:.1f}; image {image.name} "
+          f"{gray.shape[1]}x{gray.shape[0]}; {len(runs)} runs: "
           + ", ".join(run.run_id for run in runs))
 
-    # Cold: build every model, separate bases, then with one shared base per base key
-    # (after one throwaway build, so that neither pays TensorFlow's start-up).
-    predictor.load_model(runs[0])
-    start = time.perf_counter()
-    separate = {run.run_id: predictor.load_model(run) for run in runs}
-    cold_separate = time.perf_counter() - start
-    del separate
-    bases = predictor.BaseCache()
-    start = time.perf_counter()
-    models = {run.run_id: predictor.load_model(run, bases) for run in runs}
-    cold_shared = time.perf_counter() - start
-    print(f"build_models_separate_bases_s: {cold_separate:.2f}")
-    print(f"build_models_shared_bases_s: {cold_shared:.2f} ({len(bases)} bases for "
-          f"{len(runs)} runs)")
+    engine = Engine()
+    warm_up = timed(engine.warm_up, runs)
+    inputs = {(base_key(run), run.resize_mode) for run in runs}
+    print(f"trunks: {engine.trunks_built} for {len(runs)} runs; trunk passes per image: "
+          f"{len(inputs)}")
 
-    # Warm-up: the first call of each model traces functions and creates the kept clone.
-    start = time.perf_counter()
-    predict_and_gradcam(runs, models, gray)
-    print(f"first_predict_gradcam_all_runs_s: {time.perf_counter() - start:.2f}")
+    # One untimed new image, so that every code path has run once.
+    page_work(engine, runs, unseen(gray, 1, start=0)[0], picture, {})
+    phases: dict[str, list[float]] = {}
+    for variant in unseen(gray, args.repeats):
+        page_work(engine, runs, variant, picture, phases)
+    for name in ("predict", "gradcam", "overlays"):
+        print(f"{name}_all_runs_s: {statistics.median(phases[name]):.3f}")
 
+    # A display change: the maps are cached, only the overlays are drawn again.
+    cache, known = predictor.SaliencyCache(), predictor.ResultCache()
+    for run in runs:
+        prediction = predictor.predict_run(engine, run, gray, cache=known)
+        predictor.explain_cached(cache, engine, run, gray, "gradcam", prediction.predicted)
+
+    def redraw() -> None:
+        for run in runs:
+            prediction = predictor.predict_run(engine, run, gray, cache=known)
+            explanation = predictor.explain_cached(cache, engine, run, gray, "gradcam",
+                                                   prediction.predicted)
+            predictor.overlay_for_run(run, picture, explanation.saliency, alpha=0.6)
+
+    redraw_s = statistics.median(timed(redraw) for _ in range(args.repeats))
+
+    # One run: the page's way against the flat model and tf-keras-vis (the page before).
     first = runs[0]
-    model = models[first.run_id]
-    prediction = predictor.predict_runs([first], gray, lambda run: model)[0]
-    target = prediction.predicted
-    print(f"predict_one_run_s: "
-          f"{median_time(lambda: predictor.predict_one(first, model, gray), args.repeats):.3f}")
-    for method in ("saliency", "gradcam", "gradcam++", "scorecam"):
-        predictor.explain_run(first, model, gray, method, target)  # warm this method
-        seconds = median_time(lambda method=method: predictor.explain_run(
-            first, model, gray, method, target), args.repeats)
+    one = statistics.median(timed(page_work, engine, [first], variant, picture, {})
+                            for variant in unseen(gray, args.repeats, start=50))
+    flat = engine.flat_model(first)
+    flat_way(first, flat, gray)  # warm: its clone and traced functions
+    flat_one = statistics.median(timed(flat_way, first, flat, variant)
+                                 for variant in unseen(gray, args.repeats, start=100))
+    print(f"predict_gradcam_one_run_flat_model_s: {flat_one:.3f} (the page before)")
+
+    target = predictor.predict_run(engine, first, gray).predicted
+    for method in ("saliency", "gradcam++", "scorecam"):
+        predictor.explain_run(engine, first, gray, method, target)  # warm this method
+        seconds = statistics.median(
+            timed(predictor.explain_run, engine, first, variant, method, target)
+            for variant in unseen(gray, args.repeats, start=150))
         print(f"{method}_one_run_s: {seconds:.3f}")
-    predictor.explain_run(first, model, gray, "smoothgrad", target, smooth_samples=5)
-    seconds = median_time(lambda: predictor.explain_run(
-        first, model, gray, "smoothgrad", target, smooth_samples=args.smooth_samples),
-        max(1, args.repeats // 2))
+    predictor.explain_run(engine, first, gray, "smoothgrad", target, smooth_samples=5)
+    seconds = statistics.median(
+        timed(predictor.explain_run, engine, first, variant, "smoothgrad", target,
+              smooth_samples=args.smooth_samples)
+        for variant in unseen(gray, max(1, args.repeats // 2), start=200))
     print(f"smoothgrad_{args.smooth_samples}_samples_one_run_s: {seconds:.3f}")
 
-    from xrcompare.explain import compute_saliency
-    from xrcompare.runs import model_input_for_run
-
-    inputs = model_input_for_run(first, gray)
-    layer = first.info["last_conv_layer"]
-    index = first.labels.index(target)
-    fresh = median_time(lambda: compute_saliency(model, inputs, "gradcam", index, layer,
-                                                 reuse=False), args.repeats)
-    kept = median_time(lambda: compute_saliency(model, inputs, "gradcam", index, layer),
-                       args.repeats)
-    print(f"gradcam_fresh_clone_s: {fresh:.3f}")
-    print(f"gradcam_kept_clone_s: {kept:.3f}")
-
-    one = median_time(lambda: predict_and_gradcam([first], models, gray), args.repeats)
-    every = median_time(lambda: predict_and_gradcam(runs, models, gray), args.repeats)
+    print(f"load average {os.getloadavg()[0]:.1f} at the end")
+    print(f"warm_up_all_runs_s: {warm_up:.2f}")
+    print(f"redraw_all_runs_s: {redraw_s:.3f}")
     print(f"predict_gradcam_one_run_s: {one:.3f}")
-    print(f"predict_gradcam_all_runs_s: {every:.3f}")
+    print(f"predict_gradcam_all_runs_s: {statistics.median(phases['total']):.3f}")
     return 0
 
 

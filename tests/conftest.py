@@ -23,6 +23,8 @@ PROJECT_WEIGHTS = REPO / ".weights"
 os.environ.setdefault("XRCOMPARE_WEIGHTS_DIR", os.pathsep.join([str(PROJECT_WEIGHTS),
                                                                str(WEIGHTS)]))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# No background model warm-up in the app under test (tests that want it turn it on).
+os.environ.setdefault("XRCOMPARE_WARM_UP", "0")
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -23,3 +23,20 @@ def test_gpu_throughput_script_runs_under_jax_and_prints_per_backbone_lines(tmp_
     assert re.fullmatch(r"resnet50: pipeline \d+ img/s, bare \d+ img/s \(\d+\.\d\d of bare, 32px\)",
                         last), last
     assert "(jax)" in result.stdout
+
+
+def test_predict_explain_script_times_the_pages_work_and_prints_its_lines(tmp_path):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    (runs / "resnet50-cxr3").symlink_to(REPO / "trained" / "resnet50-cxr3")
+    result = subprocess.run(
+        [sys.executable, "benchmarks/predict_explain.py", "--runs-dir", str(runs),
+         "--repeats", "1", "--smooth-samples", "5"],
+        capture_output=True, text=True, cwd=REPO, timeout=900, env=dict(os.environ))
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.strip().splitlines()
+    assert "trunks: 1 for 1 runs; trunk passes per image: 1" in lines
+    names = [line.split(":")[0] for line in lines[-4:]]
+    assert names == ["warm_up_all_runs_s", "redraw_all_runs_s", "predict_gradcam_one_run_s",
+                     "predict_gradcam_all_runs_s"]
+    assert all(re.fullmatch(r"[a-z_]+: \d+\.\d+", line) for line in lines[-4:]), lines[-4:]

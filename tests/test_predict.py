@@ -1,5 +1,6 @@
-"""xrcompare.predictor on the shipped runs in trained/ and the shipped samples: real ResNet50
-weights, real images, every saliency method; plus the pure summaries and caches."""
+"""xrcompare.predictor and its engine on the shipped runs in trained/ and the shipped samples:
+real ResNet50 weights, real images, every saliency method; plus the pure summaries, caches,
+formatting and where a sample sat in each run's data."""
 
 from __future__ import annotations
 
@@ -13,12 +14,13 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import DATA, REPO
+from conftest import DATA, REPO, WEIGHTS
 
 from xrcompare import predictor
+from xrcompare.engine import Engine, base_key
 from xrcompare.explain import METHODS
 from xrcompare.imaging import read_bytes
-from xrcompare.runs import list_runs, load_run
+from xrcompare.runs import build_full_model, list_runs, load_run, predict_gray
 from xrcompare.uploads import load_upload
 
 TRAINED = REPO / "trained"
@@ -36,12 +38,9 @@ def shipped_runs():
 
 
 @pytest.fixture(scope="module")
-def models(shipped_runs):
-    """Every shipped run's full model, bases shared (as the page does)."""
-    bases = predictor.BaseCache()
-    built = {run.run_id: predictor.load_model(run, bases) for run in shipped_runs}
-    built["_bases"] = bases
-    return built
+def engine(shipped_runs):
+    """One engine for every shipped run (as the page has one per server)."""
+    return Engine()
 
 
 @pytest.fixture(scope="module")
@@ -78,14 +77,14 @@ def test_the_samples_are_small_licensed_and_documented(samples):
 # --------------------------------------------------------------------------- predictions
 
 
-def test_predictions_match_what_each_run_wrote_when_it_was_evaluated(shipped_runs, models,
+def test_predictions_match_what_each_run_wrote_when_it_was_evaluated(shipped_runs, engine,
                                                                       samples):
-    """The rebuilt flat models (shared bases, same preprocessing) reproduce predictions.csv."""
+    """Shared trunks and per-run tails (same preprocessing) reproduce predictions.csv."""
     compared = 0
     for sample in samples:
         gray = gray_of(sample)
         relative = sample.source.split("/", 1)[1]
-        results = predictor.predict_runs(shipped_runs, gray, lambda run: models[run.run_id])
+        results = predictor.predict_runs(shipped_runs, gray, engine)
         for run, result in zip(shipped_runs, results, strict=True):
             assert result.ok, result.problem
             assert sum(result.probabilities.values()) == pytest.approx(1.0, abs=1e-4)
@@ -104,18 +103,62 @@ def test_predictions_match_what_each_run_wrote_when_it_was_evaluated(shipped_run
     assert compared >= 8
 
 
-def test_runs_with_the_same_frozen_base_share_it(shipped_runs, models):
-    keys = {predictor.base_key(run) for run in shipped_runs}
-    assert len(models["_bases"]) == len(keys)
+def test_a_training_image_gets_what_predictions_csv_says(shipped_runs, engine):
+    run = next(run for run in shipped_runs if run.run_id == MAIN_RUN)
+    row = run.split_predictions("train").iloc[0]
+    gray = load_upload(read_bytes(DATA / run.data_name / row["path"]), "train.jpg").gray
+    probabilities = engine.probabilities(run, gray)
+    np.testing.assert_allclose([probabilities[label] for label in run.labels],
+                               [row[f"prob_{label}"] for label in run.labels], atol=2e-3)
+
+
+def test_the_split_model_gives_the_flat_models_probabilities(shipped_runs, engine, samples):
+    gray = gray_of(samples[1])
+    for run in shipped_runs:
+        flat = build_full_model(run, base=engine.base(run))
+        expected = predict_gray(run, flat, gray)
+        assert engine.probabilities(run, gray) == pytest.approx(expected, abs=1e-5), run.run_id
+
+
+def test_runs_with_the_same_frozen_base_share_one_trunk_and_one_pass(shipped_runs, engine,
+                                                                    samples):
+    keys = {base_key(run) for run in shipped_runs}
     by_key: dict[tuple, list] = {}
     for run in shipped_runs:
-        by_key.setdefault(predictor.base_key(run), []).append(models[run.run_id])
-    # The base's first convolution (any backbone): the same object when the base is shared.
-    first_layers = {key: {id(next(layer for layer in model.layers if layer.weights))
-                          for model in group}
-                    for key, group in by_key.items()}
-    assert all(len(ids) == 1 for ids in first_layers.values())  # shared within a key
-    assert len(set().union(*first_layers.values())) == len(keys)  # distinct across keys
+        by_key.setdefault(base_key(run), []).append(engine.trunk(run))
+    assert engine.trunks_built == len(keys) < len(shipped_runs)
+    assert all(len({id(trunk) for trunk in group}) == 1 for group in by_key.values())
+    assert len({id(group[0]) for group in by_key.values()}) == len(keys)
+    # One image: one forward pass per distinct (trunk, model input), not one per run.
+    gray = np.ascontiguousarray(gray_of(samples[2])[:, ::-1])  # an image no test used yet
+    before = engine.forward_passes
+    predictor.predict_runs(shipped_runs, gray, engine)
+    inputs = {(base_key(run), run.info["resize_mode"]) for run in shipped_runs}
+    assert engine.forward_passes - before == len(inputs) < len(shipped_runs)
+    predictor.predict_runs(shipped_runs, gray, engine)  # the feature maps are kept
+    assert engine.forward_passes - before == len(inputs)
+
+
+def test_the_warm_up_builds_and_traces_every_run(tmp_path):
+    folder = copy_run(tmp_path, MAIN_RUN, "main-copy")
+    run = load_run(folder)
+    engine = Engine()
+    reports = []
+    assert not engine.is_warm(run)
+    engine.warm_up([run], progress=lambda run, problem: reports.append((run.run_id, problem)))
+    assert engine.is_warm(run) and reports == [("main-copy", None)]
+    before = engine.forward_passes
+    engine.probabilities(run, np.full((300, 260), 90, np.uint8))
+    assert engine.forward_passes == before + 1
+
+
+def test_prediction_cache_answers_without_a_model(shipped_runs, engine, samples):
+    run = next(run for run in shipped_runs if run.run_id == MAIN_RUN)
+    cache = predictor.ResultCache(max_entries=4)
+    gray = gray_of(samples[0])
+    first = predictor.predict_run(engine, run, gray, cache=cache)
+    assert predictor.predict_run(None, run, gray, cache=cache) is first  # no engine needed
+    assert len(cache) == 1
 
 
 def copy_run(tmp_path, run_id: str, new_id: str, **changes):
@@ -127,8 +170,19 @@ def copy_run(tmp_path, run_id: str, new_id: str, **changes):
     return folder
 
 
+def only_resnet50_weights(tmp_path, monkeypatch) -> None:
+    """Point XRCOMPARE_WEIGHTS_DIR at a folder holding the ResNet50 file only, so that any
+    other backbone is unavailable whatever ../shared/weights holds."""
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    name = "resnet50_imagenet_notop.weights.h5"
+    (folder / name).symlink_to(WEIGHTS / name)
+    monkeypatch.setenv("XRCOMPARE_WEIGHTS_DIR", str(folder))
+
+
 def test_runs_that_cannot_be_rebuilt_are_listed_with_the_reason(tmp_path, samples,
-                                                                  resnet50_only_weights):
+                                                                monkeypatch):
+    only_resnet50_weights(tmp_path, monkeypatch)
     vgg = load_run(copy_run(tmp_path, MAIN_RUN, "vgg16-copy", backbone="vgg16",
                             backbone_display="VGG16", display_name="VGG16 copy"))
     broken_folder = copy_run(tmp_path, MAIN_RUN, "broken-head", display_name="Broken head")
@@ -151,14 +205,13 @@ def test_runs_that_cannot_be_rebuilt_are_listed_with_the_reason(tmp_path, sample
 
 
 @pytest.mark.parametrize("method", list(METHODS))
-def test_every_method_on_the_main_shipped_run(shipped_runs, models, samples, method):
+def test_every_method_on_the_main_shipped_run(shipped_runs, engine, samples, method):
     run = next(run for run in shipped_runs if run.run_id == MAIN_RUN)
-    model = models[MAIN_RUN]
     sample = next(sample for sample in samples if sample.label == "pneumonia")
     gray = gray_of(sample)
-    before = predictor.predict_one(run, model, gray).probabilities
+    before = engine.probabilities(run, gray)
     reports = []
-    result = predictor.explain_run(run, model, gray, method, "pneumonia",
+    result = predictor.explain_run(engine, run, gray, method, "pneumonia",
                                    smooth_samples=5, score_max_n=8, progress=reports.append)
     size = run.info["image_size"]
     assert result.saliency.shape == (size, size) and result.saliency.dtype == np.float32
@@ -170,37 +223,58 @@ def test_every_method_on_the_main_shipped_run(shipped_runs, models, samples, met
     assert picture.shape == (*gray.shape, 3) and picture.dtype == np.uint8
     raw = predictor.raw_map_for_run(run, gray, result.saliency, colormap="inferno")
     assert raw.shape == (*gray.shape, 3)
-    # Explaining never changes the model (it works on a linear clone).
-    assert predictor.predict_one(run, model, gray).probabilities == pytest.approx(before)
+    # Explaining never changes the model (tf-keras-vis works on a linear clone).
+    flat = build_full_model(run, base=engine.base(run))
+    assert predict_gray(run, flat, gray) == pytest.approx(before, abs=1e-5)
+    assert engine.probabilities(run, gray) == pytest.approx(before)
 
 
-def test_gradcam_for_every_shipped_run_lines_up_with_the_image(shipped_runs, models, samples):
+def test_fast_gradcam_is_tf_keras_vis_gradcam_on_the_flat_model(shipped_runs, engine,
+                                                                samples):
+    """Every shipped run (ImageNet and random-init ResNet50, 224 and 288 px, squashed and
+    padded): the tail's gradient on the shared feature map gives tf-keras-vis's map."""
+    from xrcompare.explain import compute_saliency
+    from xrcompare.runs import model_input_for_run
+
+    gray = gray_of(next(sample for sample in samples if sample.label == "normal"))
+    for run in shipped_runs:
+        probabilities = engine.probabilities(run, gray)
+        index = run.labels.index(max(probabilities, key=probabilities.get))
+        ours = engine.gradcam(run, gray, index)
+        flat = build_full_model(run, base=engine.base(run))
+        theirs = compute_saliency(flat, model_input_for_run(run, gray), "gradcam", index,
+                                  run.last_conv_layer)
+        assert theirs.std() > 0.02, run.run_id
+        assert np.corrcoef(ours.ravel(), theirs.ravel())[0, 1] > 0.999, run.run_id
+        np.testing.assert_allclose(ours, theirs, atol=1e-4, err_msg=run.run_id)
+
+
+def test_gradcam_for_every_shipped_run_lines_up_with_the_image(shipped_runs, engine, samples):
     """Padded runs' maps are cropped back to the image; all overlays have the image's size."""
     sample = next(sample for sample in samples if sample.label == "normal")
     gray = gray_of(sample)
     assert gray.shape[0] != gray.shape[1]  # a non-square image tests the pad geometry
-    predictions = predictor.predict_runs(shipped_runs, gray, lambda run: models[run.run_id])
+    predictions = predictor.predict_runs(shipped_runs, gray, engine)
     for run, prediction in zip(shipped_runs, predictions, strict=True):
-        result = predictor.explain_run(run, models[run.run_id], gray, "gradcam",
-                                       prediction.predicted)
+        result = predictor.explain_run(engine, run, gray, "gradcam", prediction.predicted)
         assert np.all(np.isfinite(result.saliency))
         picture = predictor.overlay_for_run(run, gray, result.saliency)
         assert picture.shape == (*gray.shape, 3)
 
 
-def test_saliency_cache_reuses_maps_and_ignores_unrelated_options(shipped_runs, models,
+def test_saliency_cache_reuses_maps_and_ignores_unrelated_options(shipped_runs, engine,
                                                                   samples):
     run = next(run for run in shipped_runs if run.run_id == MAIN_RUN)
     gray = gray_of(samples[0])
     cache = predictor.SaliencyCache(max_entries=2)
-    first = predictor.explain_cached(cache, run, models[MAIN_RUN], gray, "gradcam", "covid",
+    first = predictor.explain_cached(cache, engine, run, gray, "gradcam", "covid",
                                      smooth_samples=5)
-    again = predictor.explain_cached(cache, run, models[MAIN_RUN], gray, "gradcam", "covid",
+    again = predictor.explain_cached(cache, engine, run, gray, "gradcam", "covid",
                                      smooth_samples=40, score_max_n=3)  # not Grad-CAM's
     assert again is first and len(cache) == 1
-    other = predictor.explain_cached(cache, run, models[MAIN_RUN], gray, "gradcam", "normal")
+    other = predictor.explain_cached(cache, engine, run, gray, "gradcam", "normal")
     assert other is not first and len(cache) == 2
-    predictor.explain_cached(cache, run, models[MAIN_RUN], gray, "gradcam++", "covid")
+    predictor.explain_cached(cache, engine, run, gray, "gradcam++", "covid")
     assert len(cache) == 2  # the least recently used map went
     key = cache.key(predictor.image_digest(gray), run, "gradcam", "covid", {})
     assert key not in cache
@@ -211,10 +285,69 @@ def test_saliency_cache_rejects_a_useless_size():
         predictor.SaliencyCache(max_entries=0)
 
 
-def test_explain_run_refuses_an_unknown_class(shipped_runs, models, samples):
+def test_explain_run_refuses_an_unknown_class_or_method(shipped_runs, engine, samples):
     run = next(run for run in shipped_runs if run.run_id == MAIN_RUN)
     with pytest.raises(ValueError, match="unknown class 'cat'"):
-        predictor.explain_run(run, models[MAIN_RUN], gray_of(samples[0]), "gradcam", "cat")
+        predictor.explain_run(engine, run, gray_of(samples[0]), "gradcam", "cat")
+    with pytest.raises(ValueError, match="unknown saliency method"):
+        predictor.explain_run(engine, run, gray_of(samples[0]), "lime", "covid")
+
+
+# --------------------------------------------------------------------------- samples in runs
+
+
+def test_where_each_run_met_each_sample(shipped_runs, samples):
+    by_id = {run.run_id: run for run in shipped_runs}
+    covid = next(sample for sample in samples if sample.source.startswith("cxr3/covid/"))
+    kaggle = next(sample for sample in samples if sample.source.startswith("kaggle_test/"))
+    splits = predictor.sample_splits(covid, shipped_runs)
+    # The cxr3 samples sit in the test split of the main run (samples/README.md says so)
+    # and in no split of the blog-data run, which never saw cxr3.
+    assert splits[MAIN_RUN] == "test"
+    assert "resnet50-seed001-blog" in by_id and "resnet50-seed001-blog" not in splits
+    assert set(predictor.sample_splits(kaggle, shipped_runs).values()) == {"heldout"}
+    titles = {run.run_id: run.title for run in shipped_runs}
+    sentence = predictor.splits_sentence(splits, titles, "cxr3", ["Other run"])
+    assert f"In the **test split** of {titles[MAIN_RUN]}" in sentence
+    assert sentence.endswith("Not in the data of Other run.")
+    assert "fitted on it" in predictor.splits_sentence({"a": "train"}, {}, "cxr3")
+
+
+def test_split_of_answers_for_the_shipped_head_of_a_cross_validation_run(shipped_runs):
+    run = next(run for run in shipped_runs if run.info["split"].get("folds"))
+    frame = run.predictions
+    train = frame[frame["split"] == "train"].iloc[0]
+    assert run.split_of(run.data_name, train["path"]) == "train"  # also a test row of fold k
+    assert (frame["path"] == train["path"]).sum() == 2
+    assert run.split_of("kaggle_test", "NORMAL/nothing.jpg") is None
+    assert run.split_of("elsewhere", train["path"]) is None
+
+
+def test_an_uploaded_sample_is_recognised_by_its_bytes(samples):
+    data = samples[0].path.read_bytes()
+    assert predictor.find_sample(data) == samples[0]
+    assert predictor.find_sample(data + b"\0") is None
+
+
+# --------------------------------------------------------------------------- formatting
+
+
+@pytest.mark.parametrize(("value", "text"), [
+    (1.0, "100%"), (0.99995, ">99.9%"), (0.9956, "99.6%"), (0.9994, "99.9%"), (0.5, "50.0%"),
+    (0.0004, "<0.1%"), (0.0, "0%"), (None, "–"), (float("nan"), "–"),
+])
+def test_probabilities_have_one_precision_and_are_never_rounded_to_certainty(value, text):
+    assert predictor.format_probability(value) == text
+
+
+def test_colour_bar_and_display_image():
+    jet = predictor.colormap_colors("jet", 5)
+    assert len(jet) == 5 and all(len(colour) == 7 and colour[0] == "#" for colour in jet)
+    assert jet[0] != jet[-1] and int(jet[0][5:], 16) > int(jet[0][1:3], 16)  # blue → red
+    gray = np.zeros((1500, 900), np.uint8)
+    assert predictor.display_image(gray).shape == (512, 307)
+    small = np.zeros((300, 200), np.uint8)
+    assert predictor.display_image(small) is small
 
 
 # --------------------------------------------------------------------------- summaries
@@ -265,6 +398,8 @@ def test_probability_table_and_figure():
     assert [trace.name for trace in figure.data] == ["covid", "normal", "pneumonia"]
     assert list(figure.data[0].y) == ["Run A", "C"]
     assert list(figure.data[0].marker.pattern.shape) == ["", "/"]  # the control is hatched
+    assert list(figure.data[0].text) == ["90.0%", "30.0%"]
+    assert list(figure.data[1].customdata) == ["5.0%", "40.0%"]
 
 
 def test_method_options_and_colormaps():
@@ -326,15 +461,15 @@ def test_cli_explain_refuses_bad_input_in_one_line(tmp_path, samples):
 # --------------------------------------------------------------------------- inference (CLI)
 
 
-def test_predict_and_explain_file_give_what_the_page_gives(shipped_runs, models, samples,
+def test_predict_and_explain_file_give_what_the_page_gives(shipped_runs, engine, samples,
                                                           tmp_path):
     from xrcompare.inference import explain_file, predict_file
 
     run = next(run for run in shipped_runs if run.run_id == MAIN_RUN)
     sample = next(sample for sample in samples if sample.label == "pneumonia")
     gray = gray_of(sample)
-    page = predictor.predict_one(run, models[MAIN_RUN], gray)
-    result = predict_file(run, sample.path, model=models[MAIN_RUN])
+    page = predictor.predict_run(engine, run, gray)
+    result = predict_file(run, sample.path, engine=engine)
     assert result["probabilities"] == pytest.approx(page.probabilities)
     assert result["predicted"] == page.predicted and isinstance(result["warnings"], list)
     out = tmp_path / "map.png"
@@ -342,17 +477,17 @@ def test_predict_and_explain_file_give_what_the_page_gives(shipped_runs, models,
     assert answer == {"method": "gradcam", "target": page.predicted,
                       "predicted": page.predicted}
     expected = predictor.overlay_for_run(
-        run, gray, predictor.explain_run(run, models[MAIN_RUN], gray, "gradcam",
+        run, gray, predictor.explain_run(engine, run, gray, "gradcam",
                                          page.predicted).saliency, alpha=0.5)
     written = cv2.cvtColor(cv2.imread(str(out), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
     assert np.abs(written.astype(int) - expected.astype(int)).max() <= 2
 
 
-def test_explain_file_checks_out_before_building_a_model(tmp_path, samples,
-                                                        resnet50_only_weights):
+def test_explain_file_checks_out_before_building_a_model(tmp_path, samples, monkeypatch):
     from xrcompare.backbones import WeightsUnavailable
     from xrcompare.inference import explain_file
 
+    only_resnet50_weights(tmp_path, monkeypatch)
     # A run whose backbone has no weights here: reaching the model would raise
     # WeightsUnavailable, so a ValueError about --out proves --out was checked first.
     vgg = load_run(copy_run(tmp_path, MAIN_RUN, "vgg16-copy", backbone="vgg16",

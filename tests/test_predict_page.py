@@ -1,7 +1,8 @@
 """The Predict & explain page through Streamlit's AppTest, started from the router
 (streamlit_app.py) on the shipped runs: the sample picker, uploads (JPEG, DICOM, bad files),
-every saliency method, runs that cannot be rebuilt. Real models, real images; the browser
-upload is covered by tests/e2e/test_predict_e2e.py."""
+every saliency method, display changes that never touch a model, where a sample sat in each
+run's data, runs that cannot be rebuilt, the background warm-up. Real models, real images;
+the browser upload is covered by tests/e2e/test_predict_e2e.py."""
 
 from __future__ import annotations
 
@@ -11,13 +12,14 @@ import shutil
 import cv2
 import numpy as np
 import pytest
-from conftest import REPO
+from conftest import REPO, WEIGHTS
 from streamlit.testing.v1 import AppTest
 from test_uploads import make_dicom
 
+from app_pages import _engine
 from xrcompare import predictor
 from xrcompare.paths import RUNS_DIR_VARIABLE
-from xrcompare.runs import list_runs
+from xrcompare.runs import list_runs, load_run
 
 APP = REPO / "streamlit_app.py"
 PAGE = "app_pages/predict.py"
@@ -86,8 +88,15 @@ def test_a_sample_gets_every_shipped_runs_prediction_and_gradcam(monkeypatch):
         "#### Grad-CAM"]
     note = " ".join(item.value for item in app.info)
     assert "hint, not proof" in note and "Saporta" in note
-    licence = " ".join(item.value for item in app.caption)
-    assert "CC BY 3.0" in licence
+    captions = " ".join(item.value for item in app.caption)
+    assert "CC BY 3.0" in captions
+    # Where each run met the sample: the main run kept it for its test split.
+    assert "This sample is `cxr3/covid/cohen_2168a917.jpg` in the shared data" in captions
+    assert "In the **test split** of" in captions
+    assert set(table["image in"]) <= {"test split", "–"} and "test split" in set(table["image in"])
+    # One precision everywhere, never "100%" for a probability below 1.
+    assert all("(p = " in text and "100%" not in text for text in map_captions(app))
+    assert len(app.get("html")) == 1  # the colour bar
 
 
 def test_an_uploaded_jpeg_replaces_the_sample(monkeypatch):
@@ -150,7 +159,7 @@ def test_a_colour_photo_warns_but_is_still_predicted(monkeypatch):
 
 def test_every_method_with_raw_maps_and_a_chosen_class(monkeypatch):
     app = open_page(monkeypatch, selected=[MAIN_RUN])
-    app.multiselect(key="predict_methods").set_value(
+    app.pills(key="predict_methods").set_value(
         ["saliency", "smoothgrad", "gradcam", "gradcam++", "scorecam"])
     app.selectbox(key="predict_target").set_value("pneumonia")
     app.slider(key="predict_smooth_samples").set_value(5)
@@ -166,9 +175,13 @@ def test_every_method_with_raw_maps_and_a_chosen_class(monkeypatch):
     assert len(images(app)) == 1 + 2 * 5  # the X-ray, then overlay and raw map per method
 
 
-def test_runs_that_cannot_be_rebuilt_are_listed_with_their_reason(monkeypatch, tmp_path,
-                                                                  resnet50_only_weights):
-    runs = tmp_path / "runs"  # beside the weights folder of resnet50_only_weights
+def test_runs_that_cannot_be_rebuilt_are_listed_with_their_reason(monkeypatch, tmp_path):
+    weights = tmp_path / "weights"  # ResNet50's file only: VGG16 is unavailable here
+    weights.mkdir()
+    name = "resnet50_imagenet_notop.weights.h5"
+    (weights / name).symlink_to(WEIGHTS / name)
+    monkeypatch.setenv("XRCOMPARE_WEIGHTS_DIR", str(weights))
+    runs = tmp_path / "runs"
     shutil.copytree(TRAINED / MAIN_RUN, runs / MAIN_RUN,
                     ignore=shutil.ignore_patterns("head_fold*"))
     vgg = runs / "vgg16-cxr3"
@@ -190,3 +203,65 @@ def test_runs_that_cannot_be_rebuilt_are_listed_with_their_reason(monkeypatch, t
     table = app.dataframe[0].value
     assert list(table["predicted"]) == ["covid", "–"]  # listed, not dropped
     assert len(map_captions(app)) == 1  # only the usable run is explained
+
+
+def test_display_changes_redraw_from_cached_maps_without_touching_a_model(monkeypatch):
+    app = open_page(monkeypatch)
+    engine, maps = _engine.engine(), _engine.saliency_cache()
+    passes, computed = engine.forward_passes, len(maps)
+    app.slider(key="predict_alpha").set_value(0.8).run()
+    app.toggle(key="predict_raw").set_value(True).run()
+    app.selectbox(key="predict_colormap").set_value("viridis").run()
+    assert_clean(app)
+    assert engine.forward_passes == passes and len(maps) == computed
+    runs = list_runs(TRAINED).runs
+    assert len(images(app)) == 1 + 2 * len(runs)  # overlays, then a row of raw maps
+    assert "viridis" in app.get("html")[0].proto.body
+    # Another class for every map: new maps, still no new forward pass (the feature maps
+    # are kept; Grad-CAM only differentiates the tails).
+    app.selectbox(key="predict_target").set_value("normal").run()
+    assert_clean(app)
+    assert engine.forward_passes == passes and len(maps) == computed + len(runs)
+    assert all("explains *normal*" in text for text in map_captions(app))
+
+
+def test_a_sample_in_a_runs_training_split_gets_a_warning(monkeypatch, tmp_path):
+    runs = tmp_path / "runs"
+    shutil.copytree(TRAINED / MAIN_RUN, runs / MAIN_RUN)
+    copy = runs / "trained-on-it"
+    shutil.copytree(TRAINED / MAIN_RUN, copy)
+    covid = sample("covid")
+    relative = covid.source.split("/", 1)[1]
+    frame = load_run(copy).predictions
+    frame.loc[frame["path"] == relative, "split"] = "train"
+    frame.to_csv(copy / "predictions.csv", index=False)
+    info = json.loads((copy / "run.json").read_text(encoding="utf-8"))
+    info.update(display_name="Trained on the sample")
+    (copy / "run.json").write_text(json.dumps(info), encoding="utf-8")
+    app = open_page(monkeypatch, runs_dir=runs)
+    warning = next(item.value for item in app.warning if "This sample is" in item.value)
+    assert "In the **training split** of Trained on the sample: those models were fitted on " \
+           "it" in warning
+    assert "In the **test split** of ResNet50 · cxr3 (main)" in warning
+    # The same file uploaded is recognised as the sample by its bytes.
+    upload(app, "my-upload.jpg", covid.path.read_bytes())
+    assert_clean(app)
+    assert any("This sample is" in item.value for item in app.warning)
+
+
+def test_the_router_warms_every_runs_model_up_in_the_background(monkeypatch, tmp_path):
+    runs = tmp_path / "runs"
+    shutil.copytree(TRAINED / MAIN_RUN, runs / "warm-me")
+    monkeypatch.setenv(RUNS_DIR_VARIABLE, str(runs))
+    monkeypatch.setenv(_engine.WARM_UP_VARIABLE, "1")
+    app = AppTest.from_file(str(APP), default_timeout=TIMEOUT_S)
+    app.run()  # the Overview page: nothing waits for the warm-up
+    assert_clean(app)
+    from xrcompare.runs import runs_fingerprint
+
+    thread = _engine._warm_up_thread(runs_fingerprint(runs))
+    thread.join(timeout=TIMEOUT_S)
+    assert not thread.is_alive()
+    assert _engine.engine().is_warm(load_run(runs / "warm-me"))
+    app.run()  # a rerun starts no second thread for the same runs
+    assert _engine._warm_up_thread(runs_fingerprint(runs)) is thread

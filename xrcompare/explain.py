@@ -119,6 +119,41 @@ def compute_saliency(model, inputs, method: str, class_index: int,
     return finish_map(raw, batch.shape[1:3])
 
 
+def gradcam_on_features(score_function, features, class_index: int,
+                        size: tuple[int, int]) -> np.ndarray:
+    """Grad-CAM from a convolutional feature map, as tf-keras-vis ``Gradcam`` computes it.
+
+    ``features`` is the map at the explained layer, (1, h, w, c); ``score_function(features)``
+    gives the class scores before the output activation, (1, classes) (the score tf-keras-vis
+    differentiates after ``ReplaceToLinear``). Channel weights are the spatial mean of the
+    score's gradient, the map is ReLU(Σ weights · features), zoomed to ``size`` (height,
+    width) with linear interpolation as tf-keras-vis does, then scaled to 0..1 by
+    :func:`finish_map`. Only the part of the network after the layer is differentiated.
+    """
+    check_backend()
+    import tensorflow as tf
+    from scipy.ndimage import zoom
+
+    feature_map = np.asarray(features, dtype=np.float32)
+    if feature_map.ndim != 4 or feature_map.shape[0] != 1:
+        raise ValueError(f"features must be one feature map (1, h, w, c), got shape "
+                         f"{feature_map.shape}")
+    tensor = tf.convert_to_tensor(feature_map)
+    with tf.GradientTape() as tape:
+        tape.watch(tensor)
+        scores = score_function(tensor)
+        classes = int(scores.shape[-1])
+        if isinstance(class_index, bool) or not 0 <= int(class_index) < classes:
+            raise ValueError(f"class_index must be in 0..{classes - 1}, got {class_index}")
+        score = scores[:, int(class_index)]
+    gradients = np.asarray(tape.gradient(score, tensor), dtype=np.float32)
+    weights = gradients.mean(axis=(1, 2), keepdims=True)
+    cam = np.maximum(np.sum(feature_map * weights, axis=-1), 0.0)  # (1, h, w)
+    height, width = size
+    cam = zoom(cam, (1.0, height / cam.shape[1], width / cam.shape[2]), order=1)
+    return finish_map(cam, (height, width))
+
+
 def cap_outliers(values, percentile: float = GRADIENT_PERCENTILE) -> np.ndarray:
     """``values`` with everything above the given percentile set to that percentile."""
     array = np.nan_to_num(np.asarray(values[0] if isinstance(values, list) else values,

@@ -45,18 +45,21 @@ def load_image_file(path: str | Path):
     return load_upload(read_bytes(path), Path(path).name)
 
 
-def predict_file(run: Run, path: str | Path, model=None) -> dict:
-    """One image file through ``run`` (the CLI's ``predict``), as the dashboard predicts it.
+def predict_file(run: Run, path: str | Path, engine=None) -> dict:
+    """One image file through ``run`` (the CLI's ``predict``), as the dashboard predicts it
+    (through an :class:`xrcompare.engine.Engine`; None builds a fresh one).
 
     Returns ``run``, ``image``, ``probabilities`` (class → probability), ``predicted`` and the
-    image loader's ``warnings``.
+    image loader's ``warnings``. Raises the model's error when the run cannot predict.
     """
-    from xrcompare import predictor
+    from xrcompare.engine import Engine
 
     image = load_image_file(path)
-    prediction = predictor.predict_one(run, model or predictor.load_model(run), image.gray)
-    return {"run": run.run_id, "image": str(path), "probabilities": prediction.probabilities,
-            "predicted": prediction.predicted, "warnings": list(image.warnings)}
+    engine = engine or Engine()
+    probabilities = engine.probabilities(run, image.gray)
+    predicted = max(probabilities, key=probabilities.get)
+    return {"run": run.run_id, "image": str(path), "probabilities": probabilities,
+            "predicted": predicted, "warnings": list(image.warnings)}
 
 
 def check_overlay_path(out: str | Path) -> Path:
@@ -85,6 +88,7 @@ def explain_file(run: Run, path: str | Path, *, method: str, target: str | None,
     import cv2
 
     from xrcompare import predictor
+    from xrcompare.engine import Engine
     from xrcompare.explain import METHODS
 
     if method not in METHODS:
@@ -95,10 +99,11 @@ def explain_file(run: Run, path: str | Path, *, method: str, target: str | None,
         raise ValueError("alpha must be between 0 and 1")
     out = check_overlay_path(out)
     image = load_image_file(path)
-    model = predictor.load_model(run)
-    predicted = predictor.predict_one(run, model, image.gray).predicted
+    engine = Engine()
+    probabilities = engine.probabilities(run, image.gray)
+    predicted = max(probabilities, key=probabilities.get)
     target = target or predicted
-    explanation = predictor.explain_run(run, model, image.gray, method, target)
+    explanation = predictor.explain_run(engine, run, image.gray, method, target)
     picture = predictor.overlay_for_run(run, image.gray, explanation.saliency, alpha=alpha)
     if not cv2.imwrite(str(out), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR)):
         raise ValueError(f"cannot write {out}")

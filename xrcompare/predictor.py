@@ -1,21 +1,21 @@
 """One X-ray through many runs: predictions, where they agree, and saliency maps.
 
-What the *Predict & explain* page, ``benchmarks/predict_explain.py`` and the tests share.
-No Streamlit here: the page caches what these functions return.
+What the *Predict & explain* page, the CLI's ``predict``/``explain``,
+``benchmarks/predict_explain.py`` and the tests share. No Streamlit here: the page keeps one
+:class:`xrcompare.engine.Engine` and the result caches below per server process.
 
-Models are the runs' full classifiers, each ONE flat functional graph (frozen base, then the
-head's layers; see :func:`xrcompare.runs.build_full_model`). Runs whose frozen base is the
-same (backbone, weights, input size and, for random-init controls, seed) can share one base
-through a :class:`BaseCache`: the base is built and its weights are loaded once.
+The models come from an :class:`~xrcompare.engine.Engine`: each run's classifier split at
+its last convolutional layer into a trunk shared by every run with the same frozen base and
+a small per-run tail, so a prediction costs one base pass per distinct (base, input) and
+Grad-CAM only the tail's gradient. The other saliency methods use the run's flat full model.
+Results are cached by (image, run, method, options), so redrawing never reruns a model.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,11 +24,12 @@ import numpy as np
 import pandas as pd
 
 from xrcompare import CLASSES
+from xrcompare.engine import LRU, Engine, array_digest, weights_problem  # noqa: F401
 from xrcompare.escaping import escape_markdown
+from xrcompare.paths import SAMPLES_DIR
 from xrcompare.runs import Run, RunError
 
 #: Sample X-rays shipped with the repository (licences in ``samples/README.md``).
-SAMPLES_DIR = Path(__file__).resolve().parent.parent / "samples"
 SAMPLES_INDEX = "samples.csv"
 
 #: Errors that mean "this run cannot give a prediction", shown as one sentence.
@@ -71,65 +72,65 @@ def list_samples(folder: str | Path = SAMPLES_DIR) -> list[Sample]:
     return samples
 
 
+def file_digest(data: bytes) -> str:
+    """SHA-256 of a file's bytes."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def find_sample(data: bytes, samples: Sequence[Sample] | None = None) -> Sample | None:
+    """The shipped sample whose file has exactly these bytes (an upload of a sample), or
+    None."""
+    digest = file_digest(data)
+    for sample in list_samples() if samples is None else samples:
+        try:
+            if file_digest(sample.path.read_bytes()) == digest:
+                return sample
+        except OSError:
+            continue
+    return None
+
+
+#: How :func:`sample_splits` names where a run met an image, in the order to list them.
+SPLIT_NAMES = {"train": "training split", "val": "validation split", "test": "test split",
+               "heldout": "held-out test folder"}
+
+
+def sample_splits(sample: Sample, runs: Sequence[Run]) -> dict[str, str]:
+    """Run id → where that run met the sample's original image (``"train"``, ``"val"``,
+    ``"test"`` or ``"heldout"``; see :meth:`xrcompare.runs.Run.split_of`), for the runs that
+    met it at all. The sample is matched by its original file in the shared data (its
+    ``source``, e.g. ``cxr3/covid/x.jpg``) against each run's predictions.csv."""
+    folder, _, path = sample.source.partition("/")
+    found = {}
+    for run in runs:
+        split = run.split_of(folder, path)
+        if split is not None:
+            found[run.run_id] = split
+    return found
+
+
+def splits_sentence(splits: dict[str, str], titles: dict[str, str], folder: str,
+                    unseen: Sequence[str] = ()) -> str:
+    """One Markdown sentence per split: which runs met the image there (``titles``: run id →
+    shown name; ``folder``: the held-out folder's name), then the ``unseen`` runs' names."""
+    parts = []
+    for split, name in SPLIT_NAMES.items():
+        names = [titles.get(run_id, run_id) for run_id, where in splits.items() if where == split]
+        if not names:
+            continue
+        where = f"held-out folder *{folder}*" if split == "heldout" else name
+        line = f"In the **{where}** of {', '.join(names)}"
+        if split == "train":
+            line += ": those models were fitted on it, so their answer here tests nothing"
+        elif split == "val":
+            line += ": it helped choose those models' epoch"
+        parts.append(line + ".")
+    if unseen:
+        parts.append(f"Not in the data of {', '.join(unseen)}.")
+    return " ".join(parts)
+
+
 # --------------------------------------------------------------------------- models
-
-
-def base_key(run: Run) -> tuple:
-    """Runs with equal keys have identical frozen bases (the seed matters only for random)."""
-    info = run.info
-    weights = info.get("weights", "imagenet")
-    seed = info.get("weights_seed", 0) if weights == "random" else None
-    return (run.backbone, weights, int(info["image_size"]), seed)
-
-
-def weights_problem(run: Run) -> str | None:
-    """Why the run's base cannot be built here (one sentence), or None.
-
-    Only ImageNet runs need weight files; random-init controls are rebuilt from their seed.
-    """
-    if run.info.get("weights", "imagenet") != "imagenet":
-        return None
-    from xrcompare.backbones import weights_status
-
-    try:
-        status = weights_status(run.backbone)
-    except ValueError as error:  # a backbone this version does not know
-        return str(error)
-    return None if status.available else status.detail
-
-
-class BaseCache:
-    """Frozen bases shared by runs with the same :func:`base_key`, built on first use."""
-
-    def __init__(self):
-        self._bases: dict[tuple, object] = {}
-        self._lock = threading.Lock()
-
-    def get(self, run: Run):
-        key = base_key(run)
-        with self._lock:
-            if key not in self._bases:
-                from xrcompare.backbones import build_base
-
-                backbone, weights, size, _ = key
-                self._bases[key] = build_base(backbone, size, weights,
-                                              seed=run.info.get("weights_seed", 0))
-            return self._bases[key]
-
-    def __len__(self) -> int:
-        return len(self._bases)
-
-
-def load_model(run: Run, bases: BaseCache | None = None):
-    """The run's full classifier; raises WeightsUnavailable (one sentence) if it cannot be."""
-    from xrcompare.backbones import WeightsUnavailable
-    from xrcompare.runs import build_full_model
-
-    problem = weights_problem(run)
-    if problem is not None:
-        raise WeightsUnavailable(problem)
-    base = bases.get(run) if bases is not None else None
-    return build_full_model(run, base=base)
 
 
 def problem_sentence(run: Run, error: BaseException) -> str:
@@ -177,37 +178,78 @@ class RunPrediction:
         return self.labels.index(label)
 
 
-def predict_one(run: Run, model, gray: np.ndarray) -> RunPrediction:
-    from xrcompare.runs import predict_gray
+class ResultCache(LRU):
+    """Results kept by key, least recently used going first (predictions: a few hundred
+    bytes each; maps: 200 kB for 224 px, so 256 of them hold about 50 MB)."""
 
+    def __init__(self, max_entries: int = 256):
+        super().__init__(max_entries)
+
+
+def prediction_key(digest: str, run: Run) -> tuple:
+    return (digest, run.run_id, run.modified)
+
+
+def predict_run(engine: Engine, run: Run, gray: np.ndarray, *,
+                cache: ResultCache | None = None, digest: str | None = None) -> RunPrediction:
+    """``run``'s probabilities for one 8-bit gray image through ``engine``.
+
+    A run whose model cannot be built (missing backbone weights, a damaged head file) gets
+    ``problem`` saying why, never an exception. With ``cache``, a known (image, run) is
+    answered without touching a model.
+    """
+    key = prediction_key(digest or image_digest(gray), run) if cache is not None else None
+    if key is not None:
+        known = cache.get(key)
+        if known is not None:
+            return known
     start = time.perf_counter()
-    probabilities = predict_gray(run, model, gray)
-    return RunPrediction(run.run_id, run.title, run.is_random_control, tuple(run.labels),
-                         probabilities, time.perf_counter() - start)
+    try:
+        probabilities = engine.probabilities(run, gray)
+    except MODEL_ERRORS as error:
+        return RunPrediction(run.run_id, run.title, run.is_random_control, tuple(run.labels),
+                             problem=problem_sentence(run, error))
+    result = RunPrediction(run.run_id, run.title, run.is_random_control, tuple(run.labels),
+                           probabilities, time.perf_counter() - start)
+    if key is not None:
+        cache.put(key, result)
+    return result
 
 
-def predict_runs(runs: Sequence[Run], gray: np.ndarray,
-                 get_model: Callable[[Run], object] = load_model,
+def predict_runs(runs: Sequence[Run], gray: np.ndarray, engine: Engine | None = None, *,
+                 cache: ResultCache | None = None,
                  progress: Callable[[int, int, Run], None] | None = None
                  ) -> list[RunPrediction]:
     """Every run's probabilities for one 8-bit gray image, in the order of ``runs``.
 
-    A run whose model cannot be built (missing backbone weights, a damaged head file) is
-    kept, with ``problem`` saying why, never dropped. ``get_model(run)`` is where a caller
-    plugs in its model cache.
+    Runs sharing a trunk and a model input share one base pass (the engine keeps the
+    feature map). Unusable runs are kept with their ``problem``, never dropped.
     """
+    engine = engine or Engine()
+    digest = image_digest(gray)
     results = []
     for number, run in enumerate(runs):
         if progress is not None:
             progress(number, len(runs), run)
-        try:
-            model = get_model(run)
-            results.append(predict_one(run, model, gray))
-        except MODEL_ERRORS as error:
-            results.append(RunPrediction(run.run_id, run.title, run.is_random_control,
-                                         tuple(run.labels), problem=problem_sentence(run,
-                                                                                     error)))
+        results.append(predict_run(engine, run, gray, cache=cache, digest=digest))
     return results
+
+
+def format_probability(value: float | None) -> str:
+    """A probability as a percentage with one decimal, never rounded to 0% or 100% unless
+    it is exactly 0 or 1 (``>99.9%``, ``<0.1%``)."""
+    if value is None or not np.isfinite(value):
+        return "–"
+    value = float(value)
+    if value >= 1.0:
+        return "100%"
+    if value <= 0.0:
+        return "0%"
+    if value > 0.9995:
+        return ">99.9%"
+    if value < 0.0005:
+        return "<0.1%"
+    return f"{value * 100:.1f}%"
 
 
 @dataclass(frozen=True)
@@ -303,10 +345,11 @@ def probability_figure(predictions: Sequence[RunPrediction],
             y=names, x=values, orientation="h", name=label,
             marker={"color": CLASS_COLORS.get(label), "pattern": {"shape": patterns},
                     "line": {"color": "white", "width": 1}},
-            text=[f"{value:.0%}" if value >= 0.12 else "" for value in values],
+            text=[format_probability(value) if value >= 0.12 else "" for value in values],
+            customdata=[format_probability(value) for value in values],
             textposition="inside", insidetextanchor="middle", textangle=0,
             textfont={"color": "white"},
-            hovertemplate=f"%{{y}}<br>p({label}) = %{{x:.1%}}<extra></extra>")
+            hovertemplate=f"%{{y}}<br>p({label}) = %{{customdata}}<extra></extra>")
     figure.update_layout(
         template="plotly_white", barmode="stack", font={"size": 14},
         height=110 + 46 * len(usable), bargap=0.25,
@@ -337,24 +380,30 @@ class Explanation:
         return float(self.saliency.max() - self.saliency.min()) < 1e-6
 
 
-def explain_run(run: Run, model, gray: np.ndarray, method: str, target: str, *,
+def explain_run(engine: Engine, run: Run, gray: np.ndarray, method: str, target: str, *,
                 progress: Callable[[float], None] | None = None, **options) -> Explanation:
     """One saliency map of ``run`` for class ``target`` (see :mod:`xrcompare.explain`).
 
-    ``options``: ``smooth_samples``, ``smooth_noise`` (SmoothGrad), ``score_max_n``
-    (Faster-ScoreCAM). The visualizers are kept per model, so warm calls skip cloning.
+    Grad-CAM comes from the engine's fast path (the tail's gradient on the cached feature
+    map of the run's last conv layer); the other methods run tf-keras-vis on the run's flat
+    full model. ``options``: ``smooth_samples``, ``smooth_noise`` (SmoothGrad),
+    ``score_max_n`` (Faster-ScoreCAM). ``progress(fraction)`` is called from the engine's
+    model thread.
     """
-    from xrcompare.backbones import get_backbone
-    from xrcompare.explain import compute_saliency
-    from xrcompare.runs import model_input_for_run
+    from xrcompare.explain import check_method
 
+    check_method(method)
     if target not in run.labels:
         raise ValueError(f"unknown class {target!r}; choose from {', '.join(run.labels)}")
-    layer = run.info.get("last_conv_layer") or get_backbone(run.backbone).last_conv_layer
+    index = run.labels.index(target)
     start = time.perf_counter()
-    saliency = compute_saliency(model, model_input_for_run(run, gray), method,
-                                run.labels.index(target), penultimate_layer=layer,
-                                progress=progress, **options)
+    if method == "gradcam":
+        saliency = engine.gradcam(run, gray, index)
+        if progress is not None:
+            progress(1.0)
+    else:
+        saliency = engine.flat_saliency(run, gray, method, index, progress=progress,
+                                        **method_options(method, options))
     return Explanation(run.run_id, method, target, saliency, time.perf_counter() - start)
 
 
@@ -367,57 +416,30 @@ def method_options(method: str, options: dict) -> dict:
     return {name: options[name] for name in METHOD_OPTIONS.get(method, ()) if name in options}
 
 
-class SaliencyCache:
+class SaliencyCache(ResultCache):
     """Saliency maps kept by (image, run, method, class, options); least recently used goes.
 
     A (224, 224) float32 map is 200 kB: 256 entries hold about 50 MB.
     """
-
-    def __init__(self, max_entries: int = 256):
-        if max_entries < 1:
-            raise ValueError("max_entries must be at least 1")
-        self.max_entries = max_entries
-        self._entries: OrderedDict[tuple, Explanation] = OrderedDict()
-        self._lock = threading.Lock()
 
     @staticmethod
     def key(digest: str, run: Run, method: str, target: str, options: dict) -> tuple:
         return (digest, run.run_id, run.modified, method, target,
                 tuple(sorted(method_options(method, options).items())))
 
-    def get(self, key: tuple) -> Explanation | None:
-        with self._lock:
-            if key in self._entries:
-                self._entries.move_to_end(key)
-                return self._entries[key]
-            return None
 
-    def put(self, key: tuple, explanation: Explanation) -> None:
-        with self._lock:
-            self._entries[key] = explanation
-            self._entries.move_to_end(key)
-            while len(self._entries) > self.max_entries:
-                self._entries.popitem(last=False)
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def __contains__(self, key: tuple) -> bool:
-        return key in self._entries
-
-
-def explain_cached(cache: SaliencyCache | None, run: Run, model, gray: np.ndarray,
+def explain_cached(cache: SaliencyCache | None, engine: Engine, run: Run, gray: np.ndarray,
                    method: str, target: str, *, digest: str | None = None,
                    progress: Callable[[float], None] | None = None,
                    **options) -> Explanation:
     """:func:`explain_run` through ``cache`` (None: no caching)."""
     options = method_options(method, options)
     if cache is None:
-        return explain_run(run, model, gray, method, target, progress=progress, **options)
+        return explain_run(engine, run, gray, method, target, progress=progress, **options)
     key = cache.key(digest or image_digest(gray), run, method, target, options)
     explanation = cache.get(key)
     if explanation is None:
-        explanation = explain_run(run, model, gray, method, target, progress=progress,
+        explanation = explain_run(engine, run, gray, method, target, progress=progress,
                                   **options)
         cache.put(key, explanation)
     return explanation
@@ -429,7 +451,7 @@ def overlay_for_run(run: Run, gray: np.ndarray, saliency: np.ndarray, alpha: flo
     from xrcompare.explain import overlay
 
     return overlay(gray, saliency, alpha=alpha, colormap=colormap_code(colormap),
-                   resize_mode=run.info.get("resize_mode", "squash"))
+                   resize_mode=run.resize_mode)
 
 
 def raw_map_for_run(run: Run, gray: np.ndarray, saliency: np.ndarray,
@@ -438,8 +460,28 @@ def raw_map_for_run(run: Run, gray: np.ndarray, saliency: np.ndarray,
     from xrcompare.explain import map_to_image, saliency_to_rgb
 
     return saliency_to_rgb(map_to_image(saliency, gray.shape,
-                                        run.info.get("resize_mode", "squash")),
+                                        run.resize_mode),
                            colormap_code(colormap))
+
+
+#: Maps are drawn over a copy of the image at most this many pixels on its longest side: a
+#: map is shown a few hundred pixels wide, and a 2048-pixel overlay per run would cost far
+#: more to blend, encode and send than it shows.
+DISPLAY_SIDE = 512
+
+
+def display_image(gray: np.ndarray, max_side: int = DISPLAY_SIDE) -> np.ndarray:
+    """``gray`` shrunk (aspect kept, area interpolation) so its longest side is at most
+    ``max_side``; the image itself when it is small enough. The maps line up with it as with
+    the original (:func:`xrcompare.explain.map_to_image` works in relative geometry)."""
+    import cv2
+
+    height, width = gray.shape[:2]
+    scale = max_side / max(height, width)
+    if scale >= 1:
+        return gray
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
 
 
 #: OpenCV colour maps offered for the overlays (name → cv2 constant name).
@@ -456,8 +498,17 @@ def colormap_code(name: str) -> int:
 
 
 def image_digest(gray: np.ndarray) -> str:
-    """A short content hash of a decoded image (a cache key for its saliency maps)."""
-    array = np.ascontiguousarray(gray)
-    digest = hashlib.sha256(str((array.shape, array.dtype.str)).encode())
-    digest.update(array.tobytes())
-    return digest.hexdigest()[:24]
+    """A short content hash of a decoded image (a cache key for its results)."""
+    return array_digest(gray)
+
+
+def colormap_colors(name: str, stops: int = 11) -> list[str]:
+    """``stops`` colours (``#rrggbb``) of a colour map from its low to its high end, as
+    :func:`overlay_for_run` paints them: for a colour bar beside the maps."""
+    import cv2
+
+    if stops < 2:
+        raise ValueError("a colour bar needs at least 2 stops")
+    levels = np.rint(np.linspace(0, 255, stops)).astype(np.uint8)[:, None]
+    colours = cv2.cvtColor(cv2.applyColorMap(levels, colormap_code(name)), cv2.COLOR_BGR2RGB)
+    return ["#" + "".join(f"{int(value):02x}" for value in colour) for colour in colours[:, 0]]

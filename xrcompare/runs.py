@@ -340,6 +340,12 @@ class Run:
         return self.is_random_control or self.info.get("control") is True
 
     # ----------------------------------------------------------------- data and split
+    @property
+    def last_conv_layer(self) -> str:
+        """The base's last convolutional layer (the registry's), where the CAM methods look."""
+        from xrcompare.backbones import get_backbone
+
+        return get_backbone(self.backbone).last_conv_layer
 
     @property
     def data_name(self) -> str:
@@ -553,6 +559,25 @@ class Run:
         """predictions.csv rows of one scope (``"test"``, ``"heldout:<name>"`` or a bare
         held-out name); empty when the run has none."""
         return self.split_predictions(normalise_scope(scope))
+
+    def split_of(self, folder: str, path: str) -> str | None:
+        """Where this run met image ``path`` of dataset folder ``folder`` (a path relative to
+        that folder, as predictions.csv writes it): ``"train"``, ``"val"`` or ``"test"`` in
+        its own data, ``"heldout"`` in a held-out folder it was evaluated on, else None.
+
+        For cross-validation runs the answer is for the shipped head (fold 1): an image in
+        another fold's test split sat in fold 1's training or validation split.
+        """
+        frame = self.predictions
+        rows = frame[frame["path"].astype(str) == str(path)]
+        splits = set(rows["split"].astype(str))
+        if folder == self.data_name:
+            for split in ("train", "val", "test"):
+                if split in splits:
+                    return split
+        if f"heldout:{folder}" in splits:
+            return "heldout"
+        return None
 
     def split_predictions(self, split: str) -> pd.DataFrame:
         """predictions.csv rows whose ``split`` is exactly ``split`` (train, val, test or

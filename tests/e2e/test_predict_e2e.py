@@ -1,8 +1,11 @@
 """Predict & explain in a real browser: upload a sample X-ray, see every run's probabilities
-and a coloured Grad-CAM overlay; a file that is not an image gets one readable error."""
+and a coloured Grad-CAM overlay, every method's choice, a colour bar; move the opacity slider
+and see the overlays redrawn (with the browser benchmark's own predicates); a file that is not
+an image gets one readable error."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import time
@@ -12,6 +15,7 @@ import cv2
 import numpy as np
 import pytest
 
+from xrcompare.explain import METHODS
 from xrcompare.predictor import list_samples
 from xrcompare.runs import list_runs
 
@@ -86,6 +90,21 @@ def test_uploading_a_sample_xray_shows_probabilities_and_gradcam_overlays(app):
     coloured = [saturation(pictures.nth(i).screenshot()) for i in range(1, 1 + len(runs))]
     assert max(coloured) > 0.15, coloured
 
+    # Every saliency method is a visible choice (no scrolling list), and the maps have a
+    # colour bar.
+    for name in METHODS.values():
+        assert main.get_by_role("button", name=name, exact=True).is_visible(), name
+    assert main.get_by_text("saliency (jet)").is_visible()
+
+    # The browser benchmark's predicates on this real page: everything is drawn, and one
+    # step of the opacity slider redraws the overlays.
+    benchmark = browser_benchmark()
+    assert page.evaluate(benchmark.DONE_JS, [len(runs), xray.name, None])
+    before = page.evaluate(benchmark.SOURCES_JS)
+    assert benchmark.move_opacity(page, len(runs), COLD_MS / 1000) < COLD_MS / 1000
+    assert page.evaluate(benchmark.SOURCES_JS) != before
+    assert captions.count() == len(runs)
+
     app.screenshot("predict-explain-upload")
     assert app.problems() == []
     assert not [text for text in page.console_errors if "Traceback" in text]
@@ -112,6 +131,15 @@ def saturation(png: bytes) -> float:
     """Mean chroma (max − min channel, 0..1) of a screenshot."""
     image = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR).astype(np.float32)
     return float(np.mean(image.max(axis=2) - image.min(axis=2)) / 255.0)
+
+
+def browser_benchmark():
+    """benchmarks/predict_page_browser.py as a module (its pieces are tested here)."""
+    path = REPO / "benchmarks" / "predict_page_browser.py"
+    spec = importlib.util.spec_from_file_location("predict_page_browser", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def app_runs_dir() -> Path:

@@ -1,0 +1,415 @@
+"""The prediction engine: every run's classifier split at its last convolutional layer.
+
+A run's classifier is a frozen base followed by a small head. Here it is cut in two at the
+base's last convolutional layer (from the registry: VGG16 ``block5_conv3``, ResNet50
+``conv5_block3_out``, Xception ``block14_sepconv2_act``):
+
+* the **trunk**: the frozen base from its input to that layer. Runs whose bases are the same
+  (backbone, weights, input size and, for random-init controls, seed: :func:`base_key`)
+  share one trunk, built once per process;
+* the **tail**: the rest of the base after that layer (VGG16's ``block5_pool``; nothing for
+  ResNet50 or Xception) and the head's layers, a few kilobytes of work.
+
+One image through many runs is then one trunk forward pass per distinct (trunk, model input)
+(the model input covers the resize mode and the preprocessing: runs that feed the same base
+the same tensor share the pass), and one tail per run. The trunk's output, the convolutional
+feature map, is kept (:class:`Engine` caches it), so Grad-CAM needs only the gradient of the
+tail's class score with respect to that map (:func:`xrcompare.explain.gradcam_on_features`):
+no second pass through the base. The other saliency methods (tf-keras-vis) work on the flat
+full model (:func:`xrcompare.runs.build_full_model`), built on the same shared base.
+
+Every model call runs on the engine's one **model thread** (:meth:`Engine.call`,
+:meth:`Engine.submit`): the model work of all sessions queues instead of fighting over the
+cores, and a map being computed is finished and cached even when the page that asked for it
+has moved on (Streamlit interrupts a page's run when a widget changes).
+
+Predictions are backend-neutral Keras; Grad-CAM's gradient needs TensorFlow, like the rest
+of the saliency maps. Building models is serialised by one lock: a random-init base is built
+from the global random seed, so two builds must never interleave. No Streamlit here: the app
+keeps one :class:`Engine` per server process and warms it in a background thread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from xrcompare.runs import Run
+
+#: One lock for every model build in this process (see the module docstring).
+BUILD_LOCK = threading.RLock()
+
+
+def base_key(run: Run) -> tuple:
+    """Runs with equal keys have identical frozen bases (the seed matters only for random)."""
+    seed = run.weights_seed if run.is_random_control else None
+    return (run.backbone, run.weights, run.image_size, seed)
+
+
+def trunk_key(run: Run) -> tuple:
+    """Runs with equal keys share one trunk: the same base, cut at the same layer."""
+    return (*base_key(run), run.last_conv_layer)
+
+
+def weights_problem(run: Run) -> str | None:
+    """Why the run's base cannot be built here (one sentence), or None.
+
+    ImageNet runs need weight files; a random-init control needs the Keras backend and
+    version it was made with (:func:`xrcompare.runs.rebuild_problem`).
+    """
+    from xrcompare.runs import rebuild_problem
+
+    if run.is_random_control:
+        return rebuild_problem(run)
+    from xrcompare.backbones import weights_status
+
+    try:
+        status = weights_status(run.backbone)
+    except ValueError as error:  # a backbone this version does not know
+        return str(error)
+    return None if status.available else status.detail
+
+
+# --------------------------------------------------------------------------- the split
+
+
+def build_trunk(base, layer_name: str):
+    """``base`` from its input to ``layer_name``'s output, sharing the base's layers."""
+    import keras
+
+    layer = base.get_layer(layer_name)
+    if len(layer.output.shape) != 4:
+        raise ValueError(f"layer {layer_name!r} of {base.name} gives shape "
+                         f"{tuple(layer.output.shape)}, not 4-D feature maps")
+    if layer.output is base.output:
+        return base
+    return keras.Model(base.input, layer.output, name=f"{base.name}_to_{layer_name}")
+
+
+@dataclass(frozen=True)
+class Tail:
+    """A run's classifier after the trunk: feature map → class scores.
+
+    ``model`` maps the trunk's feature map to the vector the head's last ``Dense`` reads;
+    :meth:`logits` applies that layer's kernel and bias without its activation (the score
+    tf-keras-vis explains after ``ReplaceToLinear``), :meth:`probabilities` with it.
+    """
+
+    model: object
+    dense: object
+
+    def logits(self, features):
+        from keras import ops
+
+        vector = self.model(features, training=False)
+        scores = ops.matmul(vector, self.dense.kernel)
+        return ops.add(scores, self.dense.bias) if self.dense.use_bias else scores
+
+    def probabilities(self, features) -> np.ndarray:
+        from keras import ops
+
+        return np.asarray(ops.convert_to_numpy(self.dense.activation(self.logits(features))),
+                          dtype=np.float32)
+
+
+def build_tail(base, layer_name: str, head) -> Tail:
+    """The part of ``base`` after ``layer_name`` and the head's layers, on the feature map.
+
+    Layers are shared with ``base`` and ``head`` (no weights are copied). The head must end
+    in a ``Dense`` layer, as every head of :func:`xrcompare.train.build_head` does.
+    """
+    import keras
+
+    layer = base.get_layer(layer_name)
+    dense = head.layers[-1]
+    if not isinstance(dense, keras.layers.Dense):
+        raise ValueError(f"the head {head.name} must end in a Dense layer, "
+                         f"not {type(dense).__name__}")
+    inputs = keras.Input(shape=tuple(layer.output.shape[1:]), name="conv_features")
+    x = inputs
+    if layer.output is not base.output:  # e.g. VGG16's block5_pool after block5_conv3
+        x = keras.Model(layer.output, base.output, name=f"{base.name}_after_{layer_name}")(x)
+    for head_layer in head.layers[1:-1]:
+        x = head_layer(x)
+    return Tail(keras.Model(inputs, x, name=f"tail_{head.name}"), dense)
+
+
+# --------------------------------------------------------------------------- caches
+
+
+class LRU:
+    """A small thread-safe least-recently-used mapping with at most ``max_entries``."""
+
+    def __init__(self, max_entries: int):
+        if max_entries < 1:
+            raise ValueError("max_entries must be at least 1")
+        self.max_entries = max_entries
+        self._entries: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key):
+        with self._lock:
+            if key not in self._entries:
+                return None
+            self._entries.move_to_end(key)
+            return self._entries[key]
+
+    def put(self, key, value) -> None:
+        with self._lock:
+            self._entries[key] = value
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+
+    def __contains__(self, key) -> bool:
+        with self._lock:
+            return key in self._entries
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+def array_digest(array: np.ndarray) -> str:
+    """A content hash of an array (shape and dtype included)."""
+    array = np.ascontiguousarray(array)
+    digest = hashlib.sha256(str((array.shape, array.dtype.str)).encode())
+    digest.update(array.tobytes())
+    return digest.hexdigest()[:24]
+
+
+@dataclass
+class _Trunk:
+    base: object
+    model: object
+    lock: threading.Lock
+    traced: bool = False
+
+
+# --------------------------------------------------------------------------- the engine
+
+
+class Engine:
+    """Shared trunks, per-run tails, flat models and feature maps, built on first use.
+
+    Thread-safe: the app keeps one per server process for every session. Bounded: at most
+    ``max_trunks`` bases, ``max_tails`` tails, ``max_flat_models`` flat models (each with its
+    tf-keras-vis clone, as large as a base) and ``max_features`` feature maps (under 1 MB
+    each) are kept; the least recently used go first.
+    """
+
+    def __init__(self, *, max_trunks: int = 8, max_tails: int = 32, max_flat_models: int = 4,
+                 max_features: int = 48):
+        self._trunks = LRU(max_trunks)
+        self._tails = LRU(max_tails)
+        self._flat = LRU(max_flat_models)
+        self._features = LRU(max_features)
+        self._lock = threading.Lock()
+        self._trunk_locks: dict[tuple, threading.Lock] = {}
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xrcompare-model",
+                                          initializer=self._mark_worker)
+        self._worker_ident: int | None = None
+        self.trunks_built = 0  # how many bases were built (a shared one counts once)
+        self.forward_passes = 0  # how many images went through a trunk
+
+    # ------------------------------------------------------------------ the model thread
+
+    def _mark_worker(self) -> None:
+        self._worker_ident = threading.get_ident()
+
+    def call(self, function: Callable, *args, **kwargs):
+        """``function(*args, **kwargs)`` run on the engine's model thread (see the module
+        docstring); its result or its exception. Calls queue, first come first served.
+        Called from the model thread itself, it runs at once."""
+        if threading.get_ident() == self._worker_ident:
+            return function(*args, **kwargs)
+        return self._worker.submit(function, *args, **kwargs).result()
+
+    def submit(self, function: Callable, *args, **kwargs) -> Future:
+        """``function(*args, **kwargs)`` queued on the model thread; its future. What the
+        function caches stays cached even when the caller stops waiting."""
+        return self._worker.submit(function, *args, **kwargs)
+
+    # ------------------------------------------------------------------ models
+
+    def _trunk(self, run: Run) -> _Trunk:
+        key = trunk_key(run)
+        entry = self._trunks.get(key)
+        if entry is not None:
+            return entry
+        with self._lock:
+            key_lock = self._trunk_locks.setdefault(key, threading.Lock())
+        with key_lock:  # one build per key, even when a page and the warm-up ask at once
+            entry = self._trunks.get(key)
+            if entry is None:
+                from xrcompare.backbones import WeightsUnavailable, build_base
+                from xrcompare.runs import check_rebuildable
+
+                problem = weights_problem(run)
+                if problem is not None:
+                    raise WeightsUnavailable(problem)
+                check_rebuildable(run)
+                backbone, weights, size, _ = base_key(run)
+                with BUILD_LOCK:
+                    base = build_base(backbone, size, weights,
+                                      seed=run.weights_seed)
+                    model = build_trunk(base, run.last_conv_layer)
+                entry = _Trunk(base, model, threading.Lock())
+                self._trunks.put(key, entry)
+                self.trunks_built += 1
+            return entry
+
+    def trunk(self, run: Run):
+        """The run's trunk (a ``keras.Model``: image batch → last conv feature map)."""
+        return self._trunk(run).model
+
+    def base(self, run: Run):
+        """The run's frozen base, shared with its trunk and flat model."""
+        return self._trunk(run).base
+
+    def tail(self, run: Run) -> Tail:
+        """The run's :class:`Tail`, built on its (shared) base and its head weights."""
+        key = (run.run_id, run.modified)
+        tail = self._tails.get(key)
+        if tail is None:
+            from xrcompare.runs import build_head_for_run
+
+            base = self.base(run)
+            with BUILD_LOCK:
+                tail = build_tail(base, run.last_conv_layer, build_head_for_run(run))
+            self._tails.put(key, tail)
+        return tail
+
+    def flat_model(self, run: Run):
+        """The run's full classifier as one flat graph (for tf-keras-vis), on the shared base."""
+        key = (run.run_id, run.modified)
+        model = self._flat.get(key)
+        if model is None:
+            from xrcompare.runs import build_full_model
+
+            base = self.base(run)
+            with BUILD_LOCK:
+                model = build_full_model(run, base=base)
+            self._flat.put(key, model)
+        return model
+
+    def conv_grid(self, run: Run) -> tuple[int, int]:
+        """(rows, columns) of the feature map the run's CAM maps come from (its trunk's
+        output): 7 × 7 for ResNet50 at 224 px, 14 × 14 for VGG16 (before its last pool)."""
+        shape = self.trunk(run).output.shape
+        return int(shape[1]), int(shape[2])
+
+    def is_warm(self, run: Run) -> bool:
+        """Whether the run's trunk is built and traced and its tail built."""
+        entry = self._trunks.get(trunk_key(run))
+        return bool(entry and entry.traced) and (run.run_id, run.modified) in self._tails
+
+    def warm_up(self, runs: Iterable[Run], *, stop: threading.Event | None = None,
+                progress: Callable[[Run, str | None], None] | None = None) -> None:
+        """Build every run's trunk and tail and trace each trunk once, in ``runs`` order.
+
+        A run that cannot be built is skipped (its page shows why). ``stop`` ends early;
+        ``progress(run, problem)`` is called after each run.
+        """
+        from xrcompare.runs import model_input_for_run
+
+        for run in runs:
+            if stop is not None and stop.is_set():
+                return
+            problem = None
+            try:
+                self.tail(run)
+                entry = self._trunk(run)
+                if not entry.traced:
+                    size = run.image_size
+                    blank = model_input_for_run(run, np.zeros((size, size), np.uint8))
+                    self.call(self._trace, entry, blank)
+                    self.call(self.tail(run).probabilities,
+                              np.zeros(tuple(entry.model.output.shape[1:]), np.float32)[None])
+            except Exception as error:  # noqa: BLE001 - a bad run must not stop the others
+                from xrcompare.errors import one_line
+
+                problem = one_line(error)
+            if progress is not None:
+                progress(run, problem)
+
+    @staticmethod
+    def _trace(entry: _Trunk, inputs: np.ndarray) -> None:
+        with entry.lock:
+            if not entry.traced:
+                entry.model.predict_on_batch(inputs)
+                entry.traced = True
+
+    # ------------------------------------------------------------------ work
+
+    def features(self, run: Run, gray: np.ndarray) -> np.ndarray:
+        """The trunk's feature map (1, h, w, c) float32 for an 8-bit gray image.
+
+        Cached by (trunk, model input): runs sharing both get the same array without a
+        second forward pass. Do not modify the returned array.
+        """
+        from xrcompare.runs import model_input_for_run
+
+        inputs = model_input_for_run(run, gray)
+        key = (trunk_key(run), array_digest(inputs))
+        features = self._features.get(key)
+        if features is not None:
+            return features
+        entry = self._trunk(run)
+        return self.call(self._forward, entry, inputs, key)
+
+    def _forward(self, entry: _Trunk, inputs: np.ndarray, key: tuple) -> np.ndarray:
+        with entry.lock:
+            features = self._features.get(key)
+            if features is None:
+                if entry.traced:
+                    output = entry.model.predict_on_batch(inputs)
+                else:  # not traced yet: one eager call is cheaper than tracing
+                    output = entry.model(inputs, training=False)
+                features = np.asarray(output, dtype=np.float32)
+                features.setflags(write=False)
+                self._features.put(key, features)
+                self.forward_passes += 1
+        return features
+
+    def probabilities(self, run: Run, gray: np.ndarray) -> dict[str, float]:
+        """Class → probability of ``run`` for an 8-bit gray image."""
+        features = self.features(run, gray)
+        values = self.call(self.tail(run).probabilities, features)[0]
+        if values.shape != (len(run.labels),):
+            raise ValueError(f"{run.run_id} gives {values.shape[0]} scores for "
+                             f"{len(run.labels)} classes")
+        return {label: float(value) for label, value in zip(run.labels, values, strict=True)}
+
+    def gradcam(self, run: Run, gray: np.ndarray, class_index: int) -> np.ndarray:
+        """Grad-CAM of ``run`` for one class at its last conv layer: (S, S) float32 in 0..1
+        on the model's square input, from the cached feature map (no second base pass)."""
+        from xrcompare.explain import gradcam_on_features
+
+        tail = self.tail(run)
+        features = self.features(run, gray)
+        size = run.image_size
+        return self.call(gradcam_on_features, tail.logits, features, class_index, (size, size))
+
+    def flat_saliency(self, run: Run, gray: np.ndarray, method: str, class_index: int, *,
+                      progress: Callable[[float], None] | None = None, **options) -> np.ndarray:
+        """A tf-keras-vis map (:func:`xrcompare.explain.compute_saliency`) on the run's flat
+        full model, at its last conv layer for the CAM methods, on the model thread
+        (``progress`` is called from that thread)."""
+        from xrcompare.explain import compute_saliency
+        from xrcompare.runs import model_input_for_run
+
+        model = self.flat_model(run)
+        inputs = model_input_for_run(run, gray)
+        return self.call(compute_saliency, model, inputs, method, class_index,
+                         penultimate_layer=run.last_conv_layer, progress=progress, **options)
