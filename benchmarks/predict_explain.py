@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
 
     engine = Engine()
     warm_up = timed(engine.warm_up, runs)
-    inputs = {(base_key(run), run.resize_mode) for run in runs}
+    inputs = {(base_key(run), run.resize_mode, run.preprocess) for run in runs}
     print(f"trunks: {engine.trunks_built} for {len(runs)} runs; trunk passes per image: "
           f"{len(inputs)}")
 

@@ -133,7 +133,7 @@ def test_runs_with_the_same_frozen_base_share_one_trunk_and_one_pass(shipped_run
     gray = np.ascontiguousarray(gray_of(samples[2])[:, ::-1])  # an image no test used yet
     before = engine.forward_passes
     predictor.predict_runs(shipped_runs, gray, engine)
-    inputs = {(base_key(run), run.info["resize_mode"]) for run in shipped_runs}
+    inputs = {(base_key(run), run.resize_mode, run.preprocess) for run in shipped_runs}
     assert engine.forward_passes - before == len(inputs) < len(shipped_runs)
     predictor.predict_runs(shipped_runs, gray, engine)  # the feature maps are kept
     assert engine.forward_passes - before == len(inputs)
