@@ -38,8 +38,9 @@ def build_navigation():
     return st.navigation(sections)
 
 
-def render_training_form() -> None:
-    """The training form of ``app_pages/_training.py`` (its own engineer), if it loads."""
+def render_training_form(top) -> None:
+    """The training form of ``app_pages/_training.py`` (its own engineer), if it loads; a
+    running job's panel goes into ``top`` (above the run picker)."""
     try:
         from app_pages._training import render_training_sidebar
     except Exception as error:  # a missing or broken module must not take the dashboard down
@@ -47,16 +48,20 @@ def render_training_form() -> None:
         st.sidebar.caption("Training from the browser is not available in this copy.")
         return
     try:
-        render_training_sidebar()
+        render_training_sidebar(top)
     except Exception:
         LOG.exception("training form failed")
         st.sidebar.error("The training form hit a problem; the run pages still work.")
 
 
 page = build_navigation()
+common.page_style()
+common.presenter_toggle()
+training_top = st.sidebar.container()  # a running job shows here, above the run picker
 common.render_run_picker()
-render_training_form()
+render_training_form(training_top)
 common.sidebar_footer()
+common.job_banner()
 try:
     page.run()
 except Exception as error:  # the safety net: a readable sentence, the traceback in the log
