@@ -22,6 +22,31 @@ from xrcompare.paths import REPO_ROOT  # noqa: E402
 
 LOG = logging.getLogger("xrcompare.app")
 
+def keep_keras_state_between_runs() -> None:
+    """Streamlit clears Keras's global session after every script run (for scripts that
+    build a model in each run). This app builds its models once and keeps them, and builds
+    them in background threads too (Evaluate on a folder): a ``clear_session`` from any
+    session's rerun, every half second while a page polls, would pull the state from under a
+    model being built and stall it. So the session is kept; matplotlib figures are still
+    closed as Streamlit does."""
+    try:
+        from streamlit.runtime.scriptrunner import script_runner
+    except ImportError:
+        return
+
+    def clean() -> None:
+        pyplot = sys.modules.get("matplotlib.pyplot")
+        if pyplot is not None:
+            try:
+                pyplot.close("all")
+            except Exception:  # as Streamlit: never fail a run for this
+                LOG.debug("matplotlib close failed", exc_info=True)
+
+    if getattr(script_runner, "_clean_problem_modules", None) is not None:
+        script_runner._clean_problem_modules = clean
+
+
+keep_keras_state_between_runs()
 st.set_page_config(page_title="xrcompare · CNNs on chest X-rays (teaching)",
                    page_icon=":material/radiology:", layout="wide")
 

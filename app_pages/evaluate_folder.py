@@ -34,7 +34,7 @@ if not listing.runs:
 runs = {run.run_id: run for run in listing.runs}
 labels, _ = common.labels_and_colors()
 
-st.title("Evaluate a run on a folder")
+st.title("Evaluate on a folder: a run on images it never saw")
 st.markdown(
     "Score any run on a labelled folder it has never seen: a folder under the data root, or "
     "your own images as a .zip with one folder per class (`covid/`, `normal/`, "
@@ -103,6 +103,9 @@ def progress_text(snapshot: dict) -> tuple[float | None, str]:
     if phase == "extract":
         done, total = int(event.get("done", 0)), max(1, int(event.get("total", 1)))
         cached = int(event.get("cached") or 0)
+        if done == cached:  # the base is built before the first batch
+            return done / total, (f"Building the run's frozen base; {done} of {total} images "
+                                  "from the feature cache")
         return done / total, (f"Features of image {done} of {total}"
                               + (f" ({cached} from the cache)" if cached else ""))
     return None, "Building the run's frozen base and reading the folder…"

@@ -81,6 +81,8 @@ def evaluate_archive(run: Run, data: bytes, name: str, *, repeats: int = 1000,
         if progress is not None:
             progress({"phase": "unpack", "what": name})
         extracted = extract_class_zip(io.BytesIO(data), folder, size=len(data))
+        if progress is not None:
+            progress({"phase": "load"})
         try:
             metrics, failed = evaluate_folder(run, extracted.root, repeats=repeats,
                                               progress=progress, name=name)

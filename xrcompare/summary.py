@@ -81,14 +81,14 @@ LEADERBOARD_MORE_COLUMNS = {
 #: Each column's header as the page shows it (short: the full text is its help, on hover)
 #: and its width in pixels (the key columns fit beside the sidebar at 1280 px).
 LEADERBOARD_HEADERS = {
-    "run": ("Run", 190),
-    "accuracy": ("Test acc.", 80),
+    "run": ("Run", 188),
+    "accuracy": ("Test acc.", 72),
     "accuracy_95ci": ("95% CI", 80),
-    "covid_sensitivity": ("COVID sens.", 96),
-    "covid_specificity": ("COVID spec.", 96),
-    "kaggle_accuracy": ("Kaggle acc.", 92),
-    "kaggle_normal_non_covid_pct": ("NORMAL not covid", 120),
-    "kaggle_pneumonia_non_covid_pct": ("PNEUMONIA not covid", 136),
+    "covid_sensitivity": ("COVID sens.", 92),
+    "covid_specificity": ("COVID spec.", 92),
+    "kaggle_accuracy": ("Kaggle acc.", 88),
+    "kaggle_normal_non_covid_pct": ("NORMAL not covid", 128),
+    "kaggle_pneumonia_non_covid_pct": ("PNEUMONIA not covid", 150),
     "macro_f1": ("Macro-F1", 84),
     "backbone": ("Backbone", 96),
     "weights": ("Weights", 160),

@@ -25,6 +25,9 @@ PAGES = [
     ("compare", "Compare two runs", "The images that decide it", "06b-compare-two-runs"),
     ("dataset", "Dataset", "The traps of this data", "07-dataset"),
     ("predict", "Predict & explain", "Predict & explain", "08-predict-explain"),
+    ("evaluate_folder", "Evaluate on a folder", "A .zip of class folders",
+     "09-evaluate-on-a-folder"),
+    ("glossary", "Glossary", "Patient-wise split", "10-glossary"),
 ]
 #: Pages that always draw at least one chart (the Predict page waits for an image).
 CHARTED = {"per_class", "confusion", "curves", "tradeoffs", "heldout", "dataset", "compare"}
