@@ -365,8 +365,12 @@ def job_banner() -> None:
         return
     if status is None or not status.active:
         return
+    from xrcompare.backbones import REGISTRY
+
     plan, progress = status.plan, status.progress
-    what = (f"{', '.join(plan.get('backbones') or ['?'])} on {plan.get('data_name', '?')}")
+    names = [REGISTRY[name].display_name if name in REGISTRY else str(name)
+             for name in plan.get("backbones") or ["?"]]
+    what = f"{', '.join(names)} on {plan.get('data_name', '?')}"
     left = progress.get("eta_text") or ""
     st.info(f"**Training in progress** ({md(what)}): {md(progress.get('phase_text', ''))}, "
             f"{progress.get('fraction', 0):.0%} done" + (f", {md(left)}" if left else "")

@@ -298,11 +298,10 @@ def _repeat_warning(config: TrainConfig, data_images: int | None) -> None:
     labels, _ = common.labels_and_colors()
     for _, run in repeats:
         name = labels.get(run.run_id, run.title)
-        st.warning(f"These settings repeat the run **{md(name)}** "
-                   f"(folder {md(run.run_id)}): the same data, {md(run.backbone_display)} "
-                   "and training settings. Training again gives the same head under another "
-                   "name; change a setting (the seed, epochs, input size, the random-init "
-                   "control…) to learn something new.", icon=":material/content_copy:")
+        st.warning(f"These settings repeat the run **{md(name)}** (folder "
+                   f"{md(run.run_id)}): training again gives the same head. Change a setting "
+                   "(seed, epochs, input size, random-init…) to learn something new.",
+                   icon=":material/content_copy:")
         if st.button(f"Show only {md(name)}",
                      key=f"training_show_repeat::{run.run_id}", type="tertiary",
                      icon=":material/visibility:", on_click=common.show_only_run,

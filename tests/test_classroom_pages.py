@@ -191,7 +191,7 @@ def test_the_banner_and_the_sidebar_show_a_running_job(app, tmp_path):
         for page in ("app_pages/overview.py", "app_pages/glossary.py"):
             open_page(app, page)
             banners = [item.value for item in app.info if "Training in progress" in item.value]
-            assert len(banners) == 1 and "resnet50 on tiny_cxr" in banners[0], page
+            assert len(banners) == 1 and "ResNet50 on tiny_cxr" in banners[0], page
             assert "#training-now" in banners[0]
             assert [item.value for item in app.sidebar.subheader][0] == "Training now"
             cancel = [button for button in app.sidebar.button
