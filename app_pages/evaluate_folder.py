@@ -182,8 +182,9 @@ def show_results(run, result: dict) -> None:
                                         for column in shares.columns if column.endswith("%")})
     if result["skipped"]:
         with st.expander(f"{len(result['skipped'])} file(s) could not be read and were skipped"):
-            st.dataframe([{"file": path, "reason": reason}
-                          for path, reason in result["skipped"]], hide_index=True)
+            common.table([{"file": path, "reason": reason}
+                          for path, reason in result["skipped"]],
+                         f"evaluate-{run.run_id}-{name}-skipped", key="evaluate_skipped")
     with st.expander("The same, as the command line prints it"):
         st.code("\n".join(evaluation_lines(run.title, name, metrics, result["skipped"],
                                            run.data_name)), language=None)

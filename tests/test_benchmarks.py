@@ -23,3 +23,18 @@ def test_gpu_throughput_script_runs_under_jax_and_prints_per_backbone_lines(tmp_
     assert re.fullmatch(r"resnet50: pipeline \d+ img/s, bare \d+ img/s \(\d+\.\d\d of bare, 32px\)",
                         last), last
     assert "(jax)" in result.stdout
+
+
+def test_progress_estimate_script_runs_a_real_job_and_prints_its_errors(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "benchmarks/progress_estimate.py", "--data", str(FIXTURES / "tiny_cxr"),
+         "--image-size", "32", "--epochs", "2", "--jobs", "1", "--val-fraction", "0.3",
+         "--test-fraction", "0.25"],
+        capture_output=True, text=True, cwd=REPO, timeout=600,
+        env={**os.environ, "XRCOMPARE_CACHE_DIR": str(tmp_path)})
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.strip().splitlines()
+    assert re.fullmatch(r"job1_seconds: \d+\.\d", lines[-3]), lines[-3]
+    assert re.fullmatch(r"job1_error_at_10s: (-?\d+\.\d|None)", lines[-2]), lines[-2]
+    assert lines[-1].startswith("job1_max_abs_error_after_25pct_s: ")
+    assert '"zero_left_shown": false' in result.stdout

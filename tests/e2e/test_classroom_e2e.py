@@ -105,7 +105,7 @@ def test_presenter_mode_enlarges_type_and_charts_and_keeps_the_downloads(app):
         "buttons => buttons.map(b => b.getAttribute('data-title'))")
     assert any("png" in (title or "").lower() for title in titles), titles
     assert page.locator(MAIN).get_by_role("button", name="CSV").count() >= 1
-    app.screenshot("presenter-mode")
+    app.screenshot("presenter-mode", full_page=False)
     # it stays on for this browser session, page after page
     app.click_nav("Overview", heading="Overview")
     assert page.evaluate(root) == "20px"
