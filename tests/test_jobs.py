@@ -224,7 +224,7 @@ def test_failing_job_reports_the_cli_error_line(folders):
 def test_dead_job_is_detected_as_stale_and_frees_the_lock(folders):
     status = start(folders, epochs=500, batch_size=2)
     running = wait_for(status.job_id, folders["jobs_dir"],
-                       lambda s: s.progress["phase_text"] != "starting Python and TensorFlow")
+                       lambda s: s.progress["phase_text"] != "starting Python and Keras")
     state = jobs._read_json(running.folder / "state.json")
     # a half-written run of that training process, as a crash during writing would leave
     leftover = folders["runs_dir"] / f".tmp-somerun-{state['cli_pid']}"
