@@ -22,6 +22,31 @@ from xrcompare.paths import REPO_ROOT  # noqa: E402
 
 LOG = logging.getLogger("xrcompare.app")
 
+def keep_keras_state_between_runs() -> None:
+    """Streamlit clears Keras's global session after every script run (for scripts that
+    build a model in each run). This app builds its models once and keeps them, and builds
+    them in background threads too (Evaluate on a folder): a ``clear_session`` from any
+    session's rerun, every half second while a page polls, would pull the state from under a
+    model being built and stall it. So the session is kept; matplotlib figures are still
+    closed as Streamlit does."""
+    try:
+        from streamlit.runtime.scriptrunner import script_runner
+    except ImportError:
+        return
+
+    def clean() -> None:
+        pyplot = sys.modules.get("matplotlib.pyplot")
+        if pyplot is not None:
+            try:
+                pyplot.close("all")
+            except Exception:  # as Streamlit: never fail a run for this
+                LOG.debug("matplotlib close failed", exc_info=True)
+
+    if getattr(script_runner, "_clean_problem_modules", None) is not None:
+        script_runner._clean_problem_modules = clean
+
+
+keep_keras_state_between_runs()
 st.set_page_config(page_title="xrcompare · CNNs on chest X-rays (teaching)",
                    page_icon=":material/radiology:", layout="wide")
 
@@ -38,8 +63,9 @@ def build_navigation():
     return st.navigation(sections)
 
 
-def render_training_form() -> None:
-    """The training form of ``app_pages/_training.py`` (its own engineer), if it loads."""
+def render_training_form(top) -> None:
+    """The training form of ``app_pages/_training.py`` (its own engineer), if it loads; a
+    running job's panel goes into ``top`` (above the run picker)."""
     try:
         from app_pages._training import render_training_sidebar
     except Exception as error:  # a missing or broken module must not take the dashboard down
@@ -47,7 +73,7 @@ def render_training_form() -> None:
         st.sidebar.caption("Training from the browser is not available in this copy.")
         return
     try:
-        render_training_sidebar()
+        render_training_sidebar(top)
     except Exception:
         LOG.exception("training form failed")
         st.sidebar.error("The training form hit a problem; the run pages still work.")
@@ -65,9 +91,13 @@ def start_model_warm_up() -> None:
 
 
 page = build_navigation()
+common.page_style()
+common.presenter_toggle()
+training_top = st.sidebar.container()  # a running job shows here, above the run picker
 common.render_run_picker()
-render_training_form()
+render_training_form(training_top)
 common.sidebar_footer()
+common.job_banner()
 try:
     page.run()
 except Exception as error:  # the safety net: a readable sentence, the traceback in the log

@@ -10,10 +10,10 @@ from pathlib import Path
 import streamlit as st
 
 from xrcompare import paths
-from xrcompare.charts import run_colors, run_labels, thumbnail
+from xrcompare.charts import for_projector, run_colors, run_labels, thumbnail
 from xrcompare.escaping import escape_markdown as md  # noqa: F401 - pages use common.md
 from xrcompare.imaging import ImageError, read_gray
-from xrcompare.runs import Run, RunListing, list_runs, runs_fingerprint
+from xrcompare.runs import Run, RunListing, list_runs, runs_fingerprint, slug
 
 LOG = logging.getLogger("xrcompare.app")
 
@@ -48,6 +48,9 @@ PAGES = (
     PageSpec("app_pages/dataset.py", "Dataset", ":material/photo_library:", "Data and models"),
     PageSpec("app_pages/predict.py", "Predict & explain", ":material/image_search:",
              "Data and models"),
+    PageSpec("app_pages/evaluate_folder.py", "Evaluate on a folder", ":material/fact_check:",
+             "Data and models"),
+    PageSpec("app_pages/glossary.py", "Glossary", ":material/menu_book:", "Data and models"),
 )
 
 
@@ -250,8 +253,139 @@ def teaching_banner() -> None:
 
 
 def plot(figure, key: str | None = None) -> None:
-    """A plotly figure at the container's width."""
-    st.plotly_chart(figure, width="stretch", key=key, config={"displaylogo": False})
+    """A plotly figure at the container's width, enlarged in presenter mode, with plotly's
+    toolbar (its camera button downloads the chart as a PNG at twice the screen's pixels)."""
+    if presenter_mode():
+        figure = for_projector(figure)
+    st.plotly_chart(figure, width="stretch", key=key, config=plot_config(key))
+
+
+def plot_config(key: str | None = None) -> dict:
+    """Plotly's options for every chart: its toolbar kept (PNG download named after the
+    chart), no plotly logo."""
+    name = "xrcompare-" + (slug(key) if key else "chart")
+    return {"displaylogo": False,
+            "toImageButtonOptions": {"format": "png", "filename": name, "scale": 2}}
+
+
+def _csv_label(name: str, config) -> str:
+    """The CSV header of a column: its label in the column config when it has one."""
+    if isinstance(config, dict):
+        return config.get("label") or name
+    if isinstance(config, str):
+        return config
+    return name
+
+
+def csv_bytes(frame, column_config: dict | None = None,
+              column_order: list[str] | None = None, index: bool = False) -> bytes:
+    """A table as UTF-8 CSV, with the headers the page shows (the column config's labels)."""
+    import pandas as pd
+
+    frame = pd.DataFrame(frame)
+    if column_order is not None:
+        frame = frame[[column for column in column_order if column in frame.columns]]
+    config = column_config or {}
+    frame = frame.rename(columns={column: _csv_label(str(column), config.get(column))
+                                  for column in frame.columns if column in config})
+    return frame.to_csv(index=index).encode("utf-8")
+
+
+def table(frame, name: str, *, key: str | None = None, index: bool = False, **options) -> None:
+    """``st.dataframe`` of ``frame`` and, under it, a "CSV" button that downloads the table
+    as shown (its columns, in order, with their headers). ``options`` go to ``st.dataframe``
+    (column_config, column_order, height, placeholder, ...); ``name`` names the file."""
+    options.setdefault("placeholder", "–")
+    options.setdefault("hide_index", not index)
+    st.dataframe(frame, key=key, **options)
+    st.download_button(
+        "CSV", csv_bytes(frame, options.get("column_config"), options.get("column_order"),
+                         index=index),
+        file_name=f"xrcompare-{slug(name)}.csv", mime="text/csv", key=f"csv-{key or name}",
+        icon=":material/download:", type="tertiary", on_click="ignore",
+        help="Download this table as a CSV file (opens in a spreadsheet).")
+
+
+# --------------------------------------------------------------------------- presenter mode
+
+#: Session-state key of the presenter-mode toggle.
+PRESENTER_KEY = "presenter_mode"
+#: What presenter mode does to the page: larger type everywhere (Streamlit sizes in rem),
+#: wider content.
+PRESENTER_CSS = """
+<style>
+html { font-size: 125% !important; }
+[data-testid="stMainBlockContainer"] { max-width: 100%; }
+</style>
+"""
+
+
+def presenter_mode() -> bool:
+    return bool(st.session_state.get(PRESENTER_KEY))
+
+
+def presenter_toggle() -> None:
+    """The sidebar's presenter-mode switch (kept for this browser session), and its style."""
+    with st.sidebar:
+        st.toggle("Presenter mode", key=PRESENTER_KEY, persist_state="session",
+                  help="Larger type and charts for a projector. Every chart's toolbar "
+                       "(camera icon) saves it as a PNG; every table has a CSV button.")
+    if presenter_mode():
+        st.html(PRESENTER_CSS)
+
+
+#: Room for the main column: less side padding than Streamlit's wide layout, so the
+#: leaderboard's key columns fit beside the sidebar at 1280 px.
+LAYOUT_CSS = """
+<style>
+[data-testid="stMainBlockContainer"] { padding-left: 2.5rem; padding-right: 2.5rem; }
+</style>
+"""
+
+
+def page_style() -> None:
+    st.html(LAYOUT_CSS)
+
+
+# --------------------------------------------------------------------------- training banner
+
+#: The anchor of the sidebar's running-job panel (the banner links to it).
+TRAINING_ANCHOR = "training-now"
+
+
+def job_banner() -> None:
+    """A line at the top of every page while a training job runs: what it trains, where it
+    is, and that the sidebar shows it."""
+    try:
+        from xrcompare import jobs
+
+        status = jobs.current_job()
+    except (OSError, ValueError) as error:
+        LOG.warning("training banner: %s", error)
+        return
+    if status is None or not status.active:
+        return
+    from xrcompare.backbones import REGISTRY
+
+    plan, progress = status.plan, status.progress
+    names = [REGISTRY[name].display_name if name in REGISTRY else str(name)
+             for name in plan.get("backbones") or ["?"]]
+    what = f"{', '.join(names)} on {plan.get('data_name', '?')}"
+    left = progress.get("eta_text") or ""
+    st.info(f"**Training in progress** ({md(what)}): {md(progress.get('phase_text', ''))}, "
+            f"{progress.get('fraction', 0):.0%} done" + (f", {md(left)}" if left else "")
+            + ". Follow it, or cancel it, at the top of the sidebar "
+            f"([Training now](#{TRAINING_ANCHOR})); the new run appears on every page when "
+            "it is written.", icon=":material/model_training:")
+
+
+def show_only_run(run_id: str) -> None:
+    """Tick only ``run_id`` in the run picker (filters cleared): a callback."""
+    state = st.session_state
+    state[_BACKBONE_FILTER_KEY] = []
+    state[_DATA_FILTER_KEY] = []
+    for run in all_runs():
+        state[_pick_key(run.run_id)] = run.run_id == run_id
 
 
 @st.cache_data(show_spinner=False, max_entries=1024)

@@ -1,9 +1,16 @@
 """Sidebar training panel: a form that starts a job and a fragment that watches it.
 
 Streamlit glue only. The form's widgets come from :class:`xrcompare.config.TrainConfig`'s
-declarations (labels, bounds, defaults, offered values); jobs and locks live in
-:mod:`xrcompare.jobs`, the progress summary in :mod:`xrcompare.progress`; the job's state is
-in files on disk, so it survives reloads, page changes, other tabs and app restarts.
+declarations (labels, bounds, defaults, offered values); whether settings repeat a run is
+:meth:`TrainConfig.repeated_runs`, whether a held-out folder is held out is
+:func:`xrcompare.experiment.heldout_overlap`; jobs and locks live in :mod:`xrcompare.jobs`,
+the progress summary and time left in :mod:`xrcompare.progress`. The job's state is in files
+on disk, so it survives reloads, page changes, other tabs and app restarts.
+
+The form is a fragment: changing a setting reruns only the form, which says at once when the
+settings repeat an existing run or the held-out folder shares the training data's patients.
+A running job's panel sits at the top of the sidebar; its progress is a polling fragment and
+its Cancel button lies outside that fragment, so the button never flickers.
 """
 
 from __future__ import annotations
@@ -13,18 +20,24 @@ import logging
 import pandas as pd
 import streamlit as st
 
+from app_pages import _common as common
 from xrcompare import access, jobs, paths
-from xrcompare.backbones import REGISTRY, weights_status
+from xrcompare.backbones import RANDOM_WEIGHTS, REGISTRY, weights_status
 from xrcompare.charts import training_curves_figure
-from xrcompare.config import TrainConfig, form_param, sidebar_config
-from xrcompare.data import list_datasets
+from xrcompare.config import TrainConfig, check_name, form_param, sidebar_config
+from xrcompare.data import DatasetError, list_datasets, scan_dataset
 from xrcompare.errors import one_line
 from xrcompare.escaping import escape_markdown as md
+from xrcompare.glossary import explain
+from xrcompare.progress import format_duration
+from xrcompare.summary import KAGGLE_HELDOUT
 
 LOG = logging.getLogger("xrcompare.app")
 POLL_SECONDS = 1.0
 SEEN_KEY = "training_seen_final_job"
 NONE_LABEL = "(none)"
+#: The dataset the form offers first: the 2020 blog's 305 images train in about a minute.
+DEFAULT_DATASET = "seed001_0402"
 #: Session flag set once this browser session typed the teacher key (never the key itself).
 UNLOCKED_KEY = "training_teacher_unlocked"
 KEY_FIELD = "training_teacher_key"
@@ -64,19 +77,6 @@ def _unlock(typed: str | None) -> bool:
     return False
 
 
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    seconds = int(round(seconds))
-    if seconds < 60:
-        return f"{seconds} s"
-    minutes, seconds = divmod(seconds, 60)
-    if minutes < 60:
-        return f"{minutes} min {seconds:02d} s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes:02d} min"
-
-
 @st.cache_data(ttl=10, show_spinner=False)
 def _datasets(root: str) -> list[str]:
     return list_datasets(root)
@@ -88,12 +88,32 @@ def _weights() -> dict[str, tuple[bool, str]]:
             for name, status in ((name, weights_status(name)) for name in REGISTRY)}
 
 
+@st.cache_data(ttl=30, show_spinner=False, max_entries=32)
+def _folder_facts(data: str, heldout: str | None) -> dict:
+    """How many images the training folder holds, and how its patients meet the held-out
+    folder's (:func:`xrcompare.experiment.heldout_overlap`); ``problem`` when a folder cannot
+    be read."""
+    from xrcompare.experiment import heldout_overlap
+
+    try:
+        dataset = scan_dataset(data)
+        facts = {"images": len(dataset.records), "overlap": None, "problem": None}
+        if heldout:
+            facts["overlap"] = heldout_overlap(dataset, scan_dataset(heldout))
+    except (DatasetError, OSError, ValueError) as error:
+        return {"images": None, "overlap": None, "problem": one_line(error)}
+    return facts
+
+
 def _current():
     try:
         return jobs.current_job()
     except (OSError, ValueError) as error:
         st.warning(f"Cannot read the training jobs folder: {md(one_line(error))}")
         return None
+
+
+# --------------------------------------------------------------------------- a job's panel
 
 
 def _curve(status) -> None:
@@ -105,7 +125,8 @@ def _curve(status) -> None:
                  & (curve["fold"] == curve["fold"].iloc[-1])]
     figure = training_curves_figure(last)
     figure.update_layout(height=230, margin={"l": 4, "r": 4, "t": 28, "b": 4},
-                         font={"size": 10}, legend={"orientation": "h", "y": -0.3})
+                         font={"size": 10}, legend={"orientation": "h", "y": -0.3,
+                                                    "yref": "paper"})
     figure.update_annotations(font={"size": 11})
     figure.update_xaxes(title_text=None)
     st.plotly_chart(figure, width="stretch", config={"displayModeBar": False},
@@ -124,52 +145,55 @@ def _cancel(status) -> None:
 
 
 def _cancel_control(status, rights: access.TrainingAccess) -> None:
-    """The Cancel button, behind the teacher key when the server needs one."""
-    if not rights.allowed:
+    """The Cancel button, behind the teacher key when the server needs one. Drawn once per
+    page run, outside the polling panel, so it stays put while the progress moves."""
+    if status.cancel_requested:
+        st.caption("Cancelling…")
+    elif not rights.allowed:
         st.caption("Only the teacher can cancel training on this server.")
     elif _unlocked(rights):
         if st.button("Cancel training", key=f"cancel-{status.job_id}",
-                     use_container_width=True):
+                     width="stretch", icon=":material/stop_circle:"):
             _cancel(status)
     else:
         with st.form(f"cancel-form-{status.job_id}", border=False):
             typed = st.text_input("Teacher key", type="password", key=f"{KEY_FIELD}-cancel",
                                   help=KEY_HELP)
-            if st.form_submit_button("Cancel training", use_container_width=True):
+            if st.form_submit_button("Cancel training", width="stretch"):
                 if _unlock(typed):
                     _cancel(status)
                 else:
                     st.error("Wrong teacher key: the training goes on.")
 
 
-def _show(status, rights: access.TrainingAccess) -> None:
-    """One job's panel: live while it runs, its outcome afterwards."""
-    progress = status.progress
+def _what(status) -> str:
     plan = status.plan
     names = [REGISTRY[name].display_name if name in REGISTRY else name
              for name in plan.get("backbones", [])]
-    what = md(f"{', '.join(names)} on {plan.get('data_name', '?')} "
+    return md(f"{', '.join(names)} on {plan.get('data_name', '?')} "
               f"({plan.get('images', '?')} images, {plan.get('epochs', '?')} epochs)")
+
+
+def _show(status) -> None:
+    """One job's panel: live while it runs, its outcome afterwards."""
+    progress = status.progress
+    what = _what(status)
     if status.active:
         st.markdown(f"**Training:** {what}")
         st.progress(min(1.0, max(0.0, progress["fraction"])), text=md(progress["phase_text"]))
-        left = progress.get("eta_seconds")
-        st.caption(f"{_duration(status.elapsed)} elapsed"
-                   + (f" · about {_duration(left)} left (estimate)" if left is not None else ""))
+        left = progress.get("eta_text")
+        st.caption(f"{format_duration(status.elapsed)} elapsed" + (f" · {md(left)}"
+                                                                   if left else ""))
         _curve(status)
-        if status.cancel_requested:
-            st.caption("Cancelling…")
-        else:
-            _cancel_control(status, rights)
         return
     if status.state == "done":
         count = len(status.runs)
-        st.success(f"Finished in {_duration(status.elapsed)}: {what}. "
+        st.success(f"Finished in {format_duration(status.elapsed)}: {what}. "
                    f"{count} new run{'s' if count != 1 else ''} in the leaderboard.")
     elif status.state == "cancelled":
         kept = (f" {len(status.runs)} run(s) finished before the cancel and were kept."
                 if status.runs else " No run was kept.")
-        st.info(f"Cancelled after {_duration(status.elapsed)}: {what}.{kept}")
+        st.info(f"Cancelled after {format_duration(status.elapsed)}: {what}.{kept}")
     elif status.state == "failed":
         st.error(f"Training failed: {md(status.error)}")
     else:
@@ -208,7 +232,10 @@ def _panel_body(run_every: float | None) -> None:
         st.rerun(scope="app")  # the new run appears on every page, polling stops
     elif status.active and run_every is None:
         st.rerun(scope="app")  # started from another tab: start polling here too
-    _show(status, _access())
+    _show(status)
+
+
+# --------------------------------------------------------------------------- the form
 
 
 def _size_text(value) -> str:
@@ -217,8 +244,19 @@ def _size_text(value) -> str:
 
 def _widget(name: str, container=st):
     """The form's widget for a TrainConfig setting, built from its declaration: a number box
-    with its range and default, or a select of the values it offers."""
+    with its range and default, a select of the values it offers, a tick box for the
+    random-init control, a text field for the run name."""
     param = form_param(name)
+    if name == "weights":
+        ticked = container.checkbox(param["label"], value=param["default"] == RANDOM_WEIGHTS,
+                                    key="training_random_init", help=explain("random_init"))
+        return RANDOM_WEIGHTS if ticked else param["default"]
+    if name == "name":
+        typed = container.text_input(param["label"], key="training_run_name",
+                                     placeholder="automatic: date-backbone-data",
+                                     help=f"Optional: the {param['help']}. It becomes the "
+                                          "run's folder and shows in its name.")
+        return typed.strip() or None
     if param["options"] is None:
         step = 1 if param["kind"] == "int" else None
         return container.number_input(param["label"], min_value=param["low"],
@@ -234,90 +272,185 @@ def _widget(name: str, container=st):
 
 
 #: The form's settings (every one of :data:`xrcompare.config.FORM_FIELDS`), laid out two to
-#: a row where they are small number boxes.
+#: a row where they are small number boxes; ``weights`` and ``name`` have their own places.
 FORM_ROWS = (("epochs", "batch_size"), ("learning_rate",), ("image_size",),
              ("augment_views", "seed"))
 
 
+def _heldout_choice(dataset: str, datasets: list[str]) -> str:
+    """The held-out select: every other dataset; the Kaggle test split first when it is
+    there, so a student's run has the Kaggle columns."""
+    options = [NONE_LABEL, *[name for name in datasets if name != dataset]]
+    default = options.index(KAGGLE_HELDOUT) if KAGGLE_HELDOUT in options else 0
+    return st.selectbox("Held-out folder", options, index=default,
+                        key=f"training_heldout::{dataset}",
+                        help=explain("heldout") + " A folder that shares most of its "
+                             "patients with the training data is refused (seed001_0402 "
+                             "images are also in cxr3); a few shared patients are measured "
+                             "and the folder is scored with and without them.")
+
+
+def _repeat_warning(config: TrainConfig, data_images: int | None) -> None:
+    """Say which existing runs these settings would repeat, with a way to look at them."""
+    repeats = config.repeated_runs(common.all_runs(), data_images)
+    if not repeats:
+        return
+    labels, _ = common.labels_and_colors()
+    for _, run in repeats:
+        name = labels.get(run.run_id, run.title)
+        st.warning(f"These settings repeat the run **{md(name)}** (folder "
+                   f"{md(run.run_id)}): training again gives the same head. Change a setting "
+                   "(seed, epochs, input size, random-init…) to learn something new.",
+                   icon=":material/content_copy:")
+        if st.button(f"Show only {md(name)}",
+                     key=f"training_show_repeat::{run.run_id}", type="tertiary",
+                     icon=":material/visibility:", on_click=common.show_only_run,
+                     args=(run.run_id,)):
+            st.rerun(scope="app")
+
+
+def _name_problem(name: str | None, backbones: list[str], runs_dir) -> str | None:
+    if not name:
+        return None
+    try:
+        check_name(name)
+    except ValueError as error:
+        return str(error)
+    if len(backbones) == 1 and (runs_dir / name).exists():
+        return f"a run named {name} already exists: choose another name"
+    return None
+
+
 def _form(data_root, datasets: list[str], rights: access.TrainingAccess
           ) -> TrainConfig | None:
+    """The settings, their live checks and the Start button; the configuration to start when
+    Start was pressed and everything checks out, else None."""
     weights = _weights()
-    available = [name for name, (ok, _) in weights.items() if ok]
-    unavailable = {name: detail for name, (ok, detail) in weights.items() if not ok}
     chosen_values = {}
-    with st.form("training-form", border=False):
-        default = datasets.index("seed001_0402") if "seed001_0402" in datasets else 0
-        dataset = st.selectbox("Dataset", datasets or [NONE_LABEL], index=default,
-                               help=f"Folders found under the data root {md(data_root)}")
-        typed = st.text_input("…or a folder inside the data root",
-                              placeholder="e.g. my_class/cxr_small",
-                              help="Used instead of the list when filled in. Relative paths "
-                                   "start at the data root; folders outside it are refused.")
-        reasons = "\n".join(f"- **{REGISTRY[name].display_name}**: {md(detail)}"
-                             for name, detail in unavailable.items())
-        chosen = st.multiselect("Backbones", available,
-                                default=["resnet50"] if "resnet50" in available else [],
-                                format_func=lambda name: REGISTRY[name].display_name,
-                                help=("Only backbones whose ImageNet weights are here.\n\n"
-                                      + reasons) if unavailable else None)
-        if unavailable:
-            st.caption("Not available, no ImageNet weights here (the ? of Backbones says "
-                       "where they would go): "
-                       + ", ".join(REGISTRY[name].display_name for name in unavailable))
-        for row in FORM_ROWS:
-            cells = st.columns(len(row)) if len(row) > 1 else [st]
-            for name, cell in zip(row, cells, strict=True):
-                chosen_values[name] = _widget(name, cell)
-        heldout = st.selectbox("Held-out folder (optional)", [NONE_LABEL, *datasets],
-                               help="Never used in training; predicted after it. Do not hold "
-                                    "out a folder that shares images or patients with the "
-                                    "training data (seed001_0402 images also appear in cxr3).")
-        typed_key = None
-        if not _unlocked(rights):
-            typed_key = st.text_input("Teacher key", type="password", key=f"{KEY_FIELD}-start",
-                                      help=KEY_HELP)
-        submitted = st.form_submit_button("Start training", type="primary",
-                                          use_container_width=True)
+    default = datasets.index(DEFAULT_DATASET) if DEFAULT_DATASET in datasets else 0
+    dataset = st.selectbox("Dataset", datasets or [NONE_LABEL], index=default,
+                           key="training_dataset",
+                           help=f"Folders found under the data root {md(data_root)}")
+    typed = st.text_input("…or a folder inside the data root", key="training_typed_folder",
+                          placeholder="e.g. my_class/cxr_small",
+                          help="Used instead of the list when filled in. Relative paths "
+                               "start at the data root; folders outside it are refused.")
+    chosen_values["weights"] = _widget("weights")
+    random_init = chosen_values["weights"] == RANDOM_WEIGHTS
+    # A random-init control needs no ImageNet file: every backbone can be one.
+    available = [name for name, (ok, _) in weights.items() if ok or random_init]
+    unavailable = {name: detail for name, (ok, detail) in weights.items()
+                   if name not in available}
+    reasons = "\n".join(f"- **{REGISTRY[name].display_name}**: {md(detail)}"
+                        for name, detail in unavailable.items())
+    chosen = st.multiselect("Backbones", available,
+                            default=["resnet50"] if "resnet50" in available else [],
+                            format_func=lambda name: REGISTRY[name].display_name,
+                            key=f"training_backbones::{random_init}",
+                            help=(explain("frozen_base") + "\n\nOnly backbones whose ImageNet "
+                                  "weights are here.\n\n" + reasons) if unavailable
+                            else explain("frozen_base"))
+    if unavailable:
+        st.caption("Not available, no ImageNet weights here (the ? of Backbones says "
+                   "where they would go): "
+                   + ", ".join(REGISTRY[name].display_name for name in unavailable))
+    for row in FORM_ROWS:
+        cells = st.columns(len(row)) if len(row) > 1 else [st]
+        for name, cell in zip(row, cells, strict=True):
+            chosen_values[name] = _widget(name, cell)
+    folder = typed.strip() or (dataset if dataset != NONE_LABEL else "")
+    heldout = _heldout_choice(folder, datasets)
+    chosen_values["name"] = _widget("name")
+    config, problem, refused = None, None, False
+    try:
+        config = sidebar_config(folder, list(chosen), None if heldout == NONE_LABEL else heldout,
+                                data_root=data_root, **chosen_values)
+    except (ValueError, OSError) as error:  # a folder outside the data root, a bad setting
+        problem = one_line(error)
+    if config is not None:
+        facts = _folder_facts(str(config.data), str(config.heldout[0]) if config.heldout
+                              else None)
+        overlap = facts["overlap"]
+        if facts["problem"]:
+            problem = facts["problem"]
+        elif overlap and overlap["refused"]:
+            refused = True
+            st.error(f"{md(overlap['sentence'])}.", icon=":material/group:")
+        elif overlap and overlap["shared_images"]:
+            st.caption(f":material/group: {md(overlap['sentence'])}")
+        name_problem = _name_problem(config.name, config.backbones, config.runs_folder)
+        if name_problem:
+            st.error(f"{md(name_problem)}.")
+            refused = True
+        _repeat_warning(config, facts["images"])
+    typed_key = None
+    if not _unlocked(rights):
+        typed_key = st.text_input("Teacher key", type="password", key=f"{KEY_FIELD}-start",
+                                  help=KEY_HELP)
+    submitted = st.button("Start training", type="primary", width="stretch",
+                          key="training_start", disabled=refused,
+                          help="Refused settings are named above." if refused else None)
     if not submitted:
         return None
     if not _unlocked(rights) and not _unlock(typed_key):
         st.error("Wrong teacher key: training was not started.")
         return None
-    folder = typed.strip() or (dataset if dataset != NONE_LABEL else "")
-    return sidebar_config(folder, list(chosen), None if heldout == NONE_LABEL else heldout,
-                          data_root=data_root, **chosen_values)
+    if problem:
+        st.error(f"Cannot start: {md(problem)}")
+        return None
+    return config
 
 
-def render_training_sidebar() -> None:
-    """The training panel in the sidebar: current or last job, then the form."""
+def _form_fragment(data_root, datasets: list[str], rights: access.TrainingAccess) -> None:
+    @st.fragment
+    def form() -> None:
+        try:
+            config = _form(data_root, datasets, rights)
+        except Exception as error:  # a fragment reruns outside the router's safety net
+            LOG.exception("training form failed")
+            st.error(f"The training form hit a problem ({type(error).__name__}: "
+                     f"{md(one_line(error))}); the run pages still work.")
+            return
+        if config is None:
+            return
+        try:
+            jobs.start_job(config)
+        except jobs.JobRunning as error:
+            st.warning(f"{md(error)}. It is shown at the top of the sidebar.")
+        except (ValueError, OSError) as error:  # JobError, DatasetError, params
+            st.error(f"Cannot start: {md(one_line(error))}")
+        else:
+            st.session_state[SEEN_KEY] = None
+            st.rerun(scope="app")
+
+    form()
+
+
+def render_training_sidebar(top=None) -> None:
+    """The training panel in the sidebar: a running job at the top (``top``, a sidebar
+    container above the run picker), then the form and the last job's outcome."""
+    rights = _access()
+    status = _current()
+    active = status is not None and status.active
+    if active:
+        with top if top is not None else st.sidebar:
+            st.subheader("Training now", anchor=common.TRAINING_ANCHOR)
+            _panel(POLL_SECONDS)
+            _cancel_control(status, rights)
+            st.divider()
     with st.sidebar:
         st.subheader("Train a head")
         st.caption("Fits a small classifier head on frozen ImageNet features: seconds to "
                    "minutes. A teaching exercise, never a diagnostic model.")
-        panel_box = st.container()
-        rights = _access()
-        status = _current()
+        if not active:
+            _panel(None)
         if not rights.allowed:
             st.info(md(rights.reason), icon=":material/lock:")
-        else:
-            data_root = paths.data_root()
-            datasets = _datasets(str(data_root))
-            with st.expander("New training run",
-                             expanded=status is None or not status.active):
-                try:
-                    config = _form(data_root, datasets, rights)
-                except (ValueError, OSError) as error:  # a folder outside the data root
-                    config = None
-                    st.error(f"Cannot start: {md(one_line(error))}")
-                if config is not None:
-                    try:
-                        jobs.start_job(config)
-                    except jobs.JobRunning as error:
-                        st.warning(f"{md(error)}. It is shown above.")
-                    except (ValueError, OSError) as error:  # JobError, DatasetError, params
-                        st.error(f"Cannot start: {md(one_line(error))}")
-                    else:
-                        st.session_state[SEEN_KEY] = None
-                        st.rerun(scope="app")
-        with panel_box:
-            _panel(POLL_SECONDS if status is not None and status.active else None)
+            return
+        data_root = paths.data_root()
+        datasets = _datasets(str(data_root))
+        with st.expander("New training run", expanded=not active):
+            if active:
+                st.caption("One job at a time: Start is refused until the running job "
+                           "ends or is cancelled.")
+            _form_fragment(data_root, datasets, rights)

@@ -134,7 +134,8 @@ st.caption(f"{stats['n']} images from {stats['patients']} "
 left, right = st.columns([2, 3])
 with left:
     st.subheader("Where they agree")
-    st.dataframe(comparison.agreement_table("A", "B"), key="compare_agreement")
+    common.table(comparison.agreement_table("A", "B"), "agreement", key="compare_agreement",
+                 index=True)
     st.caption(f"Only the {stats['a_right_b_wrong']} + {stats['a_wrong_b_right']} images where "
                "exactly one run is right count for McNemar's test; the images both get right "
                "(or both wrong) cannot tell the runs apart.")
@@ -146,7 +147,7 @@ table = comparison.per_class.copy()
 table["metric"] = table["metric"].map({"precision": "precision", "recall": "recall",
                                        "f1": "F1"})
 table["difference"] = table["difference"] * 100
-st.dataframe(table, hide_index=True, placeholder="–", key="compare_per_class",
+common.table(table, "compare-per-class", key="compare_per_class",
              height=common.table_height(len(table)),
              column_config={
                  "class": st.column_config.TextColumn("true class"),
@@ -200,8 +201,8 @@ with st.expander("All of these images as a table"):
         rows, _ = comparison.discordant(side, None)
         frames.append(rows.assign(which=title))
     every = pd.concat(frames, ignore_index=True)
-    st.dataframe(every[["which", "path", "label", "predicted_a", "p_true_a", "predicted_b",
-                        "p_true_b"]], hide_index=True, placeholder="–", key="compare_discordant",
+    common.table(every[["which", "path", "label", "predicted_a", "p_true_a", "predicted_b",
+                        "p_true_b"]], "discordant-images", key="compare_discordant",
                  column_config={
                      "p_true_a": st.column_config.NumberColumn("A: p(true class)",
                                                                format="%.3f"),

@@ -141,7 +141,7 @@ with right:
         table = counts.pivot_table(index="split", columns="class", values="images",
                                    aggfunc="sum").reindex(["train", "val", "test"])
         table["patients"] = counts.groupby("split")["patients"].first()
-        st.dataframe(table, key="dataset_split_table", placeholder="–")
+        common.table(table, f"split-{data_name}", key="dataset_split_table", index=True)
         st.caption("No patient appears in more than one split.")
 if run.manifest_problem:
     st.warning(f"**Patient ids:** {md(run.manifest_problem)}.", icon=":material/group_off:")
@@ -154,7 +154,7 @@ if manifest is not None:
         st.caption(f"Sources unavailable: {md(error)}")
     if sources is not None and not sources.empty:
         st.markdown("**Where the images come from**")
-        st.dataframe(sources, hide_index=True, placeholder="–", key="dataset_sources",
+        common.table(sources, f"sources-{data_name}", key="dataset_sources",
                      column_config={"origin": st.column_config.TextColumn(width="large")})
         st.caption("Every class comes from a different place, age group and mix of views: "
                    "the shortcut a CNN can learn instead of the disease.")

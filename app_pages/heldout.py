@@ -86,7 +86,7 @@ for true_class in ("normal", "pneumonia"):
     config[f"{true_class}_non_covid_pct"] = st.column_config.NumberColumn(
         f"{upper} non-COVID %", format="%.1f",
         help="Share kept out of 'covid': the figure the 2020 blog reported.")
-st.dataframe(summary, hide_index=True, placeholder="–", column_config=config, key="heldout_table")
+common.table(summary, f"heldout-{heldout}", column_config=config, key="heldout_table")
 reported = BLOG_2020_REPORTED["kaggle_test"]["per_class"]
 st.caption(f"**{BLOG_REFERENCE_NAME}** (hatched): the blog reported only the share called "
            "right and the share kept out of covid ("
@@ -99,10 +99,10 @@ st.caption(f"**{BLOG_REFERENCE_NAME}** (hatched): the blog reported only the sha
 comparison = blog_comparison(with_heldout)
 if not comparison.empty:
     with st.expander("The 2020 blog beside the runs trained on its images", expanded=True):
-        st.dataframe(
+        common.table(
             comparison[["run", "backbone", "protocol", "why", "kaggle_normal_non_covid_pct",
                         "kaggle_pneumonia_non_covid_pct"]],
-            hide_index=True, placeholder="–", key="heldout_blog_comparison",
+            "heldout-blog-comparison", key="heldout_blog_comparison",
             column_config={
                 "run": st.column_config.TextColumn("Run", pinned=True),
                 "why": st.column_config.TextColumn("Split / why leaky"),
@@ -160,7 +160,7 @@ if folder is not None:
         st.warning(f"{refused} recorded image path(s) lead outside the held-out folder and "
                    "were not shown.", icon=":material/block:")
 with st.expander("The same mistakes as a table"):
-    st.dataframe(mistakes[["path", "label", "predicted", *run.probability_columns()]],
-                 hide_index=True, placeholder="–", key="heldout_mistakes_table",
+    common.table(mistakes[["path", "label", "predicted", *run.probability_columns()]],
+                 f"heldout-{heldout}-mistakes-{run.run_id}", key="heldout_mistakes_table",
                  column_config={column: st.column_config.NumberColumn(format="%.3f")
                                 for column in run.probability_columns()})

@@ -6,9 +6,12 @@ from app_pages import _common as common
 from app_pages._common import md
 from xrcompare.summary import (
     LEADERBOARD_COLUMNS,
+    LEADERBOARD_HEADERS,
+    LEADERBOARD_MORE_COLUMNS,
     blog_comparison,
     extract_throughput,
     leaderboard,
+    leaderboard_columns,
 )
 
 runs = common.require_runs()
@@ -23,75 +26,54 @@ for column in ("accuracy", "macro_f1", "covid_sensitivity", "covid_specificity",
                "kaggle_accuracy"):
     table[column] = table[column].astype(float)
 
-help_text = LEADERBOARD_COLUMNS
-column_config = {
-    "run": st.column_config.TextColumn("Run", help=help_text["run"], pinned=True),
-    "run_id": st.column_config.TextColumn("Run folder", help="The folder under trained/."),
-    "backbone": st.column_config.TextColumn("Backbone", help=help_text["backbone"]),
-    "weights": st.column_config.TextColumn("Weights", help=help_text["weights"]),
-    "protocol": st.column_config.TextColumn("Protocol", help=help_text["protocol"]),
-    "data": st.column_config.TextColumn("Data", help=help_text["data"]),
-    "split": st.column_config.TextColumn("Split", help=help_text["split"]),
-    "image_size": st.column_config.NumberColumn("Input px", help=help_text["image_size"]),
-    "resize": st.column_config.TextColumn("Resize", help=help_text["resize"]),
-    "epochs": st.column_config.TextColumn("Epochs", help=help_text["epochs"]),
-    "accuracy": st.column_config.NumberColumn("Accuracy", help=help_text["accuracy"],
-                                              format="%.3f", width="small"),
-    "accuracy_95ci": st.column_config.TextColumn("95% CI", help=help_text["accuracy_95ci"],
-                                                 width="small"),
-    "macro_f1": st.column_config.NumberColumn("Macro-F1", help=help_text["macro_f1"],
-                                              format="%.3f", width="small"),
-    "covid_sensitivity": st.column_config.NumberColumn(
-        "COVID sens.", help=help_text["covid_sensitivity"], format="%.3f", width="small"),
-    "covid_specificity": st.column_config.NumberColumn(
-        "COVID spec.", help=help_text["covid_specificity"], format="%.3f", width="small"),
-    "kaggle_normal_non_covid_pct": st.column_config.NumberColumn(
-        "Kaggle NORMAL not covid", help=help_text["kaggle_normal_non_covid_pct"],
-        format="%.1f%%"),
-    "kaggle_pneumonia_non_covid_pct": st.column_config.NumberColumn(
-        "Kaggle PNEUMONIA not covid", help=help_text["kaggle_pneumonia_non_covid_pct"],
-        format="%.1f%%"),
-    "kaggle_accuracy": st.column_config.NumberColumn(
-        "Kaggle accuracy", help=help_text["kaggle_accuracy"], format="%.3f"),
-    "train_seconds": st.column_config.NumberColumn("Training time (s)",
-                                                   help=help_text["train_seconds"],
-                                                   format="%.0f"),
-    "trainable_params": st.column_config.NumberColumn(
-        "Trainable params", help=help_text["trainable_params"], format="localized"),
-    "base_params": st.column_config.NumberColumn(
-        "Base params", help=help_text["base_params"], format="localized"),
-    "extract_images_per_s": st.column_config.NumberColumn(
-        "Extraction images/s", help=help_text["extract_images_per_s"], format="%.1f"),
-    "run_size_bytes": st.column_config.NumberColumn(
-        "Run size", help=help_text["run_size_bytes"], format="bytes"),
-}
-# Scores first (they are what the page is about), then how each run was made.
-order = ["run", "accuracy", "accuracy_95ci", "macro_f1", "covid_sensitivity", "covid_specificity",
-         "kaggle_normal_non_covid_pct", "kaggle_pneumonia_non_covid_pct", "kaggle_accuracy",
-         "protocol", "weights", "backbone", "data", "split", "image_size", "resize", "epochs",
-         "base_params", "trainable_params", "extract_images_per_s", "train_seconds",
-         "run_size_bytes", "run_id"]
+help_text = {**LEADERBOARD_COLUMNS, "run_id": "The run's folder under trained/."}
+#: How each column's values are shown (the header and width come from LEADERBOARD_HEADERS).
+NUMBER_FORMATS = {"accuracy": "%.3f", "macro_f1": "%.3f", "covid_sensitivity": "%.3f",
+                  "covid_specificity": "%.3f", "kaggle_accuracy": "%.3f",
+                  "kaggle_normal_non_covid_pct": "%.1f%%",
+                  "kaggle_pneumonia_non_covid_pct": "%.1f%%", "image_size": "%d",
+                  "train_seconds": "%.0f", "trainable_params": "localized",
+                  "base_params": "localized", "extract_images_per_s": "%.1f",
+                  "run_size_bytes": "bytes"}
+
+
+def column(key: str):
+    label, width = LEADERBOARD_HEADERS[key]
+    options = {"help": help_text[key], "width": width}
+    if key in NUMBER_FORMATS:
+        return st.column_config.NumberColumn(label, format=NUMBER_FORMATS[key], **options)
+    return st.column_config.TextColumn(label, pinned=key == "run", **options)
+
+
+column_config = {key: column(key) for key in LEADERBOARD_HEADERS}
 
 st.subheader("Leaderboard")
-st.caption("One row per run, scored on its own test split: patient-wise (pooled out-of-fold "
-           "predictions for cross-validation runs), or by image for runs of the 2020 "
-           "protocol. Click a column header to sort; hover it for what it means.")
-st.dataframe(table, column_config=column_config, column_order=order, hide_index=True,
-             placeholder="–", key="leaderboard", height=common.table_height(len(table)))
-if throughput["backbones"]:
+st.caption("One row per run. **Test** columns: the run's own test split, held back by patient "
+           "(pooled out-of-fold predictions for cross-validation runs; by image for the 2020 "
+           "protocol). **Kaggle** columns: the held-out Kaggle test split, children's X-rays "
+           "no run trained on. Click a header to sort; hover it for what it means.")
+more = st.pills("More columns", list(LEADERBOARD_MORE_COLUMNS), selection_mode="multi",
+                key="leaderboard_more", persist_state="session",
+                help="The key columns are always shown; add how each run was trained, its "
+                     "size and speed, or its folder.")
+order = leaderboard_columns(more or [])
+common.table(table, "leaderboard", key="leaderboard", column_config=column_config,
+             column_order=order, height=common.table_height(len(table)))
+if throughput["backbones"] and "Size and speed" in (more or []):
     st.caption(f"Extraction images/s: measured by `benchmarks/extract_throughput.py` on "
                f"{throughput['machine'] or 'this machine'}"
                + (f", {throughput['measured']}" if throughput["measured"] else "") + ".")
-st.download_button("Download as CSV",
-                   table[order].to_csv(index=False).encode("utf-8"),
-                   file_name="xrcompare-leaderboard.csv", mime="text/csv",
-                   icon=":material/download:")
+st.download_button("Download every column as CSV",
+                   common.csv_bytes(table, column_config, leaderboard_columns(
+                       list(LEADERBOARD_MORE_COLUMNS))),
+                   file_name="xrcompare-leaderboard-all-columns.csv", mime="text/csv",
+                   icon=":material/download:", type="tertiary", on_click="ignore")
 
 with st.expander("What each column means"):
-    names = {key: config["label"] for key, config in column_config.items()}
-    st.markdown("\n".join(f"- **{names.get(key, key)}**: {text}"
-                          for key, text in [*help_text.items(),
-                                            ("run_id", "The run's folder under trained/.")]))
+    st.markdown("\n".join(f"- **{LEADERBOARD_HEADERS[key][0]}**: {help_text[key]}"
+                          for key in leaderboard_columns(list(LEADERBOARD_MORE_COLUMNS))))
+    st.page_link(common.page_spec("Glossary").path, label="All the terms, in the glossary",
+                 icon=":material/menu_book:")
 
 folds = [(labels[run.run_id], run.folds_summary) for run in runs if run.folds_summary]
 if folds:
@@ -103,7 +85,18 @@ if folds:
                 stats = summary.get(key) or {}
                 row[key] = (f"{stats['mean']:.3f} ± {stats['sd']:.3f}" if stats else "–")
             rows.append(row)
-        st.dataframe(rows, hide_index=True, placeholder="–")
+        common.table(
+            rows, "cross-validation-spread", key="cv_spread",
+            column_config={
+                "run": st.column_config.TextColumn("Run"),
+                "folds": st.column_config.NumberColumn("Folds"),
+                "accuracy": st.column_config.TextColumn(
+                    "Test accuracy", help=help_text["accuracy"]),
+                "macro_f1": st.column_config.TextColumn("Macro-F1", help=help_text["macro_f1"]),
+                "covid_sensitivity": st.column_config.TextColumn(
+                    "COVID sensitivity", help=help_text["covid_sensitivity"]),
+                "covid_specificity": st.column_config.TextColumn(
+                    "COVID specificity", help=help_text["covid_specificity"])})
         st.caption("Mean ± standard deviation of each fold's test score: how much the number "
                    "moves when other patients land in the test split.")
 
@@ -123,8 +116,8 @@ if not comparison.empty:
                "the selected runs trained on the same images: as the blog did it (leaky) and "
                "the sound way. Test figures of different splits are not like for like; the "
                "Kaggle columns are the same 624 held-out images for every run.")
-    st.dataframe(
-        comparison, hide_index=True, placeholder="–", key="blog_comparison",
+    common.table(
+        comparison, "blog-comparison", key="blog_comparison",
         column_config={
             "run": st.column_config.TextColumn("Run", pinned=True),
             "backbone": st.column_config.TextColumn("Backbone"),
@@ -153,3 +146,6 @@ st.markdown(
 """)
 st.page_link(common.page_spec("Dataset").path, label="The data and its traps, with references",
              icon=":material/photo_library:")
+st.page_link(common.page_spec("Glossary").path,
+             label="Glossary: frozen base, head, patient-wise split, PPV/NPV, bootstrap…",
+             icon=":material/menu_book:")

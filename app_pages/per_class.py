@@ -3,7 +3,9 @@
 import streamlit as st
 
 from app_pages import _common as common
+from app_pages._common import md
 from xrcompare.charts import per_class_figure, per_class_frame
+from xrcompare.glossary import explain
 from xrcompare.runs import TEST_SCOPE, heldout_names
 
 runs = common.require_runs()
@@ -41,25 +43,39 @@ common.plot(per_class_figure(table, metric, colors), key="per_class_chart")
 st.subheader("Table")
 
 
-def interval(low, high):
+def interval(low, high, note=""):
+    if note:
+        return note
     return "" if low is None or low != low else f"{low:.2f}–{high:.2f}"
 
 
 shown = table.copy()
 for key in ("precision", "recall", "f1"):
-    shown[f"{key} 95% CI"] = [interval(low, high) for low, high
-                              in zip(shown[f"{key}_low"], shown[f"{key}_high"], strict=True)]
+    notes = shown["note"] if key != "precision" else [""] * len(shown)
+    shown[f"{key} 95% CI"] = [interval(low, high, note) for low, high, note
+                              in zip(shown[f"{key}_low"], shown[f"{key}_high"], notes,
+                                     strict=True)]
 shown = shown[["run", "class", "support", "precision", "precision 95% CI", "recall",
                "recall 95% CI", "f1", "f1 95% CI"]]
-st.dataframe(
-    shown, hide_index=True, placeholder="–", key="per_class_table",
+common.table(
+    shown, f"per-class-{scope}", key="per_class_table",
     height=common.table_height(len(shown)),
     column_config={
+        "run": st.column_config.TextColumn("Run", pinned=True),
+        "class": st.column_config.TextColumn("Class"),
         "support": st.column_config.NumberColumn(
-            "support", help="Images of this true class in the scored set."),
-        "precision": st.column_config.NumberColumn(format="%.3f"),
-        "recall": st.column_config.NumberColumn(format="%.3f"),
-        "f1": st.column_config.NumberColumn(format="%.3f")})
-if scope != TEST_SCOPE:
-    st.caption("The held-out folder has no covid images, so covid recall is undefined there "
-               "and covid precision is 0 as soon as one image is called covid.")
+            "Images", help="Images of this true class in the scored set."),
+        "precision": st.column_config.NumberColumn("Precision", format="%.3f",
+                                                   help=explain("ppv")),
+        "precision 95% CI": st.column_config.TextColumn("Precision CI",
+                                                        help=explain("bootstrap")),
+        "recall": st.column_config.NumberColumn("Recall", format="%.3f",
+                                                help=explain("sensitivity")),
+        "recall 95% CI": st.column_config.TextColumn("Recall CI", help=explain("bootstrap")),
+        "f1": st.column_config.NumberColumn("F1", format="%.3f", help=explain("macro_f1")),
+        "f1 95% CI": st.column_config.TextColumn("F1 CI", help=explain("bootstrap"))})
+absent = sorted(set(table.loc[table["note"] != "", "class"]))
+if absent:
+    st.caption("**" + ", ".join(md(label) for label in absent) + "**: no images of this class "
+               "in the scored set, so no recall or F1 (shown as –, not 0). Its precision is "
+               "0 as soon as one image is called that class: every such call is wrong.")

@@ -92,15 +92,14 @@ if tables["at_threshold"].empty:
 with section_target:
     st.markdown(f"**Sensitivity ≥ {target:.2f}: the threshold each run needs, and what it "
                 "costs in false alarms**")
-    st.dataframe(tables["target"], hide_index=True, placeholder="–", key="tradeoff_target_table",
+    common.table(tables["target"], "sensitivity-target", key="tradeoff_target_table",
                  column_config=common_config,
                  column_order=["run", "threshold", "sensitivity", "specificity", "fp", "fn",
                                "ppv", "negatives"])
 
 with section_threshold:
     st.markdown(f"**At threshold {threshold:.2f}**")
-    st.dataframe(tables["at_threshold"], hide_index=True, placeholder="–",
-                 key="tradeoff_threshold_table",
+    common.table(tables["at_threshold"], "at-threshold", key="tradeoff_threshold_table",
                  column_config=common_config,
                  column_order=["run", "sensitivity", "specificity", "ppv", "npv", "fn", "fp",
                                "positives", "negatives"])
@@ -118,7 +117,7 @@ with section_threshold:
 with section_cost:
     st.markdown(f"**One missed {positive_md} case costs as much as {miss_cost} false alarms: "
                 "the cheapest threshold per run**")
-    st.dataframe(tables["cheapest"], hide_index=True, placeholder="–", key="tradeoff_cost_table",
+    common.table(tables["cheapest"], "cheapest-threshold", key="tradeoff_cost_table",
                  column_config=common_config,
                  column_order=["run", "rule", "fn", "fp", "cost", "sensitivity",
                                "specificity"])

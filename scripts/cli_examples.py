@@ -99,7 +99,7 @@ def command_output(arguments: tuple[str, ...]) -> str:
 
 def recorded_evaluation(runs_dir: Path) -> str:
     """``evaluate``'s output rendered by the CLI from the run's recorded held-out metrics."""
-    from xrcompare.cli import evaluation_lines
+    from xrcompare.report import evaluation_lines
     from xrcompare.runs import load_run
 
     run = load_run(Path(runs_dir) / TRAIN_RUN)

@@ -325,7 +325,8 @@ def test_a_crafted_run_title_is_shown_as_text_not_markdown(tmp_path, monkeypatch
     title = "[click me](http://evil.example) **loud** :red[x]"
     _edit_json(run_dir / "run.json", lambda info: info.update(display_name=title))
     app = start(monkeypatch, tmp_path)
-    labels = [box.label for box in app.sidebar.checkbox]
+    labels = [box.label for box in app.sidebar.checkbox
+              if box.key.startswith("run_pick::")]  # not the form's random-init tick
     assert labels == [escape_markdown(title)] and "\u200b//evil" in labels[0]
     for page, _ in PAGES:
         open_page(app, page)
@@ -380,14 +381,14 @@ def test_compare_page_refuses_different_images_in_one_sentence_then_pairs_on_kag
     app.selectbox(key="compare_a").set_value("resnet50-cxr3").run()
     app.selectbox(key="compare_b").set_value("resnet50-cxr3-cv5").run()
     assert_clean(app)
-    warnings = [item.value for item in app.warning]
+    warnings = [item.value for item in app.main.warning]  # the sidebar's form has its own
     assert len(warnings) == 1 and "different test images (256 vs 1280, 256 shared)" in warnings[0]
     assert not plotly_charts(app) and not app.get("image")
     assert any("can be compared on: held-out kaggle_test" in item.value for item in app.caption)
     app.radio(key="compare_scope").set_value("heldout:kaggle_test").run()
     assert_clean(app)
-    assert not app.warning
-    verdict = [item.value for item in [*app.success, *app.info]]
+    assert not app.main.warning
+    verdict = [item.value for item in [*app.main.success, *app.main.info]]
     assert len(verdict) == 1 and "624 held-out kaggle_test images" in verdict[0]
     assert len(plotly_charts(app)) == 1
     assert app.get("image")

@@ -40,3 +40,18 @@ def test_predict_explain_script_times_the_pages_work_and_prints_its_lines(tmp_pa
     assert names == ["warm_up_all_runs_s", "redraw_all_runs_s", "predict_gradcam_one_run_s",
                      "predict_gradcam_all_runs_s"]
     assert all(re.fullmatch(r"[a-z_]+: \d+\.\d+", line) for line in lines[-4:]), lines[-4:]
+
+
+def test_progress_estimate_script_runs_a_real_job_and_prints_its_errors(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "benchmarks/progress_estimate.py", "--data", str(FIXTURES / "tiny_cxr"),
+         "--image-size", "32", "--epochs", "2", "--jobs", "1", "--val-fraction", "0.3",
+         "--test-fraction", "0.25"],
+        capture_output=True, text=True, cwd=REPO, timeout=600,
+        env={**os.environ, "XRCOMPARE_CACHE_DIR": str(tmp_path)})
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.strip().splitlines()
+    assert re.fullmatch(r"job1_seconds: \d+\.\d", lines[-3]), lines[-3]
+    assert re.fullmatch(r"job1_error_at_10s: (-?\d+\.\d|None)", lines[-2]), lines[-2]
+    assert lines[-1].startswith("job1_max_abs_error_after_25pct_s: ")
+    assert '"zero_left_shown": false' in result.stdout

@@ -98,9 +98,9 @@ def test_train_says_when_a_manifest_is_ignored_and_records_it(tmp_path):
 def test_evaluate_prints_only_the_classes_macro_f1_averages_and_the_patient_overlap():
     """The held-out table: no covid row of zeros beside a macro-F1 over two classes, and the
     patients the folder shares with the run's own data said in one line."""
-    from xrcompare.cli import evaluation_lines
     from xrcompare.data import patient_overlap
     from xrcompare.evaluate import evaluate_heldout
+    from xrcompare.report import evaluation_lines
     from xrcompare.runs import load_run
 
     run = load_run(SHIPPED / "resnet50-seed001-blog")

@@ -9,21 +9,25 @@ from dataclasses import fields
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURES, REPO
+from conftest import DATA, FIXTURES, REPO
 
 from xrcompare.cli import build_parser
 from xrcompare.config import (
     FORM_FIELDS,
     TrainConfig,
+    check_name,
     config_from_arguments,
     default_of,
     form_param,
     settings,
+    sidebar_config,
 )
 from xrcompare.imaging import RESIZE_MODES
+from xrcompare.runs import list_runs
 from xrcompare.train import HEADS
 
 TINY = FIXTURES / "tiny_cxr"
+SHIPPED = REPO / "trained"
 
 
 def train_parser() -> argparse.ArgumentParser:
@@ -118,7 +122,7 @@ def test_validation_reads_the_declared_ranges_and_choices(changes, message):
 
 def test_the_form_offers_what_the_config_declares():
     assert FORM_FIELDS == ("epochs", "batch_size", "learning_rate", "image_size", "seed",
-                           "augment_views")
+                           "weights", "augment_views", "name")
     declared = {item.name: (spec, default_of(item)) for item, spec in settings()}
     for name in FORM_FIELDS:
         param = form_param(name)
@@ -128,7 +132,65 @@ def test_the_form_offers_what_the_config_declares():
         if param["options"] is not None:
             assert default in param["options"]
             low, high = spec.range or (float("-inf"), float("inf"))
-            assert all(value is None or low <= value <= high for value in param["options"])
+            assert all(value is None or isinstance(value, str) or low <= value <= high
+                       for value in param["options"])
     with pytest.raises(ValueError, match="not a form setting"):
         form_param("runs_dir")
     assert [item.name for item in fields(TrainConfig)][:2] == ["data", "backbones"]
+
+
+@pytest.mark.parametrize("name", ["resnet50-mine", "a", "Run_2.v1", "x" * 80])
+def test_a_run_name_is_a_plain_folder_name(name):
+    config = TrainConfig(data=TINY, backbones=["resnet50"], name=name)
+    config.validate()
+    assert check_name(name) == name
+
+
+@pytest.mark.parametrize("name", ["my run", "../up", "a/b", "-dash-first", ".hidden", "x" * 81,
+                                  "naïve", ""])
+def test_a_run_name_that_is_not_a_plain_folder_name_is_refused(name):
+    with pytest.raises(ValueError, match="a run name uses letters, digits"):
+        TrainConfig(data=TINY, backbones=["resnet50"], name=name).validate()
+
+
+def config_of(run) -> TrainConfig:
+    """A configuration with every setting the run recorded (what a student would type)."""
+    recipe = run.recipe
+    chosen = {key: recipe[key] for key in ("image_size", "weights", "head", "epochs",
+                                           "batch_size", "learning_rate", "seed",
+                                           "augment_views", "balanced", "patience", "folds",
+                                           "split", "preprocess", "select_on")}
+    for key in ("augment", "monitor", "val_fraction", "test_fraction"):
+        if recipe[key] is not None:
+            chosen[key] = recipe[key]
+    return TrainConfig(data=DATA / run.data_name, backbones=[run.backbone],
+                       resize_mode=recipe["resize_mode"], **chosen)
+
+
+def test_settings_repeating_a_shipped_run_find_that_run_and_only_it():
+    """Run.recipe (from run.json) and TrainConfig.recipe (before training) agree on every
+    shipped run, and no two shipped runs are the same experiment."""
+    runs = list_runs(SHIPPED).runs
+    assert runs
+    for run in runs:
+        found = config_of(run).repeated_runs(runs, run.data_images)
+        assert [(backbone, other.run_id) for backbone, other in found] == [
+            (run.backbone, run.run_id)], run.run_id
+        # another number of images in a folder of that name is other data
+        assert not config_of(run).repeated_runs(runs, (run.data_images or 0) + 1)
+
+
+def test_the_forms_default_settings_repeat_the_shipped_blog_data_run():
+    runs = list_runs(SHIPPED).runs
+    config = sidebar_config("seed001_0402", ["resnet50"], "kaggle_test", data_root=DATA)
+    found = config.repeated_runs(runs, 305)
+    assert [run.run_id for _, run in found] == ["resnet50-seed001-blog"]
+    for change in ({"epochs": 24}, {"seed": 7}, {"weights": "random"}, {"image_size": 192},
+                   {"augment_views": 2}, {"learning_rate": 3e-4}):
+        other = sidebar_config("seed001_0402", ["resnet50"], "kaggle_test", data_root=DATA,
+                               **change)
+        assert not other.repeated_runs(runs, 305), change
+    # several backbones: each is checked
+    both = sidebar_config("seed001_0402", ["vgg16", "resnet50"], data_root=DATA)
+    assert [(backbone, run.run_id) for backbone, run in both.repeated_runs(runs, 305)] == [
+        ("resnet50", "resnet50-seed001-blog")]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from xrcompare import jobs
+from xrcompare import jobs, progress
 from xrcompare.config import FORM_FIELDS, TrainConfig, sidebar_config
 from xrcompare.data import DatasetError, list_datasets, resolve_data_folder
 from xrcompare.experiment import preflight
@@ -162,6 +162,20 @@ def test_tiny_job_reaches_done_and_its_run_is_listed(folders):
     assert [run.run_id for run in list_runs(folders["runs_dir"]).runs][0] == "shipped"
     # after an "app restart" the outcome is read back from disk
     assert jobs.current_job(folders["jobs_dir"]).state == "done"
+    # what this job measured is kept for the next one's estimate
+    rates = progress.load_rates(folders["jobs_dir"] / progress.RATES_FILE)
+    measured = rates["backbones"]["resnet50"]
+    assert measured["load_s"] and measured["sizes"][str(SIZE)]["epoch_s_per_row"]
+    assert rates["startup_s"][0] > 0
+    # the next job's plan carries those rates and knows its images are in the feature cache,
+    # so its first estimate is near what the first job took
+    again = preflight(tiny_config(folders, name="again"))
+    assert again["cached"]["resnet50"]["dataset"] == again["images"]
+    again["rates"] = progress.plan_rates(rates, again)
+    assert again["rates"]["backbones"]["resnet50"]["load_s"] == pytest.approx(
+        measured["load_s"][0])
+    estimate = progress.time_left([], again, now=0.0, started=0.0)
+    assert 0.3 * final.elapsed < estimate < 3 * final.elapsed, (estimate, final.elapsed)
 
 
 @pytest.mark.slow
@@ -210,7 +224,7 @@ def test_failing_job_reports_the_cli_error_line(folders):
 def test_dead_job_is_detected_as_stale_and_frees_the_lock(folders):
     status = start(folders, epochs=500, batch_size=2)
     running = wait_for(status.job_id, folders["jobs_dir"],
-                       lambda s: s.progress["phase_text"] != "starting Python and TensorFlow")
+                       lambda s: s.progress["phase_text"] != "starting Python and Keras")
     state = jobs._read_json(running.folder / "state.json")
     # a half-written run of that training process, as a crash during writing would leave
     leftover = folders["runs_dir"] / f".tmp-somerun-{state['cli_pid']}"
@@ -294,8 +308,30 @@ def test_bad_folders_are_refused_with_a_readable_line(folders, tmp_path):
         link.unlink()
     with pytest.raises(DatasetError, match="must differ"):
         start(folders, heldout="tiny")
+    # two_per_class holds images of tiny's patients: it is not held out, and says so
+    with pytest.raises(DatasetError, match="6 of the 6 images of two_per_class belong to "
+                                           "patients of tiny, so two_per_class is not held"):
+        start(folders, heldout="two_per_class")
+    # a run name that exists already
+    (folders["runs_dir"] / "taken").mkdir(parents=True)
+    with pytest.raises(ValueError, match="a run named taken already exists"):
+        start(folders, name="taken")
     assert not (folders["jobs_dir"] / "lock").exists()
     assert jobs.current_job(folders["jobs_dir"]) is None
+
+
+def test_the_command_line_refuses_a_held_out_folder_of_the_training_patients(data_root,
+                                                                            tmp_path):
+    """The same rule on the command line, before any base is built."""
+    result = subprocess.run(
+        [sys.executable, "-m", "xrcompare", "train", "--data", str(data_root / "tiny"),
+         "--backbone", "resnet50", "--heldout", str(data_root / "two_per_class"),
+         "--runs-dir", str(tmp_path / "runs"), "--image-size", str(SIZE)],
+        capture_output=True, text=True, cwd=REPO_ROOT, timeout=300)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        "error: 6 of the 6 images of two_per_class")
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
 
 def test_a_runs_folder_that_cannot_take_a_run_is_refused_before_starting(folders, tmp_path):
@@ -348,7 +384,10 @@ def test_request_defaults_are_the_train_config_defaults(folders):
     # a form value left at None takes TrainConfig's default
     assert tiny_config(folders, seed=None).seed == defaults["seed"]
     assert set(FORM_FIELDS) == {"epochs", "batch_size", "learning_rate", "image_size",
-                                "augment_views", "seed"}
+                                "augment_views", "seed", "weights", "name"}
+    # a random-init control and a run name from the form
+    control = tiny_config(folders, weights="random", name="my-control")
+    assert control.weights == "random" and control.name == "my-control"
     # the child's command carries the configuration as a file, not as flags
     command = jobs.train_command(Path("/jobs/x"))
     assert command[command.index("--config") + 1] == "/jobs/x/config.json"

@@ -7,8 +7,11 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from conftest import FIXTURES, REPO
+from conftest import DATA, FIXTURES, REPO
 from streamlit.testing.v1 import AppTest
+
+from xrcompare.backbones import REGISTRY
+from xrcompare.runs import list_runs
 
 KEY = "correct horse battery staple"
 
@@ -164,7 +167,14 @@ def test_the_form_widgets_are_built_from_the_training_config(panel):
     selects = {select.label: select for select in app.sidebar.selectbox}
     for name in FORM_FIELDS:
         param = form_param(name)
-        if param["options"] is None:
+        if name == "weights":  # the random-init control: a tick box, off by default
+            box = next(box for box in app.sidebar.checkbox if box.label == param["label"])
+            assert box.value is False and param["default"] == "imagenet"
+        elif name == "name":  # the run name: a text field, empty (automatic) by default
+            field = next(field for field in app.sidebar.text_input
+                         if field.label == param["label"])
+            assert field.value == "" and param["default"] is None
+        elif param["options"] is None:
             box = boxes[param["label"]]
             assert (box.min, box.max, box.value) == (param["low"], param["high"],
                                                      param["default"])
@@ -175,3 +185,87 @@ def test_the_form_widgets_are_built_from_the_training_config(panel):
             slider = sliders[param["label"]]
             assert slider.value == param["default"]
             assert len(slider.options) == len(param["options"])
+
+
+@pytest.fixture
+def shipped_form(tmp_path, monkeypatch):
+    """The training panel on the real data root and the shipped runs (read only)."""
+    monkeypatch.setenv("XRCOMPARE_DATA_ROOT", str(DATA))
+    monkeypatch.setenv("XRCOMPARE_RUNS_DIR", str(REPO / "trained"))
+    monkeypatch.setenv("XRCOMPARE_JOBS_DIR", str(tmp_path / "jobs"))
+    monkeypatch.delenv("XRCOMPARE_TEACHER_KEY", raising=False)
+    app = AppTest.from_function(sidebar_script, args=(str(REPO),), default_timeout=120)
+    app.run()
+    assert not app.exception, [item.value for item in app.exception]
+    return app
+
+
+def selectbox(app: AppTest, label: str):
+    return next(box for box in app.sidebar.selectbox if box.label == label)
+
+
+def warnings(app: AppTest) -> list[str]:
+    return [item.value for item in app.sidebar.warning]
+
+
+def test_the_form_holds_out_kaggle_test_and_warns_when_settings_repeat_a_run(shipped_form):
+    """The defaults: the 2020 blog's images, held out against the Kaggle test split; left as
+    they are, they repeat the shipped ResNet50 blog-data run, and the form says so."""
+    app = shipped_form
+    assert selectbox(app, "Dataset").value == "seed001_0402"
+    assert selectbox(app, "Held-out folder").value == "kaggle_test"
+    captions = " ".join(item.value for item in app.sidebar.caption)
+    assert "12 patients (13 images) of kaggle_test also appear in seed001_0402" in captions
+    repeats = [text for text in warnings(app) if "These settings repeat the run" in text]
+    assert len(repeats) == 1 and "resnet50-seed001-blog" in repeats[0]
+    show = next(button for button in app.sidebar.button if button.label.startswith("Show only"))
+    show.click().run()
+    picks = {run.run_id: app.session_state[f"run_pick::{run.run_id}"]
+             for run in list_runs(REPO / "trained").runs}
+    assert picks["resnet50-seed001-blog"] is True
+    assert sum(picks.values()) == 1 and len(picks) > 1
+    # another number of epochs is another experiment: no warning
+    next(box for box in app.sidebar.number_input if box.label == "Epochs").set_value(24).run()
+    assert not [text for text in warnings(app) if "repeat" in text]
+    assert not start_button(app).disabled
+
+
+def test_the_form_refuses_a_held_out_folder_of_the_training_patients(shipped_form):
+    app = shipped_form
+    selectbox(app, "Dataset").set_value("cxr3").run()
+    assert selectbox(app, "Held-out folder").value == "kaggle_test"
+    selectbox(app, "Held-out folder").set_value("seed001_0402").run()
+    errors = [item.value for item in app.sidebar.error]
+    assert any("256 of the 305 images of seed001_0402 belong to patients of cxr3" in text
+               and "not held out" in text for text in errors), errors
+    assert start_button(app).disabled
+    selectbox(app, "Held-out folder").set_value("kaggle_test").run()
+    assert not app.sidebar.error and not start_button(app).disabled
+
+
+def test_the_run_name_is_checked_as_typed(shipped_form):
+    app = shipped_form
+    field = next(field for field in app.sidebar.text_input if field.label == "Run name")
+    field.input("my run").run()
+    assert any("a run name uses letters, digits" in item.value for item in app.sidebar.error)
+    assert start_button(app).disabled
+    field = next(field for field in app.sidebar.text_input if field.label == "Run name")
+    field.input("resnet50-seed001-blog").run()
+    assert any("already exists" in item.value for item in app.sidebar.error)
+    field = next(field for field in app.sidebar.text_input if field.label == "Run name")
+    field.input("my-first-run").run()
+    assert not app.sidebar.error and not start_button(app).disabled
+
+
+def test_the_random_init_tick_offers_every_backbone(resnet50_only_weights, shipped_form):
+    import app_pages._training as training
+
+    training._weights.clear()  # what the weights folders hold is cached for 30 s
+    app = shipped_form
+    app.run()
+    backbones = next(box for box in app.sidebar.multiselect if box.label == "Backbones")
+    assert backbones.options == ["ResNet50"]
+    next(box for box in app.sidebar.checkbox if box.label == "Random-init control").check().run()
+    backbones = next(box for box in app.sidebar.multiselect if box.label == "Backbones")
+    assert len(backbones.options) == len(REGISTRY) and backbones.value == ["resnet50"]
+    training._weights.clear()  # later tests see the real weights folders again

@@ -41,6 +41,83 @@ _LAYOUT = {"template": "plotly_white", "font": {"size": 14},
            "margin": {"l": 10, "r": 10, "t": 60, "b": 10}}
 
 
+#: Pixels per legend row and around a legend below a chart (see :func:`legend_below`).
+LEGEND_ROW_PX = 30
+LEGEND_GAP_PX = 70
+#: How much presenter mode enlarges fonts and charts (:func:`for_projector`).
+PRESENTER_SCALE = 1.35
+
+
+def legend_entries(figure: go.Figure) -> list[str]:
+    """The names the legend shows (one per legend group)."""
+    names, groups = [], set()
+    for trace in figure.data:
+        if trace.showlegend is False or not trace.name:
+            continue
+        group = trace.legendgroup or trace.name
+        if group not in groups:
+            groups.add(group)
+            names.append(str(trace.name))
+    return names
+
+
+def legend_rows(names: Sequence[str], width_px: int, font_px: float = 14) -> int:
+    """How many rows a horizontal legend of ``names`` needs in ``width_px`` (a generous
+    estimate: a symbol and gap per entry, 0.6 em per character)."""
+    rows, used = 1, 0.0
+    for name in names:
+        needed = 50 + 0.6 * font_px * len(name)
+        if used and used + needed > width_px:
+            rows, used = rows + 1, 0.0
+        used += needed
+    return rows if names else 0
+
+
+def legend_below(figure: go.Figure, plot_height: int, width_px: int = 900) -> go.Figure:
+    """Put the legend under the chart, below the x-axis title (never across it): anchored
+    to the figure's bottom edge, with the bottom margin and the height grown by its rows.
+    ``width_px`` is the narrowest width the chart is expected at (a narrower chart wraps
+    more rows)."""
+    rows = legend_rows(legend_entries(figure), width_px)
+    bottom = LEGEND_GAP_PX + LEGEND_ROW_PX * rows
+    top = figure.layout.margin.t if figure.layout.margin.t is not None else 60
+    figure.update_layout(
+        legend={"orientation": "h", "yref": "container", "y": 0, "yanchor": "bottom",
+                "x": 0, "xanchor": "left"},
+        margin={"b": bottom}, height=plot_height + top + bottom)
+    return figure
+
+
+def for_projector(figure: go.Figure, scale: float = PRESENTER_SCALE) -> go.Figure:
+    """A copy of ``figure`` for a projector: every font, the margins and the height scaled
+    by ``scale`` (presenter mode). The data is untouched."""
+    figure = go.Figure(figure)
+    layout = figure.layout
+
+    def bigger(size, default=None):
+        size = size if size is not None else default
+        return None if size is None else round(size * scale)
+
+    figure.update_layout(font_size=bigger(layout.font.size, 14))
+    if layout.title.font.size is not None:
+        figure.update_layout(title_font_size=bigger(layout.title.font.size))
+    if layout.legend.font.size is not None:
+        figure.update_layout(legend_font_size=bigger(layout.legend.font.size))
+    for annotation in layout.annotations:
+        if annotation.font.size is not None:
+            annotation.font.size = bigger(annotation.font.size)
+    for trace in figure.data:
+        font = getattr(trace, "textfont", None)
+        if font is not None and font.size is not None:
+            trace.textfont.size = bigger(font.size)
+    margin = layout.margin
+    figure.update_layout(margin={side: bigger(getattr(margin, side))
+                                 for side in ("t", "b", "l", "r")
+                                 if getattr(margin, side) is not None},
+                         height=bigger(layout.height, 450))
+    return figure
+
+
 # --------------------------------------------------------------------------- run names, colours
 
 
@@ -110,9 +187,8 @@ def per_class_figure(table: pd.DataFrame, metric: str,
                                 "error_minus": False},
                     labels={metric: names[metric], "class": "true class", "run": "run"})
     figure.update_layout(**_LAYOUT, yaxis_range=[0, 1.05], legend_title_text="",
-                         legend={"orientation": "h", "y": -0.18},
                          title=f"{names[metric]} per class, with 95% patient-bootstrap intervals")
-    return figure
+    return legend_below(figure, 380)
 
 
 # --------------------------------------------------------------------------- confusion
@@ -207,9 +283,8 @@ def training_curves_figure(history: pd.DataFrame, best_epoch: int | None = None,
     figure.update_xaxes(title_text="epoch")
     figure.update_yaxes(rangemode="tozero", row=1, col=1)
     figure.update_yaxes(range=[0, 1.02], row=1, col=2)
-    figure.update_layout(**_LAYOUT, title=title, height=340,
-                         legend={"orientation": "h", "y": -0.25})
-    return figure
+    figure.update_layout(**_LAYOUT, title=title)
+    return legend_below(figure, 280)
 
 
 # --------------------------------------------------------------------------- thresholds
@@ -316,8 +391,9 @@ def roc_figure(curves: dict[str, dict], points: pd.DataFrame | None = None,
                               f"<br>specificity {row['specificity']:.3f}<extra></extra>"))
     figure.update_layout(**_LAYOUT, title=f"ROC: {positive} vs rest (dot = chosen threshold)",
                          xaxis_title="1 − specificity (false-positive rate)",
-                         yaxis_title="sensitivity (recall)", height=460,
-                         legend={"orientation": "h", "y": -0.2})
+                         yaxis_title="sensitivity (recall)")
+    figure.update_layout(title=wrap_title(figure.layout.title.text, 44))
+    legend_below(figure, 340, width_px=420)
     figure.update_xaxes(range=[-0.005, 0.3] if zoom else [-0.02, 1.02])
     figure.update_yaxes(range=[0.7, 1.005] if zoom else [-0.02, 1.02])
     return figure
@@ -349,8 +425,9 @@ def precision_recall_figure(curves: dict[str, dict], points: pd.DataFrame | None
                               "<br>precision %{y:.3f}<extra></extra>"))
     figure.update_layout(**_LAYOUT,
                          title=f"Precision-recall: {positive} vs rest (dot = chosen threshold)",
-                         xaxis_title="recall (sensitivity)", yaxis_title="precision (PPV)",
-                         height=460, legend={"orientation": "h", "y": -0.2})
+                         xaxis_title="recall (sensitivity)", yaxis_title="precision (PPV)")
+    figure.update_layout(title=wrap_title(figure.layout.title.text, 44))
+    legend_below(figure, 340, width_px=420)
     figure.update_xaxes(range=[0.7, 1.005] if zoom else [-0.02, 1.02])
     figure.update_yaxes(range=[0.7, 1.005] if zoom else [-0.02, 1.02])
     return figure
@@ -390,8 +467,8 @@ def cost_figure(runs: Sequence[Run], positive: str, miss_cost: float,
     figure.update_layout(**_LAYOUT, height=380,
                          title=f"Cost of a threshold: {miss_cost:g} × missed {positive} + "
                                "false alarms (★ = cheapest)",
-                         xaxis_title=f"threshold on p({positive})", yaxis_title="cost",
-                         legend={"orientation": "h", "y": -0.25})
+                         xaxis_title=f"threshold on p({positive})", yaxis_title="cost")
+    legend_below(figure, 300)
     figure.update_xaxes(range=[0, 1])
     if trivial:  # show the region around the cheapest thresholds; far costlier ones go off top
         top = max(4 * max(cheapest), 0.15 * max(trivial), 10)
@@ -581,11 +658,11 @@ def per_class_difference_figure(per_class: pd.DataFrame, name_a: str = "A",
     figure.update_layout(**_LAYOUT, barmode="group", height=380,
                          title=wrap_title(f"Per class: {name_a} minus {name_b} "
                                           "(percentage points; above 0 favours the first)", 70),
-                         legend={"orientation": "h", "y": -0.2}, legend_title_text="")
+                         legend_title_text="")
     figure.update_xaxes(title_text="true class", categoryorder="array", categoryarray=classes)
     figure.update_yaxes(title_text="difference (points)", range=[-reach, reach],
                         zeroline=False)
-    return figure
+    return legend_below(figure, 300, width_px=500)
 
 
 # --------------------------------------------------------------------------- dataset

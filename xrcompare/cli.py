@@ -177,50 +177,9 @@ def _load(run_dir: Path):
     return load_run(run_dir)
 
 
-def evaluation_lines(title: str, folder: str, metrics: dict, skipped=(),
-                     own_data: str = "") -> list[str]:
-    """What ``evaluate`` prints: accuracy and macro-F1, the confusion matrix and per-class
-    scores of the classes present (macro-F1 averages those), a line per class without images
-    in the folder, the held-out shares and the patient overlap with the run's own data."""
-    from pathlib import PurePath
-
-    from xrcompare.evaluate import overlap_sentence
-
-    labels = list(metrics["labels"])
-    present = [label for label in labels if metrics["per_class"][label]["support"] > 0]
-    absent = [label for label in labels if label not in present]
-    matrix = dict(zip(labels, metrics["confusion_matrix"], strict=True))
-    lines = [f"{title} on {folder} ({metrics['n']} images)",
-             f"accuracy {metrics['accuracy']:.3f}   macro-F1 {metrics['macro_f1']:.3f}"
-             + (f" (over the {len(present)} classes present)" if absent else ""),
-             "confusion matrix (rows true, columns predicted):",
-             "            " + "".join(f"{label:>11}" for label in labels)]
-    lines += [f"{label:>11} " + "".join(f"{value:>11}" for value in matrix[label])
-              for label in present]
-    lines.append(f"{'class':>11} {'precision':>10} {'recall':>8} {'f1':>6} {'support':>8}")
-    for label in present:
-        scores = metrics["per_class"][label]
-        lines.append(f"{label:>11} {scores['precision']:>10.3f} {scores['recall']:>8.3f} "
-                     f"{scores['f1']:>6.3f} {scores['support']:>8}")
-    for label in absent:
-        called = sum(matrix[true][labels.index(label)] for true in present)
-        lines.append(f"{label:>11} no images in this folder, so not in macro-F1; "
-                     f"{called} image{'s' if called != 1 else ''} called {label}")
-    for true_label, entry in metrics.get("heldout_table", {}).items():
-        shares = ", ".join(f"{k} {v:.1f}%" for k, v in entry["predicted_pct"].items())
-        lines.append(f"true {true_label}: predicted {shares}; "
-                     f"non-COVID {entry['non_covid_pct']:.1f}%")
-    overlap = overlap_sentence(metrics, PurePath(str(folder)).name, own_data)
-    if overlap:
-        lines.append(f"patients: {overlap}")
-    if skipped:
-        lines.append(f"skipped {len(skipped)} unreadable file(s): "
-                     + "; ".join(f"{p} ({r})" for p, r in list(skipped)[:5]))
-    return lines
-
-
 def cmd_evaluate(args) -> int:
     from xrcompare.inference import evaluate_folder
+    from xrcompare.report import evaluation_lines  # the app's Evaluate page shows the same
 
     run = _load(args.run_dir)
     metrics, skipped = evaluate_folder(run, args.data_dir)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import MISSING, Field, dataclass, field, fields
 from pathlib import Path
@@ -118,6 +119,7 @@ class TrainConfig:
     head: str = setting("blog", kind="str", flag="--head", choices=tuple(HEADS),
                         help="; ".join(f"{name} = {text}" for name, text in HEADS.items()))
     weights: str = setting("imagenet", kind="str", flag="--weights", choices=WEIGHT_KINDS,
+                           label="Random-init control", options=WEIGHT_KINDS,
                            help="'random' trains a random-init control base")
     augment_views: int = setting(0, kind="int", flag="--augment-views", range=(0, 16),
                                  words="augmentation views", label="Augmented views",
@@ -136,8 +138,9 @@ class TrainConfig:
                            choices=("val_loss", "val_accuracy"),
                            help="what picks the kept epoch on the validation split (with "
                                 "--select-on test: always accuracy on the test split)")
-    name: str | None = setting(None, kind="str", flag="--name",
-                               help="run id (one backbone) or tag")
+    name: str | None = setting(None, kind="str", flag="--name", label="Run name",
+                               help="run id (one backbone) or tag: letters, digits, '.', '_' "
+                                    "and '-', up to 80 characters")
     display_name: str | None = setting(None, kind="str", flag="--display-name",
                                        help="the run's name in the app")
     description: str | None = setting(None, kind="str", flag="--description",
@@ -177,6 +180,40 @@ class TrainConfig:
         """The input size a backbone trains at: the chosen one, else its own default."""
         return self.image_size or get_backbone(backbone).default_size
 
+    def recipe(self, backbone: str, data_images: int | None = None) -> dict:
+        """What a run of ``backbone`` made with this configuration learns from, in the terms
+        of :attr:`xrcompare.runs.Run.recipe` (``data_images``: the dataset's image count when
+        known), so :func:`xrcompare.runs.recipes_match` can tell a repeat."""
+        from xrcompare.runs import normalise_recipe
+
+        name = get_backbone(backbone).name
+        views = self.augment_views or 0
+        on_val = self.select_on == "val"
+        return normalise_recipe({
+            "data": Path(self.data).name, "data_images": data_images, "backbone": name,
+            "weights": self.weights, "image_size": self.image_size_for(name),
+            "resize_mode": self.resize_mode, "head": self.head, "epochs": self.epochs,
+            "batch_size": self.batch_size, "learning_rate": self.learning_rate,
+            "seed": self.seed, "augment_views": views,
+            "augment": self.augment if views else None, "balanced": self.balanced,
+            "patience": self.patience, "monitor": self.monitor if on_val else None,
+            "val_fraction": self.val_fraction if on_val else None,
+            "test_fraction": None if self.folds else self.test_fraction,
+            "folds": self.folds, "split": self.split, "preprocess": self.preprocess,
+            "select_on": self.select_on})
+
+    def repeated_runs(self, runs, data_images: int | None = None) -> list[tuple[str, object]]:
+        """(backbone, run) for every run in ``runs`` that this configuration would repeat:
+        the same data, backbone and every setting that shapes what the head learns."""
+        from xrcompare.runs import recipes_match
+
+        found = []
+        for backbone in self.backbones:
+            mine = self.recipe(backbone, data_images)
+            found += [(get_backbone(backbone).name, run) for run in runs
+                      if recipes_match(mine, run.recipe)]
+        return found
+
     @property
     def runs_folder(self) -> Path:
         """Where the run folders go (``runs_dir``, else the default runs folder)."""
@@ -209,6 +246,8 @@ class TrainConfig:
         if self.augment != PROTOCOL_DEFAULTS["augment"] and not self.augment_views:
             raise ValueError(f"augment {self.augment} needs augmented views: add "
                              "--augment-views 1 or more")
+        if self.name is not None:
+            check_name(self.name)
         if self.folds is not None and (self.split != "patients" or self.select_on != "val"):
             raise ValueError("cross-validation (--folds) keeps the sound protocol: use it with "
                              "--split patients and --select-on val")
@@ -257,6 +296,19 @@ class TrainConfig:
             raise ValueError(f"cannot read the training configuration {path}: "
                              f"{one_line(error, 160)}") from None
         return cls.from_json(payload)
+
+
+#: What a run name may hold (it becomes a folder name).
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,79}")
+
+
+def check_name(name: str) -> str:
+    """A run name as ``--name`` and the form take it: letters, digits, '.', '_' and '-' (not
+    first), up to 80 characters; ValueError (one line) otherwise."""
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+        raise ValueError(f"a run name uses letters, digits, '.', '_' and '-' (not first), up "
+                         f"to 80 characters; got {name!r}")
+    return name
 
 
 def settings() -> list[tuple[Field, Setting]]:

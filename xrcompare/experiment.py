@@ -20,6 +20,7 @@ from xrcompare.backbones import get_backbone, weights_status
 from xrcompare.config import TrainConfig
 from xrcompare.data import (
     Dataset,
+    DatasetError,
     group_near_duplicates,
     kfold_by_patient,
     patient_overlap,
@@ -29,7 +30,7 @@ from xrcompare.data import (
     split_summary,
 )
 from xrcompare.evaluate import evaluate_heldout, evaluate_predictions, summarise_folds
-from xrcompare.features import FeatureExtractor, FeatureSpec
+from xrcompare.features import FeatureExtractor, FeatureSpec, file_digest
 from xrcompare.protocol import CHOICE_TEXT, leaky_reasons, protocol_label
 from xrcompare.runs import (
     SCHEMA_VERSION,
@@ -38,7 +39,6 @@ from xrcompare.runs import (
     heldout_scope,
     new_run_id,
     prediction_column,
-    slug,
 )
 from xrcompare.train import HEADS, build_head, fit_head, predict, save_head_weights
 
@@ -70,6 +70,8 @@ def preflight(config: TrainConfig) -> dict:
         splitter(dataset, val_fraction=config.val_fraction if config.select_on == "val"
                  else None, test_fraction=config.test_fraction, seed=config.seed)
     heldouts = [scan_dataset(folder) for folder in config.heldout]
+    overlaps = [check_heldout_overlap(dataset, held) for held in heldouts]
+    check_run_name(config)
     backbones = [get_backbone(name).name for name in config.backbones]
     return {"data": str(config.data), "data_name": dataset.root.name,
             "images": len(dataset.records), "patients": len(set(dataset.groups)),
@@ -82,7 +84,84 @@ def preflight(config: TrainConfig) -> dict:
             "image_size": config.image_size, "epochs": config.epochs, "folds": config.folds,
             "augment_views": config.augment_views, "val_fraction": config.val_fraction,
             "test_fraction": config.test_fraction, "select_on": config.select_on,
+            "split": config.split, "heldout_overlap": overlaps,
+            "cached": cached_counts(config, dataset, heldouts),
             "runs_dir": str(config.runs_folder)}
+
+
+#: A held-out folder more than this share of whose images belong to patients of the training
+#: data is refused: it is not held out (``seed001_0402`` against ``cxr3``). A few shared
+#: patients are measured, recorded and scored without (``kaggle_test`` against
+#: ``seed001_0402``: 13 of 624 images).
+HELDOUT_OVERLAP_LIMIT = 0.10
+
+
+def heldout_overlap(dataset: Dataset, heldout: Dataset) -> dict:
+    """How many of a held-out folder's images belong to patients of the training data (by
+    :func:`xrcompare.data.patient_overlap`), whether that is too many to call it held out
+    (:data:`HELDOUT_OVERLAP_LIMIT`), and a sentence saying so.
+
+    Returns ``{"name", "images", "shared_patients", "shared_images", "refused",
+    "sentence"}``.
+    """
+    overlap, _ = patient_overlap(dataset.groups, heldout.groups)
+    name, own, images = heldout.root.name, dataset.root.name, len(heldout.records)
+    shared = overlap["images"]
+    refused = bool(images) and shared / images > HELDOUT_OVERLAP_LIMIT
+    if not shared:
+        sentence = f"No patient of {name} is in {own} (by patient id)."
+    elif refused:
+        sentence = (f"{shared} of the {images} images of {name} belong to patients of {own}, "
+                    f"so {name} is not held out from {own}: choose a held-out folder without "
+                    "the training data's patients")
+    else:
+        sentence = (f"{overlap['patients']} patient{'s' if overlap['patients'] != 1 else ''} "
+                    f"({shared} image{'s' if shared != 1 else ''}) of {name} also appear in "
+                    f"{own}: the run records them and scores {name} with and without them.")
+    return {"name": name, "images": images, "shared_patients": overlap["patients"],
+            "shared_images": shared, "refused": refused, "sentence": sentence}
+
+
+def check_heldout_overlap(dataset: Dataset, heldout: Dataset) -> dict:
+    """:func:`heldout_overlap`, raising :class:`xrcompare.data.DatasetError` (its sentence)
+    when the folder is refused."""
+    found = heldout_overlap(dataset, heldout)
+    if found["refused"]:
+        raise DatasetError(found["sentence"])
+    return found
+
+
+def check_run_name(config: TrainConfig) -> None:
+    """A run name (``--name``) for one backbone is the run's folder: it must not exist yet
+    (several backbones use it as a tag of time-stamped folders)."""
+    if config.name and len(config.backbones) == 1:
+        existing = config.runs_folder / config.name
+        if existing.exists():
+            raise ValueError(f"a run named {config.name} already exists in "
+                             f"{config.runs_folder}: choose another name")
+
+
+def cached_counts(config: TrainConfig, dataset: Dataset, heldouts: list[Dataset]
+                  ) -> dict[str, dict[str, int]]:
+    """Per backbone, how many images the feature cache already holds: ``dataset`` (the
+    images), ``views`` (augmented views of all images) and ``heldout``; the progress
+    estimate prices those as cache reads. Reads every file once to hash it; builds nothing."""
+    digests = [file_digest(record.path) for record in dataset.records]
+    held = [file_digest(record.path) for heldout in heldouts for record in heldout.records]
+    counts = {}
+    for name in config.backbones:
+        backbone = get_backbone(name).name
+        extractor = FeatureExtractor(feature_spec(config, backbone,
+                                                  config.image_size_for(backbone)))
+
+        def count(found: list[str | None], view: int = 0, extractor=extractor) -> int:
+            return sum(1 for digest in found if digest and extractor.is_cached(digest, view))
+
+        counts[backbone] = {
+            "dataset": count(digests),
+            "views": sum(count(digests, view) for view in range(1, config.augment_views + 1)),
+            "heldout": count(held)}
+    return counts
 
 
 def environment() -> dict:
@@ -165,11 +244,9 @@ def train_runs(config: TrainConfig, progress: Progress | None = None) -> list[Pa
     names = [heldout.root.name for heldout in heldouts]
     if len(set(names)) != len(names):
         raise ValueError(f"held-out folders must have distinct names, got {', '.join(names)}")
-    if config.name and len(config.backbones) == 1:
-        existing = config.runs_folder / slug(config.name)
-        if existing.exists():
-            raise ValueError(f"run folder {existing} already exists: choose another --name "
-                             "or remove it first")
+    for heldout in heldouts:  # a folder of the training data's patients is not held out
+        check_heldout_overlap(dataset, heldout)
+    check_run_name(config)
     scan_seconds = time.perf_counter() - started
     splits: list[list[dict]] = []  # computed once, after the first base loads
 

@@ -142,6 +142,14 @@ def _view_seed(digest: str, view: int, seed_tag: str = str(AUGMENT_VERSION)) -> 
     return int(hashlib.sha256(f"{digest}:{view}:{seed_tag}".encode()).hexdigest()[:8], 16)
 
 
+def file_digest(path: str | Path) -> str | None:
+    """The content hash an image is cached under (None when the file cannot be read)."""
+    try:
+        return hashlib.sha256(read_bytes(path)).hexdigest()
+    except ImageError:
+        return None
+
+
 @dataclass
 class ExtractionResult:
     features: np.ndarray  # (n_ok, h, w, c) float32, rows in the order of ``ok``
@@ -184,6 +192,11 @@ class FeatureExtractor:
 
     def _cache_file(self, digest: str, view: int) -> Path:
         return self.cache_dir / self.spec.view_folder(view) / digest[:2] / f"{digest}.npy"
+
+    def is_cached(self, digest: str, view: int = 0) -> bool:
+        """Whether the cache holds an entry for the image with content ``digest`` (see
+        :func:`file_digest`) and ``view``; nothing is built or read."""
+        return self._cache_file(digest, view).is_file()
 
     def _model_input(self, data: bytes, name: str, digest: str, view: int) -> np.ndarray:
         gray = decode_gray(data, name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from xrcompare.data import patient_overlap, scan_dataset
@@ -10,31 +11,86 @@ from xrcompare.features import FeatureExtractor
 from xrcompare.runs import Run, build_head_for_run, check_rebuildable
 from xrcompare.train import predict
 
+#: Images whose features are held in memory at once while a folder is evaluated (a
+#: ResNet50 feature map is 400 KB: 256 images stay near 100 MB however large the folder).
+EVALUATE_CHUNK = 256
 
-def evaluate_folder(run: Run, folder: str | Path, *, repeats: int = 1000):
+
+def evaluate_folder(run: Run, folder: str | Path, *, repeats: int = 1000,
+                    progress: Callable[[dict], None] | None = None,
+                    name: str | None = None, chunk: int = EVALUATE_CHUNK):
     """Metrics of ``run`` on a labelled folder (same layout as training data), through the
     feature cache. Returns (metrics, skipped files).
 
     The folder's patients are checked against the run's own data (predictions.csv's
     patient ids): the metrics carry ``patient_overlap`` and, when some are shared,
-    ``without_overlap`` (see :func:`xrcompare.evaluate.evaluate_heldout`)."""
+    ``without_overlap`` (see :func:`xrcompare.evaluate.evaluate_heldout`). ``progress``
+    receives the extraction's events (``{"phase": "extract", "what": "images", "done",
+    "total", "cached"}`` over the whole folder); ``name`` is how the folder is called in
+    messages (default: its path). Features are computed ``chunk`` images at a time, so
+    memory stays bounded."""
+    import numpy as np
+
+    name = name or str(folder)
     dataset = scan_dataset(folder)
     unknown = sorted(set(dataset.labels) - set(run.labels))
     if unknown:
-        raise ValueError(f"{folder} has classes {unknown} that the run does not predict")
+        raise ValueError(f"{name} has classes {unknown} that the run does not predict")
     check_rebuildable(run)  # a random-init control's base differs across Keras versions
     extractor = FeatureExtractor(run.feature_spec())
-    result = extractor.extract([record.path for record in dataset.records])
-    if not result.ok:
-        raise ValueError(f"none of the images in {folder} could be read")
-    probabilities = predict(build_head_for_run(run), result.features)
-    records = [dataset.records[i] for i in result.ok]
+    head = build_head_for_run(run)
+    paths = [record.path for record in dataset.records]
+    total, cached_before = len(paths), 0
+    kept, parts, failed = [], [], []
+    for start in range(0, total, max(1, chunk)):
+        def report(event, start=start, cached_before=cached_before):
+            if progress is not None:
+                progress({**event, "what": "images", "done": start + event["done"],
+                          "total": total, "cached": cached_before + event["cached"]})
+
+        result = extractor.extract(paths[start:start + chunk], progress=report, label="images")
+        cached_before += result.cached
+        failed += result.failed
+        if result.ok:
+            parts.append(predict(head, result.features))
+            kept += [start + index for index in result.ok]
+    if not kept:
+        raise ValueError(f"none of the images in {name} could be read")
+    probabilities = np.concatenate(parts)
+    records = [dataset.records[i] for i in kept]
     patients = [r.patient_id for r in records]
     own = run.own_patients
     overlap, shared = patient_overlap(own, patients) if own is not None else (None, None)
     metrics = evaluate_heldout([r.label for r in records], probabilities, patients, overlap,
                                shared, labels=run.labels, repeats=repeats)
-    return metrics, result.failed
+    return metrics, failed
+
+
+def evaluate_archive(run: Run, data: bytes, name: str, *, repeats: int = 1000,
+                     progress: Callable[[dict], None] | None = None):
+    """:func:`evaluate_folder` on a .zip of class folders (an upload), unpacked into a
+    temporary folder that is deleted afterwards (:func:`xrcompare.archives.extract_class_zip`
+    bounds and checks it). Returns (metrics, skipped files, images per class folder). Errors
+    name the archive, never the temporary folder."""
+    import io
+    import tempfile
+
+    from xrcompare.archives import extract_class_zip
+
+    with tempfile.TemporaryDirectory(prefix="xrcompare-upload-") as folder:
+        if progress is not None:
+            progress({"phase": "unpack", "what": name})
+        extracted = extract_class_zip(io.BytesIO(data), folder, size=len(data))
+        if progress is not None:
+            progress({"phase": "load"})
+        try:
+            metrics, failed = evaluate_folder(run, extracted.root, repeats=repeats,
+                                              progress=progress, name=name)
+        except ValueError as error:  # DatasetError and friends: say it of the archive
+            raise ValueError(str(error).replace(str(extracted.root), name)) from None
+        skipped = [(str(path).replace(str(extracted.root) + "/", ""), reason)
+                   for path, reason in failed]
+        return metrics, skipped, dict(extracted.images)
 
 
 def load_image_file(path: str | Path):
@@ -108,3 +164,38 @@ def explain_file(run: Run, path: str | Path, *, method: str, target: str | None,
     if not cv2.imwrite(str(out), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR)):
         raise ValueError(f"cannot write {out}")
     return {"method": method, "target": target, "predicted": predicted}
+
+
+def evaluate_request(run: Run, *, name: str, folder: str | Path | None = None,
+                     archive: bytes | None = None, repeats: int = 1000,
+                     progress: Callable[[dict], None] | None = None) -> dict:
+    """One evaluation asked for in the app: ``run`` on a folder (already confined to the
+    data root) or on an uploaded .zip, holding one of the server-wide work slots
+    (:mod:`xrcompare.limits`) for the heavy part.
+
+    Returns ``{"metrics", "skipped", "images" (per class folder, archives only), "name"}``;
+    ``progress`` gets ``{"phase": "waiting"}`` while every slot is busy, then the
+    extraction's events.
+    """
+    from xrcompare import limits
+
+    if (folder is None) == (archive is None):
+        raise ValueError("evaluate either a folder or an archive")
+
+    def waiting() -> None:
+        if progress is not None:
+            progress({"phase": "waiting"})
+
+    with limits.work_slot(on_wait=waiting):
+        if progress is not None:
+            progress({"phase": "load"})
+        if archive is not None:
+            metrics, skipped, images = evaluate_archive(run, archive, name, repeats=repeats,
+                                                        progress=progress)
+        else:
+            metrics, failed = evaluate_folder(run, folder, repeats=repeats,
+                                              progress=progress, name=name)
+            prefix = str(folder).rstrip("/") + "/"
+            skipped = [(str(path).removeprefix(prefix), reason) for path, reason in failed]
+            images = None
+    return {"metrics": metrics, "skipped": skipped, "images": images, "name": name}

@@ -35,6 +35,7 @@ Files in the jobs folder::
     <job-id>/cancel        present once cancel was asked for
     <job-id>/progress.jsonl  the training process's progress events (see xrcompare.progress)
     <job-id>/log.txt       the training process's stdout and stderr
+    rates.json             the rates finished jobs measured on this machine (xrcompare.progress)
 
 A process identity is ``"<boot id>:<start time in clock ticks>"`` from ``/proc``, so a pid
 reused after a restart never passes for the job's process.
@@ -62,9 +63,14 @@ from xrcompare.errors import one_line
 from xrcompare.progress import (
     ACTIVE_STATES,
     PROGRESS_FILE,
+    RATES_FILE,
     finished,
+    load_rates,
+    measure_job,
+    plan_rates,
     read_progress,
     summarize_progress,
+    update_rates,
     written_runs,
 )
 
@@ -426,6 +432,8 @@ def start_job(config: TrainConfig, *, jobs_dir: str | Path | None = None) -> Job
     from xrcompare.experiment import preflight
 
     plan = preflight(config)  # validated once here, once more in the training process
+    # this machine's rates, measured by earlier jobs: the estimate is right from the start
+    plan["rates"] = plan_rates(load_rates(jobs_dir / RATES_FILE), plan)
     job_id = _new_job_id()
     _acquire_lock(jobs_dir, job_id)
     folder = jobs_dir / job_id
@@ -595,6 +603,7 @@ def _watch(folder: Path, job: dict, child: subprocess.Popen, record: dict) -> di
              "runs": written_runs(events)}
     if done:
         final.update(state="done", error=None)
+        _record_rates(folder, job, events, record.get("started"))
     else:
         _cleanup_partial(job, child.pid)
         if (folder / "cancel").exists():
@@ -602,6 +611,16 @@ def _watch(folder: Path, job: dict, child: subprocess.Popen, record: dict) -> di
         else:
             final.update(state="failed", error=failure_reason(log_tail(folder, 200), code))
     return final
+
+
+def _record_rates(folder: Path, job: dict, events: list[dict], started: float | None) -> None:
+    """Keep what a finished job measured (:func:`xrcompare.progress.measure_job`) in the jobs
+    folder's rates file, for the next job's estimate; a failure here never fails the job."""
+    try:
+        update_rates(folder.parent / RATES_FILE,
+                     measure_job(events, job.get("plan") or {}, started))
+    except (OSError, ValueError, TypeError) as error:
+        print(f"could not record this job's rates: {one_line(error)}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -97,6 +97,48 @@ def scope_text(scope: str) -> str:
     return scope if scope == TEST_SCOPE else f"held-out {scope_name(scope)}"
 
 
+#: The settings that decide what a run learns: two runs agreeing on every one of them are
+#: the same experiment (their heads differ at most by numerical noise). ``data_images`` is
+#: compared only when both sides know it.
+RECIPE_KEYS = ("data", "data_images", "backbone", "weights", "image_size", "resize_mode",
+               "head", "epochs", "batch_size", "learning_rate", "seed", "augment_views",
+               "augment", "balanced", "patience", "monitor", "val_fraction", "test_fraction",
+               "folds", "split", "preprocess", "select_on")
+
+
+def normalise_recipe(values: dict) -> dict:
+    """A recipe with comparable values: every :data:`RECIPE_KEYS` key, counts as int,
+    rates and fractions rounded, flags as bool, unknown as None."""
+
+    def number(value, digits: int = 9):
+        if isinstance(value, bool) or not isinstance(value, Real):
+            return None
+        return round(float(value), digits) if math.isfinite(value) else None
+
+    def count(value):
+        return int(value) if isinstance(value, Real) and not isinstance(value, bool) else None
+
+    recipe = {key: values.get(key) for key in RECIPE_KEYS}
+    for key in ("data_images", "image_size", "epochs", "batch_size", "seed", "patience",
+                "folds"):
+        recipe[key] = count(recipe[key])
+    recipe["augment_views"] = count(recipe["augment_views"]) or 0
+    for key in ("learning_rate", "val_fraction", "test_fraction"):
+        recipe[key] = number(recipe[key])
+    recipe["balanced"] = bool(recipe["balanced"])
+    return recipe
+
+
+def recipes_match(a: dict, b: dict) -> bool:
+    """Whether two :func:`normalise_recipe` recipes are the same experiment."""
+    for key in RECIPE_KEYS:
+        if key == "data_images" and (a.get(key) is None or b.get(key) is None):
+            continue
+        if a.get(key) != b.get(key):
+            return False
+    return True
+
+
 class RunError(ValueError):
     """A run folder that cannot be used, with a one-line reason."""
 
@@ -449,6 +491,32 @@ class Run:
         """What the head was trained with: epochs, batch_size, learning_rate, seed,
         augment_views, balanced, patience, monitor, head, resize_mode, augment."""
         return dict(_dict(self.info.get("hyperparameters")))
+
+    @property
+    def recipe(self) -> dict:
+        """What this run learned from (:data:`RECIPE_KEYS`), from what run.json recorded:
+        its data, backbone, weights, input, head, hyperparameters, split fractions, folds and
+        protocol. :meth:`xrcompare.config.TrainConfig.recipe` says the same of a
+        configuration, so a repeat can be told before it is trained."""
+        hyper = self.hyperparameters
+        protocol = self.protocol
+        split = self.split_record
+        on_val = protocol["select_on"] == "val"
+        views = self.augment_views
+        return normalise_recipe({
+            "data": self.data_name, "data_images": self.data_images,
+            "backbone": self.backbone, "weights": self.weights, "image_size": self.image_size,
+            "resize_mode": self.resize_mode, "head": self.head,
+            "epochs": hyper.get("epochs"), "batch_size": hyper.get("batch_size"),
+            "learning_rate": hyper.get("learning_rate"),
+            "seed": hyper.get("seed", split.get("seed")), "augment_views": views,
+            "augment": (hyper.get("augment") or "mild") if views else None,
+            "balanced": hyper.get("balanced"), "patience": hyper.get("patience"),
+            "monitor": hyper.get("monitor") if on_val else None,
+            "val_fraction": split.get("val_fraction") if on_val else None,
+            "test_fraction": None if self.folds else split.get("test_fraction"),
+            "folds": self.folds, "split": protocol["split"],
+            "preprocess": protocol["preprocess"], "select_on": protocol["select_on"]})
 
     @property
     def augment_views(self) -> int:

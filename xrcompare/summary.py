@@ -37,15 +37,22 @@ LEADERBOARD_COLUMNS = {
     "resize": "squash: stretched to a square; pad: aspect kept with black borders.",
     "epochs": "Epoch kept (chosen on the validation split; on the test split in the 2020 "
               "protocol) / epochs trained; every fold's for cross-validation.",
-    "accuracy": "Share of test images whose predicted class is right.",
+    "accuracy": "Test accuracy: the share of the run's own test images whose predicted class "
+                "is right.",
     "accuracy_95ci": "95% bootstrap interval of the accuracy, resampling patients.",
     "macro_f1": "Mean F1 over the classes: balances precision and recall per class.",
-    "covid_sensitivity": "Of the COVID test images, the share called covid (misses are false "
-                         "negatives).",
-    "covid_specificity": "Of the non-COVID test images, the share not called covid.",
-    "kaggle_normal_non_covid_pct": "Held-out Kaggle NORMAL images kept out of 'covid' (%).",
-    "kaggle_pneumonia_non_covid_pct": "Held-out Kaggle PNEUMONIA images kept out of 'covid' (%).",
-    "kaggle_accuracy": "Accuracy on the held-out Kaggle test split (normal vs pneumonia).",
+    "covid_sensitivity": "COVID sensitivity: of the COVID test images, the share called covid "
+                         "(misses are false negatives).",
+    "covid_specificity": "COVID specificity: of the non-COVID test images, the share not "
+                         "called covid.",
+    "kaggle_normal_non_covid_pct": "Held-out Kaggle test split: share of its NORMAL images "
+                                   "kept out of 'covid' (%), the figure the 2020 blog "
+                                   "reported.",
+    "kaggle_pneumonia_non_covid_pct": "Held-out Kaggle test split: share of its PNEUMONIA "
+                                      "images kept out of 'covid' (%), the figure the 2020 "
+                                      "blog reported.",
+    "kaggle_accuracy": "Accuracy on the held-out Kaggle test split (normal vs pneumonia "
+                       "children's X-rays from elsewhere; no run trained on them).",
     "train_seconds": "Wall time of the whole run (features, head, evaluation).",
     "trainable_params": "Parameters trained in the head; the base stays frozen.",
     "base_params": "Parameters of the frozen ImageNet base (computed once per image, never "
@@ -56,6 +63,56 @@ LEADERBOARD_COLUMNS = {
                             "not measured.",
     "run_size_bytes": "Size of the run folder on disk (head weights, predictions, metrics).",
 }
+
+
+#: The leaderboard's key columns, always shown first (the page's lesson: the test split's
+#: figures beside the held-out Kaggle ones), then the groups a "more columns" choice adds.
+LEADERBOARD_KEY_COLUMNS = ("run", "accuracy", "accuracy_95ci", "covid_sensitivity",
+                           "covid_specificity", "kaggle_accuracy",
+                           "kaggle_normal_non_covid_pct", "kaggle_pneumonia_non_covid_pct")
+LEADERBOARD_MORE_COLUMNS = {
+    "Macro-F1": ("macro_f1",),
+    "How it was trained": ("backbone", "weights", "protocol", "data", "split", "image_size",
+                           "resize", "epochs"),
+    "Size and speed": ("base_params", "trainable_params", "extract_images_per_s",
+                       "train_seconds", "run_size_bytes"),
+    "Run folder": ("run_id",),
+}
+#: Each column's header as the page shows it (short: the full text is its help, on hover)
+#: and its width in pixels (the key columns fit beside the sidebar at 1280 px).
+LEADERBOARD_HEADERS = {
+    "run": ("Run", 188),
+    "accuracy": ("Test acc.", 72),
+    "accuracy_95ci": ("95% CI", 80),
+    "covid_sensitivity": ("COVID sens.", 92),
+    "covid_specificity": ("COVID spec.", 92),
+    "kaggle_accuracy": ("Kaggle acc.", 88),
+    "kaggle_normal_non_covid_pct": ("NORMAL not covid", 128),
+    "kaggle_pneumonia_non_covid_pct": ("PNEUMONIA not covid", 150),
+    "macro_f1": ("Macro-F1", 84),
+    "backbone": ("Backbone", 96),
+    "weights": ("Weights", 160),
+    "protocol": ("Protocol", 170),
+    "data": ("Data", 110),
+    "split": ("Split", 190),
+    "image_size": ("Input px", 76),
+    "resize": ("Resize", 70),
+    "epochs": ("Kept epoch", 130),
+    "base_params": ("Base params", 104),
+    "trainable_params": ("Head params", 104),
+    "extract_images_per_s": ("Extract img/s", 104),
+    "train_seconds": ("Train time (s)", 110),
+    "run_size_bytes": ("Run size", 90),
+    "run_id": ("Run folder", 220),
+}
+
+
+def leaderboard_columns(more: list[str] | tuple[str, ...] = ()) -> list[str]:
+    """The leaderboard's columns in order: the key columns, then those of the chosen
+    :data:`LEADERBOARD_MORE_COLUMNS` groups (in their declared order)."""
+    extra = [column for group, columns in LEADERBOARD_MORE_COLUMNS.items() if group in more
+             for column in columns]
+    return [*LEADERBOARD_KEY_COLUMNS, *extra]
 
 
 def _interval_text(interval) -> str:
@@ -241,7 +298,10 @@ def resize_contrast(runs: list[Run], heldout: str = KAGGLE_HELDOUT,
 
 
 def per_class_table(runs: list[Run], scope: str = TEST_SCOPE) -> pd.DataFrame:
-    """Long table: run, class, precision, recall, f1, support and their 95% intervals."""
+    """Long table: run, class, precision, recall, f1, support and their 95% intervals.
+
+    A class without images in the scope (covid in a held-out folder) has no recall and no
+    F1: they are NaN with no interval, never 0, and its ``note`` says so."""
     rows = []
     for run in runs:
         metrics = run.metrics_for(scope)
@@ -250,12 +310,20 @@ def per_class_table(runs: list[Run], scope: str = TEST_SCOPE) -> pd.DataFrame:
         intervals = metrics.get("intervals", {}).get("per_class", {})
         for index, label in enumerate(metrics["labels"]):
             scores = metrics["per_class"][label]
-            row = {"run": run.title, "class": label, **scores}
+            row = {"run": run.title, "class": label, **scores, "note": ""}
             for key in ("precision", "recall", "f1"):
                 bounds = intervals.get(key, [[None, None]] * len(metrics["labels"]))[index]
                 row[f"{key}_low"], row[f"{key}_high"] = bounds
+            if not scores.get("support"):
+                for key in ("recall", "f1"):
+                    row[key] = row[f"{key}_low"] = row[f"{key}_high"] = None
+                row["note"] = "no images"
             rows.append(row)
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    for key in ("precision", "recall", "f1"):
+        if key in frame:
+            frame[key] = pd.to_numeric(frame[key], errors="coerce").astype(float)
+    return frame
 
 
 # --------------------------------------------------------------------------- data folders

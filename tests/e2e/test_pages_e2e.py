@@ -25,6 +25,9 @@ PAGES = [
     ("compare", "Compare two runs", "The images that decide it", "06b-compare-two-runs"),
     ("dataset", "Dataset", "The traps of this data", "07-dataset"),
     ("predict", "Predict & explain", "Predict & explain", "08-predict-explain"),
+    ("evaluate_folder", "Evaluate on a folder", "A .zip of class folders",
+     "09-evaluate-on-a-folder"),
+    ("glossary", "Glossary", "Patient-wise split", "10-glossary"),
 ]
 #: Pages that always draw at least one chart (the Predict page waits for an image).
 CHARTED = {"per_class", "confusion", "curves", "tradeoffs", "heldout", "dataset", "compare"}
@@ -78,7 +81,7 @@ def test_threshold_slider_moves_the_operating_point(app):
 def test_unticking_a_run_in_the_sidebar_hides_it_on_other_pages(app):
     page = app.open("")
     sidebar = page.locator(SIDEBAR)
-    boxes = sidebar.locator('[data-testid="stCheckbox"]')
+    boxes = sidebar.locator('[class*="st-key-run_pick"] [data-testid="stCheckbox"]')
     total = boxes.count()
     assert total >= 1
     boxes.first.click()
@@ -119,10 +122,13 @@ def test_a_corrupt_run_is_named_on_every_page(tmp_path, start_app_server, app_at
 @pytest.mark.e2e
 def test_an_empty_runs_folder_explains_how_to_train(tmp_path, start_app_server, app_at):
     app = app_at(start_app_server({"XRCOMPARE_RUNS_DIR": str(tmp_path)}))
-    for url_path, title, _, _ in PAGES:
+    for url_path, title, expected, _ in PAGES:
         page = app.open(url_path)
-        assert page.get_by_text("No trained runs yet").first.is_visible(), title
-        assert page.get_by_text("python -m xrcompare train").first.is_visible()
+        if url_path == "glossary":  # needs no run
+            assert page.get_by_text(expected).first.is_visible()
+        else:
+            assert page.get_by_text("No trained runs yet").first.is_visible(), title
+            assert page.get_by_text("python -m xrcompare train").first.is_visible()
         assert app.problems() == [], title
     app.open("")
     app.screenshot("10-no-runs")

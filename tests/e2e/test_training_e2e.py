@@ -83,7 +83,7 @@ def test_sidebar_trains_a_tiny_run_that_appears_in_the_leaderboard(
     expect(sidebar.get_by_text("No training job yet.")).to_be_visible(timeout=60_000)
     wait_idle(page)
 
-    form = sidebar.locator('[data-testid="stForm"]')
+    form = sidebar.locator('[data-testid="stExpander"]', has_text="New training run")
     # the only dataset under the data root is offered
     expect(form.get_by_role("combobox", name="Dataset")).to_have_value("tiny_cxr_e2e")
     expect(form).to_contain_text("ResNet50")
