@@ -48,6 +48,10 @@ PAGES = (
     PageSpec("app_pages/dataset.py", "Dataset", ":material/photo_library:", "Data and models"),
     PageSpec("app_pages/predict.py", "Predict & explain", ":material/image_search:",
              "Data and models"),
+    PageSpec("app_pages/card.py", "Model card", ":material/description:", "Data and models"),
+    PageSpec("app_pages/lesson.py", "Why 98% is a warning sign", ":material/school:",
+             "Shortcuts"),
+    PageSpec("app_pages/shortcuts.py", "Shortcut lab", ":material/science:", "Shortcuts"),
 )
 
 
@@ -127,8 +131,13 @@ def _set_all(run_ids: list[str], value: bool) -> None:
 
 
 def _describe(run: Run) -> str:
-    parts = [f"folder {run.run_id}", f"{run.image_size} px, {run.resize_mode}",
-             f"epoch {run.kept_epoch_text}"]
+    if run.is_cnn:
+        parts = [f"folder {run.run_id}", f"{run.image_size} px, {run.resize_mode}",
+                 f"epoch {run.kept_epoch_text}"]
+    else:
+        parts = [f"folder {run.run_id}", "no CNN: logistic regression on image statistics"]
+    if run.control_label:
+        parts.append(run.control_label)
     if run.folds:
         parts.append(f"{run.folds}-fold cross-validation")
     if run.is_leaky:

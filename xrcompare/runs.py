@@ -549,7 +549,10 @@ class Run:
 
     @property
     def kept_epoch_text(self) -> str:
-        """"8/25", or every fold's kept epoch for cross-validation: "4, 14, 2, 2, 13/25"."""
+        """"8/25", or every fold's kept epoch for cross-validation: "4, 14, 2, 2, 13/25";
+        "no epochs" for the statistics baseline."""
+        if not self.is_cnn:
+            return "no epochs"
         kept = ", ".join(str(epoch) for epoch in self.kept_epochs) or "?"
         return f"{kept}/{self.epochs_run if self.epochs_run is not None else '?'}"
 
