@@ -56,9 +56,9 @@ def reveal() -> None:
 
 st.subheader(step.title)
 if step.missing and not (step.key == "photo" and photo_path is not None):
-    st.info(md(step.missing), icon=":material/info:")
+    st.info(step.missing, icon=":material/info:")
 else:
-    st.markdown(md(step.question))
+    st.markdown(step.question)
     if step.picture == "mask":
         try:
             gray = read_gray(next(sample.path for sample in predictor.list_samples()
@@ -82,7 +82,7 @@ else:
         st.button("Reveal", type="primary", icon=":material/visibility:", on_click=reveal,
                   key=f"reveal_{step.key}")
     elif step.missing:
-        st.info(f"{md(step.missing)} ({md(problem or '')})", icon=":material/info:")
+        st.info(f"{step.missing} ({md(problem or 'no reason given')})", icon=":material/info:")
     else:
         feedback = lesson.guess_feedback(step, guess)
         st.success((feedback + " " if feedback else "") + step.reveal,

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from xrcompare.escaping import escape_markdown as md
 from xrcompare.evaluate import POSITIVE_CLASS
 from xrcompare.imagestats import STATISTICS_KIND
 from xrcompare.runs import TEST_SCOPE, Run, heldout_scope
@@ -38,7 +39,7 @@ class Step:
 
     key: str
     title: str
-    question: str
+    question: str  # Markdown (outside text in it is escaped), as are reveal and missing
     guess: str  # "percent" (a slider) or "choice"
     choices: tuple[str, ...] = ()
     reveal: str = ""  # Markdown, shown after "Reveal"
@@ -88,7 +89,7 @@ def lesson_steps(runs: Sequence[Run], photo_probabilities: dict[str, float] | No
         return []
     controls = controls_of(main, runs)
     test = main.test_metrics
-    name = main.title
+    name = md(main.title)
     test_chance = chance_level(main, TEST_SCOPE)
     steps = []
 
@@ -112,13 +113,15 @@ def lesson_steps(runs: Sequence[Run], photo_probabilities: dict[str, float] | No
         metrics = main.metrics_for(held) or {}
         table = main.heldout_table(held)
         called = " and ".join(f"{_pct(entry['predicted_pct'].get(POSITIVE_CLASS, 0) / 100)} "
-                              f"of its {label} images" for label, entry in table.items())
+                              f"of its {md(label)} images" for label, entry in table.items())
         chance = chance_level(main, heldout_scope(held))
         drop = test["accuracy"] - metrics.get("accuracy", test["accuracy"])
-        what = (f"{held} holds {metrics.get('n', '?')} normal and pneumonia X-rays of "
+        held_md = md(held)
+        what = (f"{held_md} holds {metrics.get('n', '?')} normal and pneumonia X-rays of "
                 "children from the same hospital as the training normals and pneumonias, none "
                 "used in training." if held == PREFERRED_HELDOUT else
-                f"{held} holds {metrics.get('n', '?')} labelled X-rays never used in training.")
+                f"{held_md} holds {metrics.get('n', '?')} labelled X-rays never used in "
+                "training.")
         steps.append(Step(
             "heldout", "2 · The same model on other images",
             f"{what} Compared with the test split, its accuracy there will be …",
@@ -170,7 +173,8 @@ def lesson_steps(runs: Sequence[Run], photo_probabilities: dict[str, float] | No
     if photo_probabilities:
         predicted = max(photo_probabilities, key=photo_probabilities.get)
         step.truth = predicted
-        step.reveal = (f"**{predicted}**, with probability {_pct(photo_probabilities[predicted])}."
+        step.reveal = (f"**{md(predicted)}**, with probability "
+                       f"{_pct(photo_probabilities[predicted])}."
                        " The model has no answer for \"none of these\": it must pick a class, "
                        "and its confidence says nothing about whether the picture is even a "
                        "chest X-ray. A 98% score on the test split never promised that.")
@@ -192,7 +196,7 @@ def _control_step(main: Run, control: Run | None, kind: str, title: str, questio
     it does not."""
     step = Step(kind, title, question, "percent", picture=picture, chance=chance)
     if control is None:
-        step.missing = (f"No {ROW_NAMES[kind]} control of {main.title} is in the runs folder; "
+        step.missing = (f"No {ROW_NAMES[kind]} control of {md(main.title)} is in the runs folder; "
                         "train it (see the Shortcut lab page) to show this step.")
         return step
     metrics = control.test_metrics
