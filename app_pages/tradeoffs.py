@@ -149,7 +149,24 @@ with right:
     scaled = st.toggle("Show the runs after temperature scaling", key="tradeoff_temperature",
                        persist_state="session",
                        help="Fitted on each run's validation split, then applied here.")
-calibration_rows = calibration_table(runs, [calibration_scope], labels)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def cached_calibration(_runs, key: tuple, scope: str, names: tuple):
+    """The calibration table of ``scope`` and each run's reliability bins before and after
+    temperature scaling (keyed on the runs' ids and modification times)."""
+    table = calibration_table(_runs, [scope], dict(names))
+    bins = {}
+    for run in _runs:
+        found = calibrate(run, scope)
+        if found is not None:
+            bins[run.run_id] = (reliability_frame(found), reliability_frame(found, after=True))
+    return table, bins
+
+
+calibration_rows, reliability_bins = cached_calibration(
+    runs, tuple((run.run_id, run.modified) for run in runs), calibration_scope,
+    tuple(labels.items()))
 if calibration_rows.empty:
     st.info("None of the selected runs was scored on these images.")
 else:
@@ -164,13 +181,8 @@ else:
                 "T", format="%.2f", help="The temperature fitted on the validation split."),
             "ece_after": st.column_config.NumberColumn("ECE after T", format="%.3f"),
             "note": st.column_config.TextColumn("temperature fitted on", width="large")})
-    curves = {}
-    for run in runs:
-        found = calibrate(run, calibration_scope)
-        if found is not None:
-            curves[labels[run.run_id]] = (reliability_frame(found),
-                                          reliability_frame(found, after=True) if scaled
-                                          else None)
+    curves = {labels[run_id]: (before, after if scaled else None)
+              for run_id, (before, after) in reliability_bins.items()}
     common.plot(reliability_figure(curves, colors), key="tradeoff_reliability")
     st.caption("Points below the diagonal: over-confident (the model is sure more often than "
                "it is right); above: under-confident. Marker size: images in the bin. "

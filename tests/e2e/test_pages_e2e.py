@@ -25,9 +25,13 @@ PAGES = [
     ("compare", "Compare two runs", "The images that decide it", "06b-compare-two-runs"),
     ("dataset", "Dataset", "The traps of this data", "07-dataset"),
     ("predict", "Predict & explain", "Predict & explain", "08-predict-explain"),
+    ("card", "Model card", "Intended use", "09-model-card"),
+    ("lesson", "Why 98% is a warning sign", "Reveal", "10-lesson"),
+    ("shortcuts", "Shortcut lab", "The lesson", "11-shortcut-lab"),
 ]
 #: Pages that always draw at least one chart (the Predict page waits for an image).
-CHARTED = {"per_class", "confusion", "curves", "tradeoffs", "heldout", "dataset", "compare"}
+CHARTED = {"per_class", "confusion", "curves", "tradeoffs", "heldout", "dataset", "compare",
+           "shortcuts"}
 
 
 @pytest.mark.e2e
@@ -126,3 +130,32 @@ def test_an_empty_runs_folder_explains_how_to_train(tmp_path, start_app_server, 
         assert app.problems() == [], title
     app.open("")
     app.screenshot("10-no-runs")
+
+
+def horizontal_overflow(page) -> int:
+    """Pixels the main area is wider than its view (0: nothing to scroll sideways)."""
+    return page.evaluate("""() => {
+        const main = document.querySelector('[data-testid="stMain"]');
+        const widths = [document.documentElement, main].map(e => e.scrollWidth - e.clientWidth);
+        return Math.max(...widths);
+    }""")
+
+
+@pytest.mark.e2e
+def test_the_lesson_steps_through_on_a_projector_without_sideways_scrolling(app):
+    """At 1280 px wide, a teacher reveals each step and moves on; nothing overflows."""
+    app.page.set_viewport_size({"width": 1280, "height": 800})
+    page = app.open("lesson")
+    for number in range(6):
+        reveal = page.get_by_role("button", name="Reveal")
+        if reveal.count():
+            reveal.first.click()
+            app.wait_idle()
+        assert app.problems() == [], number
+        assert horizontal_overflow(page) <= 1, f"step {number + 1} scrolls sideways"
+        if number == 5:
+            app.screenshot("10b-lesson-last-step")
+            break
+        page.get_by_role("button", name="Next").click()
+        app.wait_idle()
+    assert page.get_by_text("What to take away").first.is_visible()
