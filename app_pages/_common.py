@@ -51,6 +51,10 @@ PAGES = (
     PageSpec("app_pages/evaluate_folder.py", "Evaluate on a folder", ":material/fact_check:",
              "Data and models"),
     PageSpec("app_pages/glossary.py", "Glossary", ":material/menu_book:", "Data and models"),
+    PageSpec("app_pages/card.py", "Model card", ":material/description:", "Data and models"),
+    PageSpec("app_pages/lesson.py", "Why 98% is a warning sign", ":material/school:",
+             "Shortcuts"),
+    PageSpec("app_pages/shortcuts.py", "Shortcut lab", ":material/science:", "Shortcuts"),
 )
 
 
@@ -130,8 +134,13 @@ def _set_all(run_ids: list[str], value: bool) -> None:
 
 
 def _describe(run: Run) -> str:
-    parts = [f"folder {run.run_id}", f"{run.image_size} px, {run.resize_mode}",
-             f"epoch {run.kept_epoch_text}"]
+    if run.is_cnn:
+        parts = [f"folder {run.run_id}", f"{run.image_size} px, {run.resize_mode}",
+                 f"epoch {run.kept_epoch_text}"]
+    else:
+        parts = [f"folder {run.run_id}", "no CNN: logistic regression on image statistics"]
+    if run.control_label:
+        parts.append(run.control_label)
     if run.folds:
         parts.append(f"{run.folds}-fold cross-validation")
     if run.is_leaky:

@@ -17,6 +17,10 @@ labels, _ = common.labels_and_colors(runs)
 
 for run in runs:
     history = run.history
+    if not run.is_cnn:
+        st.caption(f"{md(labels[run.run_id])}: no training curve (one fit of a logistic "
+                   "regression, no epochs).")
+        continue
     if history.empty:
         st.warning(f"{md(labels[run.run_id])}: its history.csv holds no epochs.")
         continue

@@ -1,6 +1,8 @@
 """Dataset: images per class, split and source, thumbnails per class, and the traps of this
 data in plain words."""
 
+from pathlib import Path
+
 import streamlit as st
 
 from app_pages import _common as common
@@ -8,10 +10,13 @@ from app_pages._common import md
 from xrcompare.charts import (
     called_as_by_run,
     class_counts_figure,
+    mask_examples,
     split_counts,
     split_counts_figure,
 )
+from xrcompare.imaging import ImageError, read_gray
 from xrcompare.runs import RunError
+from xrcompare.shortcuts import box_text
 from xrcompare.summary import (
     class_sources,
     resize_contrast,
@@ -189,6 +194,58 @@ def show_examples(scope: str, by_class: dict[str, list[str]], what: str) -> None
         st.warning(f"{refused} recorded image path(s) lead outside the run's data folder and "
                    "were not shown.", icon=":material/block:")
 
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def masked_pictures(path: str, modified: float):
+    try:
+        return mask_examples(read_gray(path), 224)
+    except (ImageError, ValueError):
+        return None
+
+
+def show_masks() -> None:
+    """A few real images as the masked-input controls see them (the box drawn in red)."""
+    picked: list[tuple[Path, str]] = []
+    try:
+        for label, paths in sample_files(run, per_class=1).items():
+            path = run.image_path(paths[0], "data") if paths else None
+            if path is not None:
+                picked.append((path, f"{md(data_name)} · {md(label)}"))
+        for name in run.heldout_names[:1]:
+            for label, paths in sample_heldout_files(run, name, per_class=1).items():
+                path = run.image_path(paths[0], name) if paths else None
+                if path is not None:
+                    picked.append((path, f"{md(name)} · {md(label)}"))
+                    break
+    except RunError:
+        picked = []
+    shown = 0
+    for path, caption in picked:
+        try:
+            pictures = masked_pictures(str(path), path.stat().st_mtime)
+        except OSError:
+            pictures = None
+        if pictures is None:
+            continue
+        cells = st.columns([1, 1, 1, 1])
+        cells[0].caption(caption)
+        for cell, (key, words) in zip(cells[1:], (("box", "model input, box in red"),
+                                                  ("lungs-out", "--mask lungs-out"),
+                                                  ("lungs-only", "--mask lungs-only")),
+                                      strict=True):
+            cell.image(pictures[key], caption=words, width="stretch")
+        shown += 1
+    if not shown:
+        st.caption("No image of this run is on this machine to draw the box on.")
+
+
+st.subheader("The masks of the shortcut controls")
+st.caption(f"The masked-input controls black out a fixed box over the lung fields ({box_text()}"
+           ", after the image is squashed to the square input) or keep only that box, "
+           "hiding the borders and corners where markers, arrows and captions sit. Training, "
+           "evaluation, prediction and saliency all apply the run's mask. The *Shortcut lab* "
+           "page shows what the models score with them.")
+show_masks()
 
 st.subheader(f"Examples per class from {md(data_name)}")
 st.caption("Look before you train: ages, image sizes, borders, arrows and text differ by class.")

@@ -4,10 +4,12 @@ import streamlit as st
 
 from app_pages import _common as common
 from app_pages._common import md
+from xrcompare.calibration import calibrate, calibration_table, reliability_frame
 from xrcompare.charts import (
     cost_figure,
     curves_for_runs,
     precision_recall_figure,
+    reliability_figure,
     roc_figure,
     threshold_tables,
 )
@@ -126,3 +128,62 @@ with section_cost:
     st.caption("A threshold chosen on the test split is tuned on that split, so these "
                "numbers flatter the runs a little; in practice the threshold is fixed on the "
                "validation split and then checked once on the test split.")
+
+st.subheader("4 · Calibration: is 90% confident right 90% of the time?")
+st.markdown(
+    "A model's probability is only useful if it means what it says. The **expected "
+    "calibration error** (ECE) sorts the images into 15 equal-width bins of confidence (the "
+    "probability of the predicted class) and averages the gap between confidence and the "
+    "share actually right, weighted by the images in each bin: 0 is perfect, 0.10 means ten "
+    "points off on average. **Temperature scaling** divides the log-probabilities by one "
+    "number T, fitted on each run's *validation* split (never on the images it is judged on): "
+    "T > 1 tones an over-confident model down; the predicted class never changes.")
+left, right = st.columns([2, 2])
+scopes = list(dict.fromkeys(scope for run in runs for scope in run.scopes))
+with left:
+    calibration_scope = st.selectbox(
+        "Images", scopes, key="tradeoff_calibration_scope", persist_state="session",
+        format_func=lambda s: "test split" if s == "test" else f"held-out folder: {s[8:]}")
+with right:
+    scaled = st.toggle("Show the runs after temperature scaling", key="tradeoff_temperature",
+                       persist_state="session",
+                       help="Fitted on each run's validation split, then applied here.")
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def cached_calibration(_runs, key: tuple, scope: str, names: tuple):
+    """The calibration table of ``scope`` and each run's reliability bins before and after
+    temperature scaling (keyed on the runs' ids and modification times)."""
+    table = calibration_table(_runs, [scope], dict(names))
+    bins = {}
+    for run in _runs:
+        found = calibrate(run, scope)
+        if found is not None:
+            bins[run.run_id] = (reliability_frame(found), reliability_frame(found, after=True))
+    return table, bins
+
+
+calibration_rows, reliability_bins = cached_calibration(
+    runs, tuple((run.run_id, run.modified) for run in runs), calibration_scope,
+    tuple(labels.items()))
+if calibration_rows.empty:
+    st.info("None of the selected runs was scored on these images.")
+else:
+    st.dataframe(
+        calibration_rows, hide_index=True, placeholder="–", key="tradeoff_calibration_table",
+        column_order=["run", "images", "ece", "temperature", "ece_after", "note"],
+        column_config={
+            "run": st.column_config.TextColumn("run", pinned=True),
+            "ece": st.column_config.NumberColumn("ECE", format="%.3f",
+                                                 help="Expected calibration error, 15 bins."),
+            "temperature": st.column_config.NumberColumn(
+                "T", format="%.2f", help="The temperature fitted on the validation split."),
+            "ece_after": st.column_config.NumberColumn("ECE after T", format="%.3f"),
+            "note": st.column_config.TextColumn("temperature fitted on", width="large")})
+    curves = {labels[run_id]: (before, after if scaled else None)
+              for run_id, (before, after) in reliability_bins.items()}
+    common.plot(reliability_figure(curves, colors), key="tradeoff_reliability")
+    st.caption("Points below the diagonal: over-confident (the model is sure more often than "
+               "it is right); above: under-confident. Marker size: images in the bin. "
+               "`python -m xrcompare calibration RUN` prints the same figures; "
+               "`evaluate --json` includes `ece`.")

@@ -16,7 +16,10 @@ staging folder first and replaces the old one only when it is complete.
 
 The main recipe runs on each of VGG16, ResNet50 and Xception (``<backbone>-cxr3``, same seed,
 so the same patient-wise split); any other backbone whose ImageNet weights file is in a
-weights folder gets it too.
+weights folder gets it too. The Shortcut lab's controls come with them: the main recipe with
+each masked input (``<backbone>-cxr3-lungs-out``, ``<backbone>-cxr3-lungs-only``) on the three
+main backbones, and the image-statistics baseline (``image-statistics-cxr3``) on the same
+split.
 
 The main run's recipe (``MAIN_RECIPE``) was chosen on cxr3's validation split only, with
 ``python scripts/make_trained.py --tune`` (candidates and their validation figures are written
@@ -82,12 +85,13 @@ class RunPlan:
     order: int
     data: str
     arguments: list[str]
-    backbone: str = "resnet50"
+    backbone: str | None = "resnet50"  # None: no CNN (the image-statistics baseline)
     heldout: list[str] = field(default_factory=lambda: [KAGGLE_TEST])
 
     def command(self, runs_dir: Path) -> list[str]:
         command = [sys.executable, "-m", "xrcompare", "train", "--data", self.data,
-                   "--backbone", self.backbone, "--name", self.name,
+                   *(["--backbone", self.backbone] if self.backbone else []),
+                   "--name", self.name,
                    "--display-name", self.display_name, "--description", self.description,
                    "--order", str(self.order), "--runs-dir", str(runs_dir)]
         for folder in self.heldout:
@@ -182,7 +186,8 @@ def shipped_runs() -> list[RunPlan]:
             "validation split cannot see. Compare its Kaggle table with the main run's.",
             12, CXR3, VALIDATION_PICK),
     ]
-    order = 20
+    plans += shortcut_controls()
+    order = 40
     for backbone in other_backbones_with_weights():
         plans.append(RunPlan(
             f"{backbone.name}-cxr3", f"{backbone.display_name} · cxr3",
@@ -191,7 +196,54 @@ def shipped_runs() -> list[RunPlan]:
             order, CXR3, MAIN_RECIPE, backbone=backbone.name))
         order += 1
     for plan in plans:
-        get_backbone(plan.backbone)  # a typo in the plan fails before any training
+        if plan.backbone:
+            get_backbone(plan.backbone)  # a typo in the plan fails before any training
+    return plans
+
+
+#: The masked-input controls (Maguolo & Nanni 2021; DeGrave et al. 2021): what each blacks
+#: out, for run ids, names and descriptions.
+MASK_PLANS = {
+    "lungs-out": ("lungs blacked out",
+                  "the central box over the lung fields (x 0.12-0.88, y 0.10-0.90 of the "
+                  "square input) blacked out in every image, in training, evaluation and "
+                  "prediction. If it still scores far above chance, the model does not need "
+                  "the lungs to separate these classes."),
+    "lungs-only": ("lungs only",
+                   "only the central box over the lung fields kept; the borders and corners, "
+                   "where burned-in markers, arrows and captions sit, blacked out. If it "
+                   "loses little, the model does not depend on the markers; the shortcut "
+                   "(age, body shape) is inside the box too."),
+}
+
+
+def shortcut_controls() -> list[RunPlan]:
+    """The Shortcut lab's controls: the main recipe with each mask on every main backbone
+    (224 px, the same split as the main runs), and the image-statistics baseline on cxr3
+    (same seed and fractions, so the same split)."""
+    from xrcompare.backbones import get_backbone
+
+    plans, order = [], 13
+    for backbone in MAIN_BACKBONES:
+        display = get_backbone(backbone).display_name
+        for mask, (words, what) in MASK_PLANS.items():
+            plans.append(RunPlan(
+                f"{backbone}-cxr3-{mask}", f"{display} · cxr3 · {words} (control)",
+                f"A control, not a model: the main recipe on frozen ImageNet {display} "
+                f"features (224 px) with {what} Set it beside {backbone}-cxr3 on the Shortcut "
+                "lab page.",
+                order, CXR3, [*MAIN_RECIPE, *MAIN_IMAGE_SIZE, "--mask", mask],
+                backbone=backbone))
+            order += 1
+    plans.append(RunPlan(
+        "image-statistics-cxr3", "Image statistics · cxr3 (control, no CNN)",
+        "A control, not a model: a logistic regression on nine image statistics (width, "
+        "height, aspect ratio, mean and spread of intensity, border and corner brightness, "
+        "shares of near-white and near-black pixels), no CNN and no anatomy, on the same "
+        "patient-wise split as the main runs. If it scores far above chance, the classes are "
+        "separable without looking at the lungs. kaggle_test was squashed to 224x224 by its "
+        "source, which this baseline reads directly.",
+        order, CXR3, ["--model", "image-statistics"], backbone=None))
     return plans
 
 

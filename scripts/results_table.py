@@ -84,7 +84,7 @@ def _interval(bounds) -> str:
 
 
 def _name(run: Run) -> str:
-    control = " **[control]**" if run.is_random_control else ""
+    control = f" **[{run.control_label}]**" if run.is_control else ""
     leaky = f" **[{LEAKY_LABEL}]**" if run.is_leaky else ""
     return f"`{run.run_id}`{control}{leaky}"
 
@@ -120,10 +120,14 @@ def _with_blog_rows(runs: list[Run], run_lines: list[str], blog_lines: list[str]
 
 
 def _recipe(run: Run) -> str:
+    if not run.is_cnn:
+        return "logistic regression on 9 image statistics, no CNN"
     hyper = run.hyperparameters
     parts = [run.backbone_display,
              "random init" if run.is_random_control else "ImageNet",
              f"{run.image_size} px {run.resize_mode}", f"head {run.head}"]
+    if run.mask != "none":
+        parts.append(f"mask {run.mask}")
     if run.preprocess == "scale01":
         parts.append("x/255 inputs")
     if run.augment_views:
@@ -288,6 +292,52 @@ def overlap_lines(runs: list[Run], folder: str = KAGGLE) -> list[str]:
     return lines
 
 
+def shortcut_lines(runs: list[Run]) -> list[str]:
+    """The Shortcut lab in one table (xrcompare.shortcuts): per backbone's main run, each
+    control's accuracy on the test split and on kaggle_test, and its difference to the main
+    run (paired, McNemar); empty when no main run has a control."""
+    from xrcompare.evaluate import format_points, p_phrase
+    from xrcompare.shortcuts import CONTROL_KINDS, ROW_NAMES, shortcut_lab
+
+    labs = [lab for lab in shortcut_lab(runs, repeats=1000)
+            if any(row.run is not None for row in lab.rows[1:])]
+    if not labs:
+        return []
+    lines = ["Shortcut controls (`python -m xrcompare shortcuts`): each main run against its "
+             "controls on the same images; accuracy (95% CI), then the difference to the main "
+             "run in points with McNemar's exact p:", "",
+             "| Main run | Control | Test accuracy | vs main (test) | Kaggle accuracy | "
+             "vs main (Kaggle) |", "|---|---|---|---|---|---|"]
+
+    def cell(result) -> tuple[str, str]:
+        if result is None or result.accuracy is None:
+            return "–", "–"
+        accuracy = f"{_number(result.accuracy)}{_interval(result.interval)}"
+        stats = result.comparison
+        if not stats:
+            return accuracy, "–"
+        return accuracy, (f"{format_points(-stats['difference'])} "
+                          f"({p_phrase(stats['mcnemar_p'])})")
+
+    kaggle = f"heldout:{KAGGLE}"
+    for lab in labs:
+        for row in lab.rows:
+            if row.run is None:
+                continue
+            test, test_vs = cell(row.results.get("test"))
+            held, held_vs = cell(row.results.get(kaggle))
+            name = f"`{lab.main.run_id}`" if row.kind == "main" else ""
+            what = ("main run" if row.kind == "main"
+                    else f"{ROW_NAMES[row.kind]}: `{row.run.run_id}`")
+            lines.append(f"| {name} | {what} | {test} | {test_vs} | {held} | {held_vs} |")
+    missing = sorted({ROW_NAMES[kind] for lab in labs for row in lab.rows[1:]
+                      if row.run is None for kind in [row.kind]},
+                     key=lambda name: [ROW_NAMES[k] for k in CONTROL_KINDS].index(name))
+    if missing:
+        lines += ["", f"Not trained for every backbone: {', '.join(missing)}."]
+    return lines
+
+
 def machine_lines(runs: list[Run]) -> list[str]:
     machines = []
     for run in runs:
@@ -319,6 +369,9 @@ def render(runs_dir: Path) -> str:
     shared = overlap_lines(runs)
     if shared:
         lines += [*shared, ""]
+    shortcuts = shortcut_lines(runs)
+    if shortcuts:
+        lines += [*shortcuts, ""]
     lines += [*machine_lines(runs), ""]
     return "\n".join(lines)
 

@@ -38,6 +38,9 @@ PAGES = [
     ("app_pages/heldout.py", "Held-out Kaggle test"),
     ("app_pages/dataset.py", "Dataset"),
     ("app_pages/compare.py", "Compare two runs"),
+    ("app_pages/shortcuts.py", "Shortcut lab"),
+    ("app_pages/lesson.py", "Why 98% is a warning sign"),
+    ("app_pages/card.py", "Model card"),
 ]
 
 
@@ -110,15 +113,36 @@ def test_every_page_renders_the_shipped_runs(shipped_app, page, title):
         assert any("Teaching, not diagnosis" in item.value for item in app.warning)
         by_id = board.set_index("run_id")
         for run in runs:
-            assert by_id.loc[run.run_id, "base_params"] == REGISTRY[run.backbone].base_params
+            if run.is_cnn:
+                assert by_id.loc[run.run_id, "base_params"] == \
+                    REGISTRY[run.backbone].base_params
             assert by_id.loc[run.run_id, "run_size_bytes"] == run.disk_bytes() > 0
+            assert ("control" in by_id.loc[run.run_id, "weights"]) == run.is_control
     elif page == "app_pages/per_class.py":
         assert len(plotly_charts(app)) == 1
         assert len(app.dataframe[0].value) == 3 * len(runs)
-    elif page in ("app_pages/confusion.py", "app_pages/curves.py"):
+    elif page == "app_pages/confusion.py":
         assert len(plotly_charts(app)) == len(runs)
+    elif page == "app_pages/curves.py":  # the statistics baseline has no epochs
+        assert len(plotly_charts(app)) == sum(run.is_cnn for run in runs)
     elif page == "app_pages/tradeoffs.py":
-        assert len(app.dataframe) == 3 and len(plotly_charts(app)) == 3
+        assert len(app.dataframe) == 4 and len(plotly_charts(app)) == 4
+        calibration = app.dataframe[3].value
+        assert set(calibration["run_id"]) == {run.run_id for run in runs}
+        assert calibration["ece"].between(0, 1).all()
+    elif page == "app_pages/shortcuts.py":
+        from xrcompare.shortcuts import main_runs
+
+        mains = main_runs(runs)
+        assert len(app.tabs) == len(mains)
+        assert any("Maguolo" in item.value for item in app.markdown)
+        assert len(plotly_charts(app)) == sum(1 + len(main.heldout_names) for main in mains)
+    elif page == "app_pages/lesson.py":
+        assert app.subheader[0].value.startswith("1 ·")
+        assert app.button(key="lesson_back").disabled
+    elif page == "app_pages/card.py":
+        assert app.get("download_button")
+        assert any("## Intended use" in item.value for item in app.markdown)
     elif page == "app_pages/heldout.py":
         assert "2020 blog, VGG16, as reported" in set(app.dataframe[0].value["run"])
         assert app.get("image"), "no thumbnails of the worst mistakes"

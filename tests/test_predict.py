@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 from conftest import DATA, REPO, WEIGHTS
 
-from xrcompare import predictor
+from xrcompare import CLASSES, predictor
 from xrcompare.engine import Engine, base_key
 from xrcompare.explain import METHODS
 from xrcompare.imaging import read_bytes
@@ -45,7 +45,8 @@ def engine(shipped_runs):
 
 @pytest.fixture(scope="module")
 def samples():
-    return predictor.list_samples()
+    """The shipped X-ray samples (the non-X-ray photo has its own test)."""
+    return [sample for sample in predictor.list_samples() if sample.label in CLASSES]
 
 
 def gray_of(sample):
@@ -72,6 +73,16 @@ def test_the_samples_are_small_licensed_and_documented(samples):
         assert (row["width"], row["height"]) == image.info["original_size"]
         if sample.source.startswith("cxr3/covid/"):
             assert row["license"] == sample.licence  # Cohen images: only CC BY ones
+
+
+def test_the_photo_sample_is_listed_licensed_and_not_an_xray():
+    photos = [sample for sample in predictor.list_samples() if sample.label not in CLASSES]
+    assert [sample.label for sample in photos] == ["photo"]
+    readme = (predictor.SAMPLES_DIR / "README.md").read_text(encoding="utf-8")
+    photo = photos[0]
+    assert photo.licence == "CC0" and photo.name in readme and "not an x-ray" in photo.title.lower()
+    image = load_upload(read_bytes(photo.path), photo.name)
+    assert max(image.gray.shape) <= 512
 
 
 # --------------------------------------------------------------------------- predictions

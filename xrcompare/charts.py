@@ -543,8 +543,9 @@ def called_as(metrics: dict, true_class: str, predicted: str = "covid") -> tuple
 def called_as_by_run(runs: Sequence[Run], heldout: str, true_class: str = "pneumonia",
                      predicted: str = "covid",
                      labels: dict[str, str] | None = None) -> pd.DataFrame:
-    """Per run evaluated on ``heldout``: its resize mode and how many of the folder's true
-    ``true_class`` images it called ``predicted`` (runs without such images are left out)."""
+    """Per run evaluated on ``heldout``: its resize mode ("no CNN" for the statistics
+    baseline) and how many of the folder's true ``true_class`` images it called ``predicted``
+    (runs without such images are left out)."""
     rows = []
     for run in runs:
         metrics = run.metrics_for(heldout)
@@ -552,7 +553,8 @@ def called_as_by_run(runs: Sequence[Run], heldout: str, true_class: str = "pneum
             continue
         called, total = called_as(metrics, true_class, predicted)
         if total:
-            rows.append({"run": _label(run, labels), "resize_mode": run.resize_mode,
+            rows.append({"run": _label(run, labels),
+                         "resize_mode": run.resize_mode or "no CNN",
                          "called": called, "total": total})
     return pd.DataFrame(rows, columns=["run", "resize_mode", "called", "total"])
 
@@ -709,3 +711,135 @@ def thumbnail(gray: np.ndarray, size: int = 200) -> np.ndarray:
         return gray
     return cv2.resize(gray, (max(1, round(width * scale)), max(1, round(height * scale))),
                       interpolation=cv2.INTER_AREA)
+
+
+# --------------------------------------------------------------------------- masks
+
+
+#: The colour the mask's box is outlined in (RGB).
+BOX_COLOR = (220, 38, 38)
+
+
+def mask_examples(gray: np.ndarray, size: int = 224) -> dict[str, np.ndarray]:
+    """One image as the masked-input controls see it (RGB uint8, ``size`` px, squashed):
+    ``"box"`` the model input with the lung box outlined, ``"lungs-out"`` and
+    ``"lungs-only"`` the masked inputs (the box outlined too), all through
+    :func:`xrcompare.imaging.to_model_input`, the path training and prediction use."""
+    from xrcompare.imaging import mask_box, to_model_input
+
+    top, left, bottom, right = mask_box(size)
+    pictures = {}
+    for name, mask in (("box", "none"), ("lungs-out", "lungs-out"),
+                       ("lungs-only", "lungs-only")):
+        picture = np.ascontiguousarray(to_model_input(gray, size, "squash", mask)
+                                       .astype(np.uint8))
+        cv2.rectangle(picture, (left, top), (right - 1, bottom - 1), BOX_COLOR,
+                      max(1, size // 112))
+        pictures[name] = picture
+    return pictures
+
+
+# --------------------------------------------------------------------------- calibration
+
+
+def reliability_figure(curves: dict[str, tuple[pd.DataFrame, pd.DataFrame | None]],
+                       colors: dict[str, str] | None = None, title: str = "") -> go.Figure:
+    """Reliability diagram: per run, accuracy against mean confidence in each confidence bin
+    (marker area ~ images in the bin), before (solid) and after temperature scaling
+    (dashed); the diagonal is perfect calibration. ``curves``: name → (before, after) frames
+    of :func:`xrcompare.calibration.reliability_frame`."""
+    figure = go.Figure()
+    figure.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="perfectly calibrated",
+                                line={"color": "#7f8c8d", "dash": "dot"}, hoverinfo="skip"))
+    palette = colors or {}
+    for number, (name, (before, after)) in enumerate(curves.items()):
+        color = palette.get(name, RUN_PALETTE[number % len(RUN_PALETTE)])
+        for frame, suffix, dash in ((before, "", "solid"),
+                                    (after, " · temperature-scaled", "dash")):
+            if frame is None or frame.empty:
+                continue
+            sizes = 6 + 18 * np.sqrt(frame["count"] / max(1, frame["count"].max()))
+            figure.add_trace(go.Scatter(
+                x=frame["confidence"], y=frame["accuracy"], mode="lines+markers",
+                name=f"{name}{suffix}", line={"color": color, "dash": dash},
+                marker={"size": sizes, "color": color, "opacity": 0.75},
+                customdata=frame[["count", "low", "high"]].to_numpy(),
+                hovertemplate="confidence %{customdata[1]:.2f}–%{customdata[2]:.2f}: "
+                              "%{customdata[0]} images<br>mean confidence %{x:.3f}<br>"
+                              "accuracy %{y:.3f}<extra>" + f"{name}{suffix}" + "</extra>"))
+    figure.update_layout(**_LAYOUT, title=title or "Reliability: is 90% confident right 90% "
+                                                   "of the time?", height=440,
+                         xaxis={"title": "mean confidence in the bin (top-label probability)",
+                                "range": [0, 1.02]},
+                         yaxis={"title": "share right in the bin", "range": [0, 1.02]},
+                         legend={"orientation": "h", "y": -0.22})
+    return figure
+
+
+# --------------------------------------------------------------------------- shortcut lab
+
+
+#: Row colours of the lab and the lesson: the main run, then each control.
+LAB_COLORS = {"main": "#0072B2", "random-init": "#E69F00", "lungs-out": "#D55E00",
+              "lungs-only": "#CC79A7", "image-statistics": "#009E73"}
+
+
+def accuracy_figure(rows: Sequence[dict], chance: float | None = None, title: str = "",
+                    height: int = 320) -> go.Figure:
+    """Horizontal bars of accuracy with 95% intervals, one per row (``name``, ``accuracy``,
+    ``low``, ``high``, optional ``kind`` for its colour), and the chance level as a dotted
+    line: the lab's and the lesson's one picture of "how well, and how sure"."""
+    rows = [row for row in rows if row.get("accuracy") is not None]
+    figure = go.Figure()
+    for row in rows:
+        low, high = row.get("low"), row.get("high")
+        error = None
+        if low is not None and high is not None:
+            error = {"type": "data", "symmetric": False,
+                     "array": [max(0.0, high - row["accuracy"])],
+                     "arrayminus": [max(0.0, row["accuracy"] - low)], "thickness": 2}
+        figure.add_trace(go.Bar(
+            x=[row["accuracy"]], y=[row["name"]], orientation="h", error_x=error,
+            marker={"color": LAB_COLORS.get(row.get("kind", ""), "#7f8c8d")},
+            text=[f"{row['accuracy']:.1%}"], textposition="inside", insidetextanchor="start",
+            showlegend=False, hovertemplate="%{y}: %{x:.3f}<extra></extra>"))
+    if chance is not None:
+        figure.add_vline(x=chance, line={"color": "#2c3e50", "dash": "dot"},
+                         annotation_text=f"chance {chance:.0%}", annotation_position="top")
+    figure.update_layout(**_LAYOUT, title=title, height=height, bargap=0.35,
+                         xaxis={"title": "accuracy (95% patient-bootstrap interval)",
+                                "range": [0, 1.02], "tickformat": ".0%"},
+                         yaxis={"autorange": "reversed"})
+    return figure
+
+
+def lab_figure(lab, scope: str, labels: dict[str, str] | None = None) -> go.Figure:
+    """One backbone's lab on one scope (:class:`xrcompare.shortcuts.BackboneLab`): the main
+    run and each trained control, accuracy with its interval, chance marked."""
+    from xrcompare.runs import scope_text
+
+    rows, chance = [], None
+    for row in lab.rows:
+        result = row.results.get(scope)
+        if row.run is None or result is None or result.accuracy is None:
+            continue
+        chance = result.chance if chance is None else chance
+        low, high = result.interval
+        rows.append({"name": row.name, "kind": row.kind, "accuracy": result.accuracy,
+                     "low": low, "high": high})
+    return accuracy_figure(rows, chance, f"{lab.main.backbone_display}: {scope_text(scope)}",
+                           height=120 + 48 * max(1, len(rows)))
+
+
+def probability_bars(probabilities: dict[str, float], title: str = "") -> go.Figure:
+    """Bars of one image's class probabilities (class colours)."""
+    labels = list(probabilities)
+    figure = go.Figure(go.Bar(
+        x=[probabilities[label] for label in labels], y=labels, orientation="h",
+        marker={"color": [CLASS_COLORS.get(label, "#7f8c8d") for label in labels]},
+        text=[f"{probabilities[label]:.1%}" for label in labels], textposition="auto",
+        hovertemplate="%{y}: %{x:.3f}<extra></extra>"))
+    figure.update_layout(**_LAYOUT, title=title, height=90 + 50 * len(labels),
+                         xaxis={"range": [0, 1.02], "tickformat": ".0%",
+                                "title": "probability"}, yaxis={"autorange": "reversed"})
+    return figure

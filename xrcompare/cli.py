@@ -1,4 +1,5 @@
-"""Command line: ``python -m xrcompare {train,evaluate,predict,compare,runs,backbones,explain}``.
+"""Command line: ``python -m xrcompare {train,evaluate,predict,compare,runs,backbones,explain,
+shortcuts,calibration,subgroups,card}``.
 
 Bad arguments or input end with a non-zero exit and one readable line, never a traceback.
 """
@@ -135,6 +136,49 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("--json", action="store_true")
 
     commands.add_parser("backbones", help="the backbone registry and where weights come from")
+
+    shortcuts = commands.add_parser(
+        "shortcuts", help="the shortcut lab: each main run against its controls",
+        description="Per backbone, the main run against its controls (random-init base, "
+                    "lungs blacked out, lungs only, image statistics) on the test split and "
+                    "every held-out folder: accuracy with 95% intervals, the paired "
+                    "difference (McNemar, paired patient bootstrap) and a verdict per control.")
+    shortcuts.add_argument("--runs-dir", type=Path, default=None,
+                           help="the runs folder (default: trained/)")
+    shortcuts.add_argument("--repeats", type=_positive_int, default=2000,
+                           help="bootstrap resamples of each comparison (default 2000)")
+    shortcuts.add_argument("--json", action="store_true")
+
+    calibration = commands.add_parser(
+        "calibration", help="expected calibration error, before and after temperature scaling",
+        description="ECE of top-label confidence (15 equal-width bins) on the test split and "
+                    "each held-out folder, and after temperature scaling fitted on the run's "
+                    "validation split (never on test).")
+    calibration.add_argument("run", help="run folder or run id")
+    calibration.add_argument("--runs-dir", type=Path, default=None)
+    calibration.add_argument("--json", action="store_true")
+
+    subgroups = commands.add_parser(
+        "subgroups", help="scores per X-ray view or per source, with counts and intervals",
+        description="The run's scores sliced by the dataset manifest's view (PA, AP, AP "
+                    "supine) or source repository, with images, patients and 95% patient-"
+                    "bootstrap intervals; groups under 20 images are flagged.")
+    subgroups.add_argument("run", help="run folder or run id")
+    subgroups.add_argument("--by", choices=("view", "source"), default="view")
+    subgroups.add_argument("--on", dest="scope", default="test", metavar="SCOPE",
+                           help="test (default) or heldout:NAME")
+    subgroups.add_argument("--runs-dir", type=Path, default=None)
+    subgroups.add_argument("--json", action="store_true")
+
+    card = commands.add_parser(
+        "card", help="the run's model card as Markdown",
+        description="Print the run's model card (intended use, data, split, metrics with "
+                    "intervals, calibration, controls, subgroups, caveats) as Markdown, the "
+                    "same as the app's Model card page. Controls are looked for among the "
+                    "runs of the run's own folder (or --runs-dir).")
+    card.add_argument("run", help="run folder or run id")
+    card.add_argument("--runs-dir", type=Path, default=None,
+                      help="where its controls are looked for (default: the run's folder)")
 
     explain = commands.add_parser("explain", help="saliency map for one image")
     explain.add_argument("run_dir", type=Path)
@@ -317,9 +361,72 @@ def cmd_explain(args) -> int:
     return 0
 
 
+def cmd_shortcuts(args) -> int:
+    from xrcompare.runs import list_runs
+    from xrcompare.shortcuts import lab_json, lab_lines, shortcut_lab
+
+    listing = list_runs(args.runs_dir)
+    labs = shortcut_lab(listing.runs, repeats=args.repeats)
+    if args.json:
+        print(json.dumps(lab_json(labs), allow_nan=False))
+        return 0
+    print("\n".join(lab_lines(labs)))
+    for folder, reason in listing.problems:
+        print(f"skipped {folder}: {reason}")
+    return 0
+
+
+def cmd_calibration(args) -> int:
+    from xrcompare.calibration import calibration_table
+
+    run = _find_run(args.run, args.runs_dir)
+    table = calibration_table([run])
+    if args.json:
+        records = table.drop(columns=["run"]).astype(object)
+        print(json.dumps({"run": run.run_id, "bins": 15, "scopes": records.where(
+            records.notna(), None).to_dict(orient="records")}, allow_nan=False))
+        return 0
+    print(f"{run.title}: expected calibration error (top-label confidence, 15 equal-width "
+          "bins)")
+    for row in table.itertuples():
+        after = ("" if row.ece_after is None or row.ece_after != row.ece_after
+                 else f", {row.ece_after:.3f} after temperature scaling (T = "
+                      f"{row.temperature:.2f})")
+        print(f"{row.scope:>24}: {row.images} images, ECE {row.ece:.3f}{after}")
+    if not table.empty:
+        print(f"temperature: {table['note'].iloc[0]}")
+    return 0
+
+
+def cmd_subgroups(args) -> int:
+    from xrcompare.subgroups import subgroup_lines, subgroup_table
+
+    run = _find_run(args.run, args.runs_dir)
+    table = subgroup_table(run, args.scope, args.by)
+    if args.json:
+        records = table.astype(object).where(table.notna(), None)
+        print(json.dumps({"run": run.run_id, "scope": args.scope, "by": args.by,
+                          "groups": records.to_dict(orient="records")}, allow_nan=False))
+        return 0
+    print(f"{run.title} on {args.scope}, by {args.by}:")
+    print("\n".join(subgroup_lines(table, args.by)))
+    return 0
+
+
+def cmd_card(args) -> int:
+    from xrcompare.card import model_card
+    from xrcompare.runs import list_runs
+
+    run = _find_run(args.run, args.runs_dir)
+    runs = list_runs(args.runs_dir or run.path.parent).runs
+    print(model_card(run, runs), end="")
+    return 0
+
+
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict,
             "compare": cmd_compare, "runs": cmd_runs, "backbones": cmd_backbones,
-            "explain": cmd_explain}
+            "explain": cmd_explain, "shortcuts": cmd_shortcuts, "calibration": cmd_calibration,
+            "subgroups": cmd_subgroups, "card": cmd_card}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,7 +25,8 @@ from dataclasses import MISSING, Field, dataclass, field, fields
 from pathlib import Path
 
 from xrcompare.backbones import RANDOM_WEIGHTS, WEIGHT_KINDS, get_backbone
-from xrcompare.imaging import RESIZE_MODES
+from xrcompare.imagestats import CNN_KIND, MODEL_KINDS, STATISTICS_KIND
+from xrcompare.imaging import MASK_MODES, NO_MASK, RESIZE_MODES
 from xrcompare.protocol import CHOICE_TEXT, PROTOCOL_CHOICES, PROTOCOL_DEFAULTS
 from xrcompare.train import HEADS
 
@@ -49,6 +50,18 @@ class Setting:
     options: tuple | None = None  # values the form offers (a select instead of a number box)
     group: str | None = None  # a CLI argument group ("protocol")
     required: bool = False  # must be given (on the command line or in config.json)
+    #: (setting, value): not required when that setting has that value (``backbones`` is
+    #: not needed by the image-statistics baseline).
+    required_unless: tuple[str, object] | None = None
+
+    def is_required(self, values: dict) -> bool:
+        """Whether the setting must be given, with the other settings' ``values`` (JSON)."""
+        if not self.required:
+            return False
+        if self.required_unless is None:
+            return True
+        name, value = self.required_unless
+        return values.get(name) != value
 
     def describe_default(self, default) -> str:
         """" (1–500, default 25)": the range and the default, as the help shows them."""
@@ -90,7 +103,8 @@ class TrainConfig:
     data: Path = setting(kind="path", flag="--data", required=True, words="the dataset folder",
                          help="dataset folder with covid/ normal/ pneumonia/ sub-folders")
     backbones: list[str] = setting(kind="names", flag="--backbone", required=True,
-                                   words="backbone",
+                                   required_unless=("model", STATISTICS_KIND),
+                                   default_factory=list, words="backbone",
                                    help="backbone name (repeat for several), see `backbones`")
     epochs: int = setting(25, kind="int", flag="--epochs", range=(1, 500), label="Epochs",
                           help="epochs of the head on cached features")
@@ -121,6 +135,14 @@ class TrainConfig:
     weights: str = setting("imagenet", kind="str", flag="--weights", choices=WEIGHT_KINDS,
                            label="Random-init control", options=WEIGHT_KINDS,
                            help="'random' trains a random-init control base")
+    mask: str = setting(NO_MASK, kind="str", flag="--mask", choices=MASK_MODES,
+                        help="a masked-input control: lungs-out blacks out the central box "
+                             "over the lung fields (x 0.12-0.88, y 0.10-0.90 of the square "
+                             "input), lungs-only keeps only that box")
+    model: str = setting(CNN_KIND, kind="str", flag="--model", choices=MODEL_KINDS,
+                         help=f"{CNN_KIND} = a head on a frozen CNN base (--backbone); "
+                              f"{STATISTICS_KIND} = a control: logistic regression on image "
+                              "statistics (size, brightness, borders), no CNN, no --backbone")
     augment_views: int = setting(0, kind="int", flag="--augment-views", range=(0, 16),
                                  words="augmentation views", label="Augmented views",
                                  help="augmented views per training image, extracted once")
@@ -176,6 +198,16 @@ class TrainConfig:
     def is_random_control(self) -> bool:
         return self.weights == RANDOM_WEIGHTS
 
+    @property
+    def is_statistics(self) -> bool:
+        """The image-statistics baseline (no CNN): a control, not a model."""
+        return self.model == STATISTICS_KIND
+
+    @property
+    def is_control(self) -> bool:
+        """A control run: random-init base, masked inputs or the statistics baseline."""
+        return self.is_random_control or self.mask != NO_MASK or self.is_statistics
+
     def image_size_for(self, backbone: str) -> int:
         """The input size a backbone trains at: the chosen one, else its own default."""
         return self.image_size or get_backbone(backbone).default_size
@@ -225,12 +257,13 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise ValueError with one readable line for any out-of-range or unknown setting."""
+        values = self.to_json()
         for item, spec in settings():
             value = getattr(self, item.name)
             words = spec.words or item.name.replace("_", " ")
             if value is None and item.default is None:
                 continue
-            if spec.required and value in (None, "", []):
+            if spec.is_required(values) and value in (None, "", []):
                 raise ValueError(f"give at least one {words}" if spec.kind in ("paths", "names")
                                  else f"give {words} ({spec.flag})")
             _check_kind(spec, value, words)
@@ -251,6 +284,25 @@ class TrainConfig:
         if self.folds is not None and (self.split != "patients" or self.select_on != "val"):
             raise ValueError("cross-validation (--folds) keeps the sound protocol: use it with "
                              "--split patients and --select-on val")
+        if self.is_statistics:
+            self._check_statistics()
+
+    #: Settings that only mean something for a CNN run (the statistics baseline refuses them
+    #: when they are not at their default).
+    CNN_ONLY = ("backbones", "image_size", "resize_mode", "head", "weights", "mask",
+                "augment_views", "balanced", "patience", "folds", "preprocess", "augment")
+
+    def _check_statistics(self) -> None:
+        defaults = {item.name: default_of(item) for item, _ in settings()}
+        for name in self.CNN_ONLY:
+            if getattr(self, name) != defaults[name]:
+                flag = dict((item.name, spec) for item, spec in settings())[name].flag
+                raise ValueError(f"{flag} does not apply to --model {STATISTICS_KIND} (a "
+                                 "logistic regression on image statistics, no CNN): leave "
+                                 "it out")
+        if self.select_on != "val":
+            raise ValueError(f"--model {STATISTICS_KIND} has no epochs to choose: leave out "
+                             "--select-on test")
 
     # ----------------------------------------------------------------- JSON
 
@@ -275,7 +327,7 @@ class TrainConfig:
             item, spec = by_name[name]
             values[name] = _from_json_value(spec, value, name)
         missing = [spec.flag or name for name, (item, spec) in by_name.items()
-                   if spec.required and name not in values]
+                   if spec.is_required(payload) and name not in values]
         if missing:
             raise ValueError(f"the training configuration lacks {', '.join(missing)}")
         return cls(**values)
@@ -454,7 +506,8 @@ def config_from_arguments(arguments: argparse.Namespace,
     for item, spec in settings():
         if hasattr(arguments, item.name):
             values[item.name] = _to_json_value(spec, getattr(arguments, item.name))
-    missing = [spec.flag for item, spec in settings() if spec.required and item.name not in values]
+    missing = [spec.flag for item, spec in settings()
+               if spec.is_required(values) and item.name not in values]
     if missing:
         raise ValueError(f"give {' and '.join(missing)} (or --config FILE)")
     return TrainConfig.from_json(values)

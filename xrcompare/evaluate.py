@@ -170,7 +170,105 @@ def evaluate_predictions(y_true: Sequence[str], probabilities: np.ndarray,
     result["intervals"] = intervals
     if positive_index is not None and not positive.any():
         result["heldout_table"] = heldout_table(y_true, pred_index, labels)
+    result["ece"] = expected_calibration_error(y_true, probabilities, labels)
+    result["ece_bins"] = ECE_BINS
     return result
+
+
+# --------------------------------------------------------------------------- calibration
+#
+# A model is calibrated when, of the images it calls with confidence 0.8, about 80% are right.
+# Confidence here is the top-label probability (the probability of the predicted class);
+# the expected calibration error (ECE, Guo et al. 2017) bins the images by confidence into
+# ECE_BINS equal-width bins on [0, 1] (a bin holds low < confidence <= high; the first also
+# holds 0) and averages |accuracy - mean confidence| over the bins, weighted by their images.
+
+#: Equal-width confidence bins of the ECE and of the reliability diagram.
+ECE_BINS = 15
+
+
+def reliability(y_true: Sequence[str], probabilities: np.ndarray,
+                labels: Sequence[str] = CLASSES, bins: int = ECE_BINS) -> dict:
+    """The reliability diagram's data and the ECE of top-label confidence.
+
+    Returns ``ece``, ``bins`` (their number), ``n`` and ``table``: one entry per bin with
+    ``low``, ``high``, ``count``, ``confidence`` (mean top-label probability) and
+    ``accuracy`` (share right), None for empty bins.
+    """
+    if bins < 1:
+        raise ValueError(f"bins must be at least 1, got {bins}")
+    labels = list(labels)
+    probabilities = np.asarray(probabilities, dtype=float)
+    if probabilities.ndim != 2 or probabilities.shape[1] != len(labels):
+        raise ValueError(f"probabilities must have shape (n, {len(labels)})")
+    if len(y_true) != len(probabilities):
+        raise ValueError("y_true and probabilities differ in length")
+    if len(y_true) == 0:
+        raise ValueError("no predictions to calibrate")
+    true_index = _as_indices(list(y_true), labels)
+    confidence = probabilities.max(axis=1)
+    right = probabilities.argmax(axis=1) == true_index
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, bins - 1)
+    table, ece = [], 0.0
+    for number in range(bins):
+        members = which == number
+        count = int(members.sum())
+        entry = {"low": float(edges[number]), "high": float(edges[number + 1]),
+                 "count": count, "confidence": None, "accuracy": None}
+        if count:
+            entry["confidence"] = float(confidence[members].mean())
+            entry["accuracy"] = float(right[members].mean())
+            ece += count / len(right) * abs(entry["accuracy"] - entry["confidence"])
+        table.append(entry)
+    return {"ece": float(ece), "bins": bins, "n": int(len(right)), "table": table}
+
+
+def expected_calibration_error(y_true: Sequence[str], probabilities: np.ndarray,
+                               labels: Sequence[str] = CLASSES, bins: int = ECE_BINS) -> float:
+    """The ECE of top-label confidence (see :func:`reliability`): 0 is perfectly calibrated,
+    0.1 means confidence and accuracy differ by 10 points on average."""
+    return reliability(y_true, probabilities, labels, bins)["ece"]
+
+
+def apply_temperature(probabilities: np.ndarray, temperature: float) -> np.ndarray:
+    """Temperature scaling of probabilities: softmax(log p / T). T > 1 softens an
+    over-confident model, T < 1 sharpens it; the predicted class never changes."""
+    if not temperature > 0:
+        raise ValueError(f"the temperature must be positive, got {temperature}")
+    logits = np.log(np.clip(np.asarray(probabilities, dtype=float), 1e-12, 1.0)) / temperature
+    logits -= logits.max(axis=1, keepdims=True)
+    exp = np.exp(logits)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+#: The temperatures :func:`fit_temperature` searches (log-uniform bounds).
+TEMPERATURE_RANGE = (0.05, 20.0)
+
+
+def fit_temperature(y_true: Sequence[str], probabilities: np.ndarray,
+                    labels: Sequence[str] = CLASSES) -> float:
+    """The temperature minimising the negative log-likelihood of ``y_true`` (Guo et al.
+    2017), the log-probabilities taken as logits. Fit it on a validation split, never on the
+    images it is then judged on."""
+    from scipy.optimize import minimize_scalar
+
+    labels = list(labels)
+    true_index = _as_indices(list(y_true), labels)
+    if len(true_index) == 0:
+        raise ValueError("no predictions to fit a temperature on")
+    logits = np.log(np.clip(np.asarray(probabilities, dtype=float), 1e-12, 1.0))
+
+    def loss(log_temperature: float) -> float:
+        scaled = logits / np.exp(log_temperature)
+        scaled -= scaled.max(axis=1, keepdims=True)
+        log_norm = np.log(np.exp(scaled).sum(axis=1))
+        return float(np.mean(log_norm - scaled[np.arange(len(true_index)), true_index]))
+
+    low, high = np.log(TEMPERATURE_RANGE[0]), np.log(TEMPERATURE_RANGE[1])
+    found = minimize_scalar(loss, bounds=(low, high), method="bounded",
+                            options={"xatol": 1e-4})
+    return float(np.exp(found.x))
 
 
 def evaluate_heldout(y_true: Sequence[str], probabilities: np.ndarray, groups: Sequence[str],

@@ -31,6 +31,15 @@ from xrcompare.data import (
 )
 from xrcompare.evaluate import evaluate_heldout, evaluate_predictions, summarise_folds
 from xrcompare.features import FeatureExtractor, FeatureSpec, file_digest
+from xrcompare.imagestats import (
+    CNN_KIND,
+    FEATURES,
+    MODEL_FILE,
+    STATISTICS_KIND,
+    fit_statistics_model,
+    statistics_for_files,
+)
+from xrcompare.imaging import LUNG_BOX, MASK_MODES, NO_MASK
 from xrcompare.protocol import CHOICE_TEXT, leaky_reasons, protocol_label
 from xrcompare.runs import (
     SCHEMA_VERSION,
@@ -43,6 +52,19 @@ from xrcompare.runs import (
 from xrcompare.train import HEADS, build_head, fit_head, predict, save_head_weights
 
 Progress = Callable[[dict], None]
+
+#: A masked-input control in a few words (display names, titles).
+CONTROL_WORDS = {"lungs-out": "lungs blacked out", "lungs-only": "lungs only"}
+assert set(CONTROL_WORDS) == set(MASK_MODES) - {NO_MASK}
+
+
+def mask_record() -> dict:
+    """What run.json records about the mask's box: fractions of the square input."""
+    left, top, right, bottom = LUNG_BOX
+    return {"units": "fraction of the square model input", "left": left, "top": top,
+            "right": right, "bottom": bottom,
+            "description": f"x {left:.2f}–{right:.2f}, y {top:.2f}–{bottom:.2f}: the central "
+                           "box over the lung fields"}
 
 
 def preflight(config: TrainConfig) -> dict:
@@ -134,7 +156,7 @@ def check_heldout_overlap(dataset: Dataset, heldout: Dataset) -> dict:
 def check_run_name(config: TrainConfig) -> None:
     """A run name (``--name``) for one backbone is the run's folder: it must not exist yet
     (several backbones use it as a tag of time-stamped folders)."""
-    if config.name and len(config.backbones) == 1:
+    if config.name and (len(config.backbones) == 1 or config.is_statistics):
         existing = config.runs_folder / config.name
         if existing.exists():
             raise ValueError(f"a run named {config.name} already exists in "
@@ -252,25 +274,13 @@ def train_runs(config: TrainConfig, progress: Progress | None = None) -> list[Pa
 
     def fold_splits() -> list[dict]:
         if not splits:
-            if config.split == "patients":
-                # The same radiograph under two patient ids must not cross the split.
-                emit({"phase": "scan", "what": "looking for near-duplicate images"})
-                merged = group_near_duplicates(dataset)
-                if merged:
-                    emit({"phase": "scan", "what": f"{len(merged)} near-duplicate pair(s) of "
-                                                  "images merged into one patient each"})
-            # Choosing the epoch on the test split leaves no use for a validation split.
-            val_fraction = config.val_fraction if config.select_on == "val" else None
-            if config.folds:
-                splits.append(kfold_by_patient(dataset, config.folds, seed=config.seed,
-                                               val_fraction=config.val_fraction))
-            else:
-                splitter = split_by_image if config.split == "images" else split_by_patient
-                splits.append([splitter(dataset, val_fraction=val_fraction,
-                                        test_fraction=config.test_fraction,
-                                        seed=config.seed)])
+            splits.append(make_splits(config, dataset, emit))
         return splits[0]
 
+    if config.is_statistics:  # no CNN: the same split, a logistic regression on statistics
+        folder = _train_statistics(config, dataset, heldouts, fold_splits, emit, scan_seconds)
+        emit({"phase": "done", "runs": [str(folder)]})
+        return [folder]
     folders = []
     for number, backbone in enumerate(config.backbones, start=1):
         def tagged(event, number=number, backbone=backbone):
@@ -281,6 +291,28 @@ def train_runs(config: TrainConfig, progress: Progress | None = None) -> list[Pa
                                   scan_seconds))
     emit({"phase": "done", "runs": [str(folder) for folder in folders]})
     return folders
+
+
+def make_splits(config: TrainConfig, dataset: Dataset, emit: Progress) -> list[dict]:
+    """The run's split (one dict of train/val/test indices; one per fold for
+    cross-validation), the same for every backbone and for the statistics baseline made with
+    the same settings: near-duplicate images merged into one patient first (patient split),
+    then the grouped stratified split (or k folds), or the 2020 image split."""
+    if config.split == "patients":
+        # The same radiograph under two patient ids must not cross the split.
+        emit({"phase": "scan", "what": "looking for near-duplicate images"})
+        merged = group_near_duplicates(dataset)
+        if merged:
+            emit({"phase": "scan", "what": f"{len(merged)} near-duplicate pair(s) of "
+                                          "images merged into one patient each"})
+    # Choosing the epoch on the test split leaves no use for a validation split.
+    val_fraction = config.val_fraction if config.select_on == "val" else None
+    if config.folds:
+        return kfold_by_patient(dataset, config.folds, seed=config.seed,
+                                val_fraction=config.val_fraction)
+    splitter = split_by_image if config.split == "images" else split_by_patient
+    return [splitter(dataset, val_fraction=val_fraction, test_fraction=config.test_fraction,
+                     seed=config.seed)]
 
 
 def _train_one(config: TrainConfig, backbone_name: str, dataset: Dataset,
@@ -455,10 +487,148 @@ def _train_one(config: TrainConfig, backbone_name: str, dataset: Dataset,
     return folder
 
 
+#: Images per progress event while the statistics baseline reads its images.
+STATISTICS_CHUNK = 64
+
+
+def _statistics_of(dataset: Dataset, emit: Progress, label: str):
+    """Every image's statistics, with progress events as feature extraction sends them:
+    (matrix, indices of the readable records, (path, reason) of the others)."""
+    paths = [record.path for record in dataset.records]
+    rows, ok, failed = [], [], []
+    for start in range(0, len(paths), STATISTICS_CHUNK):
+        matrix, kept, bad = statistics_for_files(paths[start:start + STATISTICS_CHUNK])
+        rows.append(matrix)
+        ok += [start + index for index in kept]
+        failed += bad
+        emit({"phase": "extract", "backbone": STATISTICS_KIND, "what": label,
+              "done": min(len(paths), start + STATISTICS_CHUNK), "total": len(paths),
+              "cached": 0})
+    matrix = np.concatenate(rows) if rows else np.zeros((0, len(FEATURES)))
+    return matrix, ok, failed
+
+
+def _train_statistics(config: TrainConfig, dataset: Dataset, heldouts: list[Dataset],
+                      make: Callable[[], list[dict]], emit: Progress,
+                      scan_seconds: float) -> Path:
+    """The image-statistics baseline (:mod:`xrcompare.imagestats`) on the same split as the
+    CNN runs made with the same settings, scored like them, written as a run folder."""
+    phases = _Phases()
+    phases.seconds["scan"] = scan_seconds
+    splits = make()[0]
+    t = time.perf_counter()
+    matrix, ok, skipped = _statistics_of(dataset, emit, "dataset")
+    phases.add("extract", t)
+    if not ok:
+        raise ValueError(f"none of the images in {dataset.root} could be read")
+    row_of = {index: row for row, index in enumerate(ok)}
+    kept = {name: [i for i in indices if i in row_of] for name, indices in splits.items()}
+    labels = [dataset.records[i].label for i in ok]
+
+    t = time.perf_counter()
+    train_rows = [row_of[i] for i in kept["train"]]
+    model = fit_statistics_model(matrix[train_rows], [labels[r] for r in train_rows],
+                                 seed=config.seed)
+    phases.add("train", t)
+    t = time.perf_counter()
+    emit({"phase": "evaluate", "fold": 1, "folds": 1})
+    frames = []
+    for split_name, indices in kept.items():
+        probabilities = model.predict_proba(matrix[[row_of[i] for i in indices]], CLASSES)
+        frames.append(_prediction_frame(dataset, indices, split_name, probabilities, None))
+    test_metrics = _evaluate_frame(frames[2], config.seed)
+    test_metrics["scope"] = ("patient-wise test split" if config.split == "patients"
+                             else "random image test split (patients ignored)")
+    val_best = {}
+    if "val" in kept and kept["val"]:
+        val = frames[1]
+        probabilities = val[[prediction_column(c) for c in CLASSES]].to_numpy()
+        truth = np.array([CLASSES.index(label) for label in val["label"]])
+        picked = np.clip(probabilities[np.arange(len(truth)), truth], 1e-12, 1.0)
+        val_best = {"val_accuracy": float(np.mean(probabilities.argmax(axis=1) == truth)),
+                    "val_loss": float(-np.mean(np.log(picked)))}
+    phases.add("evaluate", t)
+
+    t = time.perf_counter()
+    heldout_metrics, heldout_frames, heldout_info = {}, [], []
+    for heldout in heldouts:
+        name = heldout.root.name
+        emit({"phase": "heldout", "what": name})
+        held_matrix, held_ok, held_failed = _statistics_of(heldout, emit, f"held-out {name}")
+        skipped_here = [{"path": p, "reason": r} for p, r in held_failed]
+        if not held_ok:
+            heldout_info.append({"name": name, "folder": str(heldout.root), "images": 0,
+                                 "folder_absolute": str(heldout.root.resolve()),
+                                 "skipped": skipped_here,
+                                 "note": "no readable images: not evaluated"})
+            continue
+        probabilities = model.predict_proba(held_matrix, CLASSES)
+        frame = _prediction_frame(heldout, held_ok, heldout_scope(name), probabilities, None)
+        heldout_frames.append(frame)
+        overlap, shared = patient_overlap(dataset.groups, frame["patient_id"].tolist())
+        heldout_metrics[name] = evaluate_heldout(
+            frame["label"].tolist(), probabilities, frame["patient_id"].tolist(), overlap,
+            shared, seed=config.seed)
+        heldout_info.append({"name": name, "folder": str(heldout.root),
+                             "folder_absolute": str(heldout.root.resolve()),
+                             **{k: v for k, v in heldout.summary().items() if k != "folder"},
+                             "skipped": skipped_here})
+    phases.add("heldout", t)
+
+    emit({"phase": "write"})
+    predictions = pd.concat([*frames, *heldout_frames], ignore_index=True)
+    metrics = {"test": test_metrics, "heldout": heldout_metrics, "val_best": val_best}
+    run_id = config.name or new_run_id(STATISTICS_KIND, dataset.root.name)
+    writer = RunWriter(config.runs_folder, run_id, kind=STATISTICS_KIND)
+    try:
+        writer.write_csv("predictions.csv", predictions)
+        writer.write_json("metrics.json", metrics)
+        model.write(writer.path(MODEL_FILE))
+        phases.seconds["total"] = sum(phases.seconds.values())
+        protocol = config.protocol
+        summary = dataset.summary()
+        info = {
+            "schema": SCHEMA_VERSION, "run_id": writer.run_id,
+            "display_name": config.display_name
+                            or f"Image statistics · {dataset.root.name} · control",
+            "description": config.description or "", "order": config.order,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "command": _command_line(),
+            "config": {**config.to_json(), "runs_dir": None},
+            "classes": list(CLASSES),
+            "model": {"kind": STATISTICS_KIND, "file": MODEL_FILE,
+                      "estimator": model.to_json()["estimator"],
+                      "features": dict(FEATURES),
+                      "trained_on": "the train split's images, read at their stored size"},
+            "control": True,
+            "data": {**summary, "name": dataset.root.name, "folder": str(config.data),
+                     "folder_absolute": str(dataset.root.resolve()),
+                     "skipped": [{"path": p, "reason": r} for p, r in skipped]},
+            "split": _split_record(config, dataset, [splits], kept),
+            "heldout": heldout_info,
+            "selection": "no epochs: one fit on the train split (the validation split is "
+                         "only scored)",
+            "protocol": protocol, "protocol_label": protocol_label(protocol),
+            "protocol_description": {key: CHOICE_TEXT[(key, value)]
+                                     for key, value in protocol.items()},
+            "leaky_reasons": leaky_reasons(protocol),
+            "trainable_params": int(model.coef.size + model.intercept.size),
+            "timings_s": {key: round(value, 2) for key, value in phases.seconds.items()},
+            **environment(),
+        }
+        writer.write_json("run.json", info)
+        folder = writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
+    emit({"phase": "written", "run": str(folder)})
+    return folder
+
+
 def feature_spec(config: TrainConfig, backbone: str, size: int) -> FeatureSpec:
     """The feature-cache spec of a run made with ``config`` on ``backbone`` at ``size`` px."""
     return FeatureSpec(backbone, size, config.resize_mode, config.weights, config.seed,
-                       preprocess=config.preprocess, augment=config.augment)
+                       preprocess=config.preprocess, augment=config.augment, mask=config.mask)
 
 
 def _command_line() -> str | None:
@@ -509,13 +679,10 @@ def _prediction_frame(dataset: Dataset, indices: list[int], split: str,
     return frame
 
 
-def _run_info(config, backbone, size, feature_shape, dataset, fold_splits, first, fold_results,
-              skipped, heldout_info, phases, status, head, run_id, original) -> dict:
-    import keras
-
-    def files(indices):
-        return [_relative(dataset.records[i].path, dataset.root) for i in indices]
-
+def _split_record(config: TrainConfig, dataset: Dataset, fold_splits: list[dict],
+                  kept: dict[str, list[int]]) -> dict:
+    """run.json's ``split``: method, seed, fractions, summary, near-duplicates and the file
+    lists of the (first) split actually used (``kept``: readable images only)."""
     parts = "train/val/test" if config.select_on == "val" else "train/test"
     if config.folds:
         method = "grouped stratified k-fold by patient"
@@ -523,13 +690,24 @@ def _run_info(config, backbone, size, feature_shape, dataset, fold_splits, first
         method = f"stratified random {parts} by image (patients ignored)"
     else:
         method = f"grouped stratified {parts} by patient"
-    split = {"method": method, "by": config.split,
-             "seed": config.seed,
-             "val_fraction": config.val_fraction if config.select_on == "val" else None,
-             "test_fraction": None if config.folds else config.test_fraction,
-             "summary": split_summary(dataset, fold_splits[0]),
-             "near_duplicates": dataset.near_duplicates,
-             "files": {name: files(indices) for name, indices in first["splits"].items()}}
+    return {"method": method, "by": config.split,
+            "seed": config.seed,
+            "val_fraction": config.val_fraction if config.select_on == "val" else None,
+            "test_fraction": None if config.folds else config.test_fraction,
+            "summary": split_summary(dataset, fold_splits[0]),
+            "near_duplicates": dataset.near_duplicates,
+            "files": {name: [_relative(dataset.records[i].path, dataset.root) for i in indices]
+                      for name, indices in kept.items()}}
+
+
+def _run_info(config, backbone, size, feature_shape, dataset, fold_splits, first, fold_results,
+              skipped, heldout_info, phases, status, head, run_id, original) -> dict:
+    import keras
+
+    def files(indices):
+        return [_relative(dataset.records[i].path, dataset.root) for i in indices]
+
+    split = _split_record(config, dataset, fold_splits, first["splits"])
     if config.folds:
         split["folds"] = config.folds
         split["fold_summaries"] = [split_summary(dataset, s) for s in fold_splits]
@@ -554,7 +732,9 @@ def _run_info(config, backbone, size, feature_shape, dataset, fold_splits, first
     return {
         "schema": SCHEMA_VERSION, "run_id": run_id,
         "display_name": config.display_name or f"{backbone.display_name} · {dataset.root.name}"
-                        + (" · random-init control" if config.is_random_control else ""),
+                        + (" · random-init control" if config.is_random_control else "")
+                        + (f" · {CONTROL_WORDS[config.mask]} control"
+                           if config.mask != NO_MASK else ""),
         "description": config.description or "", "order": config.order,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "command": _command_line(),
@@ -567,6 +747,9 @@ def _run_info(config, backbone, size, feature_shape, dataset, fold_splits, first
                                 "not an ImageNet model"),
         "weights_seed": config.seed,
         "image_size": size, "resize_mode": config.resize_mode,
+        "mask": config.mask,
+        **({"mask_box": mask_record(), "control": True} if config.mask != NO_MASK else {}),
+        "model": {"kind": CNN_KIND},
         "head": config.head, "head_description": HEADS[config.head],
         "feature_shape": list(feature_shape),
         "last_conv_layer": backbone.last_conv_layer,

@@ -2,9 +2,10 @@
 
 The cache key is the image's content hash (SHA-256 of its bytes) plus everything that
 changes the features: backbone, weights (ImageNet or the seeded random-init control),
-input size, resize mode, input scaling (when not the backbone's own) and, for augmented
-views, the recipe and view number. The head then trains on cached features for any number
-of epochs, instead of re-running the frozen base every epoch.
+input size, resize mode, input scaling (when not the backbone's own), a masked-input control
+(when there is one) and, for augmented views, the recipe and view number. The head then trains
+on cached features for any number of epochs, instead of re-running the frozen base every
+epoch.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import cv2
 import numpy as np
 
 from xrcompare.backbones import PREPROCESS_MODES, build_base, get_backbone
-from xrcompare.imaging import ImageError, decode_gray, read_bytes, to_model_input
+from xrcompare.imaging import ImageError, apply_mask, decode_gray, read_bytes, to_model_input
 
 CACHE_DIR_VARIABLE = "XRCOMPARE_CACHE_DIR"
 #: Bump when the mild augmentation recipe changes, so cached augmented views are not reused.
@@ -63,6 +64,7 @@ class FeatureSpec:
     seed: int = 0  # only for the random-init control
     preprocess: str = "backbone"  # see xrcompare.backbones.Backbone.preprocess
     augment: str = "mild"  # the recipe of augmented views (views ≥ 1 only)
+    mask: str = "none"  # a masked-input control (xrcompare.imaging.MASK_MODES)
 
     def key(self) -> str:
         """The cache folder of this spec. A field at its default adds nothing, so caches made
@@ -78,6 +80,8 @@ class FeatureSpec:
         key = f"{self.backbone}-{weights}-{self.image_size}px-{self.resize_mode}"
         if self.preprocess != "backbone":
             key += f"-{self.preprocess}"
+        if self.mask != "none":
+            key += f"-mask-{self.mask}"
         return key
 
     def view_folder(self, view: int) -> str:
@@ -200,15 +204,15 @@ class FeatureExtractor:
 
     def _model_input(self, data: bytes, name: str, digest: str, view: int) -> np.ndarray:
         gray = decode_gray(data, name)
+        size, resize_mode, mask = self.spec.image_size, self.spec.resize_mode, self.spec.mask
         if not view:
-            return to_model_input(gray, self.spec.image_size, self.spec.resize_mode)
+            return to_model_input(gray, size, resize_mode, mask)
         recipe = AUGMENTATIONS[self.spec.augment]
         rng = np.random.default_rng(_view_seed(digest, view, recipe.seed_tag))
         if not recipe.after_resize:
-            return to_model_input(recipe.function(gray, rng), self.spec.image_size,
-                                  self.spec.resize_mode)
-        return recipe.function(to_model_input(gray, self.spec.image_size,
-                                              self.spec.resize_mode), rng)
+            return to_model_input(recipe.function(gray, rng), size, resize_mode, mask)
+        # The mask stays where it is: applied after a rotation of the square input.
+        return apply_mask(recipe.function(to_model_input(gray, size, resize_mode), rng), mask)
 
     def _prepare_batch(self, jobs: list[tuple[int, bytes, str, str, int]]):
         inputs, kept, failed = [], [], []

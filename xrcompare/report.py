@@ -127,6 +127,9 @@ def evaluation_lines(title: str, folder: str, metrics: dict, skipped: Iterable =
         kept = entry.get("non_covid_pct")
         lines.append(f"true {true_label}: predicted {shares}"
                      + (f"; non-{positive.upper()} {kept:.1f}%" if kept is not None else ""))
+    if metrics.get("ece") is not None:
+        lines.append(f"calibration: ECE {metrics['ece']:.3f} (top-label confidence, "
+                     f"{metrics.get('ece_bins', 15)} equal-width bins)")
     overlap = overlap_sentence(metrics, PurePath(str(folder)).name, own_data)
     if overlap:
         lines.append(f"patients: {overlap}")

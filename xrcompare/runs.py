@@ -35,13 +35,37 @@ import pandas as pd
 from xrcompare import CLASSES, paths
 from xrcompare.backbones import RANDOM_WEIGHTS
 from xrcompare.errors import one_line
+from xrcompare.imagestats import CNN_KIND, MODEL_FILE, MODEL_KINDS, STATISTICS_KIND
+from xrcompare.imaging import MASK_MODES, NO_MASK
 from xrcompare.protocol import LEAKY_LABEL, check_protocol, leaky_reasons, protocol_label
 
-REQUIRED_FILES = ("run.json", "metrics.json", "history.csv", "predictions.csv",
-                  "head.weights.h5")
+#: The files of a run folder, per model kind (run.json ``model.kind``; a run without one is a
+#: frozen-CNN run, as every run was before the statistics baseline).
+REQUIRED_FILES_BY_KIND = {
+    CNN_KIND: ("run.json", "metrics.json", "history.csv", "predictions.csv",
+               "head.weights.h5"),
+    STATISTICS_KIND: ("run.json", "metrics.json", "predictions.csv", MODEL_FILE),
+}
+REQUIRED_FILES = REQUIRED_FILES_BY_KIND[CNN_KIND]
 SCHEMA_VERSION = 1
-#: Fields every reader relies on; a run without them is reported, never half-shown.
-REQUIRED_INFO = ("backbone", "weights", "image_size", "resize_mode", "head", "feature_shape")
+#: Fields every reader relies on, per model kind; a run without them is reported, never
+#: half-shown.
+REQUIRED_INFO_BY_KIND = {
+    CNN_KIND: ("backbone", "weights", "image_size", "resize_mode", "head", "feature_shape"),
+    STATISTICS_KIND: ("model",),
+}
+REQUIRED_INFO = REQUIRED_INFO_BY_KIND[CNN_KIND]
+#: The words a display name must hold (with "control") to need no "[…]" label in a title.
+CONTROL_PHRASES = {"random-init": "random-init", "lungs-out": "lungs blacked out",
+                   "lungs-only": "lungs only", STATISTICS_KIND: "image statistics"}
+#: What kind of control a run is (:attr:`Run.control_kind`), in a few words for titles and
+#: tables.
+CONTROL_LABELS = {
+    "random-init": "random-init control",
+    "lungs-out": "control: lungs blacked out",
+    "lungs-only": "control: lungs only",
+    STATISTICS_KIND: "control: image statistics, no CNN",
+}
 REQUIRED_TEST_METRICS = ("labels", "accuracy", "confusion_matrix", "per_class", "macro_f1")
 TEMPORARY_PREFIX = ".tmp-"
 #: Free space a new run needs in the runs folder (a run is well under 1 MB of weights plus
@@ -185,9 +209,13 @@ def new_run_id(backbone: str, data_name: str, tag: str | None = None) -> str:
 
 
 class RunWriter:
-    """Collects a run's files in ``<runs_dir>/.tmp-<id>-<pid>/`` and renames on commit."""
+    """Collects a run's files in ``<runs_dir>/.tmp-<id>-<pid>/`` and renames on commit; the
+    files a run of ``kind`` needs (:data:`REQUIRED_FILES_BY_KIND`) must all be there."""
 
-    def __init__(self, runs_dir: Path, run_id: str):
+    def __init__(self, runs_dir: Path, run_id: str, kind: str = CNN_KIND):
+        if kind not in REQUIRED_FILES_BY_KIND:
+            raise ValueError(f"unknown model kind {kind!r}")
+        self.kind = kind
         self.runs_dir = Path(runs_dir)
         self.run_id = slug(run_id)
         self.runs_dir.mkdir(parents=True, exist_ok=True)
@@ -209,7 +237,8 @@ class RunWriter:
         return self.folder / name
 
     def commit(self) -> Path:
-        missing = [name for name in REQUIRED_FILES if not (self.folder / name).is_file()]
+        missing = [name for name in REQUIRED_FILES_BY_KIND[self.kind]
+                   if not (self.folder / name).is_file()]
         if missing:
             raise RunError(f"run {self.run_id} is incomplete, missing {', '.join(missing)}")
         os.replace(self.folder, self.final)
@@ -260,12 +289,35 @@ class Run:
         return self.path.name
 
     @property
+    def kind(self) -> str:
+        """The model kind (run.json ``model.kind``, checked on load): ``"frozen-cnn"``, a head
+        on a frozen CNN base (also every run that records no kind), or ``"image-statistics"``,
+        the statistics baseline (:mod:`xrcompare.imagestats`)."""
+        model = self.info.get("model")
+        kind = model.get("kind") if isinstance(model, dict) else None
+        return kind if kind in MODEL_KINDS else CNN_KIND
+
+    @property
+    def is_cnn(self) -> bool:
+        """A head on a frozen CNN base: it has a backbone, an input size, a feature spec and
+        saliency maps. The statistics baseline has none of these."""
+        return self.kind == CNN_KIND
+
+    @property
+    def is_statistics(self) -> bool:
+        return self.kind == STATISTICS_KIND
+
+    @property
     def backbone(self) -> str:
-        return self.info["backbone"]
+        """The frozen CNN's registry name; ``"image-statistics"`` for the statistics
+        baseline."""
+        return self.info["backbone"] if self.is_cnn else STATISTICS_KIND
 
     @property
     def backbone_display(self) -> str:
         """The backbone as people write it ("ResNet50"), else its registry name."""
+        if not self.is_cnn:
+            return "Image statistics (no CNN)"
         return self.info.get("backbone_display") or self.backbone
 
     @property
@@ -273,9 +325,9 @@ class Run:
         return list(self.info.get("classes", CLASSES))
 
     @property
-    def weights(self) -> str:
-        """``"imagenet"`` or ``"random"`` (checked on load)."""
-        return self.info["weights"]
+    def weights(self) -> str | None:
+        """``"imagenet"`` or ``"random"`` (checked on load); None for a run without a CNN."""
+        return self.info["weights"] if self.is_cnn else None
 
     @property
     def weights_seed(self) -> int:
@@ -287,22 +339,48 @@ class Run:
         return self.weights == RANDOM_WEIGHTS
 
     @property
-    def image_size(self) -> int:
-        """The input size in pixels (checked on load)."""
-        return int(self.info["image_size"])
+    def image_size(self) -> int | None:
+        """The input size in pixels (checked on load); None for a run without a CNN."""
+        return int(self.info["image_size"]) if self.is_cnn else None
 
     @property
-    def resize_mode(self) -> str:
-        """``"squash"`` or ``"pad"`` (checked on load)."""
-        return self.info["resize_mode"]
+    def resize_mode(self) -> str | None:
+        """``"squash"`` or ``"pad"`` (checked on load); None for a run without a CNN."""
+        return self.info["resize_mode"] if self.is_cnn else None
 
     @property
-    def head(self) -> str:
-        return self.info["head"]
+    def mask(self) -> str:
+        """The masked-input control its images went through (:data:`xrcompare.imaging.
+        MASK_MODES`, checked on load): ``"none"``, ``"lungs-out"`` or ``"lungs-only"``."""
+        return self.info.get("mask") or NO_MASK
+
+    @property
+    def mask_box(self) -> dict | None:
+        """Where the mask's box was (run.json ``mask_box``: fractions of the square input),
+        None for an unmasked run."""
+        if self.mask == NO_MASK:
+            return None
+        box = self.info.get("mask_box")
+        if isinstance(box, dict):
+            return dict(box)
+        from xrcompare.imaging import LUNG_BOX
+
+        left, top, right, bottom = LUNG_BOX
+        return {"left": left, "top": top, "right": right, "bottom": bottom}
+
+    @property
+    def head(self) -> str | None:
+        return self.info["head"] if self.is_cnn else None
+
+    def _require_cnn(self, what: str) -> None:
+        if not self.is_cnn:
+            raise RunError(f"{self.title} is not a CNN run (it is the {self.kind} control): "
+                           f"it has no {what}")
 
     @property
     def feature_shape(self) -> tuple[int, int, int]:
         """The frozen base's feature map (height, width, channels), checked on load."""
+        self._require_cnn("feature map")
         height, width, channels = self.info["feature_shape"]
         return int(height), int(width), int(channels)
 
@@ -311,8 +389,21 @@ class Run:
         what its training features were computed with, so evaluation reuses the cache."""
         from xrcompare.features import FeatureSpec
 
+        self._require_cnn("frozen base")
         return FeatureSpec(self.backbone, self.image_size, self.resize_mode, self.weights,
-                           self.weights_seed, preprocess=self.preprocess)
+                           self.weights_seed, preprocess=self.preprocess, mask=self.mask)
+
+    def statistics_model(self):
+        """The statistics baseline's fitted model (:class:`xrcompare.imagestats.
+        StatisticsModel`) from its model.json; RunError when it cannot be used."""
+        from xrcompare.imagestats import StatisticsModel
+
+        if not self.is_statistics:
+            raise RunError(f"{self.title} is not the image-statistics baseline")
+        try:
+            return StatisticsModel.read(self.path / MODEL_FILE)
+        except ValueError as error:
+            raise RunError(f"{self.run_id}: {error}") from None
 
     @property
     def protocol(self) -> dict[str, str]:
@@ -352,10 +443,15 @@ class Run:
 
     @property
     def title(self) -> str:
-        """Short human label used everywhere a run is named."""
+        """Short human label used everywhere a run is named; a control says which (unless its
+        display name already does), a leaky run says so."""
         name = self.info.get("display_name") or self.run_id
-        if self.is_random_control and "random-init" not in name.lower():
-            name = f"{name} [random-init control]"
+        label = self.control_label
+        if label is not None:
+            phrase = CONTROL_PHRASES.get(self.control_kind, "control")
+            lowered = name.lower()
+            if phrase not in lowered or "control" not in lowered:
+                name = f"{name} [{label}]"
         if self.is_leaky and LEAKY_LABEL.lower() not in name.lower():
             name = f"{name} [{LEAKY_LABEL}]"
         return name
@@ -376,10 +472,29 @@ class Run:
         return self.info.get("command")
 
     @property
+    def control_kind(self) -> str | None:
+        """What kind of control the run is, None for a model: ``"random-init"`` (an
+        untrained base), ``"lungs-out"`` / ``"lungs-only"`` (masked inputs),
+        ``"image-statistics"`` (no CNN), or ``"marked"`` (``"control": true`` in run.json
+        for another reason)."""
+        if self.is_statistics:
+            return STATISTICS_KIND
+        if self.mask != NO_MASK:
+            return self.mask
+        if self.is_random_control:
+            return "random-init"
+        return "marked" if self.info.get("control") is True else None
+
+    @property
+    def control_label(self) -> str | None:
+        """The control in a few words ("control: lungs blacked out"), None for a model."""
+        kind = self.control_kind
+        return None if kind is None else CONTROL_LABELS.get(kind, "control")
+
+    @property
     def is_control(self) -> bool:
-        """A control run (not a model to pick): random-init today, any run marked
-        ``"control": true`` in run.json tomorrow (masked inputs, statistics baseline)."""
-        return self.is_random_control or self.info.get("control") is True
+        """A control run, not a model to pick (see :attr:`control_kind`)."""
+        return self.control_kind is not None
 
     # ----------------------------------------------------------------- data and split
     @property
@@ -482,7 +597,10 @@ class Run:
 
     @property
     def kept_epoch_text(self) -> str:
-        """"8/25", or every fold's kept epoch for cross-validation: "4, 14, 2, 2, 13/25"."""
+        """"8/25", or every fold's kept epoch for cross-validation: "4, 14, 2, 2, 13/25";
+        "no epochs" for the statistics baseline."""
+        if not self.is_cnn:
+            return "no epochs"
         kept = ", ".join(str(epoch) for epoch in self.kept_epochs) or "?"
         return f"{kept}/{self.epochs_run if self.epochs_run is not None else '?'}"
 
@@ -780,9 +898,9 @@ def load_run(folder: str | Path) -> Run:
     folder = Path(folder)
     if not folder.is_dir():
         raise RunError(f"{folder} is not a run folder")
-    missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
-    if missing:
-        raise RunError(f"{folder.name}: missing {', '.join(missing)}")
+    for name in ("run.json", "metrics.json"):
+        if not (folder / name).is_file():
+            raise RunError(f"{folder.name}: missing {name}")
     try:
         info = json.loads((folder / "run.json").read_text(encoding="utf-8"))
         metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
@@ -790,7 +908,14 @@ def load_run(folder: str | Path) -> Run:
         raise RunError(f"{folder.name}: unreadable JSON ({one_line(error, 120)})") from None
     if not isinstance(info, dict) or not isinstance(metrics, dict):
         raise RunError(f"{folder.name}: run.json or metrics.json is not a JSON object")
-    missing_info = [key for key in REQUIRED_INFO if key not in info]
+    kind = run_kind(info)
+    if kind is None:
+        raise RunError(f"{folder.name}: run.json model.kind is not one of "
+                       f"{', '.join(MODEL_KINDS)}")
+    missing = [name for name in REQUIRED_FILES_BY_KIND[kind] if not (folder / name).is_file()]
+    if missing:
+        raise RunError(f"{folder.name}: missing {', '.join(missing)}")
+    missing_info = [key for key in REQUIRED_INFO_BY_KIND[kind] if key not in info]
     missing_data = [key for key in ("name",) if not isinstance(info.get("data"), dict)
                     or key not in info["data"]]
     missing_split = [] if isinstance(info.get("split"), dict) else ["split"]
@@ -808,15 +933,19 @@ def load_run(folder: str | Path) -> Run:
     except ValueError as error:
         raise RunError(f"{folder.name}: run.json {error}") from None
     try:
-        history = pd.read_csv(folder / "history.csv")
+        history = (pd.read_csv(folder / "history.csv") if kind == CNN_KIND
+                   else pd.DataFrame({"epoch": pd.Series(dtype="int64")}))  # no epochs
         predictions = pd.read_csv(folder / "predictions.csv")
     except (OSError, ValueError, pd.errors.ParserError) as error:
         raise RunError(f"{folder.name}: unreadable CSV ({one_line(error, 120)})") from None
     try:
-        check_info(info)
+        check_info(info, kind)
         labels = list(info.get("classes", CLASSES))
         check_metrics(metrics, labels)
-        check_head_file(folder / "head.weights.h5", info, labels)
+        if kind == CNN_KIND:
+            check_head_file(folder / "head.weights.h5", info, labels)
+        else:
+            check_statistics_file(folder / MODEL_FILE, labels)
     except SchemaError as error:
         raise RunError(f"{folder.name}: {error}") from None
     columns = [prediction_column(label) for label in labels]
@@ -871,22 +1000,43 @@ def _expect_labels(value, where: str) -> None:
             where, "a list of distinct class names")
 
 
-def check_info(info: dict) -> None:
+def run_kind(info: dict) -> str | None:
+    """The model kind run.json records (``model.kind``; a frozen-CNN run when it records
+    none), or None when it records one this version does not know."""
+    model = info.get("model")
+    if model is None:
+        return CNN_KIND
+    kind = model.get("kind", CNN_KIND) if isinstance(model, dict) else None
+    return kind if kind in MODEL_KINDS else None
+
+
+def check_info(info: dict, kind: str = CNN_KIND) -> None:
     """Types and ranges of the run.json fields readers rely on; :class:`SchemaError` else."""
     from xrcompare.backbones import WEIGHT_KINDS
     from xrcompare.imaging import RESIZE_MODES
     from xrcompare.train import HEADS
 
-    _expect_text(info["backbone"], "run.json backbone")
-    _expect(info["weights"] in WEIGHT_KINDS, "run.json weights",
-            f"one of {', '.join(WEIGHT_KINDS)}")
-    size = info["image_size"]
-    _expect(_is_count(size) and 1 <= size <= 1024, "run.json image_size",
-            "a whole number of pixels from 1 to 1024")
-    _expect(info["resize_mode"] in RESIZE_MODES, "run.json resize_mode",
-            f"one of {', '.join(RESIZE_MODES)}")
-    _expect(info["head"] in HEADS, "run.json head", f"one of {', '.join(HEADS)}")
-    check_feature_shape(info["feature_shape"], size)
+    if kind == CNN_KIND:
+        _expect_text(info["backbone"], "run.json backbone")
+        _expect(info["weights"] in WEIGHT_KINDS, "run.json weights",
+                f"one of {', '.join(WEIGHT_KINDS)}")
+        size = info["image_size"]
+        _expect(_is_count(size) and 1 <= size <= 1024, "run.json image_size",
+                "a whole number of pixels from 1 to 1024")
+        _expect(info["resize_mode"] in RESIZE_MODES, "run.json resize_mode",
+                f"one of {', '.join(RESIZE_MODES)}")
+        _expect(info["head"] in HEADS, "run.json head", f"one of {', '.join(HEADS)}")
+        check_feature_shape(info["feature_shape"], size)
+        _expect(info.get("mask", NO_MASK) in MASK_MODES, "run.json mask",
+                f"one of {', '.join(MASK_MODES)}")
+        box = info.get("mask_box")
+        if box is not None:
+            _expect(isinstance(box, dict) and all(
+                _is_number(box.get(key)) and 0 <= box[key] <= 1
+                for key in ("left", "top", "right", "bottom")), "run.json mask_box",
+                "an object of fractions left, top, right, bottom")
+    if "control" in info:
+        _expect(isinstance(info["control"], bool), "run.json control", "true or false")
     if "classes" in info:
         _expect_labels(info["classes"], "run.json classes")
     for key in ("display_name", "description", "selection", "backbone_display"):
@@ -1063,6 +1213,20 @@ def _expect_pair(value, where: str) -> None:
             "a [low, high] interval")
 
 
+def check_statistics_file(path: Path, labels: list[str]) -> None:
+    """The statistics baseline's model.json must be a valid model of the run's classes."""
+    from xrcompare.imagestats import StatisticsModel
+
+    try:
+        model = StatisticsModel.read(path)
+    except ValueError as error:
+        raise SchemaError(str(error)) from None
+    unknown = sorted(set(model.classes) - set(labels))
+    if unknown:
+        raise SchemaError(f"model.json predicts {', '.join(unknown)}, not among run.json's "
+                          "classes")
+
+
 def check_head_file(path: Path, info: dict, labels: list[str]) -> None:
     """The head weights must fit the recorded feature shape and classes, so a wrong
     ``feature_shape`` is caught before any model is built (it sizes the head's layers)."""
@@ -1214,6 +1378,7 @@ def build_full_model(run: Run, *, base=None):
     from xrcompare.backbones import build_base
     from xrcompare.train import attach_head
 
+    run._require_cnn("CNN classifier")
     check_rebuildable(run)
     if base is None:
         base = build_base(run.backbone, run.image_size, run.weights, seed=run.weights_seed)
@@ -1225,10 +1390,20 @@ def model_input_for_run(run: Run, gray: np.ndarray) -> np.ndarray:
     from xrcompare.backbones import get_backbone
     from xrcompare.imaging import to_model_input
 
-    image = to_model_input(gray, run.image_size, run.resize_mode)
+    if not run.is_cnn:
+        raise RunError(f"{run.title} has no CNN: it takes no model input")
+    image = to_model_input(gray, run.image_size, run.resize_mode, run.mask)
     return get_backbone(run.backbone).preprocess(image[None], run.preprocess)
 
 
 def predict_gray(run: Run, model, gray: np.ndarray) -> dict[str, float]:
+    """Class → probability of ``run`` for one 8-bit gray image. ``model``: the CNN run's full
+    classifier (:func:`build_full_model`); for the statistics baseline its
+    :meth:`Run.statistics_model` (None: read from the run folder)."""
+    if run.is_statistics:
+        from xrcompare.imagestats import predict_gray as predict_statistics
+
+        return predict_statistics(model if model is not None else run.statistics_model(), gray,
+                                  run.labels)
     probabilities = np.asarray(model.predict_on_batch(model_input_for_run(run, gray)))[0]
     return {label: float(p) for label, p in zip(run.labels, probabilities, strict=True)}

@@ -25,7 +25,9 @@ EXTRACT_THROUGHPUT_FILE = BENCHMARK_RESULTS_DIR / "extract_throughput.json"
 LEADERBOARD_COLUMNS = {
     "run": "The run's name.",
     "backbone": "The frozen ImageNet CNN whose features the head was trained on.",
-    "weights": "ImageNet weights, or a random-init control showing what ImageNet features buy.",
+    "weights": "ImageNet weights, or a control (not a model): a random-init base (what "
+               "ImageNet features buy), masked inputs (lungs blacked out, or only the lungs "
+               "kept) or the image-statistics baseline (no CNN at all). See the Shortcut lab.",
     "data": "The training folder.",
     "protocol": "sound, or '2020 protocol (leaky)': images split at random (one patient on "
                 "both sides), the epoch chosen on the test split, or inputs scaled 0..1 unlike "
@@ -187,7 +189,7 @@ def leaderboard(runs: list[Run], throughput: dict | None = None) -> pd.DataFrame
             "run": run.title,
             "run_id": run.run_id,
             "backbone": run.backbone_display,
-            "weights": "random-init control" if run.is_random_control else "ImageNet",
+            "weights": weights_text(run),
             "data": run.data_name,
             "protocol": run.protocol_label,
             "split": split_text(run),
@@ -210,6 +212,15 @@ def leaderboard(runs: list[Run], throughput: dict | None = None) -> pd.DataFrame
             "run_size_bytes": run.disk_bytes(),
         })
     return pd.DataFrame(rows, columns=["run", "run_id", *list(LEADERBOARD_COLUMNS)[1:]])
+
+
+def weights_text(run: Run) -> str:
+    """The leaderboard's "weights" cell: ImageNet, or which control the run is."""
+    if run.is_random_control or not run.is_cnn:
+        return run.control_label or "no CNN"
+    if run.is_control:
+        return f"ImageNet, {run.control_label}"
+    return "ImageNet"
 
 
 def split_text(run: Run) -> str:

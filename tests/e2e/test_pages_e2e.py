@@ -28,9 +28,13 @@ PAGES = [
     ("evaluate_folder", "Evaluate on a folder", "A .zip of class folders",
      "09-evaluate-on-a-folder"),
     ("glossary", "Glossary", "Patient-wise split", "10-glossary"),
+    ("card", "Model card", "Intended use", "11-model-card"),
+    ("lesson", "Why 98% is a warning sign", "Reveal", "12-lesson"),
+    ("shortcuts", "Shortcut lab", "The lesson", "13-shortcut-lab"),
 ]
 #: Pages that always draw at least one chart (the Predict page waits for an image).
-CHARTED = {"per_class", "confusion", "curves", "tradeoffs", "heldout", "dataset", "compare"}
+CHARTED = {"per_class", "confusion", "curves", "tradeoffs", "heldout", "dataset", "compare",
+           "shortcuts"}
 
 
 @pytest.mark.e2e
@@ -132,3 +136,32 @@ def test_an_empty_runs_folder_explains_how_to_train(tmp_path, start_app_server, 
         assert app.problems() == [], title
     app.open("")
     app.screenshot("10-no-runs")
+
+
+def horizontal_overflow(page) -> int:
+    """Pixels the main area is wider than its view (0: nothing to scroll sideways)."""
+    return page.evaluate("""() => {
+        const main = document.querySelector('[data-testid="stMain"]');
+        const widths = [document.documentElement, main].map(e => e.scrollWidth - e.clientWidth);
+        return Math.max(...widths);
+    }""")
+
+
+@pytest.mark.e2e
+def test_the_lesson_steps_through_on_a_projector_without_sideways_scrolling(app):
+    """At 1280 px wide, a teacher reveals each step and moves on; nothing overflows."""
+    app.page.set_viewport_size({"width": 1280, "height": 800})
+    page = app.open("lesson")
+    for number in range(6):
+        reveal = page.get_by_role("button", name="Reveal")
+        if reveal.count():
+            reveal.first.click()
+            app.wait_idle()
+        assert app.problems() == [], number
+        assert horizontal_overflow(page) <= 1, f"step {number + 1} scrolls sideways"
+        if number == 5:
+            app.screenshot("10b-lesson-last-step")
+            break
+        page.get_by_role("button", name="Next").click()
+        app.wait_idle()
+    assert page.get_by_text("What to take away").first.is_visible()
