@@ -94,7 +94,8 @@ def choose_image() -> Chosen | None:
             sample = st.selectbox(
                 "…or try a sample X-ray", samples, key="predict_sample",
                 format_func=lambda item: item.title, disabled=uploaded is not None,
-                help="Four licensed images from the teaching data; see samples/README.md.")
+                help="Licensed X-rays from the teaching data, and one photo that is not an "
+                     "X-ray; see samples/README.md.")
             if sample is not None and uploaded is None:
                 st.caption(f"{md(sample.licence)} · {md(sample.attribution)}")
         elif uploaded is None:
@@ -202,9 +203,10 @@ def show_predictions(predictions, labels: dict[str, str], summary_slot, chart_sl
             st.markdown("\n".join(f"- **{md(label)}**: {', '.join(md(name) for name in names)}"
                                   for label, names in summary.votes.items()))
         if summary.controls:
-            st.caption("Random-init controls (not counted): "
+            st.caption("Controls (not counted): "
                        + "; ".join(md(control) for control in summary.controls)
-                       + ". A head on random features learns little; compare its bars.")
+                       + ". A control sees no ImageNet features, no lungs, or no image at all, "
+                         "yet often answers with confidence: compare its bars.")
         for prediction in predictions:
             if not prediction.ok:
                 st.error(f"**{md(labels.get(prediction.run_id, prediction.title))}** gave no "
@@ -228,7 +230,9 @@ def show_table(predictions, labels: dict[str, str], splits: dict[str, str]) -> N
     numbers = [column for column in table.columns
                if column not in ("run", "kind", "image in", "predicted", "note")]
     config = {"run": st.column_config.TextColumn("run", pinned=True),
-              "kind": st.column_config.TextColumn("weights"),
+              "kind": st.column_config.TextColumn(
+                  "kind", help="A model, or a control (random-init, masked input, image "
+                               "statistics) showing what a model without the real signal does."),
               "image in": st.column_config.TextColumn(
                   "image in", help="Where this run met the sample: in a split of its own "
                                    "data, in a held-out folder, or nowhere (–)."),
@@ -339,7 +343,8 @@ def show_maps(runs_by_id: dict[str, Run], predictions, image: UploadedImage, dig
     """One map per (method, run), laid out first and filled as each is ready (from the
     cache at once; else computed, with a progress bar); drawn over ``picture``, the image
     at display size."""
-    usable = [p for p in predictions if p.ok]
+    # Saliency needs a network: the image-statistics baseline has none.
+    usable = [p for p in predictions if p.ok and runs_by_id[p.run_id].is_cnn]
     rows = -(-len(usable) // MAPS_PER_ROW)  # ceil: as few rows as possible, evenly filled
     per_row = max(1, -(-len(usable) // max(rows, 1)))
     colour_bar(settings["colormap"])

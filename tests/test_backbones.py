@@ -35,6 +35,7 @@ def test_each_backbone_builds_with_its_last_conv_layer_and_parameter_count(name)
     assert base.get_layer(backbone.last_conv_layer) is not None
     assert len(base.output.shape) == 4
     assert base.count_params() == backbone.base_params
+    assert base.output.shape[-1] == backbone.feature_channels
 
 
 def test_names_are_forgiving_but_unknown_ones_say_what_exists():

@@ -28,4 +28,4 @@ def test_the_example_shows_the_recorded_command_without_shipping_flags():
     block = README.read_text(encoding="utf-8")
     example = block[block.index(script.START):block.index(script.END)]
     assert "$ python -m xrcompare predict trained/resnet50-cxr3 " \
-           "samples/pneumonia_kermany_person1044_virus_1740.jpg" in example
+           "samples/pneumonia_kermany_person1049_virus_1746.jpg" in example

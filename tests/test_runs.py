@@ -119,7 +119,7 @@ def test_a_run_with_wrong_types_is_a_named_problem(tmp_path, file, change, reaso
 @pytest.mark.parametrize(("shape", "reason"), [
     ([400, 400, 2048], "does not fit a 224 px input"),
     ([200, 200, 2048], "does not fit a 224 px input"),
-    ([7, 7, 1024], "does not fit run.json feature_shape"),  # the head file says 2048
+    ([7, 7, 1024], "has 1024 channels, but ResNet50's base gives 2048"),
     ([7, 7], "three positive whole numbers"),
     ([7, 7, 100000], "more than 4096 channels"),
 ])

@@ -45,6 +45,8 @@ class Backbone:
     #: Parameters of the frozen base (``include_top=False``, all weights counted); the same at
     #: every input size, since the base is convolutional only.
     base_params: int
+    #: Channels of the base's output feature map (what a head on it takes).
+    feature_channels: int
 
     def builder_function(self):
         import keras
@@ -80,23 +82,24 @@ class Backbone:
 
 REGISTRY: dict[str, Backbone] = {b.name: b for b in (
     Backbone("vgg16", "VGG16", "VGG16", "vgg16", 224, 32, "block5_conv3",
-             "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5", 14_714_688),
+             "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5", 14_714_688, 512),
     Backbone("vgg19", "VGG19", "VGG19", "vgg19", 224, 32, "block5_conv4",
-             "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5", 20_024_384),
+             "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5", 20_024_384, 512),
     Backbone("resnet50", "ResNet50", "ResNet50", "resnet50", 224, 32, "conv5_block3_out",
-             "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5", 23_587_712),
+             "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5", 23_587_712, 2048),
     Backbone("resnet101", "ResNet101", "ResNet101", "resnet", 224, 32, "conv5_block3_out",
-             "resnet101_weights_tf_dim_ordering_tf_kernels_notop.h5", 42_658_176),
+             "resnet101_weights_tf_dim_ordering_tf_kernels_notop.h5", 42_658_176, 2048),
     Backbone("resnet152", "ResNet152", "ResNet152", "resnet", 224, 32, "conv5_block3_out",
-             "resnet152_weights_tf_dim_ordering_tf_kernels_notop.h5", 58_370_944),
+             "resnet152_weights_tf_dim_ordering_tf_kernels_notop.h5", 58_370_944, 2048),
     Backbone("resnet50v2", "ResNet50V2", "ResNet50V2", "resnet_v2", 224, 32, "post_relu",
-             "resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5", 23_564_800),
+             "resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5", 23_564_800, 2048),
     Backbone("xception", "Xception", "Xception", "xception", 299, 71, "block14_sepconv2_act",
-             "xception_weights_tf_dim_ordering_tf_kernels_notop.h5", 20_861_480),
+             "xception_weights_tf_dim_ordering_tf_kernels_notop.h5", 20_861_480, 2048),
     Backbone("densenet121", "DenseNet121", "DenseNet121", "densenet", 224, 32, "relu",
-             "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5", 7_037_504),
+             "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5", 7_037_504, 1024),
     Backbone("mobilenetv2", "MobileNetV2", "MobileNetV2", "mobilenet_v2", 224, 32, "out_relu",
-             "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5", 2_257_984),
+             "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5", 2_257_984,
+             1280),
 )}
 
 

@@ -214,6 +214,7 @@ class Engine:
         self._tails = LRU(max_tails)
         self._flat = LRU(max_flat_models)
         self._features = LRU(max_features)
+        self._statistics = LRU(8)  # image-statistics baselines' JSON models
         self._lock = threading.Lock()
         self._trunk_locks: dict[tuple, threading.Lock] = {}
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xrcompare-model",
@@ -309,8 +310,18 @@ class Engine:
         shape = self.trunk(run).output.shape
         return int(shape[1]), int(shape[2])
 
+    def _statistics_model(self, run: Run):
+        key = ("statistics", run.run_id, run.modified)
+        model = self._statistics.get(key)
+        if model is None:
+            model = run.statistics_model()
+            self._statistics.put(key, model)
+        return model
+
     def is_warm(self, run: Run) -> bool:
         """Whether the run's trunk is built and traced and its tail built."""
+        if run.is_statistics:
+            return True
         entry = self._trunks.get(trunk_key(run))
         return bool(entry and entry.traced) and (run.run_id, run.modified) in self._tails
 
@@ -326,6 +337,8 @@ class Engine:
         for run in runs:
             if stop is not None and stop.is_set():
                 return
+            if not run.is_cnn:  # the statistics baseline has no network to build
+                continue
             problem = None
             try:
                 self.tail(run)
@@ -383,7 +396,12 @@ class Engine:
         return features
 
     def probabilities(self, run: Run, gray: np.ndarray) -> dict[str, float]:
-        """Class → probability of ``run`` for an 8-bit gray image."""
+        """Class → probability of ``run`` for an 8-bit gray image (the image-statistics
+        baseline needs no CNN: its model is small and read once per run)."""
+        if run.is_statistics:
+            from xrcompare.runs import predict_gray
+
+            return predict_gray(run, self._statistics_model(run), gray)
         features = self.features(run, gray)
         values = self.call(self.tail(run).probabilities, features)[0]
         if values.shape != (len(run.labels),):

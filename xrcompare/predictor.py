@@ -152,7 +152,7 @@ class RunPrediction:
 
     run_id: str
     title: str
-    is_random_control: bool
+    is_control: bool  # a control (random-init, masked input, statistics): shown, not voting
     labels: tuple[str, ...]
     probabilities: dict[str, float] | None = None
     seconds: float = 0.0
@@ -207,9 +207,9 @@ def predict_run(engine: Engine, run: Run, gray: np.ndarray, *,
     try:
         probabilities = engine.probabilities(run, gray)
     except MODEL_ERRORS as error:
-        return RunPrediction(run.run_id, run.title, run.is_random_control, tuple(run.labels),
+        return RunPrediction(run.run_id, run.title, run.is_control, tuple(run.labels),
                              problem=problem_sentence(run, error))
-    result = RunPrediction(run.run_id, run.title, run.is_random_control, tuple(run.labels),
+    result = RunPrediction(run.run_id, run.title, run.is_control, tuple(run.labels),
                            probabilities, time.perf_counter() - start)
     if key is not None:
         cache.put(key, result)
@@ -268,7 +268,8 @@ def agreement(predictions: Sequence[RunPrediction],
               titles: dict[str, str] | None = None) -> Agreement:
     """Summarise the predicted classes of the trained runs.
 
-    Random-init controls are listed apart (they show what a head on meaningless features
+    Controls (random-init, masked inputs, the statistics baseline) are listed apart (they show
+    what a model without the real signal does)
     does) and do not vote. ``titles`` maps run id → shown name.
     """
     titles = titles or {}
@@ -278,8 +279,8 @@ def agreement(predictions: Sequence[RunPrediction],
 
     unavailable = [name(p) for p in predictions if not p.ok]
     controls = [f"{name(p)} → {p.predicted}" for p in predictions
-                if p.ok and p.is_random_control]
-    voters = [p for p in predictions if p.ok and not p.is_random_control]
+                if p.ok and p.is_control]
+    voters = [p for p in predictions if p.ok and not p.is_control]
     votes: dict[str, list[str]] = {}
     for prediction in voters:
         votes.setdefault(prediction.predicted, []).append(name(prediction))
@@ -311,7 +312,7 @@ def probability_table(predictions: Sequence[RunPrediction],
     for prediction in predictions:
         row = {"run": titles.get(prediction.run_id, prediction.title),
                "run_id": prediction.run_id,
-               "kind": "random-init control" if prediction.is_random_control else "ImageNet",
+               "kind": "control" if prediction.is_control else "model",
                "predicted": prediction.predicted or "–",
                "confidence": prediction.confidence}
         for label in labels:
@@ -326,7 +327,7 @@ def probability_figure(predictions: Sequence[RunPrediction],
                        titles: dict[str, str] | None = None):
     """One horizontal bar per run, split into its class probabilities (they sum to 1).
 
-    Random-init controls are hatched. Runs without a prediction are left out (the page
+    Controls are hatched. Runs without a prediction are left out (the page
     lists them with their reason).
     """
     import plotly.graph_objects as go
@@ -337,7 +338,7 @@ def probability_figure(predictions: Sequence[RunPrediction],
     usable = [p for p in predictions if p.ok]
     labels = list(dict.fromkeys(label for p in usable for label in p.labels))
     names = [titles.get(p.run_id, p.title) for p in usable]
-    patterns = ["/" if p.is_random_control else "" for p in usable]
+    patterns = ["/" if p.is_control else "" for p in usable]
     figure = go.Figure()
     for label in labels:
         values = [p.probabilities.get(label, 0.0) for p in usable]

@@ -1027,6 +1027,7 @@ def check_info(info: dict, kind: str = CNN_KIND) -> None:
                 f"one of {', '.join(RESIZE_MODES)}")
         _expect(info["head"] in HEADS, "run.json head", f"one of {', '.join(HEADS)}")
         check_feature_shape(info["feature_shape"], size)
+        check_feature_channels(info["feature_shape"], info["backbone"])
         _expect(info.get("mask", NO_MASK) in MASK_MODES, "run.json mask",
                 f"one of {', '.join(MASK_MODES)}")
         box = info.get("mask_box")
@@ -1117,6 +1118,18 @@ def check_feature_shape(shape, image_size: int) -> tuple[int, int, int]:
         raise SchemaError(f"run.json feature_shape {shape} has more than "
                           f"{MAX_FEATURE_CHANNELS} channels")
     return height, width, channels
+
+
+def check_feature_channels(shape, backbone_name: str) -> None:
+    """The recorded feature map's channels are what the backbone's base gives (a head sized for
+    another base would fail deep inside a model call); unknown backbones are left to the
+    weights check, which names them."""
+    from xrcompare.backbones import REGISTRY
+
+    backbone = REGISTRY.get(str(backbone_name))
+    if backbone is not None and shape[2] != backbone.feature_channels:
+        raise SchemaError(f"run.json feature_shape {shape} has {shape[2]} channels, but "
+                          f"{backbone.display_name}'s base gives {backbone.feature_channels}")
 
 
 def check_metrics(metrics: dict, labels: list[str]) -> None:
