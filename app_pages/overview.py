@@ -48,6 +48,8 @@ column_config = {
     "train_seconds": st.column_config.NumberColumn("Training time (s)",
                                                    help=help_text["train_seconds"],
                                                    format="%.0f"),
+    "feature_engine": st.column_config.TextColumn("Feature engine",
+                                                  help=help_text["feature_engine"]),
     "trainable_params": st.column_config.NumberColumn(
         "Trainable params", help=help_text["trainable_params"], format="localized"),
 }
@@ -55,7 +57,7 @@ column_config = {
 order = ["run", "accuracy", "accuracy_95ci", "macro_f1", "covid_sensitivity", "covid_specificity",
          "kaggle_normal_non_covid_pct", "kaggle_pneumonia_non_covid_pct", "kaggle_accuracy",
          "weights", "backbone", "data", "split", "image_size", "resize", "epochs",
-         "train_seconds", "trainable_params", "run_id"]
+         "train_seconds", "feature_engine", "trainable_params", "run_id"]
 
 st.subheader("Leaderboard")
 st.caption("One row per run, scored on its own patient-wise test split (pooled out-of-fold "

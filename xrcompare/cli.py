@@ -117,6 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--description", default=None)
     train.add_argument("--order", type=int, default=None, help="sort position in listings")
     train.add_argument("--extract-batch-size", type=_positive_int, default=32)
+    train.add_argument("--engine", choices=("auto", "openvino", "keras"), default=None,
+                       help="the frozen base's forward pass: OpenVINO where installed (auto), "
+                            "or the Keras float32 reference (default: $XRCOMPARE_ENGINE, "
+                            "else auto)")
     train.add_argument("--progress-file", type=Path, default=None,
                        help="append progress events as JSON lines (used by the app)")
 
@@ -161,7 +165,7 @@ def cmd_train(args) -> int:
         val_fraction=args.val_fraction, test_fraction=args.test_fraction,
         patience=args.patience, monitor=args.monitor, name=args.name,
         display_name=args.display_name, description=args.description, order=args.order,
-        extract_batch_size=args.extract_batch_size)
+        extract_batch_size=args.extract_batch_size, engine=args.engine)
     config.validate()
     printer = _progress_printer()
     hook = printer
@@ -197,6 +201,9 @@ def cmd_evaluate(args) -> int:
         return 0
     labels = metrics["labels"]
     print(f"{run.title} on {args.data_dir} ({metrics['n']} images)")
+    engine = metrics.get("feature_engine") or {}
+    if engine.get("note"):
+        print(f"features: {engine['note']} (scores may differ slightly from the run's own)")
     print(f"accuracy {metrics['accuracy']:.3f}   macro-F1 {metrics['macro_f1']:.3f}")
     print("confusion matrix (rows true, columns predicted):")
     print("            " + "".join(f"{label:>11}" for label in labels))
@@ -227,6 +234,8 @@ def cmd_predict(args) -> int:
     for label, probability in result["probabilities"].items():
         print(f"{label:>10}  {probability:6.3f}  {'#' * round(probability * 30)}")
     print(f"predicted: {result['predicted']}  (teaching model, not a diagnosis)")
+    if result["feature_engine"]["note"]:
+        print(f"features: {result['feature_engine']['note']}")
     for warning in result.get("warnings", []):
         print(f"warning: {warning}")
     return 0

@@ -25,6 +25,7 @@ from xrcompare.data import (
     split_by_patient,
     split_summary,
 )
+from xrcompare.engine import ENGINE_CHOICES, engine_label, with_engine
 from xrcompare.evaluate import evaluate_predictions, summarise_folds
 from xrcompare.features import FeatureExtractor, FeatureSpec
 from xrcompare.imaging import RESIZE_MODES
@@ -60,6 +61,7 @@ class TrainConfig:
     description: str | None = None
     order: int | None = None
     extract_batch_size: int = 32
+    engine: str | None = None  # the base's forward pass: auto, openvino, keras (None: env)
 
     def validate(self) -> None:
         """Raise ValueError with one readable line for any out-of-range parameter."""
@@ -90,6 +92,9 @@ class TrainConfig:
             raise ValueError(f"head must be one of {', '.join(HEADS)}")
         if self.weights not in ("imagenet", "random"):
             raise ValueError("weights must be imagenet or random")
+        if self.engine is not None and self.engine not in ENGINE_CHOICES:
+            raise ValueError(f"engine must be one of {', '.join(ENGINE_CHOICES)}, "
+                             f"got {self.engine!r}")
         for value, label in ((self.val_fraction, "validation"), (self.test_fraction, "test")):
             if not 0.05 <= value <= 0.45:
                 raise ValueError(f"{label} fraction must be between 0.05 and 0.45")
@@ -101,7 +106,7 @@ def environment() -> dict:
     versions = {"xrcompare": __version__, "python": platform.python_version(),
                 "keras": keras.__version__, "keras_backend": keras.backend.backend(),
                 "numpy": np.__version__}
-    for module in ("tensorflow", "jax", "sklearn", "cv2", "pandas"):
+    for module in ("tensorflow", "jax", "sklearn", "cv2", "pandas", "openvino"):
         loaded = sys.modules.get(module)
         if loaded is not None:
             versions[module] = getattr(loaded, "__version__", "?")
@@ -208,14 +213,15 @@ def _train_one(config: TrainConfig, backbone_name: str, dataset: Dataset,
 
     backbone = get_backbone(backbone_name)
     size = config.image_size or backbone.default_size
-    spec = FeatureSpec(backbone.name, size, config.resize_mode, config.weights, config.seed)
+    spec = with_engine(FeatureSpec(backbone.name, size, config.resize_mode, config.weights,
+                                   config.seed), config.engine)
     phases = _Phases()
     phases.seconds["scan"] = scan_seconds
     status = weights_status(backbone.name)
     t = time.perf_counter()
-    emit({"phase": "load_backbone"})
+    emit({"phase": "load_backbone", "what": f"({engine_label(spec.engine, spec.precision)})"})
     extractor = FeatureExtractor(spec, batch_size=config.extract_batch_size)
-    extractor.base  # noqa: B018 - build now so a missing-weights error comes first
+    extractor.engine  # noqa: B018 - build now so a missing-weights error comes first
     phases.add("build_base", t)
     fold_splits = make_splits()
 
@@ -352,7 +358,7 @@ def _train_one(config: TrainConfig, backbone_name: str, dataset: Dataset,
         phases.seconds["total"] = sum(phases.seconds.values())
         info = _run_info(config, backbone, size, feature_shape, dataset, fold_splits,
                          first, fold_results, skipped, heldout_info, phases, status, head,
-                         writer.run_id, original)
+                         writer.run_id, original, extractor)
         writer.write_json("run.json", info)
         folder = writer.commit()
     except BaseException:
@@ -395,7 +401,8 @@ def _prediction_frame(dataset: Dataset, indices: list[int], split: str,
 
 
 def _run_info(config, backbone, size, feature_shape, dataset, fold_splits, first, fold_results,
-              skipped, heldout_info, phases, status, head, run_id, original) -> dict:
+              skipped, heldout_info, phases, status, head, run_id, original,
+              extractor) -> dict:
     import keras
 
     def files(indices):
@@ -441,9 +448,9 @@ def _run_info(config, backbone, size, feature_shape, dataset, fold_splits, first
         "heldout": heldout_info,
         "best_epoch": first["fit"]["best_epoch"], "epochs_run": first["fit"]["epochs_run"],
         "selection": f"best epoch by {first['fit']['monitor']} on the validation split",
-        "features": {"spec": FeatureSpec(backbone.name, size, config.resize_mode, config.weights,
-                                         config.seed).key(),
-                     "cached": original.cached, "computed": original.computed},
+        "features": {"spec": extractor.spec.key(),
+                     "cached": original.cached, "computed": original.computed,
+                     **extractor.engine.info()},
         "timings_s": {key: round(value, 2) for key, value in phases.seconds.items()},
         "keras_backend": keras.backend.backend(),
         **environment(),

@@ -2,8 +2,9 @@
 
 The cache key is the image's content hash (SHA-256 of its bytes) plus everything that
 changes the features: backbone, weights (ImageNet or the seeded random-init control),
-input size, resize mode and augmentation view. The head then trains on cached features
-for any number of epochs, instead of re-running the frozen base every epoch.
+input size, resize mode, augmentation view and, when it is not the Keras float32 reference,
+the inference engine and its precision (:mod:`xrcompare.engine`). The head then trains on
+cached features for any number of epochs, instead of re-running the frozen base every epoch.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from xrcompare.backbones import build_base, get_backbone
+from xrcompare.backbones import get_backbone
+from xrcompare.engine import is_engine, make_engine
 from xrcompare.imaging import ImageError, decode_gray, read_bytes, to_model_input
 
 CACHE_DIR_VARIABLE = "XRCOMPARE_CACHE_DIR"
@@ -48,6 +50,8 @@ class FeatureSpec:
     resize_mode: str = "squash"
     weights: str = "imagenet"
     seed: int = 0  # only for the random-init control
+    engine: str = "keras"  # the base's forward pass (xrcompare.engine); keras = reference
+    precision: str = "fp32"
 
     def key(self) -> str:
         if self.weights == "imagenet":
@@ -57,7 +61,10 @@ class FeatureSpec:
 
             weights = (f"random-seed{self.seed}-{keras.backend.backend()}"
                        f"-keras{keras.__version__}")
-        return f"{self.backbone}-{weights}-{self.image_size}px-{self.resize_mode}"
+        key = f"{self.backbone}-{weights}-{self.image_size}px-{self.resize_mode}"
+        if (self.engine, self.precision) != ("keras", "fp32"):  # not bit-identical features
+            key += f"-{self.engine}-{self.precision}"
+        return key
 
 
 def augment_gray(gray: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -91,7 +98,12 @@ class ExtractionResult:
 
 
 class FeatureExtractor:
-    """Runs one frozen base over images, reading and writing the feature cache."""
+    """Runs one frozen base over images, reading and writing the feature cache.
+
+    The base runs through the engine ``spec`` names (:func:`xrcompare.engine.make_engine`);
+    ``base`` is a Keras base already built for ``spec`` (used, or converted, instead of
+    building one) or a ready engine.
+    """
 
     def __init__(self, spec: FeatureSpec, *, batch_size: int = 32, cache_dir: Path | None = None,
                  base=None, workers: int | None = None):
@@ -103,13 +115,16 @@ class FeatureExtractor:
         self.workers = max(1, int(workers or os.environ.get("XRCOMPARE_DECODE_WORKERS", 1)))
         self.cache_dir = (cache_dir or cache_root()) / spec.key()
         self._base = base
+        self._engine = base if is_engine(base) else None
 
     @property
-    def base(self):
-        if self._base is None:
-            self._base = build_base(self.spec.backbone, self.spec.image_size, self.spec.weights,
-                                    seed=self.spec.seed)
-        return self._base
+    def engine(self):
+        """The base's forward pass (built, or converted, on first use)."""
+        if self._engine is None:
+            self._engine = make_engine(self.spec, base=self._base)
+        return self._engine
+
+    base = engine  # older name
 
     def _cache_file(self, digest: str, view: int) -> Path:
         folder = "original" if view == 0 else f"aug{AUGMENT_VERSION}-view{view}"
@@ -178,7 +193,7 @@ class FeatureExtractor:
                     for position, reason in batch_failed:
                         failed[position] = reason
                     if batch is not None:
-                        output = np.asarray(self.base.predict_on_batch(batch), dtype=np.float32)
+                        output = self.engine.predict(batch)
                         # Round as the cache stores them, so a cold run equals a warm one.
                         output = output.astype(CACHE_DTYPE).astype(np.float32)
                         for (position, _, _), row in zip(kept, output, strict=True):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from xrcompare.data import scan_dataset
+from xrcompare.engine import describe_difference, engine_label, with_engine
 from xrcompare.evaluate import evaluate_predictions
 from xrcompare.features import FeatureExtractor, FeatureSpec
 from xrcompare.runs import Run, build_head_for_run, check_rebuildable
@@ -12,20 +13,38 @@ from xrcompare.train import predict
 
 
 def feature_spec(run: Run) -> FeatureSpec:
+    """The run's features as the Keras float32 reference computes them."""
     info = run.info
     return FeatureSpec(info["backbone"], info["image_size"], info["resize_mode"],
                        info["weights"], info.get("weights_seed", 0))
 
 
-def evaluate_folder(run: Run, folder: str | Path, *, repeats: int = 1000):
+def engine_spec(run: Run, engine: str | None = None) -> FeatureSpec:
+    """The run's features through the engine chosen here (``engine``, else
+    ``$XRCOMPARE_ENGINE``, else auto; see :mod:`xrcompare.engine`)."""
+    return with_engine(feature_spec(run), engine)
+
+
+def engine_note(run: Run, spec: FeatureSpec, doing: str = "evaluated") -> dict:
+    """Which engine made the run's training features and which one runs now, with a
+    sentence when they differ ("trained with Keras fp32, evaluated with OpenVINO bf16")."""
+    used = engine_label(spec.engine, spec.precision)
+    return {"trained_with": run.feature_engine_label, f"{doing}_with": used,
+            "note": describe_difference(run.feature_engine_label, used, doing)}
+
+
+def evaluate_folder(run: Run, folder: str | Path, *, repeats: int = 1000,
+                    engine: str | None = None):
     """Metrics of ``run`` on a labelled folder (same layout as training data), through the
-    feature cache. Returns (metrics, skipped files)."""
+    feature cache and the engine chosen here. Returns (metrics, skipped files); the metrics'
+    ``feature_engine`` says which engine made the training and the evaluation features."""
     dataset = scan_dataset(folder)
     unknown = sorted(set(dataset.labels) - set(run.labels))
     if unknown:
         raise ValueError(f"{folder} has classes {unknown} that the run does not predict")
     check_rebuildable(run)  # a random-init control's base differs across Keras versions
-    extractor = FeatureExtractor(feature_spec(run))
+    spec = engine_spec(run, engine)
+    extractor = FeatureExtractor(spec)
     result = extractor.extract([record.path for record in dataset.records])
     if not result.ok:
         raise ValueError(f"none of the images in {folder} could be read")
@@ -34,6 +53,7 @@ def evaluate_folder(run: Run, folder: str | Path, *, repeats: int = 1000):
     metrics = evaluate_predictions([r.label for r in records], probabilities,
                                    [r.patient_id for r in records], labels=run.labels,
                                    repeats=repeats)
+    metrics["feature_engine"] = engine_note(run, spec)
     return metrics, result.failed
 
 
@@ -55,8 +75,10 @@ def predict_file(run: Run, path: str | Path, model=None) -> dict:
 
     image = load_image_file(path)
     prediction = predictor.predict_one(run, model or predictor.load_model(run), image.gray)
+    engine = engine_note(run, feature_spec(run), "predicted")  # the full Keras model
     return {"run": run.run_id, "image": str(path), "probabilities": prediction.probabilities,
-            "predicted": prediction.predicted, "warnings": list(image.warnings)}
+            "predicted": prediction.predicted, "warnings": list(image.warnings),
+            "feature_engine": engine}
 
 
 def check_overlay_path(out: str | Path) -> Path:
