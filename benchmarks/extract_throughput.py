@@ -11,7 +11,11 @@ For each backbone (VGG16, ResNet50, Xception by default, each at its own input s
   into an empty temporary cache (nothing is read from a cache): read, hash, decode, resize,
   preprocess on a worker thread, the engine, cache writes.
 
-Each is warmed up, then the three are timed in turn ``--repeats`` times (interleaved, so a
+With ``--variants`` (default: OpenVINO's other hint, OpenVINO fp32, and Keras itself in mixed
+bfloat16), the bare forward of other settings is timed alongside, so the choice of engine and
+settings stays checked by measurement.
+
+Each is warmed up, then all are timed in turn ``--repeats`` times (interleaved, so a
 busy machine slows them alike) and the median counts. The load average is recorded: on a
 shared machine the ratios are more trustworthy than the absolute rates.
 
@@ -79,6 +83,16 @@ def load_average() -> str:
         return "unknown"
 
 
+def versions() -> dict:
+    import keras
+
+    found = {"keras": keras.__version__, "keras_backend": keras.backend.backend()}
+    for module in ("tensorflow", "openvino"):
+        if module in sys.modules:
+            found[module] = getattr(sys.modules[module], "__version__", "?").split("-")[0]
+    return found
+
+
 def time_forward(engine, batches: list[np.ndarray]) -> float:
     started = time.perf_counter()
     for batch in batches:
@@ -117,16 +131,42 @@ def measure(name: str, args) -> dict:
     inputs = np.stack([to_model_input(read_gray(path), size) for path in paths])
     batches = [backbone.preprocess(inputs[i:i + args.batch_size])
                for i in range(0, len(inputs), args.batch_size)]
-    time_forward(reference, batches[:1])  # warm up all three paths
+    variants = {}
+    for variant in args.variants:
+        if variant == "keras-bf16":  # Keras/TensorFlow itself in mixed bfloat16
+            import keras
+
+            keras.config.set_dtype_policy("mixed_bfloat16")
+            try:
+                variants[variant] = KerasEngine(build_base(backbone.name, size, "imagenet"))
+            finally:
+                keras.config.set_dtype_policy("float32")
+        elif engine.name == "openvino":
+            from xrcompare.engine import OpenVINOEngine
+
+            hint, precision = variant.split("-")
+            if (hint, precision) != (engine.hint, engine.precision):
+                variants[variant] = OpenVINOEngine(engine.xml, precision, hint=hint)
+    time_forward(reference, batches[:1])  # warm up every path
     time_forward(engine, batches[:1])
+    for other in variants.values():
+        time_forward(other, batches[:1])
     time_pipeline(spec, engine, paths[:args.batch_size], args.batch_size)
-    seconds = {"reference": [], "engine": [], "pipeline": []}
+    seconds = {"reference": [], "engine": [], "pipeline": [], **{v: [] for v in variants}}
     for _ in range(args.repeats):
         seconds["reference"].append(time_forward(reference, batches))
         seconds["engine"].append(time_forward(engine, batches))
         seconds["pipeline"].append(time_pipeline(spec, engine, paths, args.batch_size))
+        for variant, other in variants.items():
+            seconds[variant].append(time_forward(other, batches))
     rates = {key: len(paths) / statistics.median(values) for key, values in seconds.items()}
     info = engine.info()
+    setting = f"{info.get('hint', '')}-{info['precision']}".strip("-")
+    if variants:
+        print(f"  {backbone.display_name} engine settings, bare forward: {setting} (used) "
+              f"{rates['engine']:.1f} img/s; "
+              + "; ".join(f"{variant} {rates[variant]:.1f} img/s" for variant in variants),
+              flush=True)
     print(f"{backbone.display_name} {size}px: reference {reference.label} "
           f"{rates['reference']:.1f} img/s | engine {engine.label} {rates['engine']:.1f} img/s "
           f"({rates['engine'] / rates['reference']:.2f}x) | pipeline {rates['pipeline']:.1f} "
@@ -138,29 +178,49 @@ def measure(name: str, args) -> dict:
             "pipeline_images_per_s": round(rates["pipeline"], 2),
             "engine": info["engine"], "precision": info["precision"],
             "engine_label": engine.label, "reference_label": reference.label,
+            "engine_setting": setting,
             "conversion_s": info.get("conversion_s"),
-            "converted_model": info.get("converted_model")}
+            "converted_model": info.get("converted_model"),
+            "other_settings_images_per_s": {variant: round(rates[variant], 2)
+                                            for variant in variants}}
+
+
+VARIANT_NAMES = {"keras-bf16": "Keras mixed bf16", "throughput-fp32": "OpenVINO fp32",
+                 "latency-fp32": "OpenVINO fp32, latency hint",
+                 "latency-bf16": "OpenVINO bf16, latency hint",
+                 "throughput-bf16": "OpenVINO bf16, throughput hint"}
 
 
 def readme_table(results: dict) -> str:
-    """The README block, from a results file's contents."""
-    rows = ["| Backbone | Input | Reference (Keras fp32) | Engine | Engine, bare forward | "
-            "× reference | Pipeline (files → features) | of engine |",
-            "|---|---:|---:|---|---:|---:|---:|---:|"]
-    for name, row in results["backbones"].items():
-        rows.append(
-            f"| {name} | {row['image_size']} px | {row['reference_images_per_s']:.1f} img/s | "
-            f"{row.get('engine_label', row['engine'])} | {row['engine_images_per_s']:.1f} img/s | "
-            f"{row['engine_images_per_s'] / row['reference_images_per_s']:.2f} | "
-            f"{row['pipeline_images_per_s']:.1f} img/s | "
-            f"{row['pipeline_images_per_s'] / row['engine_images_per_s']:.2f} |")
+    """The README block, from a results file's contents (images/s; ratios to the left)."""
+    backbones = results["backbones"]
+    variants = list(dict.fromkeys(variant for row in backbones.values()
+                                  for variant in row.get("other_settings_images_per_s", {})))
+    header = ["Backbone", "Input", "Reference: Keras fp32",
+              *[f"{VARIANT_NAMES.get(v, v)} (bare)" for v in variants],
+              "Engine used", "Engine, bare forward", "× reference",
+              "Pipeline, files → features", "of engine"]
+    rows = ["| " + " | ".join(header) + " |",
+            "|" + "|".join(["---", "---:", "---:", *["---:"] * len(variants), "---",
+                            "---:", "---:", "---:", "---:"]) + "|"]
+    for name, row in backbones.items():
+        others = row.get("other_settings_images_per_s", {})
+        cells = [name, f"{row['image_size']} px", f"{row['reference_images_per_s']:.1f}",
+                 *[f"{others[v]:.1f}" if v in others else "–" for v in variants],
+                 f"{row.get('engine_label', row['engine'])} "
+                 f"({row.get('engine_setting', '').split('-')[0] or 'default'})",
+                 f"{row['engine_images_per_s']:.1f}",
+                 f"**{row['engine_images_per_s'] / row['reference_images_per_s']:.2f}**",
+                 f"{row['pipeline_images_per_s']:.1f}",
+                 f"{row['pipeline_images_per_s'] / row['engine_images_per_s']:.2f}"]
+        rows.append("| " + " | ".join(cells) + " |")
     settings = results.get("settings", {})
-    note = (f"Measured {results['measured']} on {results['machine']} (load average "
-            f"{results['load']}), {settings.get('images', '?')} {settings.get('data', '')} "
+    note = (f"Images/s. Measured {results['measured']} on {results['machine']} (load average "
+            f"{results['load']}); {settings.get('images', '?')} {settings.get('data', '')} "
             f"images, batch {settings.get('batch_size', '?')}, median of "
-            f"{settings.get('repeats', '?')} interleaved repeats. "
-            f"**`engine_vs_reference: {results['engine_vs_reference']:.2f}`**, "
-            f"`pipeline_vs_engine: {results['pipeline_vs_engine']:.2f}`.")
+            f"{settings.get('repeats', '?')} interleaved repeats; "
+            f"**`engine_vs_reference: {results['engine_vs_reference']:.2f}`** (smallest over "
+            f"the backbones), `pipeline_vs_engine: {results['pipeline_vs_engine']:.2f}`.")
     return "\n".join([README_START,
                       "<!-- written by benchmarks/extract_throughput.py --readme README.md; "
                       "do not edit by hand -->", "", *rows, "", note, README_END])
@@ -182,11 +242,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backbones", nargs="+", default=["vgg16", "resnet50", "xception"])
     parser.add_argument("--image-size", type=int, default=None,
                         help="input size for every backbone (default: each one's own)")
-    parser.add_argument("--images", type=int, default=96)
+    parser.add_argument("--images", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--engine", default=None,
                         help="auto, openvino or keras (default: $XRCOMPARE_ENGINE, else auto)")
+    parser.add_argument("--variants", nargs="*",
+                        default=["latency-bf16", "throughput-fp32", "keras-bf16"],
+                        help="other settings whose bare forward is timed alongside: OpenVINO "
+                             "hint-precision (throughput|latency-bf16|fp32; the one in use is "
+                             "skipped) or keras-bf16 (Keras in mixed bfloat16)")
     parser.add_argument("--json", type=Path, default=RESULTS, help="results file to write")
     parser.add_argument("--readme", type=Path, default=None,
                         help="also write the table into this README's benchmark block")
@@ -221,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
                "pipeline_vs_engine": round(pipeline_ratio, 3),
                "settings": {"images": args.images, "data": args.data.name,
                             "batch_size": args.batch_size, "repeats": args.repeats,
-                            "python": platform.python_version()}}
+                            "python": platform.python_version(), **versions()}}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     if args.readme:

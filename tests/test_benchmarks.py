@@ -41,12 +41,16 @@ def test_extract_throughput_measures_reference_engine_and_pipeline_side_by_side(
     lines = result.stdout.strip().splitlines()
     assert re.fullmatch(r"engine_vs_reference: \d+\.\d{3}", lines[-1]), lines[-1]
     assert re.fullmatch(r"pipeline_vs_engine: \d+\.\d{3}", lines[-2]), lines[-2]
+    line = next(line for line in lines if line.startswith("ResNet50 32px:"))
     assert re.match(r"ResNet50 32px: reference Keras fp32 [\d.]+ img/s \| engine \S+ \S+ "
-                    r"[\d.]+ img/s \([\d.]+x\) \| pipeline [\d.]+ img/s", lines[1]), lines[1]
+                    r"[\d.]+ img/s \([\d.]+x\) \| pipeline [\d.]+ img/s", line), line
+    settings = next(line for line in lines if "engine settings, bare forward" in line)
+    assert "keras-bf16" in settings and "latency-bf16" in settings  # the default variants
     saved = json.loads(results.read_text())
     assert {"machine", "measured", "load", "backbones"} <= set(saved)
     row = saved["backbones"]["ResNet50"]
     assert row["image_size"] == 32 and row["precision"] in ("bf16", "fp32")
+    assert set(row["other_settings_images_per_s"]) >= {"keras-bf16", "latency-bf16"}
     for key in ("reference_images_per_s", "engine_images_per_s", "pipeline_images_per_s"):
         assert row[key] > 0
     assert float(lines[-1].split()[-1]) == pytest.approx(
