@@ -15,9 +15,10 @@ With ``--variants`` (default: OpenVINO's other hint, OpenVINO fp32, and Keras it
 bfloat16), the bare forward of other settings is timed alongside, so the choice of engine and
 settings stays checked by measurement.
 
-Each is warmed up, then all are timed in turn ``--repeats`` times (interleaved, so a
-busy machine slows them alike) and the median counts. The load average is recorded: on a
-shared machine the ratios are more trustworthy than the absolute rates.
+Each is warmed up; then, ``--repeats`` times, the bare forwards run batch by batch in a
+rotating order (so a busy machine slows them alike) and the pipeline runs once; the median of
+the repeats counts. The load average is recorded: on a shared machine the ratios are more
+trustworthy than the absolute rates.
 
 Run from the repository root (writes ``benchmarks/results/extract_throughput.json``; with
 ``--readme README.md`` also the table in README's performance section)::
@@ -152,13 +153,20 @@ def measure(name: str, args) -> dict:
     for other in variants.values():
         time_forward(other, batches[:1])
     time_pipeline(spec, engine, paths[:args.batch_size], args.batch_size)
-    seconds = {"reference": [], "engine": [], "pipeline": [], **{v: [] for v in variants}}
-    for _ in range(args.repeats):
-        seconds["reference"].append(time_forward(reference, batches))
-        seconds["engine"].append(time_forward(engine, batches))
+    forwards = {"reference": reference, "engine": engine, **variants}
+    seconds = {"pipeline": [], **{key: [] for key in forwards}}
+    for repeat in range(args.repeats):
+        # Bare forwards alternate batch by batch, in a rotating order, so that a machine
+        # shared with other work slows each of them alike; then the whole pipeline.
+        spent = dict.fromkeys(forwards, 0.0)
+        for number, batch in enumerate(batches):
+            order = list(forwards)
+            shift = (repeat * len(batches) + number) % len(order)
+            for key in order[shift:] + order[:shift]:
+                spent[key] += time_forward(forwards[key], [batch])
+        for key, value in spent.items():
+            seconds[key].append(value)
         seconds["pipeline"].append(time_pipeline(spec, engine, paths, args.batch_size))
-        for variant, other in variants.items():
-            seconds[variant].append(time_forward(other, batches))
     rates = {key: len(paths) / statistics.median(values) for key, values in seconds.items()}
     info = engine.info()
     setting = f"{info.get('hint', '')}-{info['precision']}".strip("-")
