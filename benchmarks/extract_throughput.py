@@ -15,9 +15,9 @@ With ``--variants`` (default: OpenVINO's other hint, OpenVINO fp32, and Keras it
 bfloat16), the bare forward of other settings is timed alongside, so the choice of engine and
 settings stays checked by measurement.
 
-Each is warmed up; then, ``--repeats`` times, the bare forwards run batch by batch in a
-rotating order (so a busy machine slows them alike) and the pipeline runs once; the median of
-the repeats counts. The load average is recorded: on a shared machine the ratios are more
+Each is warmed up; then, ``--repeats`` times, each bare forward runs over all the batches, in
+an order that rotates between repeats, and the pipeline runs once; the median of the repeats
+counts. The load average is recorded: on a shared machine the ratios are more
 trustworthy than the absolute rates.
 
 Run from the repository root (writes ``benchmarks/results/extract_throughput.json``; with
@@ -156,16 +156,13 @@ def measure(name: str, args) -> dict:
     forwards = {"reference": reference, "engine": engine, **variants}
     seconds = {"pipeline": [], **{key: [] for key in forwards}}
     for repeat in range(args.repeats):
-        # Bare forwards alternate batch by batch, in a rotating order, so that a machine
-        # shared with other work slows each of them alike; then the whole pipeline.
-        spent = dict.fromkeys(forwards, 0.0)
-        for number, batch in enumerate(batches):
-            order = list(forwards)
-            shift = (repeat * len(batches) + number) % len(order)
-            for key in order[shift:] + order[:shift]:
-                spent[key] += time_forward(forwards[key], [batch])
-        for key, value in spent.items():
-            seconds[key].append(value)
+        # Each bare forward runs all batches in one go, as extraction does (interleaving
+        # batch by batch measured each engine with caches cold from the others'), in an order
+        # that rotates between repeats; then the whole pipeline.
+        order = list(forwards)
+        shift = repeat % len(order)
+        for key in order[shift:] + order[:shift]:
+            seconds[key].append(time_forward(forwards[key], batches))
         seconds["pipeline"].append(time_pipeline(spec, engine, paths, args.batch_size))
     rates = {key: len(paths) / statistics.median(values) for key, values in seconds.items()}
     info = engine.info()
