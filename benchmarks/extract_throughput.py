@@ -247,9 +247,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backbones", nargs="+", default=["vgg16", "resnet50", "xception"])
     parser.add_argument("--image-size", type=int, default=None,
                         help="input size for every backbone (default: each one's own)")
-    parser.add_argument("--images", type=int, default=128)
+    parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--engine", default=None,
                         help="auto, openvino or keras (default: $XRCOMPARE_ENGINE, else auto)")
     parser.add_argument("--variants", nargs="*",

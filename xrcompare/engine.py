@@ -87,6 +87,10 @@ def openvino_problem() -> str | None:
 
     if importlib.util.find_spec("openvino") is None:
         return "OpenVINO is not installed (pip install openvino)"
+    try:
+        import openvino  # noqa: F401
+    except Exception as error:  # a broken installation: say so, run on Keras
+        return f"OpenVINO cannot be imported ({type(error).__name__}: {str(error)[:120]})"
     import keras
 
     if keras.backend.backend() != "tensorflow":
