@@ -15,16 +15,19 @@ With ``--variants`` (default: OpenVINO's other hint, OpenVINO fp32, and Keras it
 bfloat16), the bare forward of other settings is timed alongside, so the choice of engine and
 settings stays checked by measurement.
 
-Each is warmed up; then, ``--repeats`` times, each bare forward runs over all the batches, in
-an order that rotates between repeats, and the pipeline runs once; the median of the repeats
-counts. The load average is recorded: on a shared machine the ratios are more
-trustworthy than the absolute rates.
+Each is warmed up; then, ``--repeats`` times, each runs over all the images, the engine
+between the reference and the pipeline, in an order that reverses every other repeat. Rates
+are medians over the repeats; the ratios are medians of the ratios within each repeat. The
+load average is recorded: on a shared machine the ratios are more trustworthy than the
+absolute rates.
 
 Run from the repository root (writes ``benchmarks/results/extract_throughput.json``; with
 ``--readme README.md`` also the table in README's performance section)::
 
-    XRCOMPARE_WEIGHTS_DIR=../shared/weights \
+    XRCOMPARE_WEIGHTS_DIR=/folder/with/all/three/weight/files \
         python benchmarks/extract_throughput.py --readme README.md
+
+(``../shared/weights`` holds ResNet50 and VGG16 only: add ``--backbones vgg16 resnet50``.)
 
 Lines ``pipeline_vs_engine: X`` (the smallest pipeline/engine ratio) and, last,
 ``engine_vs_reference: X`` (the smallest engine/reference ratio over the backbones).
@@ -153,18 +156,30 @@ def measure(name: str, args) -> dict:
     for other in variants.values():
         time_forward(other, batches[:1])
     time_pipeline(spec, engine, paths[:args.batch_size], args.batch_size)
-    forwards = {"reference": reference, "engine": engine, **variants}
-    seconds = {"pipeline": [], **{key: [] for key in forwards}}
+    def pipeline() -> float:
+        return time_pipeline(spec, engine, paths, args.batch_size)
+
+    def forward(model):
+        return lambda: time_forward(model, batches)
+
+    seconds: dict[str, list[float]] = {"reference": [], "engine": [], "pipeline": [],
+                                       **{variant: [] for variant in variants}}
+    steps = [("reference", forward(reference)),
+             ("engine", forward(engine)), ("pipeline", pipeline),
+             *[(variant, forward(model)) for variant, model in variants.items()]]
     for repeat in range(args.repeats):
-        # Each bare forward runs all batches in one go, as extraction does (interleaving
-        # batch by batch measured each engine with caches cold from the others'), in an order
-        # that rotates between repeats; then the whole pipeline.
-        order = list(forwards)
-        shift = repeat % len(order)
-        for key in order[shift:] + order[:shift]:
-            seconds[key].append(time_forward(forwards[key], batches))
-        seconds["pipeline"].append(time_pipeline(spec, engine, paths, args.batch_size))
+        # Every bare forward runs all the batches in one go, as extraction does. The engine
+        # runs between the reference and the pipeline, and the order reverses every other
+        # repeat (A B C, C B A, ...), so each ratio compares passes measured side by side
+        # under the same load.
+        for key, step in (steps if repeat % 2 == 0 else steps[::-1]):
+            seconds[key].append(step())
     rates = {key: len(paths) / statistics.median(values) for key, values in seconds.items()}
+    ratios = {  # medians of the ratios within each repeat
+        "engine_vs_reference": statistics.median(
+            r / e for r, e in zip(seconds["reference"], seconds["engine"], strict=True)),
+        "pipeline_vs_engine": statistics.median(
+            e / p for e, p in zip(seconds["engine"], seconds["pipeline"], strict=True))}
     info = engine.info()
     setting = f"{info.get('hint', '')}-{info['precision']}".strip("-")
     if variants:
@@ -174,13 +189,15 @@ def measure(name: str, args) -> dict:
               flush=True)
     print(f"{backbone.display_name} {size}px: reference {reference.label} "
           f"{rates['reference']:.1f} img/s | engine {engine.label} {rates['engine']:.1f} img/s "
-          f"({rates['engine'] / rates['reference']:.2f}x) | pipeline {rates['pipeline']:.1f} "
-          f"img/s ({rates['pipeline'] / rates['engine']:.2f} of engine) | engine ready in "
+          f"({ratios['engine_vs_reference']:.2f}x) | pipeline {rates['pipeline']:.1f} "
+          f"img/s ({ratios['pipeline_vs_engine']:.2f} of engine) | engine ready in "
           f"{ready_seconds:.1f} s ({info.get('converted_model', 'built')})", flush=True)
     return {"image_size": size,
             "reference_images_per_s": round(rates["reference"], 2),
             "engine_images_per_s": round(rates["engine"], 2),
             "pipeline_images_per_s": round(rates["pipeline"], 2),
+            "engine_vs_reference": round(ratios["engine_vs_reference"], 3),
+            "pipeline_vs_engine": round(ratios["pipeline_vs_engine"], 3),
             "engine": info["engine"], "precision": info["precision"],
             "engine_label": engine.label, "reference_label": reference.label,
             "engine_setting": setting,
@@ -215,15 +232,16 @@ def readme_table(results: dict) -> str:
                  f"{row.get('engine_label', row['engine'])} "
                  f"({row.get('engine_setting', '').split('-')[0] or 'default'})",
                  f"{row['engine_images_per_s']:.1f}",
-                 f"**{row['engine_images_per_s'] / row['reference_images_per_s']:.2f}**",
+                 f"**{row['engine_vs_reference']:.2f}**",
                  f"{row['pipeline_images_per_s']:.1f}",
-                 f"{row['pipeline_images_per_s'] / row['engine_images_per_s']:.2f}"]
+                 f"{row['pipeline_vs_engine']:.2f}"]
         rows.append("| " + " | ".join(cells) + " |")
     settings = results.get("settings", {})
     note = (f"Images/s. Measured {results['measured']} on {results['machine']} (load average "
             f"{results['load']}); {settings.get('images', '?')} {settings.get('data', '')} "
             f"images, batch {settings.get('batch_size', '?')}, median of "
-            f"{settings.get('repeats', '?')} interleaved repeats; "
+            f"{settings.get('repeats', '?')} interleaved repeats (ratios: medians of the "
+            f"ratios within each repeat); "
             f"**`engine_vs_reference: {results['engine_vs_reference']:.2f}`** (smallest over "
             f"the backbones), `pipeline_vs_engine: {results['pipeline_vs_engine']:.2f}`.")
     return "\n".join([README_START,
@@ -277,14 +295,24 @@ def main(argv: list[str] | None = None) -> int:
     load_before = load_average()
     print(f"{machine()}; load average {load_before}; {args.images} images from "
           f"{args.data.name}, batch {args.batch_size}, median of {args.repeats}", flush=True)
+    from xrcompare.backbones import WeightsUnavailable, weights_status
+
+    missing = [weights_status(name).detail for name in names
+               if not weights_status(name).available]
+    if missing:
+        print(f"error: {missing[0]} (or leave the backbone out with --backbones)",
+              file=sys.stderr)
+        return 2
     backbones = {}
     for name in names:
-        backbones[get_backbone(name).display_name] = measure(name, args)
+        try:
+            backbones[get_backbone(name).display_name] = measure(name, args)
+        except WeightsUnavailable as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
     load = f"{load_before} at the start, {load_average()} at the end"
-    engine_ratio = min(row["engine_images_per_s"] / row["reference_images_per_s"]
-                       for row in backbones.values())
-    pipeline_ratio = min(row["pipeline_images_per_s"] / row["engine_images_per_s"]
-                         for row in backbones.values())
+    engine_ratio = min(row["engine_vs_reference"] for row in backbones.values())
+    pipeline_ratio = min(row["pipeline_vs_engine"] for row in backbones.values())
     results = {"machine": machine(), "measured": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                "load": load, "backbones": backbones,
                "engine_vs_reference": round(engine_ratio, 3),
