@@ -1,5 +1,5 @@
 """Feature extraction speed per backbone: the Keras float32 reference, the inference engine
-(``xrcompare/engine.py``) and the whole pipeline, measured side by side in one run.
+(``xrcompare/inference_engine.py``) and the whole pipeline, measured side by side in one run.
 
 For each backbone (VGG16, ResNet50, Xception by default, each at its own input size):
 
@@ -120,7 +120,7 @@ def time_pipeline(spec, engine, paths: list[Path], batch_size: int) -> float:
 
 def measure(name: str, args) -> dict:
     from xrcompare.backbones import build_base, get_backbone
-    from xrcompare.engine import KerasEngine, make_engine, with_engine
+    from xrcompare.inference_engine import KerasEngine, make_engine, with_engine
     from xrcompare.features import FeatureSpec
     from xrcompare.imaging import read_gray, to_model_input
 
@@ -146,7 +146,7 @@ def measure(name: str, args) -> dict:
             finally:
                 keras.config.set_dtype_policy("float32")
         elif engine.name == "openvino":
-            from xrcompare.engine import OpenVINOEngine
+            from xrcompare.inference_engine import OpenVINOEngine
 
             hint, precision = variant.split("-")
             if (hint, precision) != (engine.hint, engine.precision):

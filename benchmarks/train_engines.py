@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from xrcompare.backbones import get_backbone
-    from xrcompare.engine import converted_model, converted_root, with_engine
+    from xrcompare.inference_engine import converted_model, converted_root, with_engine
     from xrcompare.features import FeatureSpec
 
     backbone = get_backbone(args.backbone)

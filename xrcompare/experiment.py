@@ -25,7 +25,7 @@ from xrcompare.data import (
     split_by_patient,
     split_summary,
 )
-from xrcompare.engine import ENGINE_CHOICES, engine_label, with_engine
+from xrcompare.inference_engine import ENGINE_CHOICES, engine_label, with_engine
 from xrcompare.evaluate import evaluate_predictions, summarise_folds
 from xrcompare.features import FeatureExtractor, FeatureSpec
 from xrcompare.imaging import RESIZE_MODES

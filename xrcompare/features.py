@@ -3,7 +3,7 @@
 The cache key is the image's content hash (SHA-256 of its bytes) plus everything that
 changes the features: backbone, weights (ImageNet or the seeded random-init control),
 input size, resize mode, augmentation view and, when it is not the Keras float32 reference,
-the inference engine and its precision (:mod:`xrcompare.engine`). The head then trains on
+the inference engine and its precision (:mod:`xrcompare.inference_engine`). The head then trains on
 cached features for any number of epochs, instead of re-running the frozen base every epoch.
 """
 
@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 
 from xrcompare.backbones import get_backbone
-from xrcompare.engine import is_engine, make_engine
+from xrcompare.inference_engine import is_engine, make_engine
 from xrcompare.imaging import ImageError, decode_gray, read_bytes, to_model_input
 
 CACHE_DIR_VARIABLE = "XRCOMPARE_CACHE_DIR"
@@ -50,7 +50,7 @@ class FeatureSpec:
     resize_mode: str = "squash"
     weights: str = "imagenet"
     seed: int = 0  # only for the random-init control
-    engine: str = "keras"  # the base's forward pass (xrcompare.engine); keras = reference
+    engine: str = "keras"  # the base's forward pass (xrcompare.inference_engine); keras = reference
     precision: str = "fp32"
 
     def key(self) -> str:
@@ -100,7 +100,7 @@ class ExtractionResult:
 class FeatureExtractor:
     """Runs one frozen base over images, reading and writing the feature cache.
 
-    The base runs through the engine ``spec`` names (:func:`xrcompare.engine.make_engine`);
+    The base runs through the engine ``spec`` names (:func:`xrcompare.inference_engine.make_engine`);
     ``base`` is a Keras base already built for ``spec`` (used, or converted, instead of
     building one) or a ready engine.
     """

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from xrcompare.data import scan_dataset
-from xrcompare.engine import describe_difference, engine_label, with_engine
+from xrcompare.inference_engine import describe_difference, engine_label, with_engine
 from xrcompare.evaluate import evaluate_predictions
 from xrcompare.features import FeatureExtractor, FeatureSpec
 from xrcompare.runs import Run, build_head_for_run, check_rebuildable
@@ -21,7 +21,7 @@ def feature_spec(run: Run) -> FeatureSpec:
 
 def engine_spec(run: Run, engine: str | None = None) -> FeatureSpec:
     """The run's features through the engine chosen here (``engine``, else
-    ``$XRCOMPARE_ENGINE``, else auto; see :mod:`xrcompare.engine`)."""
+    ``$XRCOMPARE_ENGINE``, else auto; see :mod:`xrcompare.inference_engine`)."""
     return with_engine(feature_spec(run), engine)
 
 

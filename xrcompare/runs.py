@@ -169,7 +169,7 @@ class Run:
     @property
     def feature_engine_label(self) -> str:
         """The feature engine in words: "Keras fp32", "OpenVINO bf16"."""
-        from xrcompare.engine import engine_label
+        from xrcompare.inference_engine import engine_label
 
         return engine_label(*self.feature_engine)
 

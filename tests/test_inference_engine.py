@@ -1,4 +1,4 @@
-"""The inference engine for the frozen base (xrcompare/engine.py), on real images and real
+"""The inference engine for the frozen base (xrcompare/inference_engine.py), on real images and real
 ImageNet weights: its features agree with the Keras float32 reference, the shipped runs keep
 their predictions through it, converted models are cached once, and Keras is the fallback."""
 
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from conftest import DATA, FIXTURES, REPO
 
-from xrcompare import engine as engines
+from xrcompare import inference_engine as engine as engines
 from xrcompare.backbones import weights_status
 from xrcompare.data import scan_dataset
 from xrcompare.features import FeatureExtractor, FeatureSpec
