@@ -120,9 +120,9 @@ def time_pipeline(spec, engine, paths: list[Path], batch_size: int) -> float:
 
 def measure(name: str, args) -> dict:
     from xrcompare.backbones import build_base, get_backbone
-    from xrcompare.inference_engine import KerasEngine, make_engine, with_engine
     from xrcompare.features import FeatureSpec
     from xrcompare.imaging import read_gray, to_model_input
+    from xrcompare.inference_engine import KerasEngine, make_engine, with_engine
 
     backbone = get_backbone(name)
     size = args.image_size or backbone.default_size

@@ -61,8 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from xrcompare.backbones import get_backbone
-    from xrcompare.inference_engine import converted_model, converted_root, with_engine
     from xrcompare.features import FeatureSpec
+    from xrcompare.inference_engine import converted_model, converted_root, with_engine
 
     backbone = get_backbone(args.backbone)
     spec = with_engine(FeatureSpec(backbone.name, backbone.default_size), "openvino")

@@ -25,10 +25,10 @@ from xrcompare.data import (
     split_by_patient,
     split_summary,
 )
-from xrcompare.inference_engine import ENGINE_CHOICES, engine_label, with_engine
 from xrcompare.evaluate import evaluate_predictions, summarise_folds
 from xrcompare.features import FeatureExtractor, FeatureSpec
 from xrcompare.imaging import RESIZE_MODES
+from xrcompare.inference_engine import ENGINE_CHOICES, engine_label, with_engine
 from xrcompare.runs import SCHEMA_VERSION, RunWriter, default_runs_dir, new_run_id, slug
 from xrcompare.train import HEADS, build_head, fit_head, predict, save_head_weights
 

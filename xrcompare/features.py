@@ -22,8 +22,8 @@ import cv2
 import numpy as np
 
 from xrcompare.backbones import get_backbone
-from xrcompare.inference_engine import is_engine, make_engine
 from xrcompare.imaging import ImageError, decode_gray, read_bytes, to_model_input
+from xrcompare.inference_engine import is_engine, make_engine
 
 CACHE_DIR_VARIABLE = "XRCOMPARE_CACHE_DIR"
 #: Bump when the augmentation recipe changes, so cached augmented views are not reused.

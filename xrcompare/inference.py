@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from xrcompare.data import scan_dataset
-from xrcompare.inference_engine import describe_difference, engine_label, with_engine
 from xrcompare.evaluate import evaluate_predictions
 from xrcompare.features import FeatureExtractor, FeatureSpec
+from xrcompare.inference_engine import describe_difference, engine_label, with_engine
 from xrcompare.runs import Run, build_head_for_run, check_rebuildable
 from xrcompare.train import predict
 
