@@ -3,11 +3,13 @@ here: they are measured by running the scripts, see README)."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
 import sys
 
+import pytest
 from conftest import FIXTURES, REPO
 
 
@@ -55,3 +57,37 @@ def test_progress_estimate_script_runs_a_real_job_and_prints_its_errors(tmp_path
     assert re.fullmatch(r"job1_error_at_10s: (-?\d+\.\d|None)", lines[-2]), lines[-2]
     assert lines[-1].startswith("job1_max_abs_error_after_25pct_s: ")
     assert '"zero_left_shown": false' in result.stdout
+
+
+def test_extract_throughput_measures_reference_engine_and_pipeline_side_by_side(tmp_path):
+    results = tmp_path / "extract_throughput.json"
+    readme = tmp_path / "README.md"
+    readme.write_text("before\n<!-- engine-benchmark:start -->\nold\n"
+                      "<!-- engine-benchmark:end -->\nafter\n")
+    result = subprocess.run(
+        [sys.executable, "benchmarks/extract_throughput.py", "--backbones", "resnet50",
+         "--images", "8", "--batch-size", "4", "--image-size", "32", "--repeats", "1",
+         "--data", str(FIXTURES / "tiny_cxr"), "--json", str(results), "--readme", str(readme)],
+        capture_output=True, text=True, cwd=REPO, timeout=600)  # session cache: converted once
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.strip().splitlines()
+    assert re.fullmatch(r"engine_vs_reference: \d+\.\d{3}", lines[-1]), lines[-1]
+    assert re.fullmatch(r"pipeline_vs_engine: \d+\.\d{3}", lines[-2]), lines[-2]
+    line = next(line for line in lines if line.startswith("ResNet50 32px:"))
+    assert re.match(r"ResNet50 32px: reference Keras fp32 [\d.]+ img/s \| engine \S+ \S+ "
+                    r"[\d.]+ img/s \([\d.]+x\) \| pipeline [\d.]+ img/s", line), line
+    settings = next(line for line in lines if "engine settings, bare forward" in line)
+    assert "keras-bf16" in settings and "latency-bf16" in settings  # the default variants
+    saved = json.loads(results.read_text())
+    assert {"machine", "measured", "load", "backbones"} <= set(saved)
+    row = saved["backbones"]["ResNet50"]
+    assert row["image_size"] == 32 and row["precision"] in ("bf16", "fp32")
+    assert set(row["other_settings_images_per_s"]) >= {"keras-bf16", "latency-bf16"}
+    for key in ("reference_images_per_s", "engine_images_per_s", "pipeline_images_per_s"):
+        assert row[key] > 0
+    assert float(lines[-1].split()[-1]) == pytest.approx(row["engine_vs_reference"], abs=2e-3)
+    assert row["engine_vs_reference"] == pytest.approx(  # one repeat: the ratio of the rates
+        row["engine_images_per_s"] / row["reference_images_per_s"], rel=0.02)
+    text = readme.read_text()
+    assert text.startswith("before\n") and text.endswith("after\n") and "old" not in text
+    assert "| ResNet50 | 32 px |" in text and "engine_vs_reference" in text

@@ -384,8 +384,9 @@ def test_leaderboard_adds_base_parameters_run_size_and_measured_throughput(shipp
     measured = tmp_path / "extract_throughput.json"
     measured.write_text(json.dumps({
         "machine": "test box", "measured": "2026-12-02",
-        "backbones": {"resnet50": {"images_per_s": 37.5, "image_size": 224, "batch_size": 32},
-                      "vgg16": {"images_per_s": "fast"}}}), encoding="utf-8")
+        "backbones": {"ResNet50": {"pipeline_images_per_s": 37.5, "image_size": 224,
+                                   "batch_size": 32},
+                      "vgg16": {"pipeline_images_per_s": "fast"}}}), encoding="utf-8")
     throughput = extract_throughput(measured)
     assert throughput["machine"] == "test box"
     assert set(throughput["backbones"]) == {"resnet50"}  # the malformed entry is dropped

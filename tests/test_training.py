@@ -35,7 +35,7 @@ def tiny_run(tmp_path_factory, feature_cache):
     result = cli("train", "--data", TINY, "--backbone", "resnet50", "--image-size", SIZE,
                  "--epochs", 3, "--batch-size", 4, "--heldout", DATA / "seed001_0402",
                  "--runs-dir", runs, "--name", "tiny", "--val-fraction", 0.3,
-                 "--test-fraction", 0.25)
+                 "--test-fraction", 0.25, "--engine", "keras")  # the reference: exact rebuild
     folder = runs / "tiny"
     assert result.stdout.strip().endswith(str(folder))
     return folder
@@ -87,6 +87,7 @@ def test_training_writes_a_complete_run(tiny_run):
     assert info["split"]["summary"]["test"]["images"] >= 3
     assert 1 <= info["best_epoch"] <= 3 and "validation" in info["selection"]
     assert info["versions"]["keras_backend"] == "tensorflow"
+    assert run.feature_engine == ("keras", "fp32") and info["features"]["label"] == "Keras fp32"
     assert len(run.history) == 3 and {"loss", "val_loss", "accuracy"} <= set(run.history)
     assert set(run.predictions["split"]) == {"train", "val", "test", "heldout:seed001_0402"}
     probabilities = run.predictions[run.probability_columns()].to_numpy()
@@ -157,6 +158,9 @@ def test_cli_evaluate_json_on_another_folder(tiny_run):
     assert "without_overlap" not in payload
     assert payload["per_class"]["normal"]["support"] == 234
     assert set(payload["per_class"]["pneumonia"]) >= {"precision", "recall", "f1", "support"}
+    engine = payload["feature_engine"]  # trained with the reference, evaluated with the engine
+    assert engine["trained_with"] == "Keras fp32"
+    assert (engine["note"] is None) == (engine["evaluated_with"] == "Keras fp32")
 
 
 def test_cli_predict_and_runs(tiny_run):
@@ -164,6 +168,7 @@ def test_cli_predict_and_runs(tiny_run):
     payload = json.loads(cli("predict", tiny_run, image, "--json").stdout)
     assert set(payload["probabilities"]) == {"covid", "normal", "pneumonia"}
     assert payload["predicted"] == max(payload["probabilities"], key=payload["probabilities"].get)
+    assert payload["feature_engine"]["note"] is None  # trained and predicted with Keras fp32
     listing = json.loads(cli("runs", "--runs-dir", tiny_run.parent, "--json").stdout)
     assert [row["run_id"] for row in listing["runs"]] == ["tiny"]
 
@@ -214,6 +219,7 @@ def test_training_runs_under_the_jax_backend(tmp_path, feature_cache):
     assert run.info["keras_backend"] == "jax"
     assert run.info["machine"]["accelerator"].startswith("cpu")
     assert "tensorflow" not in run.info["versions"]
+    assert run.feature_engine == ("keras", "fp32")  # auto falls back: no TensorFlow to convert
 
 
 def test_an_existing_run_name_is_refused_before_any_work(tiny_run):

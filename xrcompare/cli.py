@@ -247,6 +247,8 @@ def cmd_predict(args) -> int:
     for label, probability in result["probabilities"].items():
         print(f"{label:>10}  {probability:6.3f}  {'#' * round(probability * 30)}".rstrip())
     print(f"predicted: {result['predicted']}  (teaching model, not a diagnosis)")
+    if result["feature_engine"]["note"]:
+        print(f"features: {result['feature_engine']['note']}")
     for warning in result.get("warnings", []):
         print(f"warning: {warning}")
     return 0

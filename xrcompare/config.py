@@ -27,6 +27,7 @@ from pathlib import Path
 from xrcompare.backbones import RANDOM_WEIGHTS, WEIGHT_KINDS, get_backbone
 from xrcompare.imagestats import CNN_KIND, MODEL_KINDS, STATISTICS_KIND
 from xrcompare.imaging import MASK_MODES, NO_MASK, RESIZE_MODES
+from xrcompare.inference_engine import ENGINE_CHOICES
 from xrcompare.protocol import CHOICE_TEXT, PROTOCOL_CHOICES, PROTOCOL_DEFAULTS
 from xrcompare.train import HEADS
 
@@ -172,6 +173,10 @@ class TrainConfig:
     extract_batch_size: int = setting(32, kind="int", flag="--extract-batch-size",
                                       range=(1, 4096), words="extract batch size",
                                       help="images per batch through the frozen base")
+    engine: str | None = setting(None, kind="str", flag="--engine", choices=ENGINE_CHOICES,
+                                 help="the frozen base's forward pass: auto (OpenVINO when "
+                                      "installed, else Keras), openvino or keras (the float32 "
+                                      "reference); default: $XRCOMPARE_ENGINE, else auto")
     # The protocol (xrcompare.protocol): the sound defaults, or the 2020 blog's flaws on purpose.
     split: str = setting(PROTOCOL_DEFAULTS["split"], kind="str", flag="--split",
                          choices=PROTOCOL_CHOICES["split"], group="protocol",

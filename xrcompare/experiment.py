@@ -40,6 +40,7 @@ from xrcompare.imagestats import (
     statistics_for_files,
 )
 from xrcompare.imaging import LUNG_BOX, MASK_MODES, NO_MASK
+from xrcompare.inference_engine import engine_label, with_engine
 from xrcompare.protocol import CHOICE_TEXT, leaky_reasons, protocol_label
 from xrcompare.runs import (
     SCHEMA_VERSION,
@@ -192,7 +193,7 @@ def environment() -> dict:
     versions = {"xrcompare": __version__, "python": platform.python_version(),
                 "keras": keras.__version__, "keras_backend": keras.backend.backend(),
                 "numpy": np.__version__}
-    for module in ("tensorflow", "jax", "sklearn", "cv2", "pandas"):
+    for module in ("tensorflow", "jax", "sklearn", "cv2", "pandas", "openvino"):
         loaded = sys.modules.get(module)
         if loaded is not None:
             versions[module] = getattr(loaded, "__version__", "?")
@@ -327,9 +328,9 @@ def _train_one(config: TrainConfig, backbone_name: str, dataset: Dataset,
     phases.seconds["scan"] = scan_seconds
     status = weights_status(backbone.name)
     t = time.perf_counter()
-    emit({"phase": "load_backbone"})
+    emit({"phase": "load_backbone", "what": f"({engine_label(spec.engine, spec.precision)})"})
     extractor = FeatureExtractor(spec, batch_size=config.extract_batch_size)
-    extractor.base  # noqa: B018 - build now so a missing-weights error comes first
+    extractor.engine  # noqa: B018 - build now so a missing-weights error comes first
     phases.add("build_base", t)
     fold_splits = make_splits()
 
@@ -477,7 +478,7 @@ def _train_one(config: TrainConfig, backbone_name: str, dataset: Dataset,
         phases.seconds["total"] = sum(phases.seconds.values())
         info = _run_info(config, backbone, size, feature_shape, dataset, fold_splits,
                          first, fold_results, skipped, heldout_info, phases, status, head,
-                         writer.run_id, original)
+                         writer.run_id, original, extractor)
         writer.write_json("run.json", info)
         folder = writer.commit()
     except BaseException:
@@ -626,9 +627,12 @@ def _train_statistics(config: TrainConfig, dataset: Dataset, heldouts: list[Data
 
 
 def feature_spec(config: TrainConfig, backbone: str, size: int) -> FeatureSpec:
-    """The feature-cache spec of a run made with ``config`` on ``backbone`` at ``size`` px."""
-    return FeatureSpec(backbone, size, config.resize_mode, config.weights, config.seed,
-                       preprocess=config.preprocess, augment=config.augment, mask=config.mask)
+    """The feature-cache spec of a run made with ``config`` on ``backbone`` at ``size`` px,
+    through the inference engine chosen here (``config.engine``, else ``$XRCOMPARE_ENGINE``,
+    else auto: see :mod:`xrcompare.inference_engine`)."""
+    return with_engine(FeatureSpec(backbone, size, config.resize_mode, config.weights,
+                                   config.seed, preprocess=config.preprocess,
+                                   augment=config.augment, mask=config.mask), config.engine)
 
 
 def _command_line() -> str | None:
@@ -701,7 +705,8 @@ def _split_record(config: TrainConfig, dataset: Dataset, fold_splits: list[dict]
 
 
 def _run_info(config, backbone, size, feature_shape, dataset, fold_splits, first, fold_results,
-              skipped, heldout_info, phases, status, head, run_id, original) -> dict:
+              skipped, heldout_info, phases, status, head, run_id, original,
+              extractor) -> dict:
     import keras
 
     def files(indices):
@@ -766,8 +771,9 @@ def _run_info(config, backbone, size, feature_shape, dataset, fold_splits, first
         "protocol_description": {key: CHOICE_TEXT[(key, value)]
                                  for key, value in protocol.items()},
         "leaky_reasons": reasons,
-        "features": {"spec": feature_spec(config, backbone.name, size).key(),
-                     "cached": original.cached, "computed": original.computed},
+        "features": {"spec": extractor.spec.key(),
+                     "cached": original.cached, "computed": original.computed,
+                     **extractor.engine.info()},
         "timings_s": {key: round(value, 2) for key, value in phases.seconds.items()},
         "keras_backend": keras.backend.backend(),
         **environment(),

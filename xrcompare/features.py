@@ -3,9 +3,10 @@
 The cache key is the image's content hash (SHA-256 of its bytes) plus everything that
 changes the features: backbone, weights (ImageNet or the seeded random-init control),
 input size, resize mode, input scaling (when not the backbone's own), a masked-input control
-(when there is one) and, for augmented views, the recipe and view number. The head then trains
-on cached features for any number of epochs, instead of re-running the frozen base every
-epoch.
+(when there is one), for augmented views the recipe and view number, and, when it is not
+the Keras float32 reference, the inference engine and its precision
+(:mod:`xrcompare.inference_engine`). The head then trains on cached features for any number
+of epochs, instead of re-running the frozen base every epoch.
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from xrcompare.backbones import PREPROCESS_MODES, build_base, get_backbone
+from xrcompare.backbones import PREPROCESS_MODES, get_backbone
 from xrcompare.imaging import ImageError, apply_mask, decode_gray, read_bytes, to_model_input
+from xrcompare.inference_engine import is_engine, make_engine
 
 CACHE_DIR_VARIABLE = "XRCOMPARE_CACHE_DIR"
 #: Bump when the mild augmentation recipe changes, so cached augmented views are not reused.
@@ -65,6 +67,8 @@ class FeatureSpec:
     preprocess: str = "backbone"  # see xrcompare.backbones.Backbone.preprocess
     augment: str = "mild"  # the recipe of augmented views (views ≥ 1 only)
     mask: str = "none"  # a masked-input control (xrcompare.imaging.MASK_MODES)
+    engine: str = "keras"  # the base's forward pass (xrcompare.inference_engine); keras = reference
+    precision: str = "fp32"
 
     def key(self) -> str:
         """The cache folder of this spec. A field at its default adds nothing, so caches made
@@ -82,6 +86,8 @@ class FeatureSpec:
             key += f"-{self.preprocess}"
         if self.mask != "none":
             key += f"-mask-{self.mask}"
+        if (self.engine, self.precision) != ("keras", "fp32"):  # not bit-identical features
+            key += f"-{self.engine}-{self.precision}"
         return key
 
     def view_folder(self, view: int) -> str:
@@ -167,7 +173,12 @@ class ExtractionResult:
 
 
 class FeatureExtractor:
-    """Runs one frozen base over images, reading and writing the feature cache."""
+    """Runs one frozen base over images, reading and writing the feature cache.
+
+    The base runs through the engine ``spec`` names
+    (:func:`xrcompare.inference_engine.make_engine`); ``base`` is a Keras base already built for ``spec`` (used, or converted, instead of
+    building one) or a ready engine.
+    """
 
     def __init__(self, spec: FeatureSpec, *, batch_size: int = 32, cache_dir: Path | None = None,
                  base=None, workers: int | None = None):
@@ -186,13 +197,16 @@ class FeatureExtractor:
         self.cache_root = cache_dir or cache_root()
         self.cache_dir = self.cache_root / spec.key()
         self._base = base
+        self._engine = base if is_engine(base) else None
 
     @property
-    def base(self):
-        if self._base is None:
-            self._base = build_base(self.spec.backbone, self.spec.image_size, self.spec.weights,
-                                    seed=self.spec.seed)
-        return self._base
+    def engine(self):
+        """The base's forward pass (built, or converted, on first use)."""
+        if self._engine is None:
+            self._engine = make_engine(self.spec, base=self._base)
+        return self._engine
+
+    base = engine  # older name
 
     def _cache_file(self, digest: str, view: int) -> Path:
         return self.cache_dir / self.spec.view_folder(view) / digest[:2] / f"{digest}.npy"
@@ -293,7 +307,7 @@ class FeatureExtractor:
                     for position, reason in batch_failed:
                         failed[position] = reason
                     if batch is not None:
-                        output = np.asarray(self.base.predict_on_batch(batch), dtype=np.float32)
+                        output = self.engine.predict(batch)
                         # Round as the cache stores them, so a cold run equals a warm one.
                         output = output.astype(CACHE_DTYPE).astype(np.float32)
                         for (position, _, _), row in zip(kept, output, strict=True):

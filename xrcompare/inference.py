@@ -8,8 +8,24 @@ from pathlib import Path
 from xrcompare.data import patient_overlap, scan_dataset
 from xrcompare.evaluate import evaluate_heldout
 from xrcompare.features import FeatureExtractor
+from xrcompare.inference_engine import describe_difference, engine_label, with_engine
 from xrcompare.runs import Run, build_head_for_run, check_rebuildable
 from xrcompare.train import predict
+
+
+def engine_spec(run: Run, engine: str | None = None):
+    """The run's features through the engine chosen here (``engine``, else
+    ``$XRCOMPARE_ENGINE``, else auto; see :mod:`xrcompare.inference_engine`)."""
+    return with_engine(run.feature_spec(), engine)
+
+
+def engine_note(run: Run, spec, doing: str = "evaluated") -> dict:
+    """Which engine made the run's training features and which one runs now, with a
+    sentence when they differ ("trained with Keras fp32, evaluated with OpenVINO bf16")."""
+    used = engine_label(spec.engine, spec.precision)
+    return {"trained_with": run.feature_engine_label, f"{doing}_with": used,
+            "note": describe_difference(run.feature_engine_label, used, doing)}
+
 
 #: Images whose features are held in memory at once while a folder is evaluated (a
 #: ResNet50 feature map is 400 KB: 256 images stay near 100 MB however large the folder).
@@ -18,9 +34,12 @@ EVALUATE_CHUNK = 256
 
 def evaluate_folder(run: Run, folder: str | Path, *, repeats: int = 1000,
                     progress: Callable[[dict], None] | None = None,
-                    name: str | None = None, chunk: int = EVALUATE_CHUNK):
+                    name: str | None = None, chunk: int = EVALUATE_CHUNK,
+                    engine: str | None = None):
     """Metrics of ``run`` on a labelled folder (same layout as training data), through the
-    feature cache. Returns (metrics, skipped files).
+    feature cache and the engine chosen here (``engine``; the metrics' ``feature_engine`` says
+    which engine made the training and the evaluation features). Returns (metrics, skipped
+    files).
 
     The folder's patients are checked against the run's own data (predictions.csv's
     patient ids): the metrics carry ``patient_overlap`` and, when some are shared,
@@ -37,7 +56,8 @@ def evaluate_folder(run: Run, folder: str | Path, *, repeats: int = 1000,
     if unknown:
         raise ValueError(f"{name} has classes {unknown} that the run does not predict")
     check_rebuildable(run)  # a random-init control's base differs across Keras versions
-    extractor = FeatureExtractor(run.feature_spec())
+    spec = engine_spec(run, engine)
+    extractor = FeatureExtractor(spec)
     head = build_head_for_run(run)
     paths = [record.path for record in dataset.records]
     total, cached_before = len(paths), 0
@@ -63,6 +83,7 @@ def evaluate_folder(run: Run, folder: str | Path, *, repeats: int = 1000,
     overlap, shared = patient_overlap(own, patients) if own is not None else (None, None)
     metrics = evaluate_heldout([r.label for r in records], probabilities, patients, overlap,
                                shared, labels=run.labels, repeats=repeats)
+    metrics["feature_engine"] = engine_note(run, spec)
     return metrics, failed
 
 
@@ -114,8 +135,10 @@ def predict_file(run: Run, path: str | Path, engine=None) -> dict:
     engine = engine or Engine()
     probabilities = engine.probabilities(run, image.gray)
     predicted = max(probabilities, key=probabilities.get)
+    note = engine_note(run, run.feature_spec(), "predicted")  # the Keras trunk
     return {"run": run.run_id, "image": str(path), "probabilities": probabilities,
-            "predicted": predicted, "warnings": list(image.warnings)}
+            "predicted": predicted, "warnings": list(image.warnings),
+            "feature_engine": note}
 
 
 def check_overlay_path(out: str | Path) -> Path:

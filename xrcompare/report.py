@@ -106,8 +106,12 @@ def evaluation_lines(title: str, folder: str, metrics: dict, skipped: Iterable =
     labels = list(metrics["labels"])
     present, absent = classes_present(metrics)
     confusion = confusion_rows(metrics)
-    lines = [f"{title} on {folder} ({metrics['n']} images)",
-             f"accuracy {metrics['accuracy']:.3f}   macro-F1 {metrics['macro_f1']:.3f}"
+    lines = [f"{title} on {folder} ({metrics['n']} images)"]
+    engine = metrics.get("feature_engine") or {}
+    if engine.get("note"):
+        lines.append(f"features: {engine['note']} (scores may differ slightly from the run's "
+                     "own)")
+    lines += [f"accuracy {metrics['accuracy']:.3f}   macro-F1 {metrics['macro_f1']:.3f}"
              + (f" (over the {len(present)} classes present)" if absent else ""),
              "confusion matrix (rows true, columns predicted):",
              "            " + "".join(f"{label:>11}" for label in labels)]

@@ -813,6 +813,24 @@ class Run:
         return total
 
     @property
+    def feature_engine(self) -> tuple[str, str]:
+        """(engine, precision) that computed the run's features: ``("openvino", "bf16")``;
+        ``("keras", "fp32")``, the reference, for runs that recorded none."""
+        features = self.info.get("features")
+        features = features if isinstance(features, dict) else {}
+        engine, precision = features.get("engine"), features.get("precision")
+        if isinstance(engine, str) and isinstance(precision, str) and engine and precision:
+            return engine, precision
+        return "keras", "fp32"
+
+    @property
+    def feature_engine_label(self) -> str:
+        """The feature engine in words: "Keras fp32", "OpenVINO bf16"."""
+        from xrcompare.inference_engine import engine_label
+
+        return engine_label(*self.feature_engine)
+
+    @property
     def head_weights(self) -> Path:
         return self.path / "head.weights.h5"
 

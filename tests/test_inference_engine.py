@@ -1,0 +1,193 @@
+"""The inference engine for the frozen base (xrcompare/inference_engine.py), on real images and real
+ImageNet weights: its features agree with the Keras float32 reference, the shipped runs keep
+their predictions through it, converted models are cached once, and Keras is the fallback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+from conftest import DATA, FIXTURES, REPO
+
+from xrcompare import inference_engine as engines
+from xrcompare.backbones import weights_status
+from xrcompare.data import scan_dataset
+from xrcompare.features import FeatureExtractor, FeatureSpec
+from xrcompare.inference import engine_spec
+from xrcompare.runs import build_head_for_run, list_runs, load_run
+from xrcompare.summary import leaderboard, resolve_folder
+from xrcompare.train import predict
+
+TRAINED = REPO / "trained"
+AGREEMENT_IMAGES = 64
+
+
+def spread_images(folder, count):
+    """``count`` images spread evenly over a dataset's classes (deterministic)."""
+    records = scan_dataset(folder).records
+    step = max(1, len(records) // count)
+    return [record.path for record in records[::step][:count]]
+
+
+def pooled_cosines(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """Per image: cosine similarity of the spatially averaged feature maps."""
+    a = first.reshape(len(first), -1, first.shape[-1]).mean(axis=1)
+    b = second.reshape(len(second), -1, second.shape[-1]).mean(axis=1)
+    return (a * b).sum(axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+def require_weights(backbone: str) -> None:
+    status = weights_status(backbone)
+    if not status.available:
+        pytest.fail(f"the engine agreement test needs real {backbone} ImageNet weights: "
+                    f"{status.detail}")
+
+
+@pytest.mark.parametrize("backbone", ["vgg16", "resnet50", "xception"])
+def test_engine_features_agree_with_the_keras_reference_on_real_images(backbone):
+    require_weights(backbone)
+    paths = spread_images(DATA / "cxr3", AGREEMENT_IMAGES)
+    reference = FeatureSpec(backbone, 224)
+    spec = engines.with_engine(reference, "openvino")
+    assert spec.engine == "openvino" and spec.key() != reference.key()
+    expected = FeatureExtractor(reference).extract(paths)
+    extractor = FeatureExtractor(spec)
+    got = extractor.extract(paths)
+    assert extractor.engine.label.startswith("OpenVINO")
+    assert got.ok == expected.ok == list(range(AGREEMENT_IMAGES))
+    assert got.features.shape == expected.features.shape
+    cosines = pooled_cosines(got.features, expected.features)
+    worst = int(np.argmin(cosines))
+    assert cosines.min() >= 0.999, (f"{backbone}: cosine {cosines[worst]:.5f} on "
+                                    f"{paths[worst].name}")
+    assert not np.array_equal(got.features, expected.features)  # really another engine
+
+
+def _other_engine(run) -> str:
+    """The engine a shipped run was NOT trained with (the reference for engine-made runs)."""
+    return "keras" if run.feature_engine[0] == "openvino" else "openvino"
+
+
+@pytest.mark.parametrize("run_id", ["resnet50-cxr3", "resnet50-seed001-blog"])
+def test_shipped_runs_keep_their_test_predictions_through_the_other_engine(run_id):
+    run = load_run(TRAINED / run_id)
+    spec = engine_spec(run, _other_engine(run))
+    assert (spec.engine, spec.precision) != run.feature_engine
+    folder = resolve_folder(run.info["data"], REPO)
+    assert folder is not None, f"{run_id}: its data folder is not on this machine"
+    test = run.split_predictions("test")
+    result = FeatureExtractor(spec).extract([folder / path for path in test["path"]])
+    assert result.ok == list(range(len(test)))
+    probabilities = predict(build_head_for_run(run), result.features)
+    saved = test[run.probability_columns()].to_numpy()
+    kept = float(np.mean(probabilities.argmax(axis=1) == saved.argmax(axis=1)))
+    assert kept >= 0.99, f"{run_id}: argmax kept on {kept:.1%} of {len(test)} test images"
+    assert np.abs(probabilities - saved).max() < 0.2
+
+
+def test_evaluating_with_another_engine_says_so():
+    run = load_run(TRAINED / "resnet50-seed001-blog")
+    other = _other_engine(run)
+    result = subprocess.run(
+        [sys.executable, "-m", "xrcompare", "evaluate", str(run.path),
+         str(FIXTURES / "tiny_cxr")], capture_output=True, text=True, cwd=REPO, timeout=600,
+        env={**os.environ, engines.ENGINE_VARIABLE: other})
+    assert result.returncode == 0, result.stderr[-2000:]
+    here = engines.engine_label(*engines.choose(other))
+    assert (f"features: trained with {run.feature_engine_label}, evaluated with {here}"
+            in result.stdout), result.stdout
+
+
+def test_reference_key_is_unchanged_and_other_engines_get_their_own():
+    assert FeatureSpec("resnet50", 224).key() == "resnet50-imagenet-224px-squash"
+    spec = FeatureSpec("resnet50", 224, engine="openvino", precision="bf16")
+    assert spec.key() == "resnet50-imagenet-224px-squash-openvino-bf16"
+    assert FeatureSpec("resnet50", 224, engine="openvino", precision="fp32").key() != spec.key()
+
+
+def test_converted_models_are_made_once_even_by_two_at_a_time(tmp_path, monkeypatch):
+    monkeypatch.setenv("XRCOMPARE_CACHE_DIR", str(tmp_path))
+    spec = engines.with_engine(FeatureSpec("resnet50", 32), "openvino")
+    results, errors = [], []
+
+    def convert():
+        try:
+            results.append(engines.converted_model(spec))
+        except Exception as error:  # surfaced below
+            errors.append(error)
+
+    threads = [threading.Thread(target=convert) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    assert sorted(now for _, _, now in results) == [False, True]  # one converted, one waited
+    assert results[0][0] == results[1][0] and results[0][0].is_file()
+    folders = [p for p in (tmp_path / engines.CONVERTED_FOLDER).iterdir() if p.is_dir()]
+    assert folders == [results[0][0].parent]  # no temporary folder left behind
+    engine = engines.make_engine(spec)
+    info = engine.info()
+    assert info["converted_model"] == "from the cache" and info["conversion_s"] > 0
+    batch = np.zeros((3, 32, 32, 3), dtype=np.float32)
+    assert engine.predict(batch).shape == (3, 1, 1, 2048)
+    # Another resize mode or precision reuses the same converted model.
+    pad = engines.make_engine(FeatureSpec("resnet50", 32, "pad", engine="openvino",
+                                          precision="fp32"))
+    assert pad.xml == engine.xml and pad.info()["converted_model"] == "from the cache"
+
+
+def test_converted_model_key_follows_weights_and_versions():
+    imagenet, _ = engines.model_key(FeatureSpec("resnet50", 224))
+    assert imagenet.startswith("resnet50-224px-w") and "openvino" in imagenet
+    assert engines.model_key(FeatureSpec("resnet50", 288))[0] != imagenet
+    seeds = {engines.model_key(FeatureSpec("resnet50", 224, weights="random", seed=s))[0]
+             for s in (1, 2)}
+    assert len(seeds) == 2 and all("random-seed" in key for key in seeds)
+
+
+def test_keras_is_the_fallback_when_openvino_is_missing(monkeypatch):
+    monkeypatch.setitem(sys.modules, "openvino", None)  # as if it were not installed
+    monkeypatch.delenv(engines.ENGINE_VARIABLE, raising=False)
+    assert engines.choose() == engines.REFERENCE
+    with pytest.raises(engines.EngineUnavailable, match="not installed"):
+        engines.choose("openvino")
+    monkeypatch.setenv(engines.ENGINE_VARIABLE, "keras")
+    assert engines.choose() == ("keras", "fp32")
+    monkeypatch.setenv(engines.ENGINE_VARIABLE, "tensorrt")
+    with pytest.raises(engines.EngineUnavailable, match="XRCOMPARE_ENGINE must be one of"):
+        engines.choose()
+
+
+def test_training_uses_the_engine_and_records_it(tmp_path):
+    """The CLI (and so the sidebar, which runs it) trains on engine features by default."""
+    env = {key: value for key, value in os.environ.items() if key != engines.ENGINE_VARIABLE}
+    result = subprocess.run(
+        [sys.executable, "-m", "xrcompare", "train", "--data", str(FIXTURES / "tiny_cxr"),
+         "--backbone", "resnet50", "--image-size", "32", "--epochs", "1", "--runs-dir",
+         str(tmp_path), "--name", "auto", "--test-fraction", "0.25", "--val-fraction", "0.3"],
+        capture_output=True, text=True, cwd=REPO, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    run = load_run(tmp_path / "auto")
+    engine, precision = engines.choose("auto")
+    assert engine == "openvino", "OpenVINO is in requirements.txt: auto should pick it"
+    assert run.feature_engine == (engine, precision)
+    features = run.info["features"]
+    assert features["spec"] == f"resnet50-imagenet-32px-squash-openvino-{precision}"
+    assert features["engine_version"].startswith("openvino ")
+    assert features["converted_model"] in ("converted now", "from the cache")
+    assert features["conversion_s"] > 0
+    assert f"({run.feature_engine_label})" in result.stderr
+    assert run.info["versions"]["openvino"]
+
+
+def test_leaderboard_names_the_feature_engine():
+    table = leaderboard(list_runs(TRAINED).runs)
+    assert set(table["feature_engine"]) <= {"Keras fp32", "OpenVINO bf16", "OpenVINO fp32"}
+    for run in list_runs(TRAINED).runs:
+        assert table.loc[table["run_id"] == run.run_id, "feature_engine"].item() == \
+            run.feature_engine_label
