@@ -29,8 +29,8 @@ import numpy as np
 from xrcompare.backbones import PREPROCESS_MODES, get_backbone
 from xrcompare.imaging import ImageError, apply_mask, decode_gray, read_bytes, to_model_input
 from xrcompare.inference_engine import is_engine, make_engine
+from xrcompare.paths import CACHE_DIR_VARIABLE, cache_dir  # noqa: F401 - re-exported
 
-CACHE_DIR_VARIABLE = "XRCOMPARE_CACHE_DIR"
 #: Bump when the mild augmentation recipe changes, so cached augmented views are not reused.
 AUGMENT_VERSION = 1
 #: Bump when the blog's rotation recipe changes.
@@ -49,10 +49,8 @@ class CacheWriteError(OSError):
 
 
 def cache_root() -> Path:
-    value = os.environ.get(CACHE_DIR_VARIABLE, "").strip()
-    if value:
-        return Path(value).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "xrcompare" / "features"
+    """The feature cache's folder (:func:`xrcompare.paths.cache_dir`)."""
+    return cache_dir()
 
 
 @dataclass(frozen=True)
@@ -176,8 +174,8 @@ class FeatureExtractor:
     """Runs one frozen base over images, reading and writing the feature cache.
 
     The base runs through the engine ``spec`` names
-    (:func:`xrcompare.inference_engine.make_engine`); ``base`` is a Keras base already built for ``spec`` (used, or converted, instead of
-    building one) or a ready engine.
+    (:func:`xrcompare.inference_engine.make_engine`); ``base`` is a Keras base already built
+    for ``spec`` (used, or converted, instead of building one) or a ready engine.
     """
 
     def __init__(self, spec: FeatureSpec, *, batch_size: int = 32, cache_dir: Path | None = None,
