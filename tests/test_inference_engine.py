@@ -19,7 +19,7 @@ from xrcompare.data import scan_dataset
 from xrcompare.features import FeatureExtractor, FeatureSpec
 from xrcompare.inference import engine_spec
 from xrcompare.runs import build_head_for_run, list_runs, load_run
-from xrcompare.summary import leaderboard, resolve_folder
+from xrcompare.summary import leaderboard
 from xrcompare.train import predict
 
 TRAINED = REPO / "trained"
@@ -77,7 +77,7 @@ def test_shipped_runs_keep_their_test_predictions_through_the_other_engine(run_i
     run = load_run(TRAINED / run_id)
     spec = engine_spec(run, _other_engine(run))
     assert (spec.engine, spec.precision) != run.feature_engine
-    folder = resolve_folder(run.info["data"], REPO)
+    folder = run.data_folder()
     assert folder is not None, f"{run_id}: its data folder is not on this machine"
     test = run.split_predictions("test")
     result = FeatureExtractor(spec).extract([folder / path for path in test["path"]])
