@@ -19,7 +19,7 @@ import streamlit as st
 from app_pages import _common as common
 from app_pages import _engine
 from app_pages._common import md
-from xrcompare import limits, predictor
+from xrcompare import limits, predictor, sanity
 from xrcompare.errors import one_line
 from xrcompare.explain import CAM_METHODS, METHODS
 from xrcompare.imaging import ImageError
@@ -336,6 +336,67 @@ def saliency_section(runs: list[Run], predictions, chosen: Chosen, digest: str,
         st.caption(f"CAM maps come from each backbone's last convolutional layer ({grid_text}), "
                    "so they are blurry by construction. Maps of padded runs are cropped back "
                    "to the image; those of squashed runs are stretched back.")
+    if "gradcam" in settings["methods"]:
+        sanity_check(runs, predictions, chosen, digest, settings, labels)
+
+
+def sanity_check(runs: list[Run], predictions, chosen: Chosen, digest: str, settings: dict,
+                 labels: dict[str, str]) -> None:
+    """Grad-CAM of each selected model beside its selected random-init control's, for the
+    same class, with the rank correlation of the two maps (:mod:`xrcompare.sanity`)."""
+    by_id = {prediction.run_id: prediction for prediction in predictions if prediction.ok}
+    pairs, missing = [], []
+    for run in runs:
+        if run.run_id not in by_id:
+            continue
+        control = sanity.random_control_of(run, runs)
+        if control is not None and control.run_id in by_id:
+            pairs.append((run, control))
+        elif control is None and (unselected := sanity.random_control_of(
+                run, common.all_runs())) is not None:
+            missing.append((run, unselected))
+    if not pairs and not missing:
+        return
+    st.markdown("#### Saliency sanity check: trained model vs untrained base")
+    st.caption("The same recipe on a randomly initialised base has learned nothing from "
+               "ImageNet. If its Grad-CAM map looks like the trained model's, the map shows "
+               f"the image more than the model. {sanity.REFERENCE}.")
+    for run, control in missing:
+        st.caption(f":material/info: Select **{md(labels.get(control.run_id, control.title))}** "
+                   f"in the sidebar as well to check **{md(labels.get(run.run_id, run.title))}**'s "
+                   "map against its random-init control.")
+    engine, cache = _engine.engine(), _engine.saliency_cache()
+    picture = predictor.display_image(chosen.image.gray)
+    for run, control in pairs:
+        target = (by_id[run.run_id].predicted if settings["target"] == PREDICTED
+                  else settings["target"])
+        name, control_name = (md(labels.get(item.run_id, item.title)) for item in (run, control))
+        if target not in run.labels or target not in control.labels:
+            st.caption(f"**{name}** and its control do not both predict {md(target)}.")
+            continue
+        try:
+            check = engine.submit(sanity.saliency_sanity, run, control, chosen.image.gray,
+                                  "gradcam", target, engine=engine, cache=cache,
+                                  digest=digest).result()
+        except Exception as error:  # the check must never hide the maps above
+            LOG.exception("saliency sanity check for %s failed", run.run_id)
+            st.error(f"The sanity check for **{name}** failed ({md(one_line(error, 160))}).",
+                     icon=":material/error:")
+            continue
+        model_cell, control_cell, text_cell = st.columns([1, 1, 2], gap="small")
+        for cell, item, saliency, title in ((model_cell, run, check.map_model, name),
+                                            (control_cell, control, check.map_control,
+                                             control_name)):
+            cell.image(predictor.overlay_for_run(item, picture, saliency,
+                                                 alpha=settings["alpha"],
+                                                 colormap=settings["colormap"]),
+                       width="stretch")
+            cell.caption(f"{title} · Grad-CAM of *{md(target)}*")
+        rho = "undefined" if check.rho is None else f"{check.rho:.2f}"
+        text_cell.metric("Spearman ρ of the two maps", rho,
+                         help="Rank correlation of the two maps over their pixels: 1 = the "
+                              "same ranking, 0 = unrelated, −1 = opposite.")
+        text_cell.markdown(md(check.sentence))
 
 
 def show_maps(runs_by_id: dict[str, Run], predictions, image: UploadedImage, digest: str,

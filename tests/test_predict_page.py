@@ -20,6 +20,8 @@ from app_pages import _engine
 from xrcompare import predictor
 from xrcompare.paths import RUNS_DIR_VARIABLE
 from xrcompare.runs import list_runs, load_run
+from xrcompare.sanity import saliency_sanity
+from xrcompare.uploads import load_upload
 
 APP = REPO / "streamlit_app.py"
 PAGE = "app_pages/predict.py"
@@ -264,3 +266,27 @@ def test_the_router_warms_every_runs_model_up_in_the_background(monkeypatch, tmp
     assert _engine.engine().is_warm(load_run(runs / "warm-me"))
     app.run()  # a rerun starts no second thread for the same runs
     assert _engine._warm_up_thread(runs_fingerprint(runs)) is thread
+
+
+def test_gradcam_of_a_model_is_checked_against_its_random_init_control(monkeypatch):
+    control = "resnet50-cxr3-random-control"
+    app = open_page(monkeypatch, selected=[MAIN_RUN, control])
+    metric = next(item for item in app.metric if item.label == "Spearman ρ of the two maps")
+    rho = float(metric.value)
+    assert -1.0 <= rho <= 1.0
+    sentence = next(item.value for item in app.markdown if "Adebayo et al. 2018" in item.value)
+    assert f"ρ = {rho:.2f}" in sentence
+    assert any("Grad-CAM of" in item.value for item in app.caption)
+    # the same image and class through xrcompare directly: the page shows that figure
+    runs = {run.run_id: run for run in list_runs(TRAINED).runs}
+    shown = predictor.list_samples()[0]  # the page's default sample
+    gray = load_upload(shown.path.read_bytes(), shown.name).gray
+    check = saliency_sanity(runs[MAIN_RUN], runs[control], gray, "gradcam")
+    assert f"{check.rho:.2f}" == metric.value
+
+
+def test_without_its_control_selected_the_page_says_which_run_to_add(monkeypatch):
+    app = open_page(monkeypatch, selected=[MAIN_RUN])
+    assert not [item for item in app.metric if item.label == "Spearman ρ of the two maps"]
+    assert any("resnet50-cxr3-random-control" in item.value or "random-init control" in
+               item.value for item in app.caption if "Select" in item.value)

@@ -90,22 +90,39 @@ class SanityCheck:
 
 
 def saliency_sanity(run, control, gray: np.ndarray, method: str = "gradcam",
-                    target: str | None = None, *, model=None, control_model=None
-                    ) -> SanityCheck:
+                    target: str | None = None, *, engine=None, cache=None,
+                    digest: str | None = None) -> SanityCheck:
     """Both runs' ``method`` maps of one 8-bit gray image for class ``target`` (default: the
-    trained run's prediction) and their :func:`rank_correlation`. Models are built with
-    :func:`xrcompare.predictor.load_model` unless given."""
+    trained run's prediction) and their :func:`rank_correlation`, through the Predict page's
+    own functions: ``engine`` (an :class:`xrcompare.engine.Engine`; a new one if None) and,
+    when given, its saliency ``cache`` (maps already drawn on the page are reused)."""
     from xrcompare import predictor
+    from xrcompare.engine import Engine
     from xrcompare.explain import METHODS
 
-    model = model if model is not None else predictor.load_model(run)
-    control_model = (control_model if control_model is not None
-                     else predictor.load_model(control))
+    engine = engine if engine is not None else Engine()
+    digest = digest or predictor.image_digest(gray)
     if target is None:
-        target = predictor.predict_one(run, model, gray).predicted
-    first = predictor.explain_run(run, model, gray, method, target)
-    second = predictor.explain_run(control, control_model, gray, method, target)
+        prediction = predictor.predict_run(engine, run, gray, digest=digest)
+        if not prediction.ok:
+            raise ValueError(prediction.problem)
+        target = prediction.predicted
+    if target not in control.labels:
+        raise ValueError(f"{control.title} does not predict {target!r}")
+    first = predictor.explain_cached(cache, engine, run, gray, method, target, digest=digest)
+    second = predictor.explain_cached(cache, engine, control, gray, method, target,
+                                      digest=digest)
     rho = rank_correlation(first.saliency, second.saliency)
     return SanityCheck(method, target, first.saliency, second.saliency, rho,
                        sanity_sentence(rho, METHODS.get(method, method), run.title,
                                        control.title))
+
+
+def random_control_of(run, runs):
+    """``run``'s random-init control among ``runs`` (the same recipe on an untrained base of
+    the same backbone: :func:`xrcompare.shortcuts.controls_of`), or None."""
+    from xrcompare.shortcuts import controls_of
+
+    if not run.is_cnn or run.is_control:
+        return None
+    return controls_of(run, runs).get("random-init")
