@@ -41,7 +41,9 @@ def test_a_damaged_cache_entry_is_recomputed_and_said(tmp_path, base, caplog, da
     with caplog.at_level(logging.WARNING, logger="xrcompare.features"):
         again = FeatureExtractor(SPEC, cache_dir=tmp_path, base=base).extract(PATHS)
     assert (again.cached, again.computed) == (2, 1)
-    assert np.allclose(again.features, first.features)
+    # One image alone against a batch of three: oneDNN may sum in another order (AVX2 CPUs
+    # do), which can move a value across a float16 rounding step of the cache (2**-10).
+    assert np.allclose(again.features, first.features, rtol=2e-3, atol=1e-3)
     assert len(again.cache_notes) == 1 and "1 damaged entry recomputed" in again.cache_notes[0]
     assert str(tmp_path) in again.cache_notes[0] and target.name in again.cache_notes[0]
     assert again.cache_notes[0] in caplog.text

@@ -353,7 +353,7 @@ class FeatureExtractor:
         shapes = Counter(features[position].shape for position in loaded)
         if not shapes or (len(shapes) == 1 and not computing and self._base is None):
             return []
-        expected = tuple(int(d) for d in self.base.output.shape[1:])
+        expected = tuple(self.engine.output_shape)
         return [position for position in loaded if features[position].shape != expected]
 
     def _store_batch(self, kept: list[tuple[int, str, int]], output: np.ndarray) -> None:

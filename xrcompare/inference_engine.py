@@ -168,6 +168,9 @@ class Engine(Protocol):
     @property
     def label(self) -> str: ...
 
+    @property
+    def output_shape(self) -> tuple[int, ...]: ...
+
     def predict(self, batch: np.ndarray) -> np.ndarray: ...
 
     def info(self) -> dict: ...
@@ -189,6 +192,11 @@ class KerasEngine:
     @property
     def label(self) -> str:
         return engine_label(self.name, self.precision)
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        """One image's base output shape, e.g. (7, 7, 2048)."""
+        return tuple(int(size) for size in self.base.output.shape[1:])
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         return np.asarray(self.base.predict_on_batch(batch), dtype=np.float32)
@@ -251,6 +259,12 @@ class OpenVINOEngine:
     @property
     def label(self) -> str:
         return engine_label(self.name, self.precision)
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        """One image's base output shape, e.g. (7, 7, 2048) (the batch size is dynamic)."""
+        shape = self._compiled.output(0).get_partial_shape()
+        return tuple(int(dimension.get_length()) for dimension in list(shape)[1:])
 
     def _collect(self, request, start: int) -> None:
         self._results[start] = np.array(request.get_output_tensor(0).data, dtype=np.float32)
