@@ -4,6 +4,7 @@ guess before the runs' own figure is revealed. A teacher steps through it on a p
 import streamlit as st
 
 from app_pages import _common as common
+from app_pages import _engine
 from app_pages._common import md
 from xrcompare import lesson, predictor
 from xrcompare.charts import accuracy_figure, mask_examples, probability_bars
@@ -26,7 +27,7 @@ photo_path = lesson.photo_sample(predictor.list_samples())
 @st.cache_resource(show_spinner="The main run looks at the photo…", max_entries=2)
 def photo_probabilities(_run, key: tuple, path: str):
     try:
-        return lesson.photo_prediction(_run, path), None
+        return lesson.photo_prediction(_run, path, _engine.engine()), None
     except Exception as error:  # a missing backbone: the step says why, the lesson goes on
         return None, f"{type(error).__name__}: {str(error)[:200]}"
 

@@ -160,7 +160,8 @@ def test_blog2020_run_records_its_protocol_and_why_it_is_leaky(blog2020_run):
     assert run.title.endswith(f"[{LEAKY_LABEL}]")
     assert info["split"]["method"].startswith("stratified random train/test by image")
     assert info["split"]["summary"]["val"]["images"] == 0
-    assert info["features"]["spec"].endswith("-scale01")
+    # the spec carries the engine when it is not the Keras reference (…-scale01-openvino-fp32)
+    assert "-squash-scale01" in info["features"]["spec"]
     assert info["hyperparameters"]["augment"] == "blog"
 
 
@@ -184,7 +185,8 @@ def test_blog2020_run_keeps_the_epoch_with_the_best_test_accuracy(blog2020_run):
 
 
 def test_blog_views_of_the_run_are_in_their_own_cache_folder(blog2020_run, feature_cache):
-    folder = feature_cache / "resnet50-imagenet-64px-squash-scale01"
+    folder = feature_cache / blog2020_run.features_record["spec"]
+    assert folder.name.startswith("resnet50-imagenet-64px-squash-scale01")
     assert (folder / "augblog1-view1").is_dir() and (folder / "original").is_dir()
 
 
@@ -266,7 +268,9 @@ def test_scale01_alone_changes_the_model_input(runs_dir):
     assert model_input_for_run(run, gray).max() <= 1.0
     assert model_input_for_run(sound, gray).min() < 0  # ResNet50's caffe-mode preprocessing
     assert run.leaky_reasons and "0..1" in run.leaky_reasons[0]
-    assert run.info["features"]["spec"] == "resnet50-imagenet-64px-squash-scale01"
+    engine = "-".join(run.feature_engine)  # named in the spec unless it is the reference
+    assert run.info["features"]["spec"] == ("resnet50-imagenet-64px-squash-scale01" + (
+        "" if engine == "keras-fp32" else f"-{engine}"))
 
 
 @pytest.mark.parametrize("changes, message", [

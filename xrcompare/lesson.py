@@ -217,14 +217,19 @@ def photo_sample(samples: Sequence) -> Path | None:
     return next((sample.path for sample in samples if sample.label == PHOTO_LABEL), None)
 
 
-def photo_prediction(run: Run, path: str | Path, model=None) -> dict[str, float]:
-    """The run's class probabilities for an image file, as the Predict page computes them."""
+def photo_prediction(run: Run, path: str | Path, engine=None) -> dict[str, float]:
+    """The run's class probabilities for an image file, as the Predict page computes them
+    (``engine``: the page's :class:`xrcompare.engine.Engine`; a new one if None)."""
     from xrcompare import predictor
+    from xrcompare.engine import Engine
     from xrcompare.inference import load_image_file
 
     image = load_image_file(path)
-    model = model if model is not None else predictor.load_model(run)
-    return predictor.predict_one(run, model, image.gray).probabilities
+    prediction = predictor.predict_run(engine if engine is not None else Engine(), run,
+                                       image.gray)
+    if not prediction.ok:
+        raise ValueError(prediction.problem)
+    return prediction.probabilities
 
 
 def guess_feedback(step: Step, guess) -> str:
