@@ -169,8 +169,8 @@ calibration_rows, reliability_bins = cached_calibration(
 if calibration_rows.empty:
     st.info("None of the selected runs was scored on these images.")
 else:
-    st.dataframe(
-        calibration_rows, hide_index=True, placeholder="–", key="tradeoff_calibration_table",
+    common.table(
+        calibration_rows, "calibration", key="tradeoff_calibration_table",
         column_order=["run", "images", "ece", "temperature", "ece_after", "note"],
         column_config={
             "run": st.column_config.TextColumn("run", pinned=True),
