@@ -60,7 +60,8 @@ def build_navigation():
         sections.setdefault(spec.section, []).append(
             st.Page(REPO_ROOT / spec.path, title=spec.title, icon=spec.icon,
                     default=number == 0))
-    return st.navigation(sections)
+    # Every page listed: a class told "open the Shortcut lab" must not hunt behind "View more".
+    return st.navigation(sections, expanded=True)
 
 
 def render_training_form(top) -> None:

@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--repeats and --first-repeats must be at least 1")
 
     listing = list_runs(args.runs_dir)
-    runs = len(listing.runs)
+    runs = sum(1 for run in listing.runs if run.is_cnn)  # runs that get a Grad-CAM map
     if not runs:
         print(f"no runs in {args.runs_dir}", file=sys.stderr)
         return 1

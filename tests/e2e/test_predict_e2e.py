@@ -18,6 +18,7 @@ import pytest
 from xrcompare.explain import METHODS
 from xrcompare.predictor import list_samples
 from xrcompare.runs import list_runs
+from xrcompare.sanity import random_control_of
 
 REPO = Path(__file__).resolve().parents[2]
 MAIN = '[data-testid="stMain"]'
@@ -58,7 +59,10 @@ def fresh(page, selector: str, **options):
 @pytest.mark.e2e
 def test_uploading_a_sample_xray_shows_probabilities_and_gradcam_overlays(app):
     runs = list_runs(app_runs_dir()).runs
-    trained = [run for run in runs if not run.is_random_control]
+    trained = [run for run in runs if not run.is_control]
+    mapped = [run for run in runs if run.is_cnn]  # the statistics baseline gets no map
+    # each model shown with its random-init control gets the sanity check's two maps too
+    checked = [run for run in runs if random_control_of(run, runs) is not None]
     assert trained
     xray = next(sample for sample in list_samples() if sample.label == "normal")
     page = open_predict_page(app)
@@ -69,7 +73,7 @@ def test_uploading_a_sample_xray_shows_probabilities_and_gradcam_overlays(app):
     captions = fresh(page, '[data-testid="stCaptionContainer"]', has_text="explains ")
     wait_until(page, lambda: (main.get_by_text(f"your upload {xray.name}").count() == 1
                               and main.get_by_text(headline).count() >= 1
-                              and captions.count() == len(runs)
+                              and captions.count() == len(mapped)
                               and page.get_by_text("is a hint, not proof").count() == 1),
                what="the upload's predictions and one Grad-CAM per run")
     app.wait_idle(timeout_ms=COLD_MS)
@@ -80,14 +84,14 @@ def test_uploading_a_sample_xray_shows_probabilities_and_gradcam_overlays(app):
     for label in ("covid", "normal", "pneumonia"):  # the bars' legend names every class
         assert main.locator('[data-testid="stPlotlyChart"]').get_by_text(label).count() >= 1
     assert main.get_by_role("heading", name="Grad-CAM").is_visible()
-    assert captions.count() == len(runs)
+    assert captions.count() == len(mapped)
 
     # The X-ray, then one overlay per run; the overlays carry colour (a heat map), the X-ray
     # does not.
     pictures = main.locator('[data-testid="stImage"] img')
-    assert pictures.count() == 1 + len(runs)
+    assert pictures.count() == 1 + len(mapped) + 2 * len(checked)
     assert saturation(pictures.nth(0).screenshot()) < 0.02
-    coloured = [saturation(pictures.nth(i).screenshot()) for i in range(1, 1 + len(runs))]
+    coloured = [saturation(pictures.nth(i).screenshot()) for i in range(1, 1 + len(mapped))]
     assert max(coloured) > 0.15, coloured
 
     # Every saliency method is a visible choice (no scrolling list), and the maps have a
@@ -99,11 +103,11 @@ def test_uploading_a_sample_xray_shows_probabilities_and_gradcam_overlays(app):
     # The browser benchmark's predicates on this real page: everything is drawn, and one
     # step of the opacity slider redraws the overlays.
     benchmark = browser_benchmark()
-    assert page.evaluate(benchmark.DONE_JS, [len(runs), xray.name, None])
+    assert page.evaluate(benchmark.DONE_JS, [len(mapped), xray.name, None])
     before = page.evaluate(benchmark.SOURCES_JS)
-    assert benchmark.move_opacity(page, len(runs), COLD_MS / 1000) < COLD_MS / 1000
+    assert benchmark.move_opacity(page, len(mapped), COLD_MS / 1000) < COLD_MS / 1000
     assert page.evaluate(benchmark.SOURCES_JS) != before
-    assert captions.count() == len(runs)
+    assert captions.count() == len(mapped)
 
     app.screenshot("predict-explain-upload")
     assert app.problems() == []
