@@ -1,5 +1,5 @@
 """Command line: ``python -m xrcompare {train,evaluate,predict,compare,runs,backbones,explain,
-shortcuts,calibration,subgroups,card}``.
+shortcuts,calibration,subgroups,card,errors}``.
 
 Bad arguments or input end with a non-zero exit and one readable line, never a traceback.
 """
@@ -179,6 +179,25 @@ def build_parser() -> argparse.ArgumentParser:
     card.add_argument("run", help="run folder or run id")
     card.add_argument("--runs-dir", type=Path, default=None,
                       help="where its controls are looked for (default: the run's folder)")
+
+    errors = commands.add_parser(
+        "errors", help="the images behind a confusion-matrix cell, most confident first",
+        description="A run's confusion matrix on its test split or a held-out folder, then "
+                    "the images of one cell (--true and --predicted) or its mistakes, most "
+                    "confident first, with each image's recorded probabilities and file.")
+    errors.add_argument("run", help="run folder or run id")
+    errors.add_argument("--on", dest="scope", default="test", metavar="SCOPE",
+                        help="test (default) or heldout:NAME, e.g. heldout:kaggle_test")
+    errors.add_argument("--true", dest="true_class", default=None, metavar="CLASS",
+                        help="only images of this true class")
+    errors.add_argument("--predicted", dest="predicted_class", default=None, metavar="CLASS",
+                        help="only images called this class (with --true: that one cell, "
+                             "the diagonal included; otherwise mistakes only)")
+    errors.add_argument("--limit", type=_positive_int, default=20,
+                        help="images listed (default 20)")
+    errors.add_argument("--offset", type=int, default=0, help="skip this many first")
+    errors.add_argument("--runs-dir", type=Path, default=None)
+    errors.add_argument("--json", action="store_true")
 
     explain = commands.add_parser("explain", help="saliency map for one image")
     explain.add_argument("run_dir", type=Path)
@@ -425,10 +444,26 @@ def cmd_card(args) -> int:
     return 0
 
 
+def cmd_errors(args) -> int:
+    from xrcompare.errors_gallery import cell_images, cells_lines, confusion_cells, images_lines
+
+    run = _find_run(args.run, args.runs_dir)
+    cells = confusion_cells(run, args.scope)
+    selection = cell_images(run, args.scope, args.true_class, args.predicted_class,
+                            limit=args.limit, offset=args.offset)
+    if args.json:
+        print(json.dumps({**selection.to_json(),
+                          "cells": cells.to_dict(orient="records")}, allow_nan=False))
+        return 0
+    print("\n".join(cells_lines(run, selection.scope, cells)))
+    print("\n".join(images_lines(selection)))
+    return 0
+
+
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict,
             "compare": cmd_compare, "runs": cmd_runs, "backbones": cmd_backbones,
             "explain": cmd_explain, "shortcuts": cmd_shortcuts, "calibration": cmd_calibration,
-            "subgroups": cmd_subgroups, "card": cmd_card}
+            "subgroups": cmd_subgroups, "card": cmd_card, "errors": cmd_errors}
 
 
 def main(argv: list[str] | None = None) -> int:
