@@ -110,9 +110,17 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("data_dir", type=Path)
     evaluate.add_argument("--json", action="store_true")
 
-    predict = commands.add_parser("predict", help="class probabilities for one image")
+    predict = commands.add_parser(
+        "predict", help="class probabilities for one image, several, or a folder's",
+        description="One image: its class probabilities as bars. Several images or a folder "
+                    "(its .png/.jpg/.jpeg/.dcm files, recursively): one line per image, and "
+                    "with --csv a CSV table; an unreadable file gets its reason in its row.")
     predict.add_argument("run_dir", type=Path)
-    predict.add_argument("image", type=Path)
+    predict.add_argument("paths", type=Path, nargs="+", metavar="PATH",
+                         help="an image file or a folder of images")
+    predict.add_argument("--csv", type=Path, default=None, metavar="OUT",
+                         help="write the table (image, run, predicted, confidence, one column "
+                              "per class, note) to this CSV file")
     predict.add_argument("--json", action="store_true")
 
     compare = commands.add_parser(
@@ -259,7 +267,9 @@ def cmd_predict(args) -> int:
     from xrcompare.inference import predict_file
 
     run = _load(args.run_dir)
-    result = predict_file(run, args.image)
+    if len(args.paths) > 1 or args.paths[0].is_dir() or args.csv is not None:
+        return predict_many(run, args)
+    result = predict_file(run, args.paths[0])
     if args.json:
         print(json.dumps(result))
         return 0
@@ -270,6 +280,33 @@ def cmd_predict(args) -> int:
         print(f"features: {result['feature_engine']['note']}")
     for warning in result.get("warnings", []):
         print(f"warning: {warning}")
+    return 0
+
+
+def predict_many(run, args) -> int:
+    """``predict`` on several images or folders: one line (or JSON record) per image, and a
+    CSV table with ``--csv``."""
+    from xrcompare.batch import collect, predict_batch, table_lines
+
+    if args.csv is not None and (args.csv.is_dir() or args.csv.suffix.lower() != ".csv"):
+        raise ValueError(f"--csv must name a .csv file, got {str(args.csv)!r}")
+    items = collect(args.paths)
+    result = predict_batch([run], items)
+    if args.csv is not None:
+        args.csv.parent.mkdir(parents=True, exist_ok=True)
+        args.csv.write_bytes(result.csv_bytes())
+    if args.json:
+        table = result.table.astype(object)
+        print(json.dumps({"run": run.run_id, "images": result.images,
+                          "unreadable": result.unreadable,
+                          "rows": table.where(table.notna(), None).to_dict(orient="records")},
+                         allow_nan=False))
+        return 0
+    print("\n".join(table_lines(result)))
+    print(f"{result.images} image{'s' if result.images != 1 else ''}"
+          + (f", {result.unreadable} could not be read" if result.unreadable else "")
+          + f"; {result.seconds:.1f} s (teaching model, not a diagnosis)"
+          + (f"; table written to {args.csv}" if args.csv is not None else ""))
     return 0
 
 

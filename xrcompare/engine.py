@@ -395,6 +395,57 @@ class Engine:
                 self.forward_passes += 1
         return features
 
+    def features_batch(self, run: Run, grays) -> np.ndarray:
+        """The trunk's feature maps (N, h, w, c) of several 8-bit gray images: the images
+        whose maps are cached (same trunk, same model input) are not recomputed, the others
+        go through the trunk in one batch, and each map is cached as :meth:`features` caches
+        it."""
+        from xrcompare.runs import model_input_for_run
+
+        inputs = [model_input_for_run(run, gray) for gray in grays]
+        if not inputs:
+            raise ValueError("no images to predict")
+        keys = [(trunk_key(run), array_digest(batch)) for batch in inputs]
+        found = [self._features.get(key) for key in keys]
+        missing = [index for index, features in enumerate(found) if features is None]
+        if missing:
+            entry = self._trunk(run)
+            computed = self.call(self._forward_batch, entry,
+                                 np.concatenate([inputs[index] for index in missing]),
+                                 [keys[index] for index in missing])
+            for index, features in zip(missing, computed, strict=True):
+                found[index] = features
+        return np.concatenate(found)
+
+    def _forward_batch(self, entry: _Trunk, inputs: np.ndarray, keys: list) -> list:
+        with entry.lock:
+            output = np.asarray(entry.model.predict_on_batch(inputs), dtype=np.float32)
+            entry.traced = True
+            maps = []
+            for index, key in enumerate(keys):
+                features = output[index:index + 1].copy()
+                features.setflags(write=False)
+                self._features.put(key, features)
+                maps.append(features)
+            self.forward_passes += len(keys)
+        return maps
+
+    def probabilities_batch(self, run: Run, grays) -> np.ndarray:
+        """``run``'s probabilities (N, classes) of several 8-bit gray images, in
+        :attr:`Run.labels` order: one trunk batch for the images not cached, one tail call."""
+        if run.is_statistics:
+            from xrcompare.runs import predict_gray
+
+            model = self._statistics_model(run)
+            return np.array([[predict_gray(run, model, gray)[label] for label in run.labels]
+                             for gray in grays], dtype=np.float32)
+        features = self.features_batch(run, grays)
+        values = self.call(self.tail(run).probabilities, features)
+        if values.shape != (len(grays), len(run.labels)):
+            raise ValueError(f"{run.run_id} gives scores of shape {values.shape} for "
+                             f"{len(grays)} images of {len(run.labels)} classes")
+        return values
+
     def probabilities(self, run: Run, gray: np.ndarray) -> dict[str, float]:
         """Class → probability of ``run`` for an 8-bit gray image (the image-statistics
         baseline needs no CNN: its model is small and read once per run)."""
