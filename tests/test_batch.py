@@ -214,3 +214,70 @@ def test_cli_predict_refuses_an_empty_folder_and_a_bad_csv_name_in_one_line(tmp_
     assert result.returncode == 2
     assert result.stderr.strip().endswith("--csv must name a .csv file, got "
                                           f"'{tmp_path / 'table.txt'}'")
+
+
+# --------------------------------------------------------------------------- the page
+
+
+def open_batch_page(monkeypatch, selected: list[str]):
+    import time
+
+    from streamlit.testing.v1 import AppTest
+
+    from xrcompare.paths import RUNS_DIR_VARIABLE
+    from xrcompare.runs import list_runs
+
+    monkeypatch.setenv(RUNS_DIR_VARIABLE, str(TRAINED))
+    app = AppTest.from_file(str(REPO / "streamlit_app.py"), default_timeout=300)
+    app.run()
+    for run in list_runs(TRAINED).runs:
+        app.session_state[f"run_pick::{run.run_id}"] = run.run_id in selected
+    app.session_state["selected_run_ids"] = selected
+    app.switch_page("app_pages/batch.py").run()
+    assert not app.exception and not app.error
+
+    def finish(app):
+        """Rerun until the background batch is done (the page polls it)."""
+        deadline = time.monotonic() + 300
+        while app.session_state["batch_task"]["task"].state == "running":
+            assert time.monotonic() < deadline, "the batch did not finish"
+            time.sleep(0.5)
+        return app.run()
+
+    return app, finish
+
+
+def test_the_batch_page_predicts_uploads_into_one_table_with_a_csv(monkeypatch):
+    app, finish = open_batch_page(monkeypatch, [MAIN_RUN, PADDED_RUN])
+    assert app.title[0].value.startswith("Predict a batch")
+    uploader = app.file_uploader(key="batch_files")
+    for path in kaggle_images(2):
+        uploader.upload(path.name, path.read_bytes())
+    uploader.upload("not-an-xray.png", b"\x89PNG\r\n\x1a\n" + b"\x00" * 64)
+    app.run()
+    app.button(key="batch_start").click().run()
+    app = finish(app)
+    assert not app.exception and not app.error
+    table = app.dataframe[0].value
+    assert len(table) == 4 * 2 + 1
+    assert set(table["run"]) == {MAIN_RUN, PADDED_RUN, ""}
+    bad = table[table["image"] == "not-an-xray.png"].iloc[0]
+    assert bad["note"] and bad["model"] == "–"
+    assert any("1 of 5 files could not be read" in item.value for item in app.warning)
+    metrics = {item.label: item.value for item in app.metric}
+    assert metrics["Images"] == "5" and metrics["Could not be read"] == "1"
+
+
+def test_the_batch_page_refuses_a_zip_mixed_with_images_in_one_sentence(monkeypatch):
+    app, finish = open_batch_page(monkeypatch, [MAIN_RUN])
+    uploader = app.file_uploader(key="batch_files")
+    image = kaggle_images(1)[0]
+    uploader.upload(image.name, image.read_bytes())
+    uploader.upload("more.zip", b"PK\x05\x06" + bytes(18))
+    app.run()
+    app.button(key="batch_start").click().run()
+    app = finish(app)
+    assert not app.exception
+    assert [item.value for item in app.error] == [
+        "Could not predict this batch: upload either one .zip or image files, not both "
+        "(found 1 .zip among 2 files)"]

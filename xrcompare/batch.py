@@ -286,3 +286,43 @@ def table_lines(result: BatchResult) -> list[str]:
         note = f"  ({row['note']})" if row["note"] else ""
         lines.append(f"{row['predicted']:>12}{values}  {name}{note}")
     return lines
+
+
+def batch_request(runs: Sequence[Run], engine, *, files: Sequence[tuple[str, bytes]] = (),
+                  progress: Callable[[dict], None] | None = None) -> BatchResult:
+    """One batch asked for in the app: uploaded ``files`` (name, bytes), or a single .zip
+    among them, through ``runs`` on the server's ``engine``, each chunk holding one of the
+    server-wide work slots (:mod:`xrcompare.limits`). ``progress`` gets ``{"phase":
+    "waiting"}`` while every slot is busy, ``{"phase": "unpack"}``, then ``{"phase":
+    "predict", "done", "total"}`` after each chunk."""
+    from xrcompare import limits
+
+    def tell(event: dict) -> None:
+        if progress is not None:
+            progress(event)
+
+    def hold():
+        return limits.work_slot(on_wait=lambda: tell({"phase": "waiting"}))
+
+    def step(done: int, total: int) -> None:
+        tell({"phase": "predict", "done": done, "total": total})
+
+    archives = [name for name, _ in files if name.lower().endswith(".zip")]
+    if archives and len(files) > 1:
+        raise BatchError("upload either one .zip or image files, not both (found "
+                         f"{len(archives)} .zip among {len(files)} files)")
+    if not files:
+        raise BatchError("no files uploaded")
+    if archives:
+        tell({"phase": "unpack"})
+        name, data = files[0]
+        return predict_archive(runs, data, name, engine, hold=hold, progress=step)
+    return uploads_batch(runs, files, engine, hold=hold, progress=step)
+
+
+def shown_table(result: BatchResult, titles: dict[str, str]) -> pd.DataFrame:
+    """The table with each run's shown name beside its id (for a page)."""
+    table = result.table.copy()
+    table.insert(1, "model", [titles.get(run_id, run_id) if run_id else "–"
+                              for run_id in table["run"]])
+    return table
