@@ -125,7 +125,7 @@ def test_batching_changes_nothing_against_one_image_at_a_time(runs):
     images = kaggle_images(2)
     fresh = Engine()
     result = batch.predict_batch(runs[:1], [batch.BatchItem(p.name, p) for p in images], fresh)
-    assert fresh.forward_passes == len(images)  # one batched pass, each image once
+    assert fresh.forward_passes == len(images)  # each image through the trunk once
     single = Engine()
     for path in images:
         gray = load_upload(read_bytes(path), path.name).gray

@@ -3,9 +3,11 @@
 What the CLI's ``predict RUN PATH...`` (a folder, several files) and the *Predict a batch*
 page share. Files are decoded as a single upload is (:func:`xrcompare.inference.
 load_image_file`: bounded, checked, PNG/JPEG/DICOM) and go through the Predict page's
-:class:`xrcompare.engine.Engine` in chunks: per chunk and per shared trunk, one batched base
-pass, then each run's tail. A file that cannot be read, or a run that cannot predict, gets its
-reason in its row; the other rows are still made. No Streamlit here.
+:class:`xrcompare.engine.Engine` in chunks: per chunk, the runs sharing a trunk and a model
+input one after the other, so each image goes through each distinct trunk once (the engine
+keeps its feature map), then each run's tail on the whole chunk. A file that cannot be read,
+or a run that cannot predict, gets its reason in its row; the other rows are still made. No
+Streamlit here.
 """
 
 from __future__ import annotations
