@@ -281,3 +281,10 @@ def test_the_batch_page_refuses_a_zip_mixed_with_images_in_one_sentence(monkeypa
     assert [item.value for item in app.error] == [
         "Could not predict this batch: upload either one .zip or image files, not both "
         "(found 1 .zip among 2 files)"]
+
+
+def test_the_readme_limits_table_has_the_batch_limits_of_the_code():
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    table = readme.split("<!-- serving-limits:start -->")[1].split("<!-- serving-limits:end -->")[0]
+    assert (f"| a batch (*Predict a batch*, `predict PATH...`) | {batch.MAX_IMAGES} images, "
+            f"{batch.MAX_TOTAL_BYTES / 1024 / 1024:.0f} MB;") in table
