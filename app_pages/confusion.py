@@ -84,7 +84,11 @@ with first:
     gallery_id = st.selectbox("Run", list(cell_runs), format_func=lambda key: labels[key],
                               key="gallery_run", persist_state="session")
 gallery_run = cell_runs[gallery_id]
-cells = errors_gallery.confusion_cells(gallery_run, scope)
+try:
+    cells = errors_gallery.confusion_cells(gallery_run, scope)
+except ValueError as error:  # scored there, but no per-image predictions recorded
+    st.info(md(one_line(error, 300)), icon=":material/info:")
+    st.stop()
 mistakes = cells[cells["mistake"] & (cells["images"] > 0)].sort_values("images",
                                                                        ascending=False)
 default = mistakes.iloc[0] if not mistakes.empty else cells.iloc[0]

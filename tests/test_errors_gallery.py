@@ -250,3 +250,18 @@ def test_the_confusion_page_shows_a_cells_images_more_on_demand_and_one_grad_cam
     explain.set_value(explain.options[1]).run()
     assert not app.exception and not app.error
     assert any("The run's head on this file now" in item.value for item in app.caption)
+
+
+def test_a_scope_scored_without_per_image_predictions_is_said_not_crashed(tmp_path,
+                                                                          monkeypatch):
+    folder = copy_run(tmp_path)
+    predictions = pd.read_csv(folder / "predictions.csv")
+    predictions[predictions["split"] != KAGGLE].to_csv(folder / "predictions.csv", index=False)
+    monkeypatch.setenv(RUNS_DIR_VARIABLE, str(tmp_path))
+    app = AppTest.from_file(str(REPO / "streamlit_app.py"), default_timeout=300)
+    app.run()
+    app.switch_page("app_pages/confusion.py").run()
+    app.selectbox(key="confusion_scope").set_value("kaggle_test").run()
+    assert not app.exception and not app.error
+    assert len(app.get("plotly_chart")) == 1  # the recorded matrix is still drawn
+    assert any("has no predictions on held-out kaggle_test" in item.value for item in app.info)
