@@ -48,6 +48,8 @@ PAGES = (
     PageSpec("app_pages/dataset.py", "Dataset", ":material/photo_library:", "Data and models"),
     PageSpec("app_pages/predict.py", "Predict & explain", ":material/image_search:",
              "Data and models"),
+    PageSpec("app_pages/batch.py", "Predict a batch", ":material/table_view:",
+             "Data and models"),
     PageSpec("app_pages/evaluate_folder.py", "Evaluate on a folder", ":material/fact_check:",
              "Data and models"),
     PageSpec("app_pages/glossary.py", "Glossary", ":material/menu_book:", "Data and models"),

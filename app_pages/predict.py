@@ -502,6 +502,8 @@ runs = common.require_runs()
 labels, _ = common.labels_and_colors(runs)
 st.markdown("Give the models one chest X-ray. Each selected run gives its class "
             "probabilities, and saliency maps show which pixels moved its score most.")
+st.page_link("app_pages/batch.py", label="Several X-rays or a .zip? Predict a batch, as a "
+             "table and CSV", icon=":material/table_view:")
 
 chosen = choose_image()
 if chosen is None:

@@ -91,3 +91,21 @@ def test_extract_throughput_measures_reference_engine_and_pipeline_side_by_side(
     text = readme.read_text()
     assert text.startswith("before\n") and text.endswith("after\n") and "old" not in text
     assert "| ResNet50 | 32 px |" in text and "engine_vs_reference" in text
+
+
+def test_batch_predict_script_times_a_batch_through_the_runs_and_prints_its_rate(tmp_path):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    (runs / "resnet50-cxr3").symlink_to(REPO / "trained" / "resnet50-cxr3")
+    result = subprocess.run(
+        [sys.executable, "benchmarks/batch_predict.py", "--runs-dir", str(runs), "--images",
+         "4", "--chunk", "3", "--single", "1"],
+        capture_output=True, text=True, cwd=REPO, timeout=600, env=dict(os.environ))
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.strip().splitlines()
+    assert "runs: 1 (1 trunks)" in lines[1]
+    assert lines[2].startswith("batch: 4 images from kaggle_test (0 unreadable, 0 rows with "
+                               "a problem), chunk 3:")
+    assert lines[2].endswith("for 4 rows")
+    assert re.fullmatch(r"batch_images_per_s: \d+\.\d\d", lines[-1]) and \
+        float(lines[-1].split()[-1]) > 0

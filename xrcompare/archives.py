@@ -82,10 +82,9 @@ def _hidden(parts: list[str]) -> bool:
     return any(part.startswith(".") or part == "__MACOSX" for part in parts)
 
 
-def _plan(members: list[zipfile.ZipInfo]) -> tuple[list[tuple[zipfile.ZipInfo, list[str]]],
-                                                    int]:
-    """Which members to write (with their relative parts inside the dataset folder) and how
-    many were ignored; ArchiveError for anything refused."""
+def _files(members: list[zipfile.ZipInfo]) -> list[tuple[zipfile.ZipInfo, list[str]]]:
+    """The archive's plain files (folders and hidden files left out) with their name's parts;
+    ArchiveError for a name that could escape, a link or encryption."""
     files = []
     for info in members:
         parts = _parts(info.filename)
@@ -97,6 +96,14 @@ def _plan(members: list[zipfile.ZipInfo]) -> tuple[list[tuple[zipfile.ZipInfo, l
         if info.is_dir() or not parts or _hidden(parts):
             continue
         files.append((info, parts))
+    return files
+
+
+def _plan(members: list[zipfile.ZipInfo]) -> tuple[list[tuple[zipfile.ZipInfo, list[str]]],
+                                                    int]:
+    """Which members to write (with their relative parts inside the dataset folder) and how
+    many were ignored; ArchiveError for anything refused."""
+    files = _files(members)
     # The class folders sit at the top, or inside one top folder (a zipped folder).
     tops = {parts[0] for _, parts in files if len(parts) > 1}
     offset = 0
@@ -121,15 +128,22 @@ def _plan(members: list[zipfile.ZipInfo]) -> tuple[list[tuple[zipfile.ZipInfo, l
     return chosen, ignored
 
 
-def check_sizes(chosen: list[tuple[zipfile.ZipInfo, list[str]]]) -> None:
+def check_sizes(chosen: list[tuple[zipfile.ZipInfo, list[str]]], *,
+                max_images: int | None = None, max_total: int | None = None,
+                empty: str = "the archive's class folders hold no images (.png, .jpg or .jpeg)",
+                smaller: str = "evaluate a smaller folder, or use the command line") -> None:
     """The declared sizes against the limits (the decompressed bytes are counted again while
-    writing, since a header can lie)."""
+    writing, since a header can lie). ``max_images`` and ``max_total`` default to
+    :data:`MAX_IMAGES` and :data:`MAX_TOTAL_BYTES`; ``empty`` is the sentence for an archive
+    without images, ``smaller`` what to do instead of one with too many."""
+    max_images = MAX_IMAGES if max_images is None else max_images
+    max_total = MAX_TOTAL_BYTES if max_total is None else max_total
     images = sum(1 for _, parts in chosen if parts != [MANIFEST_NAME])
     if not images:
-        raise ArchiveError("the archive's class folders hold no images (.png, .jpg or .jpeg)")
-    if images > MAX_IMAGES:
-        raise ArchiveError(f"the archive holds {images} images; at most {MAX_IMAGES} are "
-                           "accepted (evaluate a smaller folder, or use the command line)")
+        raise ArchiveError(empty)
+    if images > max_images:
+        raise ArchiveError(f"the archive holds {images} images; at most {max_images} are "
+                           f"accepted ({smaller})")
     total = 0
     for info, _ in chosen:
         if info.file_size > MAX_FILE_BYTES:
@@ -139,9 +153,9 @@ def check_sizes(chosen: list[tuple[zipfile.ZipInfo, list[str]]]) -> None:
             raise ArchiveError(f"{info.filename[:60]} would unpack to {MAX_RATIO}× its packed "
                                "size or more, which no image does (a zip bomb?); refused")
         total += info.file_size
-    if total > MAX_TOTAL_BYTES:
+    if total > max_total:
         raise ArchiveError(f"the archive unpacks to {total / 1e6:.0f} MB; at most "
-                           f"{MAX_TOTAL_BYTES / 1e6:.0f} MB are accepted")
+                           f"{max_total / 1e6:.0f} MB are accepted")
 
 
 def _copy(archive: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, budget: int) -> int:
@@ -213,4 +227,72 @@ def extract_class_zip(source: str | Path | BinaryIO, destination: str | Path,
             if parts != [MANIFEST_NAME]:
                 folder = parts[0]
                 result.images[folder] = result.images.get(folder, 0) + 1
+    return result
+
+
+@dataclass
+class ExtractedImages:
+    """What :func:`extract_image_zip` wrote: the folder, the images written (paths relative
+    to it, in the archive's order), the members that could not be unpacked with one sentence
+    each, and how many members were not images."""
+
+    root: Path
+    files: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    ignored: int = 0
+
+
+def extract_image_zip(source: str | Path | BinaryIO, destination: str | Path, *,
+                      size: int | None = None, suffixes: tuple[str, ...] = IMAGE_SUFFIXES,
+                      max_images: int | None = None, max_total: int | None = None
+                      ) -> ExtractedImages:
+    """Unpack every image of a .zip (files ending in ``suffixes``, in any folder; no class
+    folders needed) into ``destination/images`` (``destination`` empty or absent), with the
+    checks of :func:`extract_class_zip`: size, names, links, encryption, members, images (at
+    most ``max_images``), bytes (``max_total``), bombs and lying headers refuse the whole
+    archive in one sentence. A member that is merely damaged (a bad checksum, a truncated
+    stream) is listed in ``failed`` and the others are still written."""
+    if isinstance(source, (str, Path)):
+        size = Path(source).stat().st_size
+    if size is not None and size > MAX_ARCHIVE_BYTES:
+        raise ArchiveError(f"the archive is {size / 1e6:.0f} MB; at most {MAX_ARCHIVE_MB} MB "
+                           "are accepted")
+    try:
+        archive = zipfile.ZipFile(source)
+    except (zipfile.BadZipFile, OSError, ValueError):
+        raise ArchiveError("this file is not a readable .zip archive") from None
+    with archive:
+        members = archive.infolist()
+        if len(members) > MAX_MEMBERS:
+            raise ArchiveError(f"the archive holds {len(members)} members; at most "
+                               f"{MAX_MEMBERS} are accepted")
+        files = _files(members)
+        chosen = [(info, parts) for info, parts in files
+                  if PurePosixPath(parts[-1]).suffix.lower() in suffixes]
+        listed = ", ".join(suffixes)
+        check_sizes(chosen, max_images=max_images, max_total=max_total,
+                    empty=f"the archive holds no images ({listed})",
+                    smaller="send fewer images at once, or use the command line")
+        root = Path(destination) / "images"
+        root.mkdir(parents=True, exist_ok=False)
+        result = ExtractedImages(root=root, ignored=len(files) - len(chosen))
+        budget = MAX_TOTAL_BYTES if max_total is None else max_total
+        seen: set[str] = set()
+        for info, parts in chosen:
+            relative = "/".join(parts)
+            if relative.lower() in seen:
+                raise ArchiveError(f"the archive holds {relative[:60]!r} twice")
+            seen.add(relative.lower())
+            target = root.joinpath(*parts)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                budget -= _copy(archive, info, target, budget)
+            except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError,
+                    zlib.error, NotImplementedError) as error:
+                target.unlink(missing_ok=True)
+                result.failed.append((relative, f"{relative[:60]} cannot be unpacked "
+                                                f"({type(error).__name__}): the member is "
+                                                "damaged"))
+                continue
+            result.files.append(relative)
     return result

@@ -1,5 +1,5 @@
 """Command line: ``python -m xrcompare {train,evaluate,predict,compare,runs,backbones,explain,
-shortcuts,calibration,subgroups,card}``.
+shortcuts,calibration,subgroups,card,errors}``.
 
 Bad arguments or input end with a non-zero exit and one readable line, never a traceback.
 """
@@ -110,9 +110,17 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("data_dir", type=Path)
     evaluate.add_argument("--json", action="store_true")
 
-    predict = commands.add_parser("predict", help="class probabilities for one image")
+    predict = commands.add_parser(
+        "predict", help="class probabilities for one image, several, or a folder's",
+        description="One image: its class probabilities as bars. Several images or a folder "
+                    "(its .png/.jpg/.jpeg/.dcm files, recursively): one line per image, and "
+                    "with --csv a CSV table; an unreadable file gets its reason in its row.")
     predict.add_argument("run_dir", type=Path)
-    predict.add_argument("image", type=Path)
+    predict.add_argument("paths", type=Path, nargs="+", metavar="PATH",
+                         help="an image file or a folder of images")
+    predict.add_argument("--csv", type=Path, default=None, metavar="OUT",
+                         help="write the table (image, run, predicted, confidence, one column "
+                              "per class, note) to this CSV file")
     predict.add_argument("--json", action="store_true")
 
     compare = commands.add_parser(
@@ -180,6 +188,25 @@ def build_parser() -> argparse.ArgumentParser:
     card.add_argument("--runs-dir", type=Path, default=None,
                       help="where its controls are looked for (default: the run's folder)")
 
+    errors = commands.add_parser(
+        "errors", help="the images behind a confusion-matrix cell, most confident first",
+        description="A run's confusion matrix on its test split or a held-out folder, then "
+                    "the images of one cell (--true and --predicted) or its mistakes, most "
+                    "confident first, with each image's recorded probabilities and file.")
+    errors.add_argument("run", help="run folder or run id")
+    errors.add_argument("--on", dest="scope", default="test", metavar="SCOPE",
+                        help="test (default) or heldout:NAME, e.g. heldout:kaggle_test")
+    errors.add_argument("--true", dest="true_class", default=None, metavar="CLASS",
+                        help="only images of this true class")
+    errors.add_argument("--predicted", dest="predicted_class", default=None, metavar="CLASS",
+                        help="only images called this class (with --true: that one cell, "
+                             "the diagonal included; otherwise mistakes only)")
+    errors.add_argument("--limit", type=_positive_int, default=20,
+                        help="images listed (default 20)")
+    errors.add_argument("--offset", type=int, default=0, help="skip this many first")
+    errors.add_argument("--runs-dir", type=Path, default=None)
+    errors.add_argument("--json", action="store_true")
+
     explain = commands.add_parser("explain", help="saliency map for one image")
     explain.add_argument("run_dir", type=Path)
     explain.add_argument("image", type=Path)
@@ -240,7 +267,9 @@ def cmd_predict(args) -> int:
     from xrcompare.inference import predict_file
 
     run = _load(args.run_dir)
-    result = predict_file(run, args.image)
+    if len(args.paths) > 1 or args.paths[0].is_dir() or args.csv is not None:
+        return predict_many(run, args)
+    result = predict_file(run, args.paths[0])
     if args.json:
         print(json.dumps(result))
         return 0
@@ -251,6 +280,33 @@ def cmd_predict(args) -> int:
         print(f"features: {result['feature_engine']['note']}")
     for warning in result.get("warnings", []):
         print(f"warning: {warning}")
+    return 0
+
+
+def predict_many(run, args) -> int:
+    """``predict`` on several images or folders: one line (or JSON record) per image, and a
+    CSV table with ``--csv``."""
+    from xrcompare.batch import collect, predict_batch, table_lines
+
+    if args.csv is not None and (args.csv.is_dir() or args.csv.suffix.lower() != ".csv"):
+        raise ValueError(f"--csv must name a .csv file, got {str(args.csv)!r}")
+    items = collect(args.paths)
+    result = predict_batch([run], items)
+    if args.csv is not None:
+        args.csv.parent.mkdir(parents=True, exist_ok=True)
+        args.csv.write_bytes(result.csv_bytes())
+    if args.json:
+        table = result.table.astype(object)
+        print(json.dumps({"run": run.run_id, "images": result.images,
+                          "unreadable": result.unreadable,
+                          "rows": table.where(table.notna(), None).to_dict(orient="records")},
+                         allow_nan=False))
+        return 0
+    print("\n".join(table_lines(result)))
+    print(f"{result.images} image{'s' if result.images != 1 else ''}"
+          + (f", {result.unreadable} could not be read" if result.unreadable else "")
+          + f"; {result.seconds:.1f} s (teaching model, not a diagnosis)"
+          + (f"; table written to {args.csv}" if args.csv is not None else ""))
     return 0
 
 
@@ -425,10 +481,26 @@ def cmd_card(args) -> int:
     return 0
 
 
+def cmd_errors(args) -> int:
+    from xrcompare.errors_gallery import cell_images, cells_lines, confusion_cells, images_lines
+
+    run = _find_run(args.run, args.runs_dir)
+    cells = confusion_cells(run, args.scope)
+    selection = cell_images(run, args.scope, args.true_class, args.predicted_class,
+                            limit=args.limit, offset=args.offset)
+    if args.json:
+        print(json.dumps({**selection.to_json(),
+                          "cells": cells.to_dict(orient="records")}, allow_nan=False))
+        return 0
+    print("\n".join(cells_lines(run, selection.scope, cells)))
+    print("\n".join(images_lines(selection)))
+    return 0
+
+
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict,
             "compare": cmd_compare, "runs": cmd_runs, "backbones": cmd_backbones,
             "explain": cmd_explain, "shortcuts": cmd_shortcuts, "calibration": cmd_calibration,
-            "subgroups": cmd_subgroups, "card": cmd_card}
+            "subgroups": cmd_subgroups, "card": cmd_card, "errors": cmd_errors}
 
 
 def main(argv: list[str] | None = None) -> int:
