@@ -17,9 +17,9 @@ staging folder first and replaces the old one only when it is complete.
 The main recipe runs on each of VGG16, ResNet50 and Xception (``<backbone>-cxr3``, same seed,
 so the same patient-wise split); any other backbone whose ImageNet weights file is in a
 weights folder gets it too. The Shortcut lab's controls come with them: the main recipe with
-each masked input (``<backbone>-cxr3-lungs-out``, ``<backbone>-cxr3-lungs-only``) on the three
-main backbones, and the image-statistics baseline (``image-statistics-cxr3``) on the same
-split.
+each masked input (``<backbone>-cxr3-lungs-out``, ``<backbone>-cxr3-lungs-only``) on ResNet50
+and VGG16 (``MASKED_BACKBONES``), and the image-statistics baseline
+(``image-statistics-cxr3``) on the same split.
 
 The main run's recipe (``MAIN_RECIPE``) was chosen on cxr3's validation split only, with
 ``python scripts/make_trained.py --tune`` (candidates and their validation figures are written
@@ -75,6 +75,11 @@ BLOG_AUGMENTATION = ["--augment", "blog", "--augment-views", "4"]
 BLOG_FLAWS = ["--split", "images", "--preprocess", "scale01", "--select-on", "test"]
 #: The backbones compared side by side with the main recipe, in dashboard order.
 MAIN_BACKBONES = ("resnet50", "vgg16", "xception")
+#: The backbones whose main recipe is shipped with each mask. Xception's masked runs are left
+#: out for now: each masked run re-extracts 1,280 images × 5 views (15-25 min on the 2-core
+#: CPU), and ResNet50 (the main model) and VGG16 (the 2020 blog's) answer the question. Add
+#: "xception" here to ship them too.
+MASKED_BACKBONES = ("resnet50", "vgg16")
 
 
 @dataclass
@@ -218,13 +223,13 @@ MASK_PLANS = {
 
 
 def shortcut_controls() -> list[RunPlan]:
-    """The Shortcut lab's controls: the main recipe with each mask on every main backbone
-    (224 px, the same split as the main runs), and the image-statistics baseline on cxr3
-    (same seed and fractions, so the same split)."""
+    """The Shortcut lab's controls: the main recipe with each mask on each of
+    :data:`MASKED_BACKBONES` (224 px, the same split as the main runs), and the
+    image-statistics baseline on cxr3 (same seed and fractions, so the same split)."""
     from xrcompare.backbones import get_backbone
 
     plans, order = [], 13
-    for backbone in MAIN_BACKBONES:
+    for backbone in MASKED_BACKBONES:
         display = get_backbone(backbone).display_name
         for mask, (words, what) in MASK_PLANS.items():
             plans.append(RunPlan(
