@@ -338,6 +338,126 @@ def shortcut_lines(runs: list[Run]) -> list[str]:
     return lines
 
 
+def _by_id(runs: list[Run]) -> dict[str, Run]:
+    return {run.run_id: run for run in runs}
+
+
+def _accuracy_text(run: Run, scope: str = "test") -> str:
+    """"0.953 (0.926–0.977)" for the test split or a held-out folder, "–" when unscored."""
+    metrics = run.test_metrics if scope == "test" else run.metrics_for(scope)
+    if not metrics or metrics.get("accuracy") is None:
+        return "–"
+    return (f"{_number(metrics['accuracy'])}"
+            f"{_interval(metrics.get('intervals', {}).get('accuracy'))}")
+
+
+def _kept(run: Run, label: str, folder: str = KAGGLE) -> str:
+    """The share (%) of ``folder``'s ``label`` images the run kept out of covid."""
+    return _percent(run.heldout_table(folder).get(label, {}).get("non_covid_pct"))
+
+
+def _verdict(run_a: Run, run_b: Run, scope: str) -> str | None:
+    from xrcompare.compare import NotComparable, compare_runs
+
+    try:
+        return compare_runs(run_a, run_b, scope, repeats=1000).verdict
+    except NotComparable:
+        return None
+
+
+#: The runs the findings are about (each bullet is left out when its runs are not shipped).
+MAIN_RUNS = ("resnet50-cxr3", "vgg16-cxr3", "xception-cxr3")
+
+
+def findings_lines(runs: list[Run]) -> list[str]:
+    """"What the runs show": the lessons of the shipped runs in sentences, every figure read
+    from them (test split and kaggle_test; intervals: 95% patient bootstrap)."""
+    found = _by_id(runs)
+    kaggle = f"heldout:{KAGGLE}"
+    lines = []
+    main = found.get("resnet50-cxr3")
+    if main is not None and main.metrics_for(KAGGLE):
+        normal_covid = main.heldout_table(KAGGLE).get("normal", {}).get("predicted_pct", {})
+        text = (f"- **Inside the training distribution the numbers look excellent and are not "
+                f"trustworthy.** The main model scores {_accuracy_text(main)} on its "
+                "patient-wise test split")
+        cv = found.get("resnet50-cxr3-cv5")
+        spread = (cv.test_metrics or {}).get("across_folds", {}) if cv else {}
+        if spread.get("accuracy"):
+            text += (f"; 5-fold cross-validation agrees ({spread['accuracy']['mean']:.3f} ± "
+                     f"{spread['accuracy']['sd']:.3f})")
+        text += (f". On the Kaggle test split (the hospital of the normal and pneumonia "
+                 f"images, children only) accuracy drops to {_accuracy_text(main, KAGGLE)} and "
+                 f"{_percent(normal_covid.get('covid'))}% of normal children are called "
+                 "\"covid\".")
+        lines.append(text)
+    backbones = [found[name] for name in MAIN_RUNS if name in found]
+    if len(backbones) >= 2:
+        scores = "; ".join(f"{run.backbone_display} {_accuracy_text(run)} on test, "
+                           f"{_accuracy_text(run, KAGGLE)} on Kaggle" for run in backbones)
+        verdicts = []
+        for number, run_a in enumerate(backbones):
+            for run_b in backbones[number + 1:]:
+                for scope, words in (("test", "test split"), (kaggle, "Kaggle")):
+                    verdict = _verdict(run_a, run_b, scope)
+                    if verdict:
+                        verdicts.append(f"{run_a.backbone_display} vs "
+                                        f"{run_b.backbone_display}, {words}: {verdict}")
+        lines.append(f"- **Backbones side by side** (same split, same recipe, 224 px): {scores}. "
+                     "Paired on the same images (`python -m xrcompare compare`):")
+        lines += [f"  - {verdict}" for verdict in verdicts]
+    control = found.get("resnet50-cxr3-random-control")
+    if main is not None and control is not None:
+        lines.append(
+            f"- **The random-init control is the lesson.** A ResNet50 that never saw ImageNet "
+            f"scores {_accuracy_text(control)} on the test split (the main run "
+            f"{_accuracy_text(main)}) and keeps {_kept(control, 'normal')}% / "
+            f"{_kept(control, 'pneumonia')}% of Kaggle NORMAL / PNEUMONIA out of \"covid\" "
+            f"(main: {_kept(main, 'normal')}% / {_kept(main, 'pneumonia')}%). Much of what "
+            "separates the classes here can be learned without pretrained visual features, "
+            "as the source/age shortcut predicts.")
+    masked = [found[name] for name in ("resnet50-cxr3-lungs-out", "vgg16-cxr3-lungs-out")
+              if name in found]
+    statistics = found.get("image-statistics-cxr3")
+    if masked or statistics is not None:
+        parts = [f"{run.backbone_display} with the lungs blacked out scores "
+                 f"{_accuracy_text(run)} on the test split" for run in masked]
+        if statistics is not None:
+            parts.append(f"a logistic regression on nine image statistics (no CNN, no "
+                         f"anatomy) {_accuracy_text(statistics)}")
+        from xrcompare.shortcuts import chance_level
+
+        chance = chance_level((masked or [statistics])[0], "test")
+        lines.append(f"- **The classes are separable without the lungs.** {'; '.join(parts)}; "
+                     f"always answering the commonest class would score {_number(chance)}. "
+                     "See the Shortcut lab page and the table above.")
+    padded = found.get("resnet50-cxr3-padded")
+    if padded is not None and padded.metrics_for(KAGGLE):
+        pneumonia = padded.heldout_table(KAGGLE).get("pneumonia", {}).get("predicted_pct", {})
+        lines.append(
+            f"- **Preprocessing mismatch is a domain shift.** The padded model meets squashed "
+            f"Kaggle images it never saw in training: it calls "
+            f"{_percent(pneumonia.get('covid'))}% of Kaggle pneumonia images \"covid\" "
+            f"(Kaggle accuracy {_accuracy_text(padded, KAGGLE)}) while its own test split "
+            f"reads {_accuracy_text(padded)}.")
+    leaky, sound = found.get("vgg16-seed001-blog2020"), found.get("vgg16-seed001-sound")
+    if leaky is not None and sound is not None:
+        reported = BLOG_2020_REPORTED
+        kaggle_verdict = _verdict(leaky, sound, kaggle)
+        lines.append(
+            f"- **The 2020 blog, with its own VGG16.** Done as the blog did it (random image "
+            f"split, x/255 inputs, the epoch kept on test), VGG16 scores "
+            f"{_accuracy_text(leaky)} on its {leaky.test_metrics.get('n', '?')} test images, "
+            f"against the blog's reported {reported['accuracy']['VGG16']} on "
+            f"{reported['test_images']}; with the three flaws fixed, "
+            f"{_accuracy_text(sound)} on its own patient-wise test split. A leaky protocol "
+            "gives a figure that is optimistic by construction, not necessarily a higher one; "
+            "on so few images the intervals are wide either way."
+            + (f" On Kaggle: {kaggle_verdict}" if kaggle_verdict else ""))
+    return ["**What the runs show** (every figure below is read from the shipped runs):", "",
+            *lines] if lines else []
+
+
 def machine_lines(runs: list[Run]) -> list[str]:
     machines = []
     for run in runs:
@@ -372,6 +492,9 @@ def render(runs_dir: Path) -> str:
     shortcuts = shortcut_lines(runs)
     if shortcuts:
         lines += [*shortcuts, ""]
+    findings = findings_lines(runs)
+    if findings:
+        lines += [*findings, ""]
     lines += [*machine_lines(runs), ""]
     return "\n".join(lines)
 
