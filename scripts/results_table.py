@@ -416,8 +416,7 @@ def findings_lines(runs: list[Run]) -> list[str]:
             f"(main: {_kept(main, 'normal')}% / {_kept(main, 'pneumonia')}%). Much of what "
             "separates the classes here can be learned without pretrained visual features, "
             "as the source/age shortcut predicts.")
-    masked = [found[name] for name in ("resnet50-cxr3-lungs-out", "vgg16-cxr3-lungs-out")
-              if name in found]
+    masked = [found[f"{name}-lungs-out"] for name in MAIN_RUNS if f"{name}-lungs-out" in found]
     statistics = found.get("image-statistics-cxr3")
     if masked or statistics is not None:
         parts = [f"{run.backbone_display} with the lungs blacked out scores "
