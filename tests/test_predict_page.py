@@ -62,6 +62,15 @@ def map_captions(app: AppTest) -> list[str]:
     return [item.value for item in app.caption if "explains" in item.value]
 
 
+def mapped_and_checked(runs) -> tuple[list, list]:
+    """The runs that get a saliency map (CNN runs: not the statistics baseline) and the
+    models whose random-init control is among ``runs`` (the sanity check adds two maps)."""
+    from xrcompare.sanity import random_control_of
+
+    return ([run for run in runs if run.is_cnn],
+            [run for run in runs if random_control_of(run, runs) is not None])
+
+
 def upload(app: AppTest, name: str, data: bytes) -> AppTest:
     app.file_uploader(key="predict_upload").upload(name, data).run()
     return app
@@ -83,11 +92,14 @@ def test_a_sample_gets_every_shipped_runs_prediction_and_gradcam(monkeypatch):
     assert len(table) == len(runs)
     assert set(table["kind"]) <= {"model", "control"}
     assert len(app.get("plotly_chart")) == 1
-    # The X-ray, then one Grad-CAM per run (the default method), each for its own class.
-    assert len(images(app)) == 1 + len(runs)
-    assert len(map_captions(app)) == len(runs)
-    assert [item.value for item in app.markdown if item.value.startswith("####")] == [
-        "#### Grad-CAM"]
+    # The X-ray, then one Grad-CAM per CNN run (the default method), each for its own class,
+    # then the sanity check's two maps per model shown with its random-init control.
+    mapped, checked = mapped_and_checked(runs)
+    assert len(images(app)) == 1 + len(mapped) + 2 * len(checked)
+    assert len(map_captions(app)) == len(mapped)
+    headings = [item.value for item in app.markdown if item.value.startswith("####")]
+    assert headings == ["#### Grad-CAM"] + (
+        ["#### Saliency sanity check: trained model vs untrained base"] if checked else [])
     note = " ".join(item.value for item in app.info)
     assert "hint, not proof" in note and "Saporta" in note
     captions = " ".join(item.value for item in app.caption)
@@ -215,14 +227,15 @@ def test_display_changes_redraw_from_cached_maps_without_touching_a_model(monkey
     app.selectbox(key="predict_colormap").set_value("viridis").run()
     assert_clean(app)
     assert engine.forward_passes == passes and len(maps) == computed
-    runs = list_runs(TRAINED).runs
-    assert len(images(app)) == 1 + 2 * len(runs)  # overlays, then a row of raw maps
+    mapped, checked = mapped_and_checked(list_runs(TRAINED).runs)
+    # overlays, then a row of raw maps; the sanity check's pairs have no raw maps
+    assert len(images(app)) == 1 + 2 * len(mapped) + 2 * len(checked)
     assert any("viridis" in item.proto.body for item in app.get("html"))
     # Another class for every map: new maps, still no new forward pass (the feature maps
     # are kept; Grad-CAM only differentiates the tails).
     app.selectbox(key="predict_target").set_value("normal").run()
     assert_clean(app)
-    assert engine.forward_passes == passes and len(maps) == computed + len(runs)
+    assert engine.forward_passes == passes and len(maps) == computed + len(mapped)
     assert all("explains *normal*" in text for text in map_captions(app))
 
 
