@@ -86,9 +86,12 @@ def examples(runs_dir: Path) -> dict[str, Example]:
     }
 
 
-def command_output(arguments: tuple[str, ...]) -> str:
-    """The standard output of ``python -m xrcompare ARGUMENTS`` run from the repository."""
+def command_output(arguments: tuple[str, ...], engine: tuple[str, str] | None = None) -> str:
+    """The standard output of ``python -m xrcompare ARGUMENTS`` run from the repository;
+    ``engine`` (engine, precision) pins the frozen base's inference engine."""
     environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    if engine is not None:
+        environment["XRCOMPARE_ENGINE"], environment["XRCOMPARE_ENGINE_PRECISION"] = engine
     result = subprocess.run([sys.executable, "-m", "xrcompare", *arguments], cwd=REPO_ROOT,
                             capture_output=True, text=True, env=environment, timeout=900)
     if result.returncode != 0:
@@ -155,7 +158,12 @@ def render(runs_dir: Path, *, live_evaluate: bool = True) -> str:
     found = examples(runs_dir)
     recorded = recorded_evaluation(runs_dir)
     if live_evaluate:
-        evaluated = command_output(found["evaluate"].run)
+        # With the engine the run's features were made with: the figures are then its own
+        # (another engine prints a note and may move a probability by a rounding step).
+        from xrcompare.runs import load_run
+
+        engine = load_run(Path(runs_dir) / TRAIN_RUN).feature_engine
+        evaluated = command_output(found["evaluate"].run, engine)
         if evaluated != recorded:
             first = next((f"{a!r} vs {b!r}" for a, b in zip(evaluated.splitlines(),
                                                              recorded.splitlines(),
