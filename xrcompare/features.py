@@ -353,8 +353,18 @@ class FeatureExtractor:
         shapes = Counter(features[position].shape for position in loaded)
         if not shapes or (len(shapes) == 1 and not computing and self._base is None):
             return []
-        expected = tuple(int(d) for d in self.base.output.shape[1:])
+        expected = self._output_shape()
         return [position for position in loaded if features[position].shape != expected]
+
+    def _output_shape(self) -> tuple[int, ...]:
+        """The shape of one image's base output: the Keras model's, else one blank image
+        through the engine (an OpenVINO model)."""
+        model = getattr(self.engine, "base", None)  # the Keras engine keeps its model
+        if model is not None and hasattr(model, "output"):
+            return tuple(int(d) for d in model.output.shape[1:])
+        size = self.spec.image_size
+        blank = np.zeros((1, size, size, 3), dtype=np.float32)
+        return tuple(int(d) for d in self.engine.predict(blank).shape[1:])
 
     def _store_batch(self, kept: list[tuple[int, str, int]], output: np.ndarray) -> None:
         for (_, digest, view), row in zip(kept, output, strict=True):
