@@ -326,8 +326,8 @@ def cmd_runs(args) -> int:
     if table.empty:
         print("no runs yet: train one with python -m xrcompare train --data DIR --backbone NAME")
     else:
-        columns = ["run", "backbone", "data", "accuracy", "macro_f1", "covid_sensitivity",
-                   "covid_specificity"]
+        columns = ["run", "backbone", "data", "classes", "accuracy", "macro_f1", "positive",
+                   "sensitivity", "specificity"]
         print(table[columns].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     for folder, reason in listing.problems:
         print(f"skipped {folder}: {reason}")
@@ -411,7 +411,7 @@ def cmd_subgroups(args) -> int:
                           "groups": records.to_dict(orient="records")}, allow_nan=False))
         return 0
     print(f"{run.title} on {args.scope}, by {args.by}:")
-    print("\n".join(subgroup_lines(table, args.by)))
+    print("\n".join(subgroup_lines(table, args.by, run.positive)))
     return 0
 
 
