@@ -137,6 +137,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands.add_parser("backbones", help="the backbone registry and where weights come from")
 
+    dataset = commands.add_parser("dataset", help="derived datasets: the same images under "
+                                                  "another class scheme, as links")
+    dataset_commands = dataset.add_subparsers(dest="dataset_command", required=True)
+    derive = dataset_commands.add_parser(
+        "derive", help="a folder of links to SOURCE's images under another class scheme",
+        description="Write OUT (new or empty) with one folder per class of the scheme, holding "
+                    "symbolic links to SOURCE's images (copies only where links fail), and a "
+                    "manifest.csv carrying every image's patient id over. covid-vs-rest: "
+                    "covid / non-covid; four-class: covid / bacterial / viral / normal "
+                    "(pneumonia split by the manifest's notes or the Kermany file names).")
+    derive.add_argument("source", type=Path, metavar="SOURCE",
+                        help="a covid / normal / pneumonia dataset folder (e.g. cxr3)")
+    derive.add_argument("--scheme", required=True, choices=("covid-vs-rest", "four-class"))
+    derive.add_argument("out", type=Path, metavar="OUT", help="the new dataset folder")
+
     shortcuts = commands.add_parser(
         "shortcuts", help="the shortcut lab: each main run against its controls",
         description="Per backbone, the main run against its controls (random-init base, "
@@ -425,10 +440,24 @@ def cmd_card(args) -> int:
     return 0
 
 
+def cmd_dataset(args) -> int:
+    from xrcompare.derive import derive_dataset
+
+    summary = derive_dataset(args.source, args.scheme, args.out)
+    counts = ", ".join(f"{label} {count}" for label, count in summary["classes"].items())
+    print(f"wrote {summary['out']} ({args.scheme}): {counts}; {summary['links']} links, "
+          f"{summary['copies']} copies; patient ids in {summary['manifest']}")
+    if summary["left_out"]:
+        print(f"left out {len(summary['left_out'])} image(s) the scheme cannot place: "
+              + ", ".join(summary["left_out"][:5]))
+    print(f"train on it: python -m xrcompare train --data {summary['out']} --backbone NAME")
+    return 0
+
+
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict,
             "compare": cmd_compare, "runs": cmd_runs, "backbones": cmd_backbones,
             "explain": cmd_explain, "shortcuts": cmd_shortcuts, "calibration": cmd_calibration,
-            "subgroups": cmd_subgroups, "card": cmd_card}
+            "subgroups": cmd_subgroups, "card": cmd_card, "dataset": cmd_dataset}
 
 
 def main(argv: list[str] | None = None) -> int:

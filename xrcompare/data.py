@@ -293,6 +293,7 @@ def scan_dataset(root: str | Path, *, use_manifest: bool = True) -> Dataset:
         found = ", ".join(sorted(c.name for c in root.iterdir() if c.is_dir())[:6]) or "none"
         raise DatasetError(f"no class folders in {root} (found: {found}); {expected}")
 
+    data_root = paths.data_root()
     manifest = _find_manifest(root) if use_manifest else None
     manifest_ids, manifest_problem = _read_manifest(manifest) if manifest else ({}, None)
     records: list[ImageRecord] = []
@@ -304,7 +305,9 @@ def scan_dataset(root: str | Path, *, use_manifest: bool = True) -> Dataset:
             if path.suffix.lower() not in IMAGE_SUFFIXES:
                 ignored.append(str(path.relative_to(root)))
                 continue
-            if not is_inside(path, root):  # a symlinked image leading out of the folder
+            # A symlinked image leading out of the folder is refused, unless it leads into the
+            # data root (a derived dataset's links: xrcompare.derive).
+            if not is_inside(path, root) and not is_inside(path, data_root):
                 ignored.append(f"{path.relative_to(root)} (a link outside the dataset folder)")
                 continue
             patient_id = manifest_ids.get(path.resolve())
