@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
-import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -82,12 +82,15 @@ def test_derive_refuses_a_used_folder_and_other_classes_in_one_line(tmp_path, ca
 
 
 def test_train_runs_on_a_derived_folder_of_links(tmp_path, feature_cache):
-    """The fixture's 15 X-rays as covid vs non-covid, links only (the data root is the
-    fixtures folder, so the links lead inside it), trained as a tiny run."""
-    env = {"XRCOMPARE_DATA_ROOT": str(FIXTURES)}
-    out = tmp_path / "tiny_covid_vs_rest"
-    printed = cli("dataset", "derive", FIXTURES / "tiny_cxr", "--scheme", "covid-vs-rest",
-                  out, env=env).stdout
+    """The fixture's 15 X-rays, copied into a data root, derived as covid vs non-covid beside
+    them (links only) and trained as a tiny run; the run's images are found through its links,
+    and a link leading out of the data root is not."""
+    root = tmp_path / "data"
+    shutil.copytree(FIXTURES / "tiny_cxr", root / "tiny")
+    env = {"XRCOMPARE_DATA_ROOT": str(root)}
+    out = root / "tiny_covid_vs_rest"
+    printed = cli("dataset", "derive", root / "tiny", "--scheme", "covid-vs-rest", out,
+                  env=env).stdout
     assert "covid 5, non-covid 10; 15 links, 0 copies" in printed
     assert all(path.is_symlink() for path in out.rglob("*.jpg"))
     runs = tmp_path / "runs"
@@ -99,5 +102,8 @@ def test_train_runs_on_a_derived_folder_of_links(tmp_path, feature_cache):
     info = json.loads((run.path / "run.json").read_text())
     assert info["data"]["class_counts"] == {"covid": 5, "non-covid": 10}
     assert info["data"]["patient_id_sources"] == {"manifest": 15}
-    assert os.path.samefile(out / run.split_files["test"][0], next(
-        (FIXTURES / "tiny_cxr").rglob(Path(run.split_files["test"][0]).name)))
+    first = run.split_files["test"][0]
+    found = run.image_path(first, data_root=root)  # a link from the run's folder into the root
+    assert found is not None and found.resolve().is_relative_to((root / "tiny").resolve())
+    # With a data root that holds only the derived folder, its links lead out: refused.
+    assert run.data_folder(data_root=out) == out and run.image_path(first, data_root=out) is None

@@ -55,16 +55,23 @@ def is_inside(path: str | Path, folder: str | Path) -> bool:
         return False
 
 
-def path_inside(folder: str | Path, relative: str | Path) -> Path | None:
+def path_inside(folder: str | Path, relative: str | Path,
+                also: str | Path | None = None) -> Path | None:
     """``folder / relative`` if it stays inside ``folder`` once resolved, else None.
 
-    An absolute ``relative``, ``..`` parts or a symlink leading out are all refused.
+    An absolute ``relative``, ``..`` parts or a symlink leading out are all refused, except a
+    symlink whose target lies inside ``also`` (the data root: a derived dataset's links,
+    :mod:`xrcompare.derive`), when ``relative`` itself has no ``..`` part.
     """
     text = str(relative)
     if not text or "\x00" in text or Path(text).is_absolute():
         return None
     candidate = Path(folder) / text
-    return candidate if is_inside(candidate, folder) else None
+    if is_inside(candidate, folder):
+        return candidate
+    if also is not None and ".." not in Path(text).parts and is_inside(candidate, also):
+        return candidate
+    return None
 
 
 def list_datasets(data_root: str | Path | None = None) -> list[str]:

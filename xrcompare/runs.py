@@ -895,11 +895,13 @@ class Run:
     def image_path(self, relative: str, scope: str = "data",
                    data_root: str | Path | None = None) -> Path | None:
         """A recorded image path (``split.files`` or ``predictions.csv``) inside the run's
-        data folder, or None when the folder is not here or the path would leave it."""
+        data folder (or a link from it into the data root: a derived dataset), or None when
+        the folder is not here or the path would leave both."""
         from xrcompare.data import path_inside
 
         folder = self.data_folder(scope, data_root)
-        return None if folder is None else path_inside(folder, relative)
+        root = Path(data_root) if data_root else paths.data_root()
+        return None if folder is None else path_inside(folder, relative, also=root)
 
     def manifest_path(self, data_root: str | Path | None = None) -> Path | None:
         """The training data's ``manifest.csv`` on this machine (the recorded one, else the
