@@ -176,3 +176,14 @@ def test_bad_class_sets_are_one_line_each(folders, tmp_path, capsys):
 def test_evaluating_a_folder_with_an_unseen_class_is_one_line(runs_dir, folders, capsys):
     line = error_of(capsys, "evaluate", runs_dir / "tb", folders["four"])
     assert "which the run never saw (its classes: healthy, tb)" in line
+
+
+def test_positive_is_a_checked_training_setting(folders, tmp_path):
+    from xrcompare.config import TrainConfig, settings
+
+    spec = dict((item.name, spec) for item, spec in settings())["positive"]
+    assert spec.flag == "--positive"
+    config = TrainConfig(data=folders["two"], backbones=["resnet50"], positive="two words")
+    with pytest.raises(ValueError, match="--positive must be a class name"):
+        config.validate()
+    assert TrainConfig.from_json({**config.to_json(), "positive": "tb"}).positive == "tb"
