@@ -254,8 +254,14 @@ def _is_class_folder(child: Path) -> bool:
 
 
 def _is_named_class_folder(child: Path) -> bool:
-    """A sub-folder with a class name, images or not (for the "hold no images" message)."""
-    return child.is_dir() and match_class_folder(child.name) is not None
+    """A sub-folder with a class name holding files, none of them images (for the "hold no
+    images" message; an empty folder is no class at all)."""
+    if not child.is_dir() or match_class_folder(child.name) is None:
+        return False
+    try:
+        return any(path.is_file() for path in child.rglob("*"))
+    except OSError:
+        return False
 
 
 def scan_dataset(root: str | Path, *, use_manifest: bool = True) -> Dataset:
