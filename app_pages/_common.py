@@ -458,3 +458,12 @@ def load_manifest(path: Path | None):
     except (OSError, ValueError) as error:
         LOG.warning("manifest %s unreadable: %s", path, error)
         return None
+
+
+def label_set_note(runs: list[Run]) -> None:
+    """Say so when the selected runs predict different sets of classes."""
+    from xrcompare.summary import label_set_note as note_for
+
+    note = note_for(runs)
+    if note:
+        st.info(md(note), icon=":material/category:")

@@ -1,6 +1,6 @@
-"""Confusion matrices side by side, with COVID false negatives and false positives called out,
-and the images behind any cell (:mod:`xrcompare.errors_gallery`), one of them explained with
-Grad-CAM through the Predict page's engine."""
+"""Confusion matrices side by side, with each run's positive-class false negatives and false
+positives called out, and the images behind any cell (:mod:`xrcompare.errors_gallery`), one of
+them explained with Grad-CAM through the Predict page's engine."""
 
 import streamlit as st
 
@@ -21,6 +21,7 @@ NONE = "(none)"
 runs = common.require_runs()
 st.title("Confusion matrices")
 labels, _ = common.labels_and_colors(runs)
+common.label_set_note(runs)
 
 left, middle, right = st.columns([2, 2, 1])
 with left:
@@ -39,8 +40,9 @@ with right:
                            persist_state="session")
 
 st.caption("Rows are the true class, columns the predicted class; the diagonal is right. "
-           "Outlined in **red**: COVID cases the model missed (false negatives). Outlined in "
-           "**orange**: non-COVID images it called covid (false positives).")
+           "Outlined in **red**: cases of the run's positive class (covid unless the run "
+           "chose another) the model missed (false negatives). Outlined in **orange**: other "
+           "images it called positive (false positives).")
 
 shown = [(run, run.metrics_for(scope)) for run in runs]
 shown = [(run, metrics) for run, metrics in shown if metrics]
@@ -53,22 +55,25 @@ for start in range(0, len(shown), per_row):
     for cell, (run, metrics) in zip(cells, shown[start:start + per_row], strict=False):
         with cell:
             name = labels[run.run_id]
-            common.plot(confusion_figure(metrics, normalise=mode == "row shares", title=name),
+            positive = run.positive
+            common.plot(confusion_figure(metrics, normalise=mode == "row shares", title=name,
+                                         positive=positive),
                         key=f"confusion_{run.run_id}")
-            errors = covid_errors(metrics)
+            errors = covid_errors(metrics, positive)
             if errors["fn"] is None:
                 st.markdown(f":orange-badge[**{errors['fp']}** of {errors['negatives']} called "
-                            "covid]  \n(no COVID images here, so no misses to count)")
+                            f"{md(positive)}]  \n(no {md(positive)} images here, so no misses "
+                            "to count)")
             else:
                 missed = ", ".join(f"{count} as {md(label)}" for label, count
                                    in errors["fn_to"].items() if count)
                 alarms = ", ".join(f"{count} {md(label)}" for label, count
                                    in errors["fp_from"].items() if count)
                 st.markdown(
-                    f":red-badge[**{errors['fn']}** of {errors['positives']} COVID missed]"
-                    + (f" {missed}" if missed else "") + "  \n"
-                    f":orange-badge[**{errors['fp']}** of {errors['negatives']} non-COVID "
-                    "called covid]" + (f" {alarms}" if alarms else ""))
+                    f":red-badge[**{errors['fn']}** of {errors['positives']} {md(positive)} "
+                    "missed]" + (f" {missed}" if missed else "") + "  \n"
+                    f":orange-badge[**{errors['fp']}** of {errors['negatives']} not "
+                    f"{md(positive)} called {md(positive)}]" + (f" {alarms}" if alarms else ""))
             st.caption(f"{metrics['n']} images · {md(metrics.get('scope', scope))}")
 
 # --------------------------------------------------------------------------- one cell's images

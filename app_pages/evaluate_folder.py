@@ -37,8 +37,8 @@ labels, _ = common.labels_and_colors()
 st.title("Evaluate on a folder: a run on images it never saw")
 st.markdown(
     "Score any run on a labelled folder it has never seen: a folder under the data root, or "
-    "your own images as a .zip with one folder per class (`covid/`, `normal/`, "
-    "`pneumonia/`; some may be missing). You get exactly what "
+    "your own images as a .zip with one folder per class of the run (`covid/`, `normal/`, "
+    "`pneumonia/` for the shipped runs; some may be missing). You get exactly what "
     "`python -m xrcompare evaluate RUN FOLDER` prints: accuracy, macro-F1 over the classes "
     "present, the confusion matrix, per-class scores, what the run called each class and "
     "whether the folder's patients are in the run's own data.")
@@ -67,8 +67,9 @@ else:
     limit = min(MAX_ARCHIVE_MB, int(st.get_option("server.maxUploadSize")))
     upload = st.file_uploader(
         "A .zip of class folders", type=["zip"], max_upload_size=limit, key="evaluate_zip",
-        help=f"Up to {limit} MB and {MAX_IMAGES:,} images (.png, .jpg, .jpeg) in folders named "
-             "covid, normal or pneumonia, at the top of the archive or inside one folder; a "
+        help=f"Up to {limit} MB and {MAX_IMAGES:,} images (.png, .jpg, .jpeg) in one folder "
+             "per class, named as the run's classes (covid, normal, pneumonia for the shipped "
+             "runs), at the top of the archive or inside one folder; a "
              "manifest.csv beside them gives patient ids. Unpacked into a temporary folder "
              "and deleted after the evaluation.")
 
@@ -156,7 +157,8 @@ def show_results(run, result: dict) -> None:
                        for label in absent) + ".")
     left, right = st.columns([2, 3])
     with left:
-        common.plot(confusion_figure(metrics, title="Confusion matrix (rows true)"),
+        common.plot(confusion_figure(metrics, title="Confusion matrix (rows true)",
+                                     positive=run.positive),
                     key="evaluate_confusion")
     with right:
         st.markdown("**Per class**")
@@ -175,8 +177,8 @@ def show_results(run, result: dict) -> None:
                 "note": None})
         shares = heldout_share_rows(metrics)
         if not shares.empty:
-            st.markdown("**What the run called each class** (no COVID images here, so every "
-                        "*covid* call is a false alarm)")
+            st.markdown(f"**What the run called each class** (no {md(run.positive)} images "
+                        f"here, so every *{md(run.positive)}* call is a false alarm)")
             common.table(shares, f"evaluate-{run.run_id}-{name}-called", key="evaluate_shares",
                          column_config={column: st.column_config.NumberColumn(format="%.1f")
                                         for column in shares.columns if column.endswith("%")})

@@ -37,6 +37,7 @@ with_heldout = [run for run in runs if run.metrics_for(heldout)]
 missing = [labels[run.run_id] for run in runs if run not in with_heldout]
 if missing:
     st.caption("Not evaluated on this folder: " + ", ".join(md(name) for name in missing))
+common.label_set_note(with_heldout)
 
 shared = []  # runs whose own data holds patients of this folder
 for run in with_heldout:
@@ -120,14 +121,16 @@ with left:
     chosen = st.selectbox("Run", [run.run_id for run in with_heldout],
                           format_func=labels.get, key="heldout_run")
 with middle:
-    kind = st.segmented_control("Show", ["called covid", "all mistakes"],
-                                default="called covid", required=True, key="heldout_kind",
-                                persist_state="session")
+    kind = st.segmented_control("Show", ["called positive", "all mistakes"],
+                                default="called positive", required=True, key="heldout_kind",
+                                persist_state="session",
+                                help="Called positive: images the run called its positive "
+                                     "class (covid unless it chose another) wrongly.")
 with right:
     count = st.selectbox("How many", [6, 12, 18], key="heldout_count", persist_state="session")
 run = next(run for run in with_heldout if run.run_id == chosen)
 mistakes = worst_mistakes(run, heldout, count=count,
-                          called="covid" if kind == "called covid" else None)
+                          called=run.positive if kind == "called positive" else None)
 if mistakes.empty:
     st.success("This run made no such mistake on this folder.")
     st.stop()

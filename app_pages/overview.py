@@ -18,18 +18,18 @@ runs = common.require_runs()
 st.title("Overview: which head did best, and how sure are we?")
 common.teaching_banner()
 labels, _ = common.labels_and_colors(runs)
+common.label_set_note(runs)
 
 throughput = extract_throughput()
 table = leaderboard(runs, throughput)
 table["run"] = [labels[run_id] for run_id in table["run_id"]]
-for column in ("accuracy", "macro_f1", "covid_sensitivity", "covid_specificity",
-               "kaggle_accuracy"):
+for column in ("accuracy", "macro_f1", "sensitivity", "specificity", "kaggle_accuracy"):
     table[column] = table[column].astype(float)
 
 help_text = {**LEADERBOARD_COLUMNS, "run_id": "The run's folder under trained/."}
 #: How each column's values are shown (the header and width come from LEADERBOARD_HEADERS).
-NUMBER_FORMATS = {"accuracy": "%.3f", "macro_f1": "%.3f", "covid_sensitivity": "%.3f",
-                  "covid_specificity": "%.3f", "kaggle_accuracy": "%.3f",
+NUMBER_FORMATS = {"accuracy": "%.3f", "macro_f1": "%.3f", "sensitivity": "%.3f",
+                  "specificity": "%.3f", "kaggle_accuracy": "%.3f",
                   "kaggle_normal_non_covid_pct": "%.1f%%",
                   "kaggle_pneumonia_non_covid_pct": "%.1f%%", "image_size": "%d",
                   "train_seconds": "%.0f", "trainable_params": "localized",
@@ -94,9 +94,9 @@ if folds:
                     "Test accuracy", help=help_text["accuracy"]),
                 "macro_f1": st.column_config.TextColumn("Macro-F1", help=help_text["macro_f1"]),
                 "covid_sensitivity": st.column_config.TextColumn(
-                    "COVID sensitivity", help=help_text["covid_sensitivity"]),
+                    "Sensitivity", help=help_text["sensitivity"]),
                 "covid_specificity": st.column_config.TextColumn(
-                    "COVID specificity", help=help_text["covid_specificity"])})
+                    "Specificity", help=help_text["specificity"])})
         st.caption("Mean ± standard deviation of each fold's test score: how much the number "
                    "moves when other patients land in the test split.")
 

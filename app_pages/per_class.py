@@ -11,6 +11,7 @@ from xrcompare.runs import TEST_SCOPE, heldout_names
 runs = common.require_runs()
 st.title("Per-class scores")
 labels, colors = common.labels_and_colors(runs)
+common.label_set_note(runs)
 
 scopes = [TEST_SCOPE, *heldout_names(runs)]
 left, right = st.columns([2, 3])

@@ -8,7 +8,6 @@ import streamlit as st
 from app_pages import _common as common
 from app_pages._common import md
 from xrcompare.charts import lab_figure
-from xrcompare.evaluate import POSITIVE_CLASS
 from xrcompare.runs import TEST_SCOPE, scope_text
 from xrcompare.shortcuts import (
     HOW_TO_TRAIN,
@@ -145,7 +144,7 @@ else:
             "accuracy": st.column_config.NumberColumn(format="%.3f"),
             "accuracy_low": st.column_config.NumberColumn("low", format="%.3f"),
             "accuracy_high": st.column_config.NumberColumn("high", format="%.3f"),
-            "sensitivity": st.column_config.NumberColumn(f"{POSITIVE_CLASS} sensitivity",
+            "sensitivity": st.column_config.NumberColumn(f"{run.positive} sensitivity",
                                                          format="%.3f"),
             "sensitivity_low": st.column_config.NumberColumn("low ", format="%.3f"),
             "sensitivity_high": st.column_config.NumberColumn("high ", format="%.3f"),

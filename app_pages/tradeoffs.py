@@ -23,13 +23,17 @@ st.markdown(
     "The 2020 blog argued that a missed COVID case is worse than a false alarm. Here you "
     "can see what that argument costs, run by run.")
 labels, colors = common.labels_and_colors(runs)
+common.label_set_note(runs)
 
 classes = list(dict.fromkeys(label for run in runs for label in run.labels))
+default = runs[0].positive  # the first selected run's own positive class
 positive = st.selectbox(
     "Positive class (one against the rest)", classes,
-    index=classes.index("covid") if "covid" in classes else 0, key="tradeoff_positive",
+    index=classes.index(default), key="tradeoff_positive",
     persist_state="session",
-    help="The class treated as 'positive'; the other classes together are 'negative'.")
+    help="The class treated as 'positive'; the other classes together are 'negative'. "
+         "Each run records its own (--positive, covid by default); runs that do not "
+         "predict the class chosen here are left out.")
 positive_md = md(positive)  # a class name from run.json: shown as written, never as Markdown
 st.caption("Scored on each run's patient-wise test split (out-of-fold predictions for "
            "cross-validation runs). With a few dozen positive images, one image moves "

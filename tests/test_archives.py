@@ -69,7 +69,8 @@ def test_class_folders_inside_one_top_folder_are_found(tmp_path):
     ({"/etc/covid/a.jpg": b"x"}, "absolute path"),
     ({"C:/covid/a.jpg": b"x"}, "absolute path"),
     ({"covid\\a.jpg": b"x"}, "unusable name"),
-    ({"pictures/a.jpg": b"x", "other/b.jpg": b"x"}, "no class folders"),
+    # Any folder of images is a class; a name that cannot be a class is not.
+    ({"a.jpg": b"x", "pictures/two words/b.jpg": b"x"}, "no class folders"),
     ({"covid/notes.txt": b"x"}, "hold no images"),
     ({"a/b/c/d/e/f/covid/a.jpg": b"x"}, "deeper than"),
 ])

@@ -60,8 +60,10 @@ def test_without_manifest_ids_come_from_names_then_one_per_image(tmp_path):
 def test_layout_errors_are_one_readable_line(tmp_path):
     with pytest.raises(DatasetError, match="does not exist"):
         scan_dataset(tmp_path / "missing")
-    (tmp_path / "cats").mkdir()
-    with pytest.raises(DatasetError, match="expected sub-folders named covid, normal, pneumonia"):
+    with pytest.raises(DatasetError, match="no class folders .*expected one sub-folder per class"):
+        scan_dataset(tmp_path)
+    (tmp_path / "cats").mkdir()  # any name is a class, once it holds images
+    with pytest.raises(DatasetError, match="no class folders .*found: cats"):
         scan_dataset(tmp_path)
     (tmp_path / "Covid").mkdir()
     (tmp_path / "Covid" / "notes.txt").write_text("not an image")

@@ -2,11 +2,12 @@
 sentence.
 
 Everything about the archive is untrusted: its size, its member names, their declared sizes
-and what they decompress to. Only image files inside class folders (``covid/``, ``normal/``,
-``pneumonia/`` in any case, at the top or inside one top folder) and a ``manifest.csv`` beside
-them are written; every limit below is checked on the member list before anything is written,
-and again on the bytes actually decompressed. No Streamlit here: the *Evaluate on a folder*
-page calls :func:`extract_class_zip` into a temporary folder and deletes it afterwards.
+and what they decompress to. Only image files inside class folders (one folder per class, as
+a dataset folder has them: ``covid/``, ``NORMAL/``, ``tb/``..., at the top or inside one top
+folder) and a ``manifest.csv`` beside them are written; every limit below is checked on the
+member list before anything is written, and again on the bytes actually decompressed. No
+Streamlit here: the *Evaluate on a folder* page calls :func:`extract_class_zip` into a
+temporary folder and deletes it afterwards.
 """
 
 from __future__ import annotations
@@ -105,16 +106,22 @@ def _plan(members: list[zipfile.ZipInfo]) -> tuple[list[tuple[zipfile.ZipInfo, l
     many were ignored; ArchiveError for anything refused."""
     files = _files(members)
     # The class folders sit at the top, or inside one top folder (a zipped folder).
+    # A class folder holds images directly (as in a dataset folder: xrcompare.data).
+    def image(parts: list[str]) -> bool:
+        return PurePosixPath(parts[-1]).suffix.lower() in IMAGE_SUFFIXES
+
     tops = {parts[0] for _, parts in files if len(parts) > 1}
     offset = 0
-    if not any(match_class_folder(top) for top in tops):
-        inner = {parts[1] for _, parts in files if len(parts) > 2}
+    images = [parts for _, parts in files if image(parts)]
+    if images and not any(match_class_folder(parts[0]) for parts in images
+                          if len(parts) == 2):
+        inner = {parts[1] for _, parts in files if len(parts) == 3 and image(parts)}
         if len(tops) == 1 and any(match_class_folder(name) for name in inner):
             offset = 1
         else:
-            raise ArchiveError("the archive has no class folders: it should hold folders "
-                               "named covid, normal or pneumonia (at its top or inside one "
-                               "folder), each with images")
+            raise ArchiveError("the archive has no class folders: it should hold one folder "
+                               "per class (covid, normal, pneumonia...; at its top or inside "
+                               "one folder), each with images")
     chosen, ignored = [], 0
     for info, parts in files:
         inside = parts[offset:]

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from xrcompare.escaping import escape_markdown as md
-from xrcompare.evaluate import ECE_BINS, POSITIVE_CLASS, overlap_sentence
+from xrcompare.evaluate import ECE_BINS, overlap_sentence
 from xrcompare.runs import TEST_SCOPE, Run, scope_text
 
 REFERENCE = ("Mitchell M. et al. (2019). Model cards for model reporting. FAT* '19, 220–229. "
@@ -158,10 +158,10 @@ def _metric_lines(run: Run) -> list[str]:
         lines.append(f"- Accuracy {_number(metrics['accuracy'])}"
                      f"{_ci(intervals.get('accuracy'))}, macro-F1 "
                      f"{_number(metrics['macro_f1'])}")
-        covid = metrics.get("covid_vs_rest") or {}
+        covid = metrics.get("covid_vs_rest") or {}  # the run's positive class vs the rest
         if covid.get("sensitivity") is not None and metrics["per_class"].get(
-                POSITIVE_CLASS, {}).get("support"):
-            lines.append(f"- {POSITIVE_CLASS} sensitivity {_number(covid['sensitivity'])}"
+                run.positive, {}).get("support"):
+            lines.append(f"- {md(run.positive)} sensitivity {_number(covid['sensitivity'])}"
                          f"{_ci(intervals.get('sensitivity'))}, specificity "
                          f"{_number(covid.get('specificity'))}"
                          f"{_ci(intervals.get('specificity'))}")
@@ -245,7 +245,7 @@ def _subgroup_lines(run: Run) -> list[str]:
     except ValueError as error:
         return [f"Not available: {md(error)}"]
     lines = ["| view | images | patients | accuracy (95% CI) | "
-             f"{POSITIVE_CLASS} sensitivity (95% CI) |", "|---|---:|---:|---|---|"]
+             f"{md(run.positive)} sensitivity (95% CI) |", "|---|---:|---:|---|---|"]
     for row in table.itertuples():
         accuracy = f"{row.accuracy:.3f}{_ci([row.accuracy_low, row.accuracy_high])}"
         sensitivity = ("–" if row.sensitivity is None or row.sensitivity != row.sensitivity

@@ -29,6 +29,17 @@ from xrcompare.summary import per_class_table
 
 #: One colour per class, used wherever a class is a colour.
 CLASS_COLORS = {"covid": "#c0392b", "normal": "#2e86c1", "pneumonia": "#d4a017"}
+#: Colours of other classes (any dataset's), given in sorted order of their names.
+OTHER_CLASS_COLORS = ("#16a085", "#8e44ad", "#d35400", "#7f8c8d", "#2c3e50", "#27ae60")
+
+
+def class_colors(labels: Sequence[str]) -> dict[str, str]:
+    """A colour per class: the three classes keep theirs, others take the next free one."""
+    colors = {label: CLASS_COLORS[label] for label in labels if label in CLASS_COLORS}
+    others = sorted(label for label in set(labels) if label not in CLASS_COLORS)
+    for number, label in enumerate(others):
+        colors[label] = OTHER_CLASS_COLORS[number % len(OTHER_CLASS_COLORS)]
+    return colors
 
 #: Colour-blind-friendly run colours (Okabe–Ito order, then plotly's Safe palette).
 RUN_PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442",
@@ -181,7 +192,7 @@ def per_class_figure(table: pd.DataFrame, metric: str,
     figure = px.bar(frame, x="class", y=metric, color="run", barmode="group",
                     error_y="error_plus", error_y_minus="error_minus",
                     color_discrete_map=colors or {},
-                    category_orders={"class": [c for c in CLASSES if c in set(frame["class"])]},
+                    category_orders={"class": sorted(set(frame["class"]))},
                     hover_data={"support": True, f"{metric}_low": ":.2f",
                                 f"{metric}_high": ":.2f", "error_plus": False,
                                 "error_minus": False},
@@ -292,7 +303,10 @@ def training_curves_figure(history: pd.DataFrame, best_epoch: int | None = None,
 
 def binary_scores(run: Run, positive: str = "covid",
                   scope: str = TEST_SCOPE) -> tuple[np.ndarray, np.ndarray]:
-    """(is positive, probability of ``positive``) for the run's images of ``scope``."""
+    """(is positive, probability of ``positive``) for the run's images of ``scope``; both
+    empty for a run that does not predict ``positive`` (a run of other classes)."""
+    if positive not in run.labels:
+        return np.zeros(0, dtype=bool), np.zeros(0)
     frame = run.predictions_for(scope)
     column = run.prediction_column(positive)
     return (frame["label"].to_numpy() == positive), frame[column].to_numpy(dtype=float)
@@ -354,7 +368,7 @@ def curves_for_runs(runs: Sequence[Run], positive: str,
     curves = {}
     for run in runs:
         frame = run.predictions_for(TEST_SCOPE)
-        if frame.empty:
+        if frame.empty or positive not in run.labels:
             continue
         result = one_vs_rest_curves(frame["label"].tolist(),
                                     frame[run.probability_columns()].to_numpy(dtype=float),
@@ -576,20 +590,22 @@ def heldout_summary(shares: pd.DataFrame) -> pd.DataFrame:
 
 def heldout_figure(shares: pd.DataFrame, heldout: str = "") -> go.Figure:
     """Stacked horizontal bars: what each run called the NORMAL and the PNEUMONIA images."""
-    true_classes = [c for c in CLASSES if c in set(shares["true_class"])]
+    true_classes = sorted(set(shares["true_class"]))
+    predicted_classes = sorted(set(shares["predicted"]))
+    colors = class_colors(predicted_classes)
     figure = make_subplots(rows=1, cols=len(true_classes) or 1, shared_yaxes=True,
                            horizontal_spacing=0.04,
                            subplot_titles=[f"true {c.upper()} images" for c in true_classes])
     order = list(dict.fromkeys(shares["run"]))
     for col, true_class in enumerate(true_classes, start=1):
         part = shares[shares["true_class"] == true_class]
-        for predicted in CLASSES:
+        for predicted in predicted_classes:
             cells = part[part["predicted"] == predicted].set_index("run").reindex(order)
             reference = cells["reference"].fillna(False).astype(bool).to_numpy()
             figure.add_trace(go.Bar(
                 y=order, x=cells["percent"], orientation="h", name=f"called {predicted}",
                 legendgroup=predicted, showlegend=col == 1,
-                marker={"color": CLASS_COLORS[predicted],
+                marker={"color": colors[predicted],
                         "pattern": {"shape": ["/" if r else "" for r in reference],
                                     "fgcolor": "white", "solidity": 0.3}},
                 text=[f"{v:.0f}%" if pd.notna(v) and v >= 6 else "" for v in cells["percent"]],
@@ -683,7 +699,7 @@ def split_counts(run: Run) -> pd.DataFrame:
 def split_counts_figure(counts: pd.DataFrame, title: str = "") -> go.Figure:
     """Stacked bars: images per class, coloured by split."""
     figure = px.bar(counts, x="class", y="images", color="split", text="images",
-                    category_orders={"class": list(CLASSES),
+                    category_orders={"class": sorted(set(counts["class"])),
                                      "split": ["train", "val", "test"]},
                     color_discrete_map={"train": "#0072B2", "val": "#E69F00",
                                         "test": "#009E73"})
@@ -696,7 +712,7 @@ def class_counts_figure(counts: dict[str, int], title: str = "") -> go.Figure:
     """Bars of images per class."""
     frame = pd.DataFrame({"class": list(counts), "images": list(counts.values())})
     figure = px.bar(frame, x="class", y="images", color="class", text="images",
-                    color_discrete_map=CLASS_COLORS)
+                    color_discrete_map=class_colors(list(counts)))
     figure.update_layout(**_LAYOUT, title=title, height=320, showlegend=False)
     return figure
 

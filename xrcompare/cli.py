@@ -145,6 +145,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands.add_parser("backbones", help="the backbone registry and where weights come from")
 
+    dataset = commands.add_parser("dataset", help="derived datasets: the same images under "
+                                                  "another class scheme, as links")
+    dataset_commands = dataset.add_subparsers(dest="dataset_command", required=True)
+    derive = dataset_commands.add_parser(
+        "derive", help="a folder of links to SOURCE's images under another class scheme",
+        description="Write OUT (new or empty) with one folder per class of the scheme, holding "
+                    "symbolic links to SOURCE's images (copies only where links fail), and a "
+                    "manifest.csv carrying every image's patient id over. covid-vs-rest: "
+                    "covid / non-covid; four-class: covid / bacterial / viral / normal "
+                    "(pneumonia split by the manifest's notes or the Kermany file names).")
+    derive.add_argument("source", type=Path, metavar="SOURCE",
+                        help="a covid / normal / pneumonia dataset folder (e.g. cxr3)")
+    derive.add_argument("--scheme", required=True, choices=("covid-vs-rest", "four-class"))
+    derive.add_argument("out", type=Path, metavar="OUT", help="the new dataset folder")
+
     shortcuts = commands.add_parser(
         "shortcuts", help="the shortcut lab: each main run against its controls",
         description="Per backbone, the main run against its controls (random-init base, "
@@ -382,8 +397,8 @@ def cmd_runs(args) -> int:
     if table.empty:
         print("no runs yet: train one with python -m xrcompare train --data DIR --backbone NAME")
     else:
-        columns = ["run", "backbone", "data", "accuracy", "macro_f1", "covid_sensitivity",
-                   "covid_specificity"]
+        columns = ["run", "backbone", "data", "classes", "accuracy", "macro_f1", "positive",
+                   "sensitivity", "specificity"]
         print(table[columns].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     for folder, reason in listing.problems:
         print(f"skipped {folder}: {reason}")
@@ -467,7 +482,7 @@ def cmd_subgroups(args) -> int:
                           "groups": records.to_dict(orient="records")}, allow_nan=False))
         return 0
     print(f"{run.title} on {args.scope}, by {args.by}:")
-    print("\n".join(subgroup_lines(table, args.by)))
+    print("\n".join(subgroup_lines(table, args.by, run.positive)))
     return 0
 
 
@@ -497,10 +512,25 @@ def cmd_errors(args) -> int:
     return 0
 
 
+def cmd_dataset(args) -> int:
+    from xrcompare.derive import derive_dataset
+
+    summary = derive_dataset(args.source, args.scheme, args.out)
+    counts = ", ".join(f"{label} {count}" for label, count in summary["classes"].items())
+    print(f"wrote {summary['out']} ({args.scheme}): {counts}; {summary['links']} links, "
+          f"{summary['copies']} copies; patient ids in {summary['manifest']}")
+    if summary["left_out"]:
+        print(f"left out {len(summary['left_out'])} image(s) the scheme cannot place: "
+              + ", ".join(summary["left_out"][:5]))
+    print(f"train on it: python -m xrcompare train --data {summary['out']} --backbone NAME")
+    return 0
+
+
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict,
             "compare": cmd_compare, "runs": cmd_runs, "backbones": cmd_backbones,
             "explain": cmd_explain, "shortcuts": cmd_shortcuts, "calibration": cmd_calibration,
-            "subgroups": cmd_subgroups, "card": cmd_card, "errors": cmd_errors}
+            "subgroups": cmd_subgroups, "card": cmd_card, "errors": cmd_errors,
+            "dataset": cmd_dataset}
 
 
 def main(argv: list[str] | None = None) -> int:

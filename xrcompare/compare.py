@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from xrcompare.data import merge_groups
-from xrcompare.evaluate import POSITIVE_CLASS, compare_predictions, per_class_differences
+from xrcompare.evaluate import compare_predictions, per_class_differences
 from xrcompare.runs import (
     TEST_SCOPE,
     Run,
@@ -290,7 +290,8 @@ def compare_runs(run_a: Run, run_b: Run, scope: str = TEST_SCOPE, *,
                                           in ("label", "predicted_a", "predicted_b", "group"))
     images = f"{scope_text(paired.scope)} images"
     stats = compare_predictions(y_true, y_pred_a, y_pred_b, groups, labels=paired.labels,
-                                pos_label=POSITIVE_CLASS, name_a=name_a, name_b=name_b,
+                                pos_label=run_a.positive if run_a.positive == run_b.positive
+                                else None, name_a=name_a, name_b=name_b,
                                 images=images, repeats=repeats, seed=seed)
     per_class = per_class_differences(y_true, y_pred_a, y_pred_b, paired.labels)
     return RunComparison(paired, name_a, name_b, stats, per_class)

@@ -25,6 +25,7 @@ from dataclasses import MISSING, Field, dataclass, field, fields
 from pathlib import Path
 
 from xrcompare.backbones import RANDOM_WEIGHTS, WEIGHT_KINDS, get_backbone
+from xrcompare.classes import class_name
 from xrcompare.imagestats import CNN_KIND, MODEL_KINDS, STATISTICS_KIND
 from xrcompare.imaging import MASK_MODES, NO_MASK, RESIZE_MODES
 from xrcompare.inference_engine import ENGINE_CHOICES
@@ -102,7 +103,7 @@ class TrainConfig:
     """One training job: a dataset, one or more backbones, and how to train on them."""
 
     data: Path = setting(kind="path", flag="--data", required=True, words="the dataset folder",
-                         help="dataset folder with covid/ normal/ pneumonia/ sub-folders")
+                         help="dataset folder with one sub-folder per class (two or more)")
     backbones: list[str] = setting(kind="names", flag="--backbone", required=True,
                                    required_unless=("model", STATISTICS_KIND),
                                    default_factory=list, words="backbone",
@@ -123,6 +124,11 @@ class TrainConfig:
     heldout: list[Path] = setting(kind="paths", flag="--heldout", default_factory=list,
                                   help="labelled folder never used in training (e.g. "
                                        "kaggle_test); repeat for several")
+    positive: str | None = setting(None, kind="str", flag="--positive", words="positive class",
+                                   help="the class that sensitivity, specificity and "
+                                        "thresholds call positive (the rest negative); "
+                                        "default covid when it is a class, else the first "
+                                        "class in sorted order")
     runs_dir: Path | None = setting(None, kind="path", flag="--runs-dir",
                                     help="where the run folder goes (default: trained/ or "
                                          "$XRCOMPARE_RUNS_DIR)")
@@ -286,6 +292,9 @@ class TrainConfig:
                              "--augment-views 1 or more")
         if self.name is not None:
             check_name(self.name)
+        if self.positive is not None and class_name(self.positive) is None:
+            raise ValueError(f"--positive must be a class name (letters, digits, '_' and "
+                             f"'-'), got {self.positive!r}")
         if self.folds is not None and (self.split != "patients" or self.select_on != "val"):
             raise ValueError("cross-validation (--folds) keeps the sound protocol: use it with "
                              "--split patients and --select-on val")

@@ -1,8 +1,10 @@
 """Datasets: folder layout, manifest, patient ids and patient-grouped splits.
 
-A dataset is a folder with one sub-folder per class. Class folder names are matched
-case-insensitively to ``covid``, ``normal`` and ``pneumonia``; a folder may hold only
-some of them (the Kaggle test split has ``NORMAL/`` and ``PNEUMONIA/``).
+A dataset is a folder with one sub-folder per class, two classes at least to train on. A
+class folder is a sub-folder holding image files; its class is its name in lower case
+(:func:`xrcompare.classes.class_name`), so the Kaggle test split's ``NORMAL/`` and
+``PNEUMONIA/`` are ``normal`` and ``pneumonia``. A held-out folder may hold only some of a
+run's classes.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from pathlib import Path
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
-from xrcompare import CLASSES, paths
+from xrcompare import paths
+from xrcompare.classes import class_name
 from xrcompare.errors import one_line
 from xrcompare.imaging import IMAGE_SUFFIXES
 from xrcompare.paths import DATA_ROOT_VARIABLE
@@ -52,16 +55,23 @@ def is_inside(path: str | Path, folder: str | Path) -> bool:
         return False
 
 
-def path_inside(folder: str | Path, relative: str | Path) -> Path | None:
+def path_inside(folder: str | Path, relative: str | Path,
+                also: str | Path | None = None) -> Path | None:
     """``folder / relative`` if it stays inside ``folder`` once resolved, else None.
 
-    An absolute ``relative``, ``..`` parts or a symlink leading out are all refused.
+    An absolute ``relative``, ``..`` parts or a symlink leading out are all refused, except a
+    symlink whose target lies inside ``also`` (the data root: a derived dataset's links,
+    :mod:`xrcompare.derive`), when ``relative`` itself has no ``..`` part.
     """
     text = str(relative)
     if not text or "\x00" in text or Path(text).is_absolute():
         return None
     candidate = Path(folder) / text
-    return candidate if is_inside(candidate, folder) else None
+    if is_inside(candidate, folder):
+        return candidate
+    if also is not None and ".." not in Path(text).parts and is_inside(candidate, also):
+        return candidate
+    return None
 
 
 def list_datasets(data_root: str | Path | None = None) -> list[str]:
@@ -79,8 +89,7 @@ def list_datasets(data_root: str | Path | None = None) -> list[str]:
 def _looks_like_dataset(folder: Path) -> bool:
     """Class sub-folders, none of them a link out of the folder (as scan_dataset demands)."""
     try:
-        classes = [child for child in folder.iterdir()
-                   if child.is_dir() and match_class_folder(child.name)]
+        classes = [child for child in folder.iterdir() if _is_class_folder(child)]
     except OSError:
         return False
     return bool(classes) and all(is_inside(child, folder) for child in classes)
@@ -144,7 +153,12 @@ class Dataset:
 
     def class_counts(self) -> dict[str, int]:
         counts = Counter(self.labels)
-        return {label: counts.get(label, 0) for label in CLASSES if counts.get(label, 0)}
+        return {label: counts[label] for label in sorted(counts) if counts[label]}
+
+    @property
+    def classes(self) -> list[str]:
+        """The classes of this folder's class folders, sorted (a run's output order)."""
+        return sorted(self.class_folders)
 
     def patient_id_sources(self) -> dict[str, int]:
         return dict(Counter(record.patient_id_source for record in self.records))
@@ -219,8 +233,35 @@ def patient_id_from_filename(name: str) -> str | None:
 
 
 def match_class_folder(name: str) -> str | None:
-    lowered = name.strip().lower()
-    return lowered if lowered in CLASSES else None
+    """The class a folder of this name holds (its name in lower case), None for a hidden
+    folder or a name that cannot be a class (see :func:`xrcompare.classes.class_name`)."""
+    return class_name(name)
+
+
+def _holds_images(folder: Path) -> bool:
+    try:
+        return any(child.is_file() and child.suffix.lower() in IMAGE_SUFFIXES
+                   and not child.name.startswith(".") for child in folder.iterdir())
+    except OSError:
+        return False
+
+
+def _is_class_folder(child: Path) -> bool:
+    """A class folder: a sub-folder with a class name holding image files directly (a folder
+    of datasets, such as the data root, is therefore not a dataset)."""
+    return child.is_dir() and match_class_folder(child.name) is not None \
+        and _holds_images(child)
+
+
+def _is_named_class_folder(child: Path) -> bool:
+    """A sub-folder with a class name holding files, none of them images (for the "hold no
+    images" message; an empty folder is no class at all)."""
+    if not child.is_dir() or match_class_folder(child.name) is None:
+        return False
+    try:
+        return any(path.is_file() for path in child.rglob("*"))
+    except OSError:
+        return False
 
 
 def scan_dataset(root: str | Path, *, use_manifest: bool = True) -> Dataset:
@@ -230,17 +271,21 @@ def scan_dataset(root: str | Path, *, use_manifest: bool = True) -> Dataset:
     does not exist or holds no class folders with images.
     """
     root = Path(root).expanduser()
-    expected = (f"expected sub-folders named {', '.join(CLASSES)} (any case) "
-                f"holding {'/'.join(IMAGE_SUFFIXES)} images")
+    expected = (f"expected one sub-folder per class (covid/, normal/, ... any names, two "
+                f"classes at least) holding {'/'.join(IMAGE_SUFFIXES)} images")
     if not root.exists():
         raise DatasetError(f"dataset folder {root} does not exist; {expected}")
     if not root.is_dir():
         raise DatasetError(f"{root} is not a folder; {expected}")
     class_folders: dict[str, str] = {}
     for child in sorted(root.iterdir()):
-        label = match_class_folder(child.name) if child.is_dir() else None
-        if label is None:
+        if not _is_class_folder(child):
+            if (child.is_dir() and not child.name.startswith((".", "_"))
+                    and match_class_folder(child.name) is None and _holds_images(child)):
+                raise DatasetError(f"{root} has images in {child.name!r}, which cannot be a "
+                                   "class name: use letters, digits, '_' and '-' (up to 40)")
             continue
+        label = match_class_folder(child.name)
         if not is_inside(child, root):
             raise DatasetError(f"class folder {child.name} in {root} is a link to "
                                f"{child.resolve()}, outside the dataset folder; copy the "
@@ -250,23 +295,32 @@ def scan_dataset(root: str | Path, *, use_manifest: bool = True) -> Dataset:
                                f"{class_folders[label]} and {child.name}")
         class_folders[label] = child.name
     if not class_folders:
+        named = sorted(c.name for c in root.iterdir() if _is_named_class_folder(c))
+        datasets = [name for name in named if _looks_like_dataset(root / name)]
+        if datasets:
+            raise DatasetError(f"{root} holds dataset folders ({', '.join(datasets[:6])}), not "
+                               "class folders: give one of them")
+        if named:
+            raise DatasetError(f"the class folders in {root} ({', '.join(named[:6])}) hold no "
+                               f"images; {expected}")
         found = ", ".join(sorted(c.name for c in root.iterdir() if c.is_dir())[:6]) or "none"
         raise DatasetError(f"no class folders in {root} (found: {found}); {expected}")
 
+    data_root = paths.data_root()
     manifest = _find_manifest(root) if use_manifest else None
     manifest_ids, manifest_problem = _read_manifest(manifest) if manifest else ({}, None)
     records: list[ImageRecord] = []
     ignored: list[str] = []
-    for label in CLASSES:
-        if label not in class_folders:
-            continue
+    for label in sorted(class_folders):
         for path in sorted((root / class_folders[label]).rglob("*")):
             if not path.is_file() or path.name.startswith("."):
                 continue
             if path.suffix.lower() not in IMAGE_SUFFIXES:
                 ignored.append(str(path.relative_to(root)))
                 continue
-            if not is_inside(path, root):  # a symlinked image leading out of the folder
+            # A symlinked image leading out of the folder is refused, unless it leads into the
+            # data root (a derived dataset's links: xrcompare.derive).
+            if not is_inside(path, root) and not is_inside(path, data_root):
                 ignored.append(f"{path.relative_to(root)} (a link outside the dataset folder)")
                 continue
             patient_id = manifest_ids.get(path.resolve())
@@ -282,6 +336,16 @@ def scan_dataset(root: str | Path, *, use_manifest: bool = True) -> Dataset:
         raise DatasetError(f"the class folders in {root} hold no images; {expected}")
     return Dataset(root, records, class_folders,
                    manifest if manifest_ids else None, ignored, manifest_problem)
+
+
+def check_heldout_classes(heldout: Dataset, classes: Sequence[str]) -> None:
+    """A held-out folder may hold some of a run's classes, never one the run never saw:
+    :class:`DatasetError` (one line) otherwise."""
+    unseen = [label for label in heldout.classes if label not in classes]
+    if unseen:
+        raise DatasetError(f"held-out folder {heldout.root.name} has class "
+                           f"{', '.join(unseen)}, which the run never saw (its classes: "
+                           f"{', '.join(classes)}); leave that folder out or rename it")
 
 
 # --------------------------------------------------------------------------- patient groups
@@ -510,7 +574,6 @@ def split_summary(dataset: Dataset, splits: dict[str, list[int]]) -> dict:
         summary[name] = {
             "images": len(indices),
             "patients": len({dataset.records[i].patient_id for i in indices}),
-            "class_counts": {label: labels.get(label, 0) for label in CLASSES
-                             if label in dataset.class_folders},
+            "class_counts": {label: labels.get(label, 0) for label in dataset.classes},
         }
     return summary

@@ -1,5 +1,11 @@
-"""Metrics with scikit-learn: confusion matrices, per-class scores, COVID-vs-rest operating
-points, ROC/PR curves, bootstrap intervals (resampling patients) and held-out tables."""
+"""Metrics with scikit-learn: confusion matrices, per-class scores, positive-vs-rest operating
+points, ROC/PR curves, bootstrap intervals (resampling patients) and held-out tables.
+
+The positive class is the run's (``--positive``, :mod:`xrcompare.classes`; covid by default).
+Its one-against-the-rest figures sit under the key ``covid_vs_rest`` (the schema's name, kept
+so the shipped runs read unchanged) whose ``positive`` names the class; folds summaries keep
+``covid_sensitivity`` / ``covid_specificity`` the same way. ``non_covid_pct`` (the 2020 blog's
+figure) is only written when the positive class is covid."""
 
 from __future__ import annotations
 
@@ -18,8 +24,10 @@ from sklearn.metrics import (
 )
 
 from xrcompare import CLASSES
+from xrcompare.classes import DEFAULT_POSITIVE, default_positive
 
-POSITIVE_CLASS = "covid"
+#: The positive class of the three-class runs (a run's own: :attr:`xrcompare.runs.Run.positive`).
+POSITIVE_CLASS = DEFAULT_POSITIVE
 
 #: What the 2020 blog (youngsoul/pyimagesearch-covid19-image-classification) reported, quoted
 #: once here for the dashboard and the README table (it was not re-run). ``accuracy``: three-class
@@ -36,6 +44,14 @@ BLOG_2020_REPORTED = {
                       "pneumonia": {"called_right_pct": 85.0, "non_covid_pct": 97.0}},
     },
 }
+
+
+def metrics_positive(metrics: dict) -> str:
+    """The positive class a set of metrics was scored with (``covid_vs_rest.positive``;
+    covid for metrics written before runs chose one)."""
+    block = metrics.get("covid_vs_rest")
+    found = block.get("positive") if isinstance(block, dict) else None
+    return found if isinstance(found, str) else POSITIVE_CLASS
 
 
 def _as_indices(y_true: Sequence[str], labels: Sequence[str]) -> np.ndarray:
@@ -119,9 +135,12 @@ def bootstrap_intervals(true_index: np.ndarray, pred_index: np.ndarray, groups: 
 def evaluate_predictions(y_true: Sequence[str], probabilities: np.ndarray,
                          groups: Sequence[str] | None = None, *,
                          labels: Sequence[str] = CLASSES, repeats: int = 1000,
-                         seed: int = 0) -> dict:
-    """All metrics of one set of predictions (rows true, columns predicted, ``labels`` order)."""
+                         seed: int = 0, positive: str | None = None) -> dict:
+    """All metrics of one set of predictions (rows true, columns predicted, ``labels`` order);
+    ``positive`` (default :func:`xrcompare.classes.default_positive`) is the class of the
+    one-against-the-rest figures."""
     labels = list(labels)
+    positive_label = positive if positive is not None else default_positive(labels)
     probabilities = np.asarray(probabilities, dtype=float)
     if probabilities.ndim != 2 or probabilities.shape[1] != len(labels):
         raise ValueError(f"probabilities must have shape (n, {len(labels)})")
@@ -146,13 +165,14 @@ def evaluate_predictions(y_true: Sequence[str], probabilities: np.ndarray,
         "macro_f1": float(np.mean([f1[i] for i in present])),
         "classes_present": [labels[i] for i in present],
     }
-    positive_index = labels.index(POSITIVE_CLASS) if POSITIVE_CLASS in labels else None
+    positive_index = labels.index(positive_label) if positive_label in labels else None
     positive = true_index == positive_index if positive_index is not None else None
     if positive_index is not None:
         called = pred_index == positive_index
         point = binary_operating_point(positive, called.astype(float), 0.5)
         point.pop("threshold")
-        point["rule"] = "argmax (the predicted class is covid)"
+        point["rule"] = f"argmax (the predicted class is {positive_label})"
+        point["positive"] = positive_label
         result["covid_vs_rest"] = point
     roc, ap = {}, {}
     for i in range(k):
@@ -169,7 +189,7 @@ def evaluate_predictions(y_true: Sequence[str], probabilities: np.ndarray,
     intervals["unit"] = ("patient" if len(set(groups)) < len(groups) else "image")
     result["intervals"] = intervals
     if positive_index is not None and not positive.any():
-        result["heldout_table"] = heldout_table(y_true, pred_index, labels)
+        result["heldout_table"] = heldout_table(y_true, pred_index, labels, positive_label)
     result["ece"] = expected_calibration_error(y_true, probabilities, labels)
     result["ece_bins"] = ECE_BINS
     return result
@@ -315,10 +335,13 @@ def overlap_sentence(metrics: dict, folder: str, own: str) -> str | None:
             f"macro-F1 {rest['macro_f1']:.3f}.")
 
 
-def heldout_table(y_true: Sequence[str], pred_index: np.ndarray, labels: Sequence[str]) -> dict:
-    """For a folder without covid images: share of each true class predicted as each class.
+def heldout_table(y_true: Sequence[str], pred_index: np.ndarray, labels: Sequence[str],
+                  positive: str = POSITIVE_CLASS) -> dict:
+    """For a folder without images of the positive class: share of each true class predicted
+    as each class.
 
-    ``non_covid_pct`` is the blog's figure: the share kept out of "covid".
+    ``non_covid_pct`` is the blog's figure, the share kept out of "covid": written only when
+    the positive class is covid.
     """
     table = {}
     y_true = np.asarray(y_true)
@@ -328,7 +351,7 @@ def heldout_table(y_true: Sequence[str], pred_index: np.ndarray, labels: Sequenc
             continue
         shares = {labels[j]: float(np.mean(rows == j) * 100) for j in range(len(labels))}
         entry = {"n": int(rows.size), "predicted_pct": shares}
-        if POSITIVE_CLASS in labels:
+        if positive == POSITIVE_CLASS and POSITIVE_CLASS in labels:
             entry["non_covid_pct"] = 100.0 - shares[POSITIVE_CLASS]
         table[true_label] = entry
     return table

@@ -15,12 +15,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from xrcompare import CLASSES, __version__
+from xrcompare import __version__
 from xrcompare.backbones import get_backbone, weights_status
+from xrcompare.classes import choose_positive
 from xrcompare.config import TrainConfig
 from xrcompare.data import (
     Dataset,
     DatasetError,
+    check_heldout_classes,
     group_near_duplicates,
     kfold_by_patient,
     patient_overlap,
@@ -85,6 +87,7 @@ def preflight(config: TrainConfig) -> dict:
             raise ValueError(status.detail)
     dataset = scan_dataset(config.data)
     dataset.check_trainable()
+    positive = run_positive(config, dataset)
     if config.folds:  # too few patients for the split asked: say so now, not after the base
         kfold_by_patient(dataset, config.folds, seed=config.seed,
                          val_fraction=config.val_fraction)
@@ -93,12 +96,15 @@ def preflight(config: TrainConfig) -> dict:
         splitter(dataset, val_fraction=config.val_fraction if config.select_on == "val"
                  else None, test_fraction=config.test_fraction, seed=config.seed)
     heldouts = [scan_dataset(folder) for folder in config.heldout]
+    for held in heldouts:
+        check_heldout_classes(held, dataset.classes)
     overlaps = [check_heldout_overlap(dataset, held) for held in heldouts]
     check_run_name(config)
     backbones = [get_backbone(name).name for name in config.backbones]
     return {"data": str(config.data), "data_name": dataset.root.name,
             "images": len(dataset.records), "patients": len(set(dataset.groups)),
-            "class_counts": dataset.class_counts(),
+            "class_counts": dataset.class_counts(), "classes": dataset.classes,
+            "positive": positive,
             "heldout": [str(held.root) for held in heldouts],
             "heldout_name": ", ".join(held.root.name for held in heldouts) or None,
             "heldout_images": sum(len(held.records) for held in heldouts),
@@ -143,6 +149,16 @@ def heldout_overlap(dataset: Dataset, heldout: Dataset) -> dict:
                     f"{own}: the run records them and scores {name} with and without them.")
     return {"name": name, "images": images, "shared_patients": overlap["patients"],
             "shared_images": shared, "refused": refused, "sentence": sentence}
+
+
+def run_positive(config: TrainConfig, dataset: Dataset) -> str:
+    """The run's positive class: ``--positive`` checked against the dataset's classes, else
+    covid when present, else the first class; :class:`DatasetError` (one line) for a name
+    that is not a class."""
+    try:
+        return choose_positive(config.positive, dataset.classes)
+    except ValueError as error:
+        raise DatasetError(str(error)) from None
 
 
 def check_heldout_overlap(dataset: Dataset, heldout: Dataset) -> dict:
@@ -267,7 +283,12 @@ def train_runs(config: TrainConfig, progress: Progress | None = None) -> list[Pa
     names = [heldout.root.name for heldout in heldouts]
     if len(set(names)) != len(names):
         raise ValueError(f"held-out folders must have distinct names, got {', '.join(names)}")
-    for heldout in heldouts:  # a folder of the training data's patients is not held out
+    run_positive(config, dataset)  # a --positive that is not a class: say so now
+    if config.folds:  # a class with fewer patients than folds: say so before the base loads
+        kfold_by_patient(dataset, config.folds, seed=config.seed,
+                         val_fraction=config.val_fraction)
+    for heldout in heldouts:  # a class the run never saw; the training data's patients
+        check_heldout_classes(heldout, dataset.classes)
         check_heldout_overlap(dataset, heldout)
     check_run_name(config)
     scan_seconds = time.perf_counter() - started
@@ -349,7 +370,8 @@ def _train_one(config: TrainConfig, backbone_name: str, dataset: Dataset,
     if not row_of:
         raise ValueError(f"none of the images in {dataset.root} could be read")
     features = original.features
-    labels = np.array([CLASSES.index(dataset.records[i].label) for i in original_records])
+    classes, positive = dataset.classes, run_positive(config, dataset)
+    labels = np.array([classes.index(dataset.records[i].label) for i in original_records])
     feature_shape = tuple(int(d) for d in features.shape[1:])
 
     fold_results = []
@@ -369,7 +391,7 @@ def _train_one(config: TrainConfig, backbone_name: str, dataset: Dataset,
         val_rows = [row_of[i] for i in kept[selection]]
         monitor = "val_accuracy" if selection == "test" else config.monitor
         keras.utils.set_random_seed(config.seed)
-        head = build_head(config.head, feature_shape, len(CLASSES))
+        head = build_head(config.head, feature_shape, len(classes))
         t = time.perf_counter()
 
         def on_epoch(event, fold_number=fold_number, selection=selection):
@@ -392,9 +414,9 @@ def _train_one(config: TrainConfig, backbone_name: str, dataset: Dataset,
         for split_name, indices in kept.items():
             probabilities = predict(head, features[[row_of[i] for i in indices]])
             frames.append(_prediction_frame(dataset, indices, split_name, probabilities,
-                                            fold_number if config.folds else None))
+                                            fold_number if config.folds else None, classes))
         test_frame = frames[2]
-        test_metrics = _evaluate_frame(test_frame, config.seed)
+        test_metrics = _evaluate_frame(test_frame, config.seed, classes, positive)
         phases.add("evaluate", t)
         fold_results.append({"head": head, "fit": fit, "frames": frames,
                              "test_metrics": test_metrics, "splits": kept})
@@ -416,19 +438,20 @@ def _train_one(config: TrainConfig, backbone_name: str, dataset: Dataset,
                                  "note": "no readable images: not evaluated"})
             continue
         probabilities = predict(head, result.features)
-        frame = _prediction_frame(heldout, records, heldout_scope(name), probabilities, None)
+        frame = _prediction_frame(heldout, records, heldout_scope(name), probabilities, None,
+                                  classes)
         heldout_frames.append(frame)
         # A held-out folder may share patients with the training data (seed001_0402 and
         # kaggle_test share Kermany patients): measured, recorded, and scored without them.
         overlap, shared = patient_overlap(dataset.groups, frame["patient_id"].tolist())
         heldout_metrics[name] = evaluate_heldout(
             frame["label"].tolist(), probabilities, frame["patient_id"].tolist(), overlap,
-            shared, seed=config.seed)
+            shared, seed=config.seed, labels=classes, positive=positive)
         if config.folds and len(fold_results) > 1:
             heldout_metrics[name]["across_folds"] = summarise_folds([
                 evaluate_predictions(frame["label"].tolist(), predict(fr["head"], result.features),
                                      frame["patient_id"].tolist(), repeats=200,
-                                     seed=config.seed)
+                                     seed=config.seed, labels=classes, positive=positive)
                 for fr in fold_results])
         heldout_info.append({"name": name, "folder": str(heldout.root),
                              "folder_absolute": str(heldout.root.resolve()),
@@ -439,7 +462,7 @@ def _train_one(config: TrainConfig, backbone_name: str, dataset: Dataset,
     emit({"phase": "write"})
     if config.folds:
         test_frame = pd.concat([fr["frames"][2] for fr in fold_results], ignore_index=True)
-        test_metrics = _evaluate_frame(test_frame, config.seed)
+        test_metrics = _evaluate_frame(test_frame, config.seed, classes, positive)
         test_metrics["scope"] = f"out-of-fold predictions pooled over {config.folds} folds"
         predictions = pd.concat([test_frame, *first["frames"][:2], *heldout_frames],
                                 ignore_index=True)
@@ -525,6 +548,7 @@ def _train_statistics(config: TrainConfig, dataset: Dataset, heldouts: list[Data
     row_of = {index: row for row, index in enumerate(ok)}
     kept = {name: [i for i in indices if i in row_of] for name, indices in splits.items()}
     labels = [dataset.records[i].label for i in ok]
+    classes, positive = dataset.classes, run_positive(config, dataset)
 
     t = time.perf_counter()
     train_rows = [row_of[i] for i in kept["train"]]
@@ -535,16 +559,17 @@ def _train_statistics(config: TrainConfig, dataset: Dataset, heldouts: list[Data
     emit({"phase": "evaluate", "fold": 1, "folds": 1})
     frames = []
     for split_name, indices in kept.items():
-        probabilities = model.predict_proba(matrix[[row_of[i] for i in indices]], CLASSES)
-        frames.append(_prediction_frame(dataset, indices, split_name, probabilities, None))
-    test_metrics = _evaluate_frame(frames[2], config.seed)
+        probabilities = model.predict_proba(matrix[[row_of[i] for i in indices]], classes)
+        frames.append(_prediction_frame(dataset, indices, split_name, probabilities, None,
+                                        classes))
+    test_metrics = _evaluate_frame(frames[2], config.seed, classes, positive)
     test_metrics["scope"] = ("patient-wise test split" if config.split == "patients"
                              else "random image test split (patients ignored)")
     val_best = {}
     if "val" in kept and kept["val"]:
         val = frames[1]
-        probabilities = val[[prediction_column(c) for c in CLASSES]].to_numpy()
-        truth = np.array([CLASSES.index(label) for label in val["label"]])
+        probabilities = val[[prediction_column(c) for c in classes]].to_numpy()
+        truth = np.array([classes.index(label) for label in val["label"]])
         picked = np.clip(probabilities[np.arange(len(truth)), truth], 1e-12, 1.0)
         val_best = {"val_accuracy": float(np.mean(probabilities.argmax(axis=1) == truth)),
                     "val_loss": float(-np.mean(np.log(picked)))}
@@ -563,13 +588,14 @@ def _train_statistics(config: TrainConfig, dataset: Dataset, heldouts: list[Data
                                  "skipped": skipped_here,
                                  "note": "no readable images: not evaluated"})
             continue
-        probabilities = model.predict_proba(held_matrix, CLASSES)
-        frame = _prediction_frame(heldout, held_ok, heldout_scope(name), probabilities, None)
+        probabilities = model.predict_proba(held_matrix, classes)
+        frame = _prediction_frame(heldout, held_ok, heldout_scope(name), probabilities, None,
+                                  classes)
         heldout_frames.append(frame)
         overlap, shared = patient_overlap(dataset.groups, frame["patient_id"].tolist())
         heldout_metrics[name] = evaluate_heldout(
             frame["label"].tolist(), probabilities, frame["patient_id"].tolist(), overlap,
-            shared, seed=config.seed)
+            shared, seed=config.seed, labels=classes, positive=positive)
         heldout_info.append({"name": name, "folder": str(heldout.root),
                              "folder_absolute": str(heldout.root.resolve()),
                              **{k: v for k, v in heldout.summary().items() if k != "folder"},
@@ -596,7 +622,7 @@ def _train_statistics(config: TrainConfig, dataset: Dataset, heldouts: list[Data
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "command": _command_line(),
             "config": {**config.to_json(), "runs_dir": None},
-            "classes": list(CLASSES),
+            "classes": list(classes), "positive": positive,
             "model": {"kind": STATISTICS_KIND, "file": MODEL_FILE,
                       "estimator": model.to_json()["estimator"],
                       "features": dict(FEATURES),
@@ -654,11 +680,11 @@ def _selection_text(config: TrainConfig, fit: dict) -> str:
     return f"best epoch by {fit['monitor']} on the validation split"
 
 
-def _evaluate_frame(frame: pd.DataFrame, seed: int) -> dict:
+def _evaluate_frame(frame: pd.DataFrame, seed: int, classes: list[str], positive: str) -> dict:
     """Metrics of a prediction frame (one row per image, a probability column per class)."""
     return evaluate_predictions(
-        frame["label"].tolist(), frame[[prediction_column(c) for c in CLASSES]].to_numpy(),
-        frame["patient_id"].tolist(), seed=seed)
+        frame["label"].tolist(), frame[[prediction_column(c) for c in classes]].to_numpy(),
+        frame["patient_id"].tolist(), seed=seed, labels=classes, positive=positive)
 
 
 def _best_val(fit: dict) -> dict:
@@ -668,16 +694,17 @@ def _best_val(fit: dict) -> dict:
 
 
 def _prediction_frame(dataset: Dataset, indices: list[int], split: str,
-                      probabilities: np.ndarray, fold: int | None) -> pd.DataFrame:
+                      probabilities: np.ndarray, fold: int | None,
+                      classes: list[str]) -> pd.DataFrame:
     frame = pd.DataFrame({
         "path": [_relative(dataset.records[i].path, dataset.root) for i in indices],
         "split": split,
         "label": [dataset.records[i].label for i in indices],
         "patient_id": [dataset.records[i].patient_id for i in indices],
     })
-    for column, label in enumerate(CLASSES):
+    for column, label in enumerate(classes):
         frame[prediction_column(label)] = probabilities[:, column] if len(indices) else []
-    frame["predicted"] = [CLASSES[j] for j in probabilities.argmax(axis=1)] if len(indices) else []
+    frame["predicted"] = [classes[j] for j in probabilities.argmax(axis=1)] if len(indices) else []
     if fold is not None:
         frame["fold"] = fold
     return frame
@@ -744,7 +771,7 @@ def _run_info(config, backbone, size, feature_shape, dataset, fold_splits, first
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "command": _command_line(),
         "config": {**config.to_json(), "runs_dir": None},  # the settings, not the machine
-        "classes": list(CLASSES),
+        "classes": dataset.classes, "positive": run_positive(config, dataset),
         "backbone": backbone.name, "backbone_display": backbone.display_name,
         "weights": config.weights,
         "weights_source": (status.detail if config.weights == "imagenet"

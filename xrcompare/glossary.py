@@ -74,6 +74,11 @@ TERMS = (
     Term("accuracy", "Accuracy",
          "The share of images whose predicted class is right. With unequal classes it can "
          "look good while one class is mostly wrong.", "Scores"),
+    Term("positive", "Positive class",
+         f"The class a run's sensitivity, specificity and thresholds are about ({_POSITIVE} "
+         "unless the run chose another with --positive, e.g. tb in a tb / healthy folder); "
+         "every other class counts as negative. The terms below say it for "
+         f"{_POSITIVE}.", "Scores"),
     Term("sensitivity", "Sensitivity (recall)",
          f"Of the images that truly are {_POSITIVE}, the share the model called {_POSITIVE}. "
          "A missed case is a false negative.", "Scores"),

@@ -54,7 +54,8 @@ def evaluate_folder(run: Run, folder: str | Path, *, repeats: int = 1000,
     dataset = scan_dataset(folder)
     unknown = sorted(set(dataset.labels) - set(run.labels))
     if unknown:
-        raise ValueError(f"{name} has classes {unknown} that the run does not predict")
+        raise ValueError(f"{name} has class {', '.join(unknown)}, which the run never saw "
+                         f"(its classes: {', '.join(run.labels)})")
     check_rebuildable(run)  # a random-init control's base differs across Keras versions
     spec = engine_spec(run, engine)
     extractor = FeatureExtractor(spec)
@@ -82,7 +83,8 @@ def evaluate_folder(run: Run, folder: str | Path, *, repeats: int = 1000,
     own = run.own_patients
     overlap, shared = patient_overlap(own, patients) if own is not None else (None, None)
     metrics = evaluate_heldout([r.label for r in records], probabilities, patients, overlap,
-                               shared, labels=run.labels, repeats=repeats)
+                               shared, labels=run.labels, repeats=repeats,
+                               positive=run.positive)
     metrics["feature_engine"] = engine_note(run, spec)
     return metrics, failed
 

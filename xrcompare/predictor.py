@@ -23,7 +23,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from xrcompare import CLASSES
 from xrcompare.engine import LRU, Engine, array_digest, weights_problem  # noqa: F401
 from xrcompare.escaping import escape_markdown
 from xrcompare.paths import SAMPLES_DIR
@@ -305,7 +304,7 @@ def probability_table(predictions: Sequence[RunPrediction],
                       titles: dict[str, str] | None = None) -> pd.DataFrame:
     """One row per run: name, kind, predicted class, confidence, one column per class."""
     titles = titles or {}
-    labels = list(CLASSES)
+    labels: list[str] = []  # every run's classes, in the order first met
     for prediction in predictions:
         labels += [label for label in prediction.labels if label not in labels]
     rows = []
@@ -332,11 +331,12 @@ def probability_figure(predictions: Sequence[RunPrediction],
     """
     import plotly.graph_objects as go
 
-    from xrcompare.charts import CLASS_COLORS
+    from xrcompare.charts import class_colors
 
     titles = titles or {}
     usable = [p for p in predictions if p.ok]
     labels = list(dict.fromkeys(label for p in usable for label in p.labels))
+    colors = class_colors(labels)
     names = [titles.get(p.run_id, p.title) for p in usable]
     patterns = ["/" if p.is_control else "" for p in usable]
     figure = go.Figure()
@@ -344,7 +344,7 @@ def probability_figure(predictions: Sequence[RunPrediction],
         values = [p.probabilities.get(label, 0.0) for p in usable]
         figure.add_bar(
             y=names, x=values, orientation="h", name=label,
-            marker={"color": CLASS_COLORS.get(label), "pattern": {"shape": patterns},
+            marker={"color": colors[label], "pattern": {"shape": patterns},
                     "line": {"color": "white", "width": 1}},
             text=[format_probability(value) if value >= 0.12 else "" for value in values],
             customdata=[format_probability(value) for value in values],

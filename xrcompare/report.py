@@ -13,7 +13,7 @@ from pathlib import PurePath
 
 import pandas as pd
 
-from xrcompare.evaluate import POSITIVE_CLASS, overlap_sentence
+from xrcompare.evaluate import metrics_positive, overlap_sentence
 
 
 def classes_present(metrics: dict) -> tuple[list[str], list[str]]:
@@ -84,16 +84,25 @@ def confusion_rows(metrics: dict) -> pd.DataFrame:
                         name="true class"), columns=labels)
 
 
-def heldout_share_rows(metrics: dict, positive: str = POSITIVE_CLASS) -> pd.DataFrame:
-    """For a folder without ``positive`` images: per true class, its images, the share (%)
-    predicted as each class and the share kept out of ``positive``; empty otherwise."""
+def kept_out_pct(entry: dict, positive: str) -> float | None:
+    """Of a held-out table entry's images, the share (%) not called ``positive`` (the 2020
+    blog's "non-COVID" figure when the positive class is covid)."""
+    share = (entry.get("predicted_pct") or {}).get(positive)
+    return None if share is None else 100.0 - share
+
+
+def heldout_share_rows(metrics: dict, positive: str | None = None) -> pd.DataFrame:
+    """For a folder without images of the positive class (default: the one the metrics were
+    scored with): per true class, its images, the share (%) predicted as each class and the
+    share kept out of the positive class; empty otherwise."""
+    positive = positive or metrics_positive(metrics)
     table = metrics.get("heldout_table") or {}
     rows = []
     for true_label, entry in table.items():
         row = {"true class": true_label, "images": entry.get("n")}
         row.update({f"called {label} %": share
                     for label, share in entry["predicted_pct"].items()})
-        row[f"kept out of {positive} %"] = entry.get("non_covid_pct")
+        row[f"kept out of {positive} %"] = kept_out_pct(entry, positive)
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -125,10 +134,10 @@ def evaluation_lines(title: str, folder: str, metrics: dict, skipped: Iterable =
                      f"{row['f1']:>6.3f} {int(row['support']):>8}")
     for label in absent:
         lines.append(f"{label:>11} {absent_note(metrics, label)}")
-    positive = POSITIVE_CLASS
+    positive = metrics_positive(metrics)
     for true_label, entry in (metrics.get("heldout_table") or {}).items():
         shares = ", ".join(f"{k} {v:.1f}%" for k, v in entry["predicted_pct"].items())
-        kept = entry.get("non_covid_pct")
+        kept = kept_out_pct(entry, positive)
         lines.append(f"true {true_label}: predicted {shares}"
                      + (f"; non-{positive.upper()} {kept:.1f}%" if kept is not None else ""))
     if metrics.get("ece") is not None:

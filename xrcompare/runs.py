@@ -322,7 +322,23 @@ class Run:
 
     @property
     def labels(self) -> list[str]:
+        """The classes the run predicts, in its output order (run.json ``classes``; a run
+        that recorded none is a three-class run)."""
         return list(self.info.get("classes", CLASSES))
+
+    @property
+    def positive(self) -> str:
+        """The class the run's sensitivity, specificity and thresholds call positive (run.json
+        ``positive``, checked on load; a run that recorded none: covid when it is a class,
+        else the first class in sorted order)."""
+        from xrcompare.classes import default_positive
+
+        return self.info.get("positive") or default_positive(self.labels)
+
+    @property
+    def label_set(self) -> tuple[str, ...]:
+        """The classes as a key: runs can be set side by side only with the same one."""
+        return tuple(self.labels)
 
     @property
     def weights(self) -> str | None:
@@ -879,11 +895,13 @@ class Run:
     def image_path(self, relative: str, scope: str = "data",
                    data_root: str | Path | None = None) -> Path | None:
         """A recorded image path (``split.files`` or ``predictions.csv``) inside the run's
-        data folder, or None when the folder is not here or the path would leave it."""
+        data folder (or a link from it into the data root: a derived dataset), or None when
+        the folder is not here or the path would leave both."""
         from xrcompare.data import path_inside
 
         folder = self.data_folder(scope, data_root)
-        return None if folder is None else path_inside(folder, relative)
+        root = Path(data_root) if data_root else paths.data_root()
+        return None if folder is None else path_inside(folder, relative, also=root)
 
     def manifest_path(self, data_root: str | Path | None = None) -> Path | None:
         """The training data's ``manifest.csv`` on this machine (the recorded one, else the
@@ -1058,6 +1076,9 @@ def check_info(info: dict, kind: str = CNN_KIND) -> None:
         _expect(isinstance(info["control"], bool), "run.json control", "true or false")
     if "classes" in info:
         _expect_labels(info["classes"], "run.json classes")
+    if info.get("positive") is not None:
+        _expect(info["positive"] in info.get("classes", CLASSES), "run.json positive",
+                "one of the run's classes")
     for key in ("display_name", "description", "selection", "backbone_display"):
         _expect_text(info.get(key), f"run.json {key}", optional=True)
     for key in ("best_epoch", "epochs_run", "trainable_params", "weights_seed"):
@@ -1214,7 +1235,9 @@ def _check_scope(scope: dict, where: str, labels: list[str]) -> None:
         block = scope.get(key, {})
         _expect(isinstance(block, dict), f"{where}.{key}", "an object")
         for name, value in block.items():
-            if name != "rule":
+            if name == "positive":  # the run's positive class (covid_vs_rest)
+                _expect(value in labels, f"{where}.{key}.positive", "one of the run's classes")
+            elif name != "rule":
                 _expect_number(value, f"{where}.{key}.{name}", optional=True)
     intervals = scope.get("intervals", {})
     _expect(isinstance(intervals, dict), f"{where}.intervals", "an object")

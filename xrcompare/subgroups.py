@@ -106,6 +106,7 @@ def subgroup_table(run: Run, scope: str = TEST_SCOPE, by: str = "view", *,
         mask = groups.index.isin(members.index)
         metrics = evaluate_predictions(list(labels[mask]), probabilities[mask],
                                        list(patients[mask]), labels=run.labels,
+                                       positive=run.positive,
                                        repeats=repeats, seed=seed)
         counts = pd.Series(labels[mask]).value_counts()
         low, high = metrics["intervals"]["accuracy"]
@@ -116,9 +117,9 @@ def subgroup_table(run: Run, scope: str = TEST_SCOPE, by: str = "view", *,
                  "accuracy": metrics["accuracy"], "accuracy_low": low, "accuracy_high": high,
                  "sensitivity": None, "sensitivity_low": None, "sensitivity_high": None,
                  "small": bool(mask.sum() < SMALL_GROUP)}
-        if POSITIVE_CLASS in run.labels and POSITIVE_CLASS in counts:
-            index = run.labels.index(POSITIVE_CLASS)
-            entry["sensitivity"] = metrics["per_class"][POSITIVE_CLASS]["recall"]
+        if run.positive in counts:
+            index = run.labels.index(run.positive)
+            entry["sensitivity"] = metrics["per_class"][run.positive]["recall"]
             bounds = metrics["intervals"]["per_class"]["recall"][index]
             entry["sensitivity_low"], entry["sensitivity_high"] = bounds
         table.append(entry)
@@ -127,14 +128,14 @@ def subgroup_table(run: Run, scope: str = TEST_SCOPE, by: str = "view", *,
         drop=True)
 
 
-def subgroup_lines(table: pd.DataFrame, by: str) -> list[str]:
+def subgroup_lines(table: pd.DataFrame, by: str, positive: str = POSITIVE_CLASS) -> list[str]:
     """The table as aligned text (what ``python -m xrcompare subgroups`` prints)."""
     def interval(low, high):
         return "" if low is None or pd.isna(low) else f" ({low:.2f}–{high:.2f})"
 
     width = max([len(by), *(len(str(group)) for group in table["group"])])
     lines = [f"{by:<{width}}  {'images':>6} {'patients':>8}  accuracy (95% CI)   "
-             f"{POSITIVE_CLASS} sensitivity (95% CI)  classes"]
+             f"{positive} sensitivity (95% CI)  classes"]
     for row in table.itertuples():
         sensitivity = ("–" if row.sensitivity is None or pd.isna(row.sensitivity)
                        else f"{row.sensitivity:.3f}"

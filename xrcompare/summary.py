@@ -43,10 +43,14 @@ LEADERBOARD_COLUMNS = {
                 "is right.",
     "accuracy_95ci": "95% bootstrap interval of the accuracy, resampling patients.",
     "macro_f1": "Mean F1 over the classes: balances precision and recall per class.",
-    "covid_sensitivity": "COVID sensitivity: of the COVID test images, the share called covid "
-                         "(misses are false negatives).",
-    "covid_specificity": "COVID specificity: of the non-COVID test images, the share not "
-                         "called covid.",
+    "classes": "The classes the run predicts. Runs with different classes are not like for "
+               "like: chance accuracy differs (1/2 for two classes, 1/4 for four).",
+    "positive": "The run's positive class (--positive; covid by default): the one its "
+                "sensitivity and specificity are about, every other class being negative.",
+    "sensitivity": "Sensitivity of the run's positive class: of its test images of that "
+                   "class, the share called that class (misses are false negatives).",
+    "specificity": "Specificity of the run's positive class: of its test images of the other "
+                   "classes, the share not called the positive class.",
     "kaggle_normal_non_covid_pct": "Held-out Kaggle test split: share of its NORMAL images "
                                    "kept out of 'covid' (%), the figure the 2020 blog "
                                    "reported.",
@@ -72,12 +76,13 @@ LEADERBOARD_COLUMNS = {
 
 #: The leaderboard's key columns, always shown first (the page's lesson: the test split's
 #: figures beside the held-out Kaggle ones), then the groups a "more columns" choice adds.
-LEADERBOARD_KEY_COLUMNS = ("run", "accuracy", "accuracy_95ci", "covid_sensitivity",
-                           "covid_specificity", "kaggle_accuracy",
+LEADERBOARD_KEY_COLUMNS = ("run", "accuracy", "accuracy_95ci", "positive", "sensitivity",
+                           "specificity", "kaggle_accuracy",
                            "kaggle_normal_non_covid_pct", "kaggle_pneumonia_non_covid_pct")
 LEADERBOARD_MORE_COLUMNS = {
     "Macro-F1": ("macro_f1",),
-    "How it was trained": ("backbone", "weights", "protocol", "data", "split", "image_size",
+    "How it was trained": ("backbone", "weights", "protocol", "data", "classes", "split",
+                           "image_size",
                            "resize", "epochs", "feature_engine"),
     "Size and speed": ("base_params", "trainable_params", "extract_images_per_s",
                        "train_seconds", "run_size_bytes"),
@@ -89,8 +94,10 @@ LEADERBOARD_HEADERS = {
     "run": ("Run", 188),
     "accuracy": ("Test acc.", 72),
     "accuracy_95ci": ("95% CI", 80),
-    "covid_sensitivity": ("COVID sens.", 92),
-    "covid_specificity": ("COVID spec.", 92),
+    "positive": ("Positive", 72),
+    "sensitivity": ("Sens.", 64),
+    "specificity": ("Spec.", 64),
+    "classes": ("Classes", 160),
     "kaggle_accuracy": ("Kaggle acc.", 88),
     "kaggle_normal_non_covid_pct": ("NORMAL not covid", 128),
     "kaggle_pneumonia_non_covid_pct": ("PNEUMONIA not covid", 150),
@@ -188,7 +195,7 @@ def leaderboard(runs: list[Run], throughput: dict | None = None) -> pd.DataFrame
     rows = []
     for run in runs:
         test = run.test_metrics
-        covid = test.get("covid_vs_rest", {})
+        covid = test.get("covid_vs_rest", {})  # the run's positive class against the rest
         heldout = _kaggle_heldout(run)
         table = run.heldout_table(KAGGLE_HELDOUT)
         rows.append({
@@ -197,6 +204,8 @@ def leaderboard(runs: list[Run], throughput: dict | None = None) -> pd.DataFrame
             "backbone": run.backbone_display,
             "weights": weights_text(run),
             "data": run.data_name,
+            "classes": " / ".join(run.labels),
+            "positive": run.positive,
             "protocol": run.protocol_label,
             "split": split_text(run),
             "image_size": run.image_size,
@@ -205,8 +214,8 @@ def leaderboard(runs: list[Run], throughput: dict | None = None) -> pd.DataFrame
             "accuracy": test["accuracy"],
             "accuracy_95ci": _interval_text(test.get("intervals", {}).get("accuracy")),
             "macro_f1": test["macro_f1"],
-            "covid_sensitivity": covid.get("sensitivity"),
-            "covid_specificity": covid.get("specificity"),
+            "sensitivity": covid.get("sensitivity"),
+            "specificity": covid.get("specificity"),
             "kaggle_normal_non_covid_pct": table.get("normal", {}).get("non_covid_pct"),
             "kaggle_pneumonia_non_covid_pct": table.get("pneumonia", {}).get("non_covid_pct"),
             "kaggle_accuracy": heldout.get("accuracy"),
@@ -403,3 +412,25 @@ def sample_heldout_files(run: Run, name: str, per_class: int = 6) -> dict[str, l
         step = max(1, len(members) // per_class)
         by_class[str(label)] = members[::step][:per_class]
     return {label: by_class[label] for label in run.labels if label in by_class}
+
+
+def label_sets(runs: list[Run]) -> dict[tuple[str, ...], list[Run]]:
+    """The runs grouped by the classes they predict (:attr:`Run.label_set`), in run order."""
+    groups: dict[tuple[str, ...], list[Run]] = {}
+    for run in runs:
+        groups.setdefault(run.label_set, []).append(run)
+    return groups
+
+
+def label_set_note(runs: list[Run]) -> str | None:
+    """One sentence when the runs predict different class sets (their accuracies are not like
+    for like, and an image-by-image comparison needs the same classes); None when they all
+    predict the same classes."""
+    groups = label_sets(runs)
+    if len(groups) < 2:
+        return None
+    parts = "; ".join(f"{' / '.join(labels)}: {len(members)} run{'s' if len(members) > 1 else ''}"
+                      for labels, members in groups.items())
+    return (f"These runs predict different sets of classes ({parts}). Scores of runs with "
+            "different classes are not like for like (chance accuracy is 1 / the number of "
+            "classes), and only runs with the same classes can be compared image by image.")
