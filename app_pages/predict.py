@@ -327,7 +327,7 @@ def saliency_section(runs: list[Run], predictions, chosen: Chosen, digest: str,
         engine = _engine.engine()
         grids = {}
         for run, prediction in zip(runs, predictions, strict=True):
-            if prediction.ok:
+            if prediction.ok and run.is_cnn:  # the statistics baseline has no conv layer
                 rows, columns = engine.conv_grid(run)
                 grids[(run.backbone_display, run.image_size)] = (rows, columns, run.last_conv_layer)
         grid_text = ", ".join(f"{backbone} `{layer}` {rows} × {columns} at {size} px"

@@ -183,8 +183,11 @@ def test_every_method_with_raw_maps_and_a_chosen_class(monkeypatch):
     app.run()
     assert_clean(app)
     headers = [item.value for item in app.markdown if item.value.startswith("####")]
+    # the main run's random-init control is shipped but not selected: the sanity check's
+    # heading comes with a line saying which run to add
     assert headers == ["#### Vanilla Saliency", "#### SmoothGrad", "#### Grad-CAM",
-                       "#### Grad-CAM++", "#### Faster-ScoreCAM"]
+                       "#### Grad-CAM++", "#### Faster-ScoreCAM",
+                       "#### Saliency sanity check: trained model vs untrained base"]
     captions = map_captions(app)
     assert len(captions) == 5 and all("explains *pneumonia*" in text for text in captions)
     assert len(images(app)) == 1 + 2 * 5  # the X-ray, then overlay and raw map per method
