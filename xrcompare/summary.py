@@ -91,7 +91,7 @@ LEADERBOARD_MORE_COLUMNS = {
 #: Each column's header as the page shows it (short: the full text is its help, on hover)
 #: and its width in pixels (the key columns fit beside the sidebar at 1280 px).
 LEADERBOARD_HEADERS = {
-    "run": ("Run", 188),
+    "run": ("Run", 176),
     "accuracy": ("Test acc.", 72),
     "accuracy_95ci": ("95% CI", 80),
     "positive": ("Positive", 72),
