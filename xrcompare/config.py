@@ -243,7 +243,7 @@ class TrainConfig:
             "val_fraction": self.val_fraction if on_val else None,
             "test_fraction": None if self.folds else self.test_fraction,
             "folds": self.folds, "split": self.split, "preprocess": self.preprocess,
-            "select_on": self.select_on})
+            "select_on": self.select_on, "mask": self.mask})
 
     def repeated_runs(self, runs, data_images: int | None = None) -> list[tuple[str, object]]:
         """(backbone, run) for every run in ``runs`` that this configuration would repeat:

@@ -127,7 +127,7 @@ def scope_text(scope: str) -> str:
 RECIPE_KEYS = ("data", "data_images", "backbone", "weights", "image_size", "resize_mode",
                "head", "epochs", "batch_size", "learning_rate", "seed", "augment_views",
                "augment", "balanced", "patience", "monitor", "val_fraction", "test_fraction",
-               "folds", "split", "preprocess", "select_on")
+               "folds", "split", "preprocess", "select_on", "mask")
 
 
 def normalise_recipe(values: dict) -> dict:
@@ -650,7 +650,8 @@ class Run:
             "val_fraction": split.get("val_fraction") if on_val else None,
             "test_fraction": None if self.folds else split.get("test_fraction"),
             "folds": self.folds, "split": protocol["split"],
-            "preprocess": protocol["preprocess"], "select_on": protocol["select_on"]})
+            "preprocess": protocol["preprocess"], "select_on": protocol["select_on"],
+            "mask": self.mask})
 
     @property
     def augment_views(self) -> int:
