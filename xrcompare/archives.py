@@ -183,6 +183,28 @@ def _copy(archive: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, budget:
     return written
 
 
+def _open_archive(source: str | Path | BinaryIO, size: int | None
+                  ) -> tuple[zipfile.ZipFile, list[zipfile.ZipInfo]]:
+    """The opened .zip and its members, after the checks every upload gets first: its size
+    (``size``, measured for a path) within :data:`MAX_ARCHIVE_MB`, a readable zip, at most
+    :data:`MAX_MEMBERS` members; :class:`ArchiveError` with one sentence otherwise."""
+    if isinstance(source, (str, Path)):
+        size = Path(source).stat().st_size
+    if size is not None and size > MAX_ARCHIVE_BYTES:
+        raise ArchiveError(f"the archive is {size / 1e6:.0f} MB; at most {MAX_ARCHIVE_MB} MB "
+                           "are accepted")
+    try:
+        archive = zipfile.ZipFile(source)
+    except (zipfile.BadZipFile, OSError, ValueError):
+        raise ArchiveError("this file is not a readable .zip archive") from None
+    members = archive.infolist()
+    if len(members) > MAX_MEMBERS:
+        archive.close()
+        raise ArchiveError(f"the archive holds {len(members)} members; at most "
+                           f"{MAX_MEMBERS} are accepted")
+    return archive, members
+
+
 def extract_class_zip(source: str | Path | BinaryIO, destination: str | Path,
                       *, size: int | None = None) -> ExtractedFolder:
     """Unpack a .zip of class folders into a ``dataset`` folder inside ``destination``
@@ -195,20 +217,8 @@ def extract_class_zip(source: str | Path | BinaryIO, destination: str | Path,
     :data:`MAX_MEMBERS` members, members over the image size limit, compression ratios of a
     zip bomb, or bytes beyond what was declared. Nothing outside ``destination`` is written.
     """
-    if isinstance(source, (str, Path)):
-        size = Path(source).stat().st_size
-    if size is not None and size > MAX_ARCHIVE_BYTES:
-        raise ArchiveError(f"the archive is {size / 1e6:.0f} MB; at most {MAX_ARCHIVE_MB} MB "
-                           "are accepted")
-    try:
-        archive = zipfile.ZipFile(source)
-    except (zipfile.BadZipFile, OSError, ValueError):
-        raise ArchiveError("this file is not a readable .zip archive") from None
+    archive, members = _open_archive(source, size)
     with archive:
-        members = archive.infolist()
-        if len(members) > MAX_MEMBERS:
-            raise ArchiveError(f"the archive holds {len(members)} members; at most "
-                               f"{MAX_MEMBERS} are accepted")
         chosen, ignored = _plan(members)
         check_sizes(chosen)
         # Two folders deep, so that a manifest is looked for only inside ``destination``
@@ -259,20 +269,8 @@ def extract_image_zip(source: str | Path | BinaryIO, destination: str | Path, *,
     most ``max_images``), bytes (``max_total``), bombs and lying headers refuse the whole
     archive in one sentence. A member that is merely damaged (a bad checksum, a truncated
     stream) is listed in ``failed`` and the others are still written."""
-    if isinstance(source, (str, Path)):
-        size = Path(source).stat().st_size
-    if size is not None and size > MAX_ARCHIVE_BYTES:
-        raise ArchiveError(f"the archive is {size / 1e6:.0f} MB; at most {MAX_ARCHIVE_MB} MB "
-                           "are accepted")
-    try:
-        archive = zipfile.ZipFile(source)
-    except (zipfile.BadZipFile, OSError, ValueError):
-        raise ArchiveError("this file is not a readable .zip archive") from None
+    archive, members = _open_archive(source, size)
     with archive:
-        members = archive.infolist()
-        if len(members) > MAX_MEMBERS:
-            raise ArchiveError(f"the archive holds {len(members)} members; at most "
-                               f"{MAX_MEMBERS} are accepted")
         files = _files(members)
         chosen = [(info, parts) for info, parts in files
                   if PurePosixPath(parts[-1]).suffix.lower() in suffixes]
