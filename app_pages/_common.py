@@ -467,3 +467,24 @@ def label_set_note(runs: list[Run]) -> None:
     note = note_for(runs)
     if note:
         st.info(md(note), icon=":material/category:")
+
+
+# --------------------------------------------------------------------------- background tasks
+
+#: How often a page polls its background task (seconds).
+TASK_POLL_SECONDS = 0.5
+
+
+@st.fragment(run_every=TASK_POLL_SECONDS)
+def watch_task(task_key: str, describe) -> None:
+    """Poll the :class:`xrcompare.background.Task` kept under ``st.session_state[task_key]``
+    (an entry with its ``"task"``): rerun the page when it ends, else show its progress.
+    ``describe(snapshot)`` gives (fraction or None, text)."""
+    snapshot = st.session_state[task_key]["task"].snapshot()
+    if snapshot["state"] != "running":
+        st.rerun(scope="app")
+    fraction, text = describe(snapshot)
+    if fraction is None:
+        st.info(f"{text} ({snapshot['seconds']:.0f} s)", icon=":material/hourglass_top:")
+    else:
+        st.progress(min(1.0, fraction), text=f"{text} · {snapshot['seconds']:.0f} s")

@@ -16,7 +16,6 @@ from xrcompare.archives import MAX_ARCHIVE_MB
 from xrcompare.background import Task
 
 TASK_KEY = "batch_task"
-POLL_SECONDS = 0.5
 
 st.title("Predict a batch: many X-rays, every selected model")
 common.teaching_banner()
@@ -63,18 +62,6 @@ def progress_text(snapshot: dict) -> tuple[float | None, str]:
     return None, "Reading the images and building the runs' frozen bases…"
 
 
-@st.fragment(run_every=POLL_SECONDS)
-def watch() -> None:
-    snapshot = st.session_state[TASK_KEY]["task"].snapshot()
-    if snapshot["state"] != "running":
-        st.rerun(scope="app")
-    fraction, text = progress_text(snapshot)
-    if fraction is None:
-        st.info(f"{text} ({snapshot['seconds']:.0f} s)", icon=":material/hourglass_top:")
-    else:
-        st.progress(min(1.0, fraction), text=f"{text} · {snapshot['seconds']:.0f} s")
-
-
 def show_result(result: batch.BatchResult) -> None:
     table = batch.shown_table(result, labels)
     readable = result.images - result.unreadable
@@ -114,7 +101,7 @@ def show_result(result: batch.BatchResult) -> None:
 if entry:
     snapshot = entry["task"].snapshot()
     if snapshot["state"] == "running":
-        watch()
+        common.watch_task(TASK_KEY, progress_text)
     elif snapshot["state"] == "failed":
         st.error(f"Could not predict this batch: {md(snapshot['error'])}",
                  icon=":material/block:")

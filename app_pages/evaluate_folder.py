@@ -24,7 +24,6 @@ from xrcompare.report import classes_present, evaluation_lines, heldout_share_ro
 from xrcompare.summary import KAGGLE_HELDOUT
 
 TASK_KEY = "evaluate_task"
-POLL_SECONDS = 0.5
 FOLDER, ARCHIVE = "A folder under the data root", "A .zip of class folders"
 
 listing = common.load_listing()
@@ -112,18 +111,6 @@ def progress_text(snapshot: dict) -> tuple[float | None, str]:
     return None, "Building the run's frozen base and reading the folder…"
 
 
-@st.fragment(run_every=POLL_SECONDS)
-def watch() -> None:
-    snapshot = st.session_state[TASK_KEY]["task"].snapshot()
-    if snapshot["state"] != "running":
-        st.rerun(scope="app")
-    fraction, text = progress_text(snapshot)
-    if fraction is None:
-        st.info(f"{text} ({snapshot['seconds']:.0f} s)", icon=":material/hourglass_top:")
-    else:
-        st.progress(min(1.0, fraction), text=f"{text} · {snapshot['seconds']:.0f} s")
-
-
 def show_results(run, result: dict) -> None:
     metrics, name = result["metrics"], result["name"]
     present, absent = classes_present(metrics)
@@ -204,7 +191,7 @@ def show_results(run, result: dict) -> None:
 if entry:
     snapshot = entry["task"].snapshot()
     if snapshot["state"] == "running":
-        watch()
+        common.watch_task(TASK_KEY, progress_text)
     elif snapshot["state"] == "failed":
         st.error(f"Could not evaluate {md(labels.get(entry['run_id'], entry['run_id']))} on "
                  f"{md(entry['name'])}: {md(snapshot['error'])}")
