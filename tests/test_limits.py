@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 
@@ -105,3 +106,14 @@ def test_a_callback_that_raises_after_the_wait_gives_the_slot_back():
     assert slots.busy == 0
     with slots.hold(timeout=0.5):  # still available
         pass
+
+
+def test_the_server_does_not_collect_garbage_after_every_script_run():
+    # With TensorFlow loaded a full collection holds the interpreter for 1-2 s; a page polling
+    # its background task reruns every second, so with Streamlit's default the task starved
+    # (tests/e2e/test_classroom_e2e.py::test_evaluate_a_run_on_an_uploaded_zip never finished).
+    from conftest import REPO
+
+    config = (REPO / ".streamlit" / "config.toml").read_text(encoding="utf-8")
+    runner = config.split("[runner]", 1)[1].split("\n[", 1)[0]
+    assert re.search(r"^postScriptGC\s*=\s*false\b", runner, re.MULTILINE)

@@ -123,11 +123,6 @@ def zip_folder(folder: Path, target: Path, extra: dict[str, bytes] | None = None
 
 
 @pytest.mark.e2e
-@pytest.mark.xfail(strict=False, reason=(
-    "known bug, open (2026-12-02): under a real `streamlit run` server the evaluation's "
-    "background thread stalls building the run's Keras head (a TensorFlow random op never "
-    "returns; faulthandler dump in the issue note). The same evaluate_request finishes in "
-    "8-29 s in a plain thread and through AppTest (tests/test_app_pages.py)."))
 def test_evaluate_a_run_on_an_uploaded_zip(app, tmp_path):
     from xrcompare.inference import evaluate_folder
 
