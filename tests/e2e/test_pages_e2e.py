@@ -50,7 +50,9 @@ def test_page_renders_without_errors(app, url_path, title, expected, shot):
 
 
 @pytest.mark.e2e
-def test_switching_pages_through_the_menu_is_fast(app):
+def test_switching_pages_through_the_menu_keeps_the_sidebar(app):
+    # Timed too (the seconds go to test-artifacts/page-switch-seconds.json), but not bounded
+    # here: the speed target is benchmarks/page_switch_browser.py.
     app.open("")
     timings = {}
     for rounds in range(2):  # the first round warms the caches
@@ -62,10 +64,7 @@ def test_switching_pages_through_the_menu_is_fast(app):
             if rounds == 1:
                 timings[title] = round(seconds, 3)
     (ARTIFACTS / "page-switch-seconds.json").write_text(json.dumps(timings, indent=2))
-    # The Predict page runs every selected model on an image when it opens: timed, not bounded.
-    ours = {title: seconds for title, seconds in timings.items() if title != "Predict & explain"}
-    slowest = max(ours.values())
-    assert slowest < 5, f"switching pages took up to {slowest:.1f} s: {timings}"
+    assert set(timings) == {title for _, title, _, _ in PAGES}
 
 
 @pytest.mark.e2e
