@@ -24,6 +24,7 @@ from app_pages import _common as common
 from xrcompare import access, jobs, paths
 from xrcompare.backbones import RANDOM_WEIGHTS, REGISTRY, weights_status
 from xrcompare.charts import training_curves_figure
+from xrcompare.classes import default_positive
 from xrcompare.config import TrainConfig, check_name, form_param, sidebar_config
 from xrcompare.data import DatasetError, list_datasets, scan_dataset
 from xrcompare.errors import one_line
@@ -97,11 +98,12 @@ def _folder_facts(data: str, heldout: str | None) -> dict:
 
     try:
         dataset = scan_dataset(data)
-        facts = {"images": len(dataset.records), "overlap": None, "problem": None}
+        facts = {"images": len(dataset.records), "classes": dataset.classes, "overlap": None,
+                 "problem": None}
         if heldout:
             facts["overlap"] = heldout_overlap(dataset, scan_dataset(heldout))
     except (DatasetError, OSError, ValueError) as error:
-        return {"images": None, "overlap": None, "problem": one_line(error)}
+        return {"images": None, "classes": [], "overlap": None, "problem": one_line(error)}
     return facts
 
 
@@ -277,6 +279,17 @@ FORM_ROWS = (("epochs", "batch_size"), ("learning_rate",), ("image_size",),
              ("augment_views", "seed"))
 
 
+def _positive_choice(folder: str, classes: list[str]) -> str | None:
+    """The positive-class select: the training folder's classes, covid (else the first in
+    sorted order) by default, as ``--positive`` does; None while the folder has no classes."""
+    if not classes:
+        return None
+    param = form_param("positive")
+    return st.selectbox(param["label"], classes, index=classes.index(default_positive(classes)),
+                        key=f"training_positive::{folder}",
+                        help=param["help"][0].upper() + param["help"][1:] + ".")
+
+
 def _heldout_choice(dataset: str, datasets: list[str]) -> str:
     """The held-out select: every other dataset; the Kaggle test split first when it is
     there, so a student's run has the Kaggle columns."""
@@ -378,6 +391,7 @@ def _form(data_root, datasets: list[str], rights: access.TrainingAccess
             st.error(f"{md(overlap['sentence'])}.", icon=":material/group:")
         elif overlap and overlap["shared_images"]:
             st.caption(f":material/group: {md(overlap['sentence'])}")
+        config.positive = _positive_choice(str(config.data), facts["classes"])
         name_problem = _name_problem(config.name, config.backbones, config.runs_folder)
         if name_problem:
             st.error(f"{md(name_problem)}.")

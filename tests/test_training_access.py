@@ -170,6 +170,10 @@ def test_the_form_widgets_are_built_from_the_training_config(panel):
         if name == "weights":  # the random-init control: a tick box, off by default
             box = next(box for box in app.sidebar.checkbox if box.label == param["label"])
             assert box.value is False and param["default"] == "imagenet"
+        elif name == "positive":  # the training folder's classes, covid by default
+            select = selects[param["label"]]
+            assert select.value == "covid" and param["default"] is None
+            assert list(select.options) == ["covid", "normal", "pneumonia"]
         elif name == "name":  # the run name: a text field, empty (automatic) by default
             field = next(field for field in app.sidebar.text_input
                          if field.label == param["label"])
@@ -269,3 +273,22 @@ def test_the_random_init_tick_offers_every_backbone(resnet50_only_weights, shipp
     backbones = next(box for box in app.sidebar.multiselect if box.label == "Backbones")
     assert len(backbones.options) == len(REGISTRY) and backbones.value == ["resnet50"]
     training._weights.clear()  # later tests see the real weights folders again
+
+
+def test_the_positive_class_offers_the_folders_classes(panel, tmp_path):
+    """A two-class folder: its two classes, the first in sorted order by default (no covid),
+    as ``--positive`` does; another folder keeps its own choice."""
+    root = tmp_path / "data"
+    for source, target in (("normal", "healthy"), ("pneumonia", "tb")):
+        shutil.copytree(root / "small" / source, root / "two" / target)
+    app = panel()
+    next(select for select in app.sidebar.selectbox if select.label == "Dataset") \
+        .select("two").run()
+    positive = next(select for select in app.sidebar.selectbox
+                    if select.label == "Positive class")
+    assert list(positive.options) == ["healthy", "tb"] and positive.value == "healthy"
+    positive.select("tb").run()
+    positive = next(select for select in app.sidebar.selectbox
+                    if select.label == "Positive class")
+    assert positive.value == "tb"
+    assert not app.exception

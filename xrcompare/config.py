@@ -125,6 +125,7 @@ class TrainConfig:
                                   help="labelled folder never used in training (e.g. "
                                        "kaggle_test); repeat for several")
     positive: str | None = setting(None, kind="str", flag="--positive", words="positive class",
+                                   label="Positive class",
                                    help="the class that sensitivity, specificity and "
                                         "thresholds call positive (the rest negative); "
                                         "default covid when it is a class, else the first "
