@@ -13,13 +13,14 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import streamlit as st
 
 from app_pages import _common as common
 from app_pages import _engine
 from app_pages._common import md
-from xrcompare import limits, predictor, sanity
+from xrcompare import errors_gallery, limits, neighbours, predictor, sanity
 from xrcompare.errors import one_line
 from xrcompare.explain import CAM_METHODS, METHODS
 from xrcompare.imaging import ImageError
@@ -494,6 +495,92 @@ def show_one_map(run: Run, prediction, result: predictor.Explanation, picture,
             st.caption(f"raw map · {name}")
 
 
+@st.cache_resource(show_spinner=False, max_entries=32)
+def neighbour_index(run_id: str, modified: float, _run: Run):
+    """A run's neighbour index (:mod:`xrcompare.neighbours`), read once per run folder
+    state; None when it has none. Raises its one-sentence error when it cannot be used."""
+    return neighbours.load_index(_run)
+
+
+def check_neighbours(runs: list[Run], predictions, chosen: Chosen) -> dict[str, dict]:
+    """Run id → the image's distance, threshold, out-of-distribution flag and nearest
+    training images (or ``note``: why there are none), for each run that predicted."""
+    engine = _engine.engine()
+    found = {}
+    answered = {prediction.run_id for prediction in predictions if prediction.ok}
+    for run in runs:
+        if run.run_id not in answered or not run.is_cnn:
+            continue
+        try:
+            index = neighbour_index(run.run_id, run.modified, run)
+        except neighbours.NeighbourIndexError as error:
+            found[run.run_id] = {"note": str(error)}
+            continue
+        if index is None:
+            found[run.run_id] = {"note": "no neighbour index shipped with this run"}
+            continue
+        pooled = engine.pooled(run, chosen.image.gray)  # from the feature map just cached
+        found[run.run_id] = {**index.check(pooled), "nearest": index.nearest(pooled),
+                             "note": None}
+    return found
+
+
+def out_of_distribution_warning(found: dict[str, dict], labels: dict[str, str]) -> None:
+    flagged = [run_id for run_id, result in found.items() if result.get("out_of_distribution")]
+    checked = [run_id for run_id, result in found.items() if result.get("note") is None]
+    if not flagged:
+        return
+    names = ", ".join(f"**{md(labels.get(run_id, run_id))}**" for run_id in flagged)
+    st.warning(f"**Unlike the training images** of {len(flagged)} of the {len(checked)} runs "
+             f"that can tell ({names}): farther from their training X-rays than 99% of their "
+             "validation images. Their probabilities say nothing about this image, however "
+             "confident they look.", icon=":material/explore_off:")
+
+
+def neighbours_section(runs_by_id: dict[str, Run], found: dict[str, dict],
+                       labels: dict[str, str]) -> None:
+    st.subheader("Nearest training images: what does the model think it resembles?")
+    st.markdown(
+        "Each run's frozen base turns an image into a vector; these are the training images "
+        "whose vectors point most nearly the same way (cosine similarity, on the run's first "
+        f"{neighbours.COMPONENTS} principal components). If a *covid* call comes with "
+        "neighbours that are all case-report figures of one source, the model may be "
+        "matching the source, not the disease.")
+    usable = [run_id for run_id, result in found.items() if result.get("note") is None]
+    for run_id, result in found.items():
+        if result.get("note"):
+            st.caption(f"{md(labels.get(run_id, run_id))}: {md(result['note'])}.")
+    if not usable:
+        return
+    table = [{"run": labels.get(run_id, run_id), "distance": found[run_id]["distance"],
+              "threshold": found[run_id]["threshold"],
+              "unlike the training images": "yes" if found[run_id]["out_of_distribution"]
+              else "no"} for run_id in usable]
+    st.dataframe(table, hide_index=True, width="stretch", column_config={
+        "distance": st.column_config.NumberColumn(
+            "distance", format="%.1f", help="Mahalanobis distance of the image's vector to "
+            "the run's training vectors (each principal component scaled by its spread)."),
+        "threshold": st.column_config.NumberColumn(
+            "threshold", format="%.1f", help="99% of the run's validation images are closer "
+            "than this.")})
+    run_id = st.selectbox("Nearest training images of", usable, key="predict_neighbours_run",
+                          format_func=lambda key: labels.get(key, key))
+    run = runs_by_id[run_id]
+    folder, problem = errors_gallery.scope_folder(run, "data")
+    items, missing = [], []
+    for item in found[run_id]["nearest"]:
+        file, why = errors_gallery.resolve_image(run, "data", item["path"], folder, problem)
+        caption = f"{item['label']} · similarity {item['similarity']:.2f}"
+        if file is None:
+            missing.append(f"{md(item['path'])} ({md(caption)}): {md(why)}")
+        else:
+            items.append((file, f"{caption} · {Path(item['path']).name[:28]}"))
+    if items:
+        common.thumbnail_grid(items, columns=neighbours.K, size=200)
+    for sentence in missing:
+        st.caption(f":material/image_not_supported: {sentence}")
+
+
 # --------------------------------------------------------------------------- the page
 
 st.title("Predict & explain: one X-ray, every model")
@@ -516,7 +603,11 @@ with picture_column:
 with result_column:
     st.subheader("Predictions")
     predictions = run_predictions(runs, chosen, digest, labels)
+    found = check_neighbours(runs, predictions, chosen)
+    out_of_distribution_warning(found, labels)
 show_table(predictions, labels, splits)
+if found:
+    neighbours_section({run.run_id: run for run in runs}, found, labels)
 saliency_section(runs, predictions, chosen, digest, labels)
 st.info(
     "**A saliency map is a hint, not proof.** It shows where the score is sensitive, not "

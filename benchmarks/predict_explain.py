@@ -16,6 +16,8 @@ prediction and tf-keras-vis Grad-CAM on it, per run). The last lines are::
     redraw_all_runs_s: R               (a display change: overlays from cached maps)
     predict_gradcam_one_run_s: X       (the first run: prediction + Grad-CAM)
     predict_gradcam_all_runs_s: Y      (every run: predictions + Grad-CAMs + overlays)
+    neighbours_ood_extra_s: N          (every run with a neighbour index: the image's nearest
+                                        training images and out-of-distribution check)
 
 Weights come from the app's folders (``.weights/`` and ``../shared/weights`` by default, or
 ``XRCOMPARE_WEIGHTS_DIR``).
@@ -37,7 +39,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from xrcompare import predictor  # noqa: E402
+from xrcompare import neighbours, predictor  # noqa: E402
 from xrcompare.engine import Engine, base_key  # noqa: E402
 from xrcompare.inference import load_image_file  # noqa: E402
 from xrcompare.runs import list_runs  # noqa: E402
@@ -55,11 +57,21 @@ def timed(function, *args, **kwargs) -> float:
     return time.perf_counter() - start
 
 
-def page_work(engine: Engine, runs, gray, picture, phases: dict) -> None:
+def page_work(engine: Engine, runs, gray, picture, phases: dict, indexes: dict | None = None
+              ) -> None:
     """What the page does for a new image: every prediction, every Grad-CAM of the
-    predicted class, every overlay at display size (the phases' seconds are appended)."""
+    predicted class, every overlay at display size (the phases' seconds are appended), and
+    the neighbours and out-of-distribution check of the runs in ``indexes`` (the page keeps
+    the indexes read; timed apart, ``neighbours``)."""
     start = time.perf_counter()
     predictions = [predictor.predict_run(engine, run, gray) for run in runs]
+    middle = time.perf_counter()
+    for run in runs:
+        if run.run_id in (indexes or {}):
+            pooled = engine.pooled(run, gray)
+            indexes[run.run_id].check(pooled)
+            indexes[run.run_id].nearest(pooled)
+    extra = time.perf_counter() - middle
     middle = time.perf_counter()
     maps = [predictor.explain_run(engine, run, gray, "gradcam", prediction.predicted)
             for run, prediction in zip(runs, predictions, strict=True)]
@@ -68,7 +80,8 @@ def page_work(engine: Engine, runs, gray, picture, phases: dict) -> None:
         predictor.overlay_for_run(run, picture, explanation.saliency)
     end = time.perf_counter()
     for name, seconds in (("predict", middle - start), ("gradcam", late - middle),
-                          ("overlays", end - late), ("total", end - start)):
+                          ("overlays", end - late), ("total", end - start - extra),
+                          ("neighbours", extra)):
         phases.setdefault(name, []).append(seconds)
 
 
@@ -115,11 +128,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"trunks: {engine.trunks_built} for {len(runs)} runs; trunk passes per image: "
           f"{len(inputs)}")
 
+    indexes = {run.run_id: index for run in runs
+               if run.is_cnn and (index := neighbours.load_index(run)) is not None}
+    print(f"neighbour indexes: {len(indexes)} of {len(runs)} runs")
     # One untimed new image, so that every code path has run once.
-    page_work(engine, runs, unseen(gray, 1, start=0)[0], picture, {})
+    page_work(engine, runs, unseen(gray, 1, start=0)[0], picture, {}, indexes)
     phases: dict[str, list[float]] = {}
     for variant in unseen(gray, args.repeats):
-        page_work(engine, runs, variant, picture, phases)
+        page_work(engine, runs, variant, picture, phases, indexes)
     for name in ("predict", "gradcam", "overlays"):
         print(f"{name}_all_runs_s: {statistics.median(phases[name]):.3f}")
 
@@ -167,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"redraw_all_runs_s: {redraw_s:.3f}")
     print(f"predict_gradcam_one_run_s: {one:.3f}")
     print(f"predict_gradcam_all_runs_s: {statistics.median(phases['total']):.3f}")
+    print(f"neighbours_ood_extra_s: {statistics.median(phases['neighbours']):.3f}")
     return 0
 
 

@@ -38,10 +38,11 @@ def test_predict_explain_script_times_the_pages_work_and_prints_its_lines(tmp_pa
     assert result.returncode == 0, result.stderr[-2000:]
     lines = result.stdout.strip().splitlines()
     assert "trunks: 1 for 1 runs; trunk passes per image: 1" in lines
-    names = [line.split(":")[0] for line in lines[-4:]]
+    assert "neighbour indexes: 1 of 1 runs" in lines
+    names = [line.split(":")[0] for line in lines[-5:]]
     assert names == ["warm_up_all_runs_s", "redraw_all_runs_s", "predict_gradcam_one_run_s",
-                     "predict_gradcam_all_runs_s"]
-    assert all(re.fullmatch(r"[a-z_]+: \d+\.\d+", line) for line in lines[-4:]), lines[-4:]
+                     "predict_gradcam_all_runs_s", "neighbours_ood_extra_s"]
+    assert all(re.fullmatch(r"[a-z_]+: \d+\.\d+", line) for line in lines[-5:]), lines[-5:]
 
 
 def test_progress_estimate_script_runs_a_real_job_and_prints_its_errors(tmp_path):

@@ -17,7 +17,7 @@ from streamlit.testing.v1 import AppTest
 from test_uploads import make_dicom
 
 from app_pages import _engine
-from xrcompare import predictor
+from xrcompare import neighbours, predictor
 from xrcompare.paths import RUNS_DIR_VARIABLE
 from xrcompare.runs import list_runs, load_run
 from xrcompare.sanity import saliency_sanity
@@ -55,7 +55,12 @@ def assert_clean(app: AppTest) -> None:
 
 
 def images(app: AppTest) -> list:
-    return app.get("image")
+    """The page's pictures but the nearest-training-image thumbnails (counted apart)."""
+    return [item for item in app.get("image") if "similarity" not in str(item.proto)]
+
+
+def neighbour_thumbnails(app: AppTest) -> list:
+    return [item for item in app.get("image") if "similarity" in str(item.proto)]
 
 
 def map_captions(app: AppTest) -> list[str]:
@@ -96,6 +101,7 @@ def test_a_sample_gets_every_shipped_runs_prediction_and_gradcam(monkeypatch):
     # then the sanity check's two maps per model shown with its random-init control.
     mapped, checked = mapped_and_checked(runs)
     assert len(images(app)) == 1 + len(mapped) + 2 * len(checked)
+    assert len(neighbour_thumbnails(app)) == neighbours.K  # the first run with an index
     assert len(map_captions(app)) == len(mapped)
     headings = [item.value for item in app.markdown if item.value.startswith("####")]
     assert headings == ["#### Grad-CAM"] + (
@@ -306,3 +312,22 @@ def test_without_its_control_selected_the_page_says_which_run_to_add(monkeypatch
     assert not [item for item in app.metric if item.label == "Spearman ρ of the two maps"]
     assert any("resnet50-cxr3-random-control" in item.value or "random-init control" in
                item.value for item in app.caption if "Select" in item.value)
+
+
+def test_a_photo_is_flagged_unlike_the_training_images_with_its_nearest_images(monkeypatch):
+    indexed = [run.run_id for run in list_runs(TRAINED).runs
+               if (run.path / neighbours.INDEX_FILE).is_file()]
+    assert MAIN_RUN in indexed and len(indexed) >= 3
+    app = open_page(monkeypatch, selected=[MAIN_RUN, "resnet50-cxr3-padded"])
+    app.selectbox(key="predict_sample").select(
+        next(item for item in predictor.list_samples() if item.label == "photo")).run()
+    assert_clean(app)
+    flagged = [item.value for item in app.warning if "Unlike the training images" in item.value]
+    assert flagged and "of 1 of the 1 runs that can tell" in flagged[0]
+    captions = " ".join(item.value for item in app.caption)
+    assert "no neighbour index shipped with this run" in captions  # the padded run has none
+    table = app.dataframe[1].value
+    assert list(table["unlike the training images"]) == ["yes"]
+    assert table["distance"][0] > table["threshold"][0]
+    assert app.selectbox(key="predict_neighbours_run").value == MAIN_RUN
+    assert len(neighbour_thumbnails(app)) == neighbours.K

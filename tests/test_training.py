@@ -227,3 +227,17 @@ def test_an_existing_run_name_is_refused_before_any_work(tiny_run):
                  "--runs-dir", tiny_run.parent, "--name", "tiny", check=False)
     assert result.returncode == 2
     assert "already exists" in result.stderr and "features" not in result.stderr
+
+
+def test_neighbours_build_an_index_from_the_runs_training_split(tiny_run):
+    """The CLI builds the tiny run's neighbour index from its own training data (inside the
+    data root); a training image's nearest training image is itself."""
+    from xrcompare import neighbours
+
+    inside = {"XRCOMPARE_DATA_ROOT": str(FIXTURES)}
+    cli("neighbours", tiny_run, "--build", env=inside)
+    run = load_run(tiny_run)
+    index = neighbours.load_index(run)
+    assert index.paths == run.split_files["train"] and index.threshold > 0
+    found = cli("neighbours", tiny_run, TINY / index.paths[0], "--json", env=inside)
+    assert json.loads(found.stdout)["nearest"][0]["path"] == index.paths[0]

@@ -222,6 +222,22 @@ def build_parser() -> argparse.ArgumentParser:
     errors.add_argument("--runs-dir", type=Path, default=None)
     errors.add_argument("--json", action="store_true")
 
+    neighbours = commands.add_parser(
+        "neighbours", help="an image's nearest training images and out-of-distribution check",
+        description="The k nearest images of the run's training split to IMAGE in the frozen "
+                    "base's pooled feature space (cosine), and whether IMAGE is out of "
+                    "distribution (farther from the training images than 99%% of the "
+                    "validation split). --build makes the run's neighbours.npz from the "
+                    "feature cache (its training data must be here).")
+    neighbours.add_argument("run", help="run folder or run id")
+    neighbours.add_argument("image", type=Path, nargs="?", default=None)
+    neighbours.add_argument("--build", action="store_true",
+                            help="build and save the run's neighbour index")
+    neighbours.add_argument("--k", type=_positive_int, default=None,
+                            help="neighbours listed (default 5)")
+    neighbours.add_argument("--runs-dir", type=Path, default=None)
+    neighbours.add_argument("--json", action="store_true")
+
     explain = commands.add_parser("explain", help="saliency map for one image")
     explain.add_argument("run_dir", type=Path)
     explain.add_argument("image", type=Path)
@@ -291,6 +307,10 @@ def cmd_predict(args) -> int:
     for label, probability in result["probabilities"].items():
         print(f"{label:>10}  {probability:6.3f}  {'#' * round(probability * 30)}".rstrip())
     print(f"predicted: {result['predicted']}  (teaching model, not a diagnosis)")
+    if result["out_of_distribution"]:
+        print(f"out of distribution: distance {result['distance']:.1f} to the training images "
+              f"> {result['threshold']:.1f} (99% of validation images are closer): unlike "
+              "what this model was trained on")
     if result["feature_engine"]["note"]:
         print(f"features: {result['feature_engine']['note']}")
     for warning in result.get("warnings", []):
@@ -526,7 +546,40 @@ def cmd_dataset(args) -> int:
     return 0
 
 
+def cmd_neighbours(args) -> int:
+    from xrcompare.engine import Engine
+    from xrcompare.inference import load_image_file, neighbours_of
+    from xrcompare.neighbours import build_index, save_index
+
+    run = _find_run(args.run, args.runs_dir)
+    if args.image is None and not args.build:
+        raise ValueError("give an IMAGE, or --build to make the run's neighbour index")
+    if args.build:
+        index = build_index(run)
+        saved = save_index(index, run.path)
+        print(f"{saved}: {len(index.paths)} training images, {index.vectors.shape[1]} "
+              f"components, out of distribution above {index.threshold:.2f} "
+              f"({index.quantile:.0%} of the {run.split_summary.get('val', {}).get('images', '?')}"
+              " validation images are closer)")
+    if args.image is None:
+        return 0
+    image = load_image_file(args.image)
+    result = neighbours_of(run, image.gray, Engine(), args.k)
+    if args.json:
+        print(json.dumps({"run": run.run_id, "image": str(args.image), **result}))
+        return 0
+    if result["neighbours_note"]:
+        raise ValueError(result["neighbours_note"])
+    verdict = ("OUT OF DISTRIBUTION: unlike the training images" if result["out_of_distribution"]
+               else "in distribution")
+    print(f"distance {result['distance']:.2f} (threshold {result['threshold']:.2f}): {verdict}")
+    for rank, item in enumerate(result["nearest"], 1):
+        print(f"{rank:>2}. {item['similarity']:.3f}  {item['label']:<10} {item['path']}")
+    return 0
+
+
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict,
+            "neighbours": cmd_neighbours,
             "compare": cmd_compare, "runs": cmd_runs, "backbones": cmd_backbones,
             "explain": cmd_explain, "shortcuts": cmd_shortcuts, "calibration": cmd_calibration,
             "subgroups": cmd_subgroups, "card": cmd_card, "errors": cmd_errors,

@@ -118,6 +118,17 @@ class Tail:
                           dtype=np.float32)
 
 
+def build_after(base, layer_name: str):
+    """The part of ``base`` after ``layer_name`` as a model (feature map → base output), or
+    None when that layer is the base's output (ResNet50, Xception)."""
+    import keras
+
+    layer = base.get_layer(layer_name)
+    if layer.output is base.output:
+        return None
+    return keras.Model(layer.output, base.output, name=f"{base.name}_after_{layer_name}")
+
+
 def build_tail(base, layer_name: str, head) -> Tail:
     """The part of ``base`` after ``layer_name`` and the head's layers, on the feature map.
 
@@ -133,8 +144,9 @@ def build_tail(base, layer_name: str, head) -> Tail:
                          f"not {type(dense).__name__}")
     inputs = keras.Input(shape=tuple(layer.output.shape[1:]), name="conv_features")
     x = inputs
-    if layer.output is not base.output:  # e.g. VGG16's block5_pool after block5_conv3
-        x = keras.Model(layer.output, base.output, name=f"{base.name}_after_{layer_name}")(x)
+    after = build_after(base, layer_name)  # e.g. VGG16's block5_pool after block5_conv3
+    if after is not None:
+        x = after(x)
     for head_layer in head.layers[1:-1]:
         x = head_layer(x)
     return Tail(keras.Model(inputs, x, name=f"tail_{head.name}"), dense)
@@ -215,6 +227,7 @@ class Engine:
         self._flat = LRU(max_flat_models)
         self._features = LRU(max_features)
         self._statistics = LRU(8)  # image-statistics baselines' JSON models
+        self._after: dict[tuple, object] = {}  # trunk key → the base after its trunk (or None)
         self._lock = threading.Lock()
         self._trunk_locks: dict[tuple, threading.Lock] = {}
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xrcompare-model",
@@ -437,6 +450,23 @@ class Engine:
             raise ValueError(f"{run.run_id} gives {values.shape[0]} scores for "
                              f"{len(run.labels)} classes")
         return {label: float(value) for label, value in zip(run.labels, values, strict=True)}
+
+    def pooled(self, run: Run, gray: np.ndarray) -> np.ndarray:
+        """The base's output for an 8-bit gray image averaged over its grid, (channels,)
+        float32: the vector of :mod:`xrcompare.neighbours`, from the cached feature map (the
+        rest of the base after the trunk is one pooling layer at most)."""
+        from xrcompare.neighbours import pooled_features
+
+        features = self.features(run, gray)
+        key = trunk_key(run)
+        if key not in self._after:
+            base = self.base(run)
+            with BUILD_LOCK:
+                self._after[key] = build_after(base, run.last_conv_layer)
+        after = self._after[key]
+        if after is not None:
+            features = self.call(lambda: np.asarray(after(features, training=False)))
+        return pooled_features(features)[0]
 
     def gradcam(self, run: Run, gray: np.ndarray, class_index: int) -> np.ndarray:
         """Grad-CAM of ``run`` for one class at its last conv layer: (S, S) float32 in 0..1

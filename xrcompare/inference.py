@@ -128,8 +128,11 @@ def predict_file(run: Run, path: str | Path, engine=None) -> dict:
     """One image file through ``run`` (the CLI's ``predict``), as the dashboard predicts it
     (through an :class:`xrcompare.engine.Engine`; None builds a fresh one).
 
-    Returns ``run``, ``image``, ``probabilities`` (class → probability), ``predicted`` and the
-    image loader's ``warnings``. Raises the model's error when the run cannot predict.
+    Returns ``run``, ``image``, ``probabilities`` (class → probability), ``predicted``, the
+    image loader's ``warnings`` and, for a run with a neighbour index
+    (:mod:`xrcompare.neighbours`), ``out_of_distribution``, ``distance``, ``threshold`` and
+    the ``nearest`` training images (None, and ``neighbours_note`` saying why, without one).
+    Raises the model's error when the run cannot predict.
     """
     from xrcompare.engine import Engine
 
@@ -140,7 +143,28 @@ def predict_file(run: Run, path: str | Path, engine=None) -> dict:
     note = engine_note(run, run.feature_spec(), "predicted")  # the Keras trunk
     return {"run": run.run_id, "image": str(path), "probabilities": probabilities,
             "predicted": predicted, "warnings": list(image.warnings),
-            "feature_engine": note}
+            "feature_engine": note, **neighbours_of(run, image.gray, engine)}
+
+
+def neighbours_of(run: Run, gray, engine, k: int | None = None) -> dict:
+    """``out_of_distribution``, ``distance``, ``threshold``, ``nearest`` (the k nearest
+    training images) and ``neighbours_note`` of an image for ``run``: Nones and a note when
+    the run has no usable neighbour index."""
+    from xrcompare.neighbours import NeighbourIndexError, load_index
+
+    empty = {"out_of_distribution": None, "distance": None, "threshold": None,
+             "nearest": None}
+    if not run.is_cnn:
+        return {**empty, "neighbours_note": "the image-statistics baseline has no feature space"}
+    try:
+        index = load_index(run)
+    except NeighbourIndexError as error:
+        return {**empty, "neighbours_note": str(error)}
+    if index is None:
+        return {**empty, "neighbours_note": f"{run.run_id} has no neighbour index (python -m "
+                                            f"xrcompare neighbours {run.run_id} --build)"}
+    pooled = engine.pooled(run, gray)
+    return {**index.check(pooled), "nearest": index.nearest(pooled, k), "neighbours_note": None}
 
 
 def check_overlay_path(out: str | Path) -> Path:
