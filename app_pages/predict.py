@@ -606,8 +606,6 @@ with result_column:
     found = check_neighbours(runs, predictions, chosen)
     out_of_distribution_warning(found, labels)
 show_table(predictions, labels, splits)
-if found:
-    neighbours_section({run.run_id: run for run in runs}, found, labels)
 saliency_section(runs, predictions, chosen, digest, labels)
 st.info(
     "**A saliency map is a hint, not proof.** It shows where the score is sensitive, not "
@@ -616,3 +614,5 @@ st.info(
     "models localise disease far worse than radiologists. Look for heat on letters, arrows, "
     "borders or outside the lungs: signs that a model uses a shortcut such as the source of "
     "the image.", icon=":material/lightbulb:")
+if found:
+    neighbours_section({run.run_id: run for run in runs}, found, labels)

@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 import pytest
 
+from xrcompare import neighbours
 from xrcompare.explain import METHODS
 from xrcompare.predictor import list_samples
 from xrcompare.runs import list_runs
@@ -88,8 +89,11 @@ def test_uploading_a_sample_xray_shows_probabilities_and_gradcam_overlays(app):
 
     # The X-ray, then one overlay per run; the overlays carry colour (a heat map), the X-ray
     # does not.
-    pictures = main.locator('[data-testid="stImage"] img')
+    # (The nearest training images come last, captioned with their similarity.)
+    pictures = main.locator('[data-testid="stImage"]', has_not_text="similarity").locator("img")
     assert pictures.count() == 1 + len(mapped) + 2 * len(checked)
+    nearest = main.locator('[data-testid="stImage"]', has_text="similarity")
+    assert nearest.count() == neighbours.K
     assert saturation(pictures.nth(0).screenshot()) < 0.02
     coloured = [saturation(pictures.nth(i).screenshot()) for i in range(1, 1 + len(mapped))]
     assert max(coloured) > 0.15, coloured
