@@ -24,20 +24,15 @@ import statistics
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-for path in (REPO, REPO / "tests"):
-    if str(path) not in sys.path:
-        sys.path.insert(0, str(path))
-os.environ.setdefault("XRCOMPARE_WEIGHTS_DIR", str(REPO.parent / "shared" / "weights"))
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-from e2e.conftest import CHROMIUM, CHROMIUM_ARGS, AppDriver, StreamlitServer  # noqa: E402
-from e2e.test_pages_e2e import PAGES  # noqa: E402
+# The Predict page benchmark's harness: the repository and tests/ on the path, the weights
+# folders and TensorFlow's log level set, the browser tests' server and driver.
+from predict_page_browser import CHROMIUM, CHROMIUM_ARGS, REPO, AppDriver, StreamlitServer
 
 PREDICT = "Predict & explain"
 
 
 def main(argv: list[str] | None = None) -> int:
+    from e2e.test_pages_e2e import PAGES  # tests/ is on the path once the harness is in
     from playwright.sync_api import sync_playwright
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
