@@ -24,6 +24,7 @@ from xrcompare import errors_gallery, limits, neighbours, predictor, sanity
 from xrcompare.errors import one_line
 from xrcompare.explain import CAM_METHODS, METHODS
 from xrcompare.imaging import ImageError
+from xrcompare.inference import neighbours_of
 from xrcompare.runs import Run
 from xrcompare.uploads import UploadedImage, load_upload
 
@@ -495,39 +496,19 @@ def show_one_map(run: Run, prediction, result: predictor.Explanation, picture,
             st.caption(f"raw map · {name}")
 
 
-@st.cache_resource(show_spinner=False, max_entries=32)
-def neighbour_index(run_id: str, modified: float, _run: Run):
-    """A run's neighbour index (:mod:`xrcompare.neighbours`), read once per run folder
-    state; None when it has none. Raises its one-sentence error when it cannot be used."""
-    return neighbours.load_index(_run)
-
-
 def check_neighbours(runs: list[Run], predictions, chosen: Chosen) -> dict[str, dict]:
-    """Run id → the image's distance, threshold, out-of-distribution flag and nearest
-    training images (or ``note``: why there are none), for each run that predicted."""
+    """Run id → :func:`xrcompare.inference.neighbours_of` (the image's distance, threshold,
+    out-of-distribution flag and nearest training images, or ``neighbours_note``: why there
+    are none), for each CNN run that predicted."""
     engine = _engine.engine()
-    found = {}
     answered = {prediction.run_id for prediction in predictions if prediction.ok}
-    for run in runs:
-        if run.run_id not in answered or not run.is_cnn:
-            continue
-        try:
-            index = neighbour_index(run.run_id, run.modified, run)
-        except neighbours.NeighbourIndexError as error:
-            found[run.run_id] = {"note": str(error)}
-            continue
-        if index is None:
-            found[run.run_id] = {"note": "no neighbour index shipped with this run"}
-            continue
-        pooled = engine.pooled(run, chosen.image.gray)  # from the feature map just cached
-        found[run.run_id] = {**index.check(pooled), "nearest": index.nearest(pooled),
-                             "note": None}
-    return found
+    return {run.run_id: neighbours_of(run, chosen.image.gray, engine)
+            for run in runs if run.run_id in answered and run.is_cnn}
 
 
 def out_of_distribution_warning(found: dict[str, dict], labels: dict[str, str]) -> None:
     flagged = [run_id for run_id, result in found.items() if result.get("out_of_distribution")]
-    checked = [run_id for run_id, result in found.items() if result.get("note") is None]
+    checked = [run_id for run_id, result in found.items() if not result["neighbours_note"]]
     if not flagged:
         return
     names = ", ".join(f"**{md(labels.get(run_id, run_id))}**" for run_id in flagged)
@@ -546,10 +527,10 @@ def neighbours_section(runs_by_id: dict[str, Run], found: dict[str, dict],
         f"{neighbours.COMPONENTS} principal components). If a *covid* call comes with "
         "neighbours that are all case-report figures of one source, the model may be "
         "matching the source, not the disease.")
-    usable = [run_id for run_id, result in found.items() if result.get("note") is None]
+    usable = [run_id for run_id, result in found.items() if not result["neighbours_note"]]
     for run_id, result in found.items():
-        if result.get("note"):
-            st.caption(f"{md(labels.get(run_id, run_id))}: {md(result['note'])}.")
+        if result["neighbours_note"]:
+            st.caption(f"{md(labels.get(run_id, run_id))}: {md(result['neighbours_note'])}.")
     if not usable:
         return
     table = [{"run": labels.get(run_id, run_id), "distance": found[run_id]["distance"],

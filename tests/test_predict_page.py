@@ -325,7 +325,7 @@ def test_a_photo_is_flagged_unlike_the_training_images_with_its_nearest_images(m
     flagged = [item.value for item in app.warning if "Unlike the training images" in item.value]
     assert flagged and "of 1 of the 1 runs that can tell" in flagged[0]
     captions = " ".join(item.value for item in app.caption)
-    assert "no neighbour index shipped with this run" in captions  # the padded run has none
+    assert "resnet50-cxr3-padded has no neighbour index" in captions  # none shipped
     table = next(frame.value for frame in app.dataframe
                  if "unlike the training images" in frame.value.columns)
     assert list(table["unlike the training images"]) == ["yes"]

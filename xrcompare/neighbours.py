@@ -24,9 +24,11 @@ Streamlit here; the engine gives an upload's pooled vector (:meth:`Engine.pooled
 
 from __future__ import annotations
 
+import threading
 import zipfile
+from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -145,15 +147,9 @@ def fit_index(train_pooled: np.ndarray, paths: Sequence[str], labels: Sequence[s
                            labels=list(labels), k=int(k), threshold=0.0,
                            quantile=float(quantile))
     vectors = _unit(index.coordinates(train))
-    index = _replace(index, vectors=vectors.astype(np.float16).astype(np.float32))
+    index = replace(index, vectors=vectors.astype(np.float16).astype(np.float32))
     threshold = float(np.quantile(index.distances(val_pooled), quantile))
-    return _replace(index, threshold=threshold)
-
-
-def _replace(index: NeighbourIndex, **changes) -> NeighbourIndex:
-    from dataclasses import replace
-
-    return replace(index, **changes)
+    return replace(index, threshold=threshold)
 
 
 def save_index(index: NeighbourIndex, folder: str | Path) -> Path:
@@ -172,13 +168,37 @@ def save_index(index: NeighbourIndex, folder: str | Path) -> Path:
     return target
 
 
+#: Indexes read, by (file, modification time, size): a page rerun reads no file again.
+_LOADED: OrderedDict[tuple, NeighbourIndex] = OrderedDict()
+_LOADED_LOCK = threading.Lock()
+MAX_LOADED = 32
+
+
 def load_index(run: Run) -> NeighbourIndex | None:
     """The run's index, None when the run has none; :class:`NeighbourIndexError` (one sentence)
-    when its file cannot be used."""
+    when its file cannot be used. Kept in memory (the last 32) until the file changes."""
     path = run.path / INDEX_FILE
-    if not path.is_file():
+    try:
+        stat = path.stat()
+    except OSError:
         return None
-    if path.stat().st_size > MAX_INDEX_BYTES:
+    key = (str(path), stat.st_mtime_ns, stat.st_size, run.run_id)
+    with _LOADED_LOCK:
+        if key in _LOADED:
+            _LOADED.move_to_end(key)
+            return _LOADED[key]
+    index = _read_index(run, path, stat.st_size)
+    with _LOADED_LOCK:
+        _LOADED[key] = index
+        while len(_LOADED) > MAX_LOADED:
+            _LOADED.popitem(last=False)
+    return index
+
+
+def _read_index(run: Run, path: Path, size: int) -> NeighbourIndex:
+    if not path.is_file():
+        raise NeighbourIndexError(f"{INDEX_FILE} of {run.run_id} is not a file")
+    if size > MAX_INDEX_BYTES:
         raise NeighbourIndexError(f"{INDEX_FILE} of {run.run_id} is larger than "
                           f"{MAX_INDEX_BYTES // 2**20} MB")
     try:
