@@ -49,6 +49,9 @@ CXR3 = f"{SHARED_DATA}/cxr3"
 SEED001 = f"{SHARED_DATA}/seed001_0402"
 KAGGLE_TEST = f"{SHARED_DATA}/kaggle_test"
 STAGING_PREFIX = ".tmp-staging-"
+#: Derived datasets (``python -m xrcompare dataset derive``: folders of links into the shared
+#: data, never committed) are written here, beside the repository's own files.
+DERIVED = ".derived"
 
 #: The main run's recipe (head, augmentation, class weights, input size), chosen on the
 #: validation split of cxr3 by ``--tune`` (see TUNING_CANDIDATES and trained/tuning.json);
@@ -98,6 +101,13 @@ class RunPlan:
     arguments: list[str]
     backbone: str | None = "resnet50"  # None: no CNN (the image-statistics baseline)
     heldout: list[str] = field(default_factory=lambda: [KAGGLE_TEST])
+    #: (source, scheme) of each derived dataset the run's --data or --heldout names.
+    derived: list[tuple[str, str]] = field(default_factory=list)
+
+    def prepare(self) -> None:
+        """Write the derived datasets this run trains or is scored on (once)."""
+        for source, scheme in self.derived:
+            ensure_derived(source, scheme)
 
     def command(self, runs_dir: Path) -> list[str]:
         command = [sys.executable, "-m", "xrcompare", "train", "--data", self.data,
@@ -108,6 +118,61 @@ class RunPlan:
         for folder in self.heldout:
             command += ["--heldout", folder]
         return command + self.arguments
+
+
+def derived_folder(source: str, scheme: str) -> str:
+    """Where ``dataset derive SOURCE --scheme SCHEME`` is written for the shipped runs."""
+    return f"{DERIVED}/{Path(source).name}-{scheme}"
+
+
+def ensure_derived(source: str, scheme: str) -> None:
+    folder = REPO / derived_folder(source, scheme)
+    if (folder / "manifest.csv").is_file():
+        return
+    shutil.rmtree(folder, ignore_errors=True)  # an incomplete one
+    subprocess.run([sys.executable, "-m", "xrcompare", "dataset", "derive", source, "--scheme",
+                    scheme, derived_folder(source, scheme)], cwd=REPO, check=True)
+
+
+def derived_runs() -> list[RunPlan]:
+    """The seed papers' other protocols on the main recipe (ResNet50, 224 px): COVID against
+    the rest under 10-fold patient-grouped cross-validation (Apostolopoulos & Mpesiana 2020
+    used 10 folds, by image), four classes (covid / bacterial / viral / normal), and
+    nCoV-NET's debiasing augmentation. Each derived run is scored on kaggle_test derived the
+    same way (no covid there: the two-class run meets only non-covid images). The debias run's
+    features go through Keras fp32, as the main run's, so its paired comparison with it is on
+    equal terms; the derived runs use the inference engine chosen here (recorded)."""
+    covid_vs_rest = derived_folder(CXR3, "covid-vs-rest")
+    four_class = derived_folder(CXR3, "four-class")
+    return [
+        RunPlan(
+            "resnet50-cxr3-debias", "ResNet50 · cxr3 · debiasing augmentation",
+            "The main recipe with nCoV-NET's debiasing views instead of the mild ones: each of "
+            "the 4 cached views per training image is re-compressed as JPEG at a random "
+            "quality (30-70) with a random brightness and contrast, so compression and "
+            "exposure, which differ by source, stop telling the classes apart. Set it beside "
+            "resnet50-cxr3 on the held-out Kaggle table.",
+            17, CXR3, [*MAIN_RECIPE, "--augment", "debias", *MAIN_IMAGE_SIZE,
+                       "--engine", "keras"]),
+        RunPlan(
+            "resnet50-cxr3-covid-vs-rest-cv10", "ResNet50 · cxr3 · COVID vs rest · 10-fold CV",
+            "Two classes, covid against non-covid (normal and pneumonia together), as "
+            "Apostolopoulos & Mpesiana (2020) did, with their 10-fold cross-validation, but "
+            "grouped by patient (they split by image). The test figures pool the out-of-fold "
+            "predictions. Held-out: kaggle_test as non-covid (it has no covid), scored by "
+            "fold 1's head: its accuracy is the share of Kaggle images not called covid.",
+            18, covid_vs_rest, [*MAIN_RECIPE, *MAIN_IMAGE_SIZE, "--folds", "10"],
+            heldout=[derived_folder(KAGGLE_TEST, "covid-vs-rest")],
+            derived=[(CXR3, "covid-vs-rest"), (KAGGLE_TEST, "covid-vs-rest")]),
+        RunPlan(
+            "resnet50-cxr3-four-class", "ResNet50 · cxr3 · four classes",
+            "Four classes: covid, bacterial and viral pneumonia (split by the Kermany file "
+            "names), normal, on the main recipe and a patient-wise split. Held-out: kaggle_test "
+            "split the same way (bacterial, viral, normal; no covid).",
+            19, four_class, [*MAIN_RECIPE, *MAIN_IMAGE_SIZE],
+            heldout=[derived_folder(KAGGLE_TEST, "four-class")],
+            derived=[(CXR3, "four-class"), (KAGGLE_TEST, "four-class")]),
+    ]
 
 
 def shipped_runs() -> list[RunPlan]:
@@ -198,6 +263,7 @@ def shipped_runs() -> list[RunPlan]:
             12, CXR3, VALIDATION_PICK),
     ]
     plans += shortcut_controls()
+    plans += derived_runs()
     order = 40
     for backbone in other_backbones_with_weights():
         plans.append(RunPlan(
@@ -417,6 +483,7 @@ def main(argv: list[str] | None = None) -> int:
         staging = runs_dir / f"{STAGING_PREFIX}{plan.name}"
         shutil.rmtree(staging, ignore_errors=True)
         run_started = time.perf_counter()
+        plan.prepare()
         print(f"{plan.name}: training", flush=True)
         result = subprocess.run(plan.command(staging), cwd=REPO)
         if result.returncode != 0:

@@ -77,7 +77,7 @@ def test_derive_refuses_a_used_folder_and_other_classes_in_one_line(tmp_path, ca
     assert xrcli.main(["dataset", "derive", str(other), "--scheme", "four-class",
                        str(tmp_path / "again")]) != 0
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "needs covid, normal and pneumonia" in err[0]
+    assert len(err) == 1 and "not non-covid" in err[0] and "covid, normal and pneumonia" in err[0]
     assert not (tmp_path / "again").exists()
 
 

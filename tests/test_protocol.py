@@ -13,16 +13,23 @@ import shutil
 import subprocess
 import sys
 
+import cv2
 import numpy as np
 import pytest
 from conftest import FIXTURES, REPO
 
 from xrcompare.data import DatasetError, scan_dataset, split_by_image, split_by_patient
 from xrcompare.experiment import TrainConfig, train_runs
-from xrcompare.features import AUGMENTATIONS, FeatureExtractor, FeatureSpec, augment_blog
+from xrcompare.features import (
+    AUGMENTATIONS,
+    FeatureExtractor,
+    FeatureSpec,
+    augment_blog,
+    augment_debias,
+)
 from xrcompare.imaging import read_gray, to_model_input
 from xrcompare.inference import evaluate_folder
-from xrcompare.protocol import LEAKY_LABEL
+from xrcompare.protocol import LEAKY_LABEL, protocol_label
 from xrcompare.runs import (
     RunError,
     build_full_model,
@@ -142,7 +149,42 @@ def test_blog_views_are_cached_apart_from_mild_views(tmp_path):
     assert not np.allclose(mild_views[1], blog_result.features[1])
     folders = {p.name for p in (tmp_path / "resnet50-imagenet-64px-squash").iterdir()}
     assert folders == {"original", "aug1-view1", "augblog1-view1"}
-    assert set(AUGMENTATIONS) == {"mild", "blog"}
+    assert set(AUGMENTATIONS) == {"mild", "blog", "debias"}
+
+
+def test_debias_view_changes_compression_and_exposure_not_anatomy():
+    path = sorted((TINY / "covid").glob("*"))[0]
+    gray = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    views = [augment_debias(gray, np.random.default_rng(seed)) for seed in range(12)]
+    assert all(view.shape == gray.shape and view.dtype == np.uint8 for view in views)
+    # the same picture: no geometry changes, so every view correlates with the original
+    for view in views:
+        assert np.corrcoef(view.ravel().astype(float), gray.ravel().astype(float))[0, 1] > 0.9
+    # exposure differs from view to view (brightness and contrast drawn per view)
+    means = [float(view.mean()) for view in views]
+    spreads = [float(view.std()) for view in views]
+    assert max(means) - min(means) > 10 and max(spreads) / min(spreads) > 1.1
+    # a flat image keeps no pattern but gets JPEG's blocks on an edge
+    edge = np.full((64, 64), 80, dtype=np.uint8)
+    edge[:, 29:] = 170  # mid-grey both sides: no clipping hides the ringing
+    blocky = augment_debias(edge, np.random.default_rng(3))
+    assert np.abs(blocky[:, :24].astype(int) - blocky[0, 0]).max() <= 3
+    assert len(np.unique(blocky[:, 24:36])) > 4  # ringing around the edge, as JPEG does
+    # one seed, one view (cached views are reproducible)
+    again = augment_debias(gray, np.random.default_rng(5))
+    assert np.array_equal(again, views[5])
+
+
+def test_debias_views_are_cached_apart_and_recorded(tmp_path):
+    path = sorted((TINY / "normal").glob("*.jpg"))[:1]
+    spec = FeatureSpec("resnet50", SIZE, augment="debias")
+    assert spec.view_folder(1) == "augdebias1-view1"
+    assert spec.key() == "resnet50-imagenet-64px-squash"  # originals shared with every recipe
+    result = FeatureExtractor(spec, cache_dir=tmp_path).extract(path, views=[0, 1, 2])
+    assert result.computed == 3 and not np.allclose(result.features[1], result.features[2])
+    config = TrainConfig(data=TINY, backbones=["resnet50"], augment="debias", augment_views=2)
+    assert config.protocol["augment"] == "debias"
+    assert protocol_label(config.protocol) == "sound"
 
 
 # --------------------------------------------------------------------------- the leaky run

@@ -35,6 +35,12 @@ from xrcompare.paths import CACHE_DIR_VARIABLE, cache_dir  # noqa: F401 - re-exp
 AUGMENT_VERSION = 1
 #: Bump when the blog's rotation recipe changes.
 BLOG_AUGMENT_VERSION = 1
+#: Bump when the debiasing recipe changes.
+DEBIAS_AUGMENT_VERSION = 1
+#: The debiasing recipe's ranges: JPEG quality, contrast factor, brightness shift (of 255).
+DEBIAS_JPEG_QUALITY = (30, 70)
+DEBIAS_CONTRAST = (0.75, 1.25)
+DEBIAS_BRIGHTNESS = (-30.0, 30.0)
 #: Features are stored as float16 (half the disk); every reader sees the same rounding.
 CACHE_DTYPE = np.float16
 
@@ -124,6 +130,28 @@ def augment_blog(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
                           borderMode=cv2.BORDER_REPLICATE)
 
 
+def augment_debias(gray: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """nCoV-NET's "debiasing" view (2021): the image re-compressed as JPEG at a random
+    quality in 30–70, then a random contrast (×0.75–1.25) and brightness (±30 of 255).
+
+    Its aim is not more anatomy but less source: images from one hospital or one journal
+    share a compression and an exposure, and a model can learn those instead of the lungs.
+    Randomising them across every class takes that shortcut away. No geometry, no flips.
+    """
+    low, high = DEBIAS_JPEG_QUALITY
+    quality = int(rng.integers(low, high + 1))
+    ok, encoded = cv2.imencode(".jpg", np.ascontiguousarray(gray, dtype=np.uint8),
+                               [cv2.IMWRITE_JPEG_QUALITY, quality])
+    recompressed = cv2.imdecode(encoded, cv2.IMREAD_GRAYSCALE) if ok else None
+    if recompressed is None or recompressed.shape != gray.shape:
+        raise ImageError("the image could not be re-compressed as JPEG for a debiasing view")
+    contrast = rng.uniform(*DEBIAS_CONTRAST)
+    brightness = rng.uniform(*DEBIAS_BRIGHTNESS)
+    mean = float(recompressed.mean())  # contrast about the image's own mean, then the shift
+    shifted = (recompressed.astype(np.float32) - mean) * contrast + mean + brightness
+    return np.clip(np.rint(shifted), 0, 255).astype(np.uint8)
+
+
 @dataclass(frozen=True)
 class Augmentation:
     """One augmentation recipe for cached views."""
@@ -143,6 +171,10 @@ AUGMENTATIONS: dict[str, Augmentation] = {
                          augment_blog, True,
                          "rotation only, uniform within ±15°, border replicated (the 2020 "
                          "blog's rotation_range=15, fill_mode nearest)"),
+    "debias": Augmentation(f"augdebias{DEBIAS_AUGMENT_VERSION}",
+                           f"debias{DEBIAS_AUGMENT_VERSION}", augment_debias, False,
+                           "debiasing (nCoV-NET): JPEG re-compression at quality 30–70, "
+                           "contrast ×0.75–1.25, brightness ±30; no geometry"),
 }
 
 

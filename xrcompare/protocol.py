@@ -15,7 +15,7 @@ PROTOCOL_CHOICES: dict[str, tuple[str, ...]] = {
     "split": ("patients", "images"),
     "preprocess": ("backbone", "scale01"),
     "select_on": ("val", "test"),
-    "augment": ("mild", "blog"),
+    "augment": ("mild", "blog", "debias"),
 }
 PROTOCOL_DEFAULTS: dict[str, str] = {key: choices[0] for key, choices in PROTOCOL_CHOICES.items()}
 
@@ -39,6 +39,8 @@ CHOICE_TEXT: dict[tuple[str, str], str] = {
     ("select_on", "test"): "epoch kept on the test split (no validation split)",
     ("augment", "mild"): "small rotation, zoom, shift, contrast; no flips",
     ("augment", "blog"): "rotation only, uniform within ±15°, border replicated",
+    ("augment", "debias"): "debiasing: random JPEG re-compression (quality 30–70), "
+                           "brightness and contrast, as nCoV-NET's loader",
 }
 
 
