@@ -24,7 +24,6 @@ from xrcompare import errors_gallery, limits, neighbours, predictor, sanity
 from xrcompare.errors import one_line
 from xrcompare.explain import CAM_METHODS, METHODS
 from xrcompare.imaging import ImageError
-from xrcompare.inference import neighbours_of
 from xrcompare.runs import Run
 from xrcompare.uploads import UploadedImage, load_upload
 
@@ -249,6 +248,18 @@ def show_table(predictions, labels: dict[str, str], splits: dict[str, str]) -> N
             config[label] = st.column_config.NumberColumn(f"p({label})")
     styled = table.style.format(predictor.format_probability, subset=numbers)
     st.dataframe(styled, hide_index=True, width="stretch", column_config=config)
+
+
+def engine_caption(runs: list[Run]) -> None:
+    """Which engine runs the frozen bases now (the warm-up moves them to the inference
+    engine once built: :meth:`xrcompare.engine.Engine.accelerate`)."""
+    engine = _engine.engine()
+    names = sorted({name for run in runs if (name := engine.engine_label(run))})
+    if names:
+        st.caption(f":material/memory: Frozen bases run on {' and '.join(names)}; the heads "
+                   "and the saliency maps on Keras. A base moves to the faster inference "
+                   "engine once the app has warmed it up; its probabilities may then differ "
+                   "in the third decimal.")
 
 
 def saliency_controls(classes: list[str]) -> dict:
@@ -497,12 +508,12 @@ def show_one_map(run: Run, prediction, result: predictor.Explanation, picture,
 
 
 def check_neighbours(runs: list[Run], predictions, chosen: Chosen) -> dict[str, dict]:
-    """Run id → :func:`xrcompare.inference.neighbours_of` (the image's distance, threshold,
+    """Run id → :func:`xrcompare.neighbours.neighbours_of` (the image's distance, threshold,
     out-of-distribution flag and nearest training images, or ``neighbours_note``: why there
     are none), for each CNN run that predicted."""
     engine = _engine.engine()
     answered = {prediction.run_id for prediction in predictions if prediction.ok}
-    return {run.run_id: neighbours_of(run, chosen.image.gray, engine)
+    return {run.run_id: neighbours.neighbours_of(run, chosen.image.gray, engine)
             for run in runs if run.run_id in answered and run.is_cnn}
 
 
@@ -587,6 +598,7 @@ with result_column:
     found = check_neighbours(runs, predictions, chosen)
     out_of_distribution_warning(found, labels)
 show_table(predictions, labels, splits)
+engine_caption(runs)
 saliency_section(runs, predictions, chosen, digest, labels)
 st.info(
     "**A saliency map is a hint, not proof.** It shows where the score is sensitive, not "

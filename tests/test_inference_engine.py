@@ -17,6 +17,7 @@ from xrcompare import inference_engine as engines
 from xrcompare.backbones import weights_status
 from xrcompare.data import scan_dataset
 from xrcompare.features import FeatureExtractor, FeatureSpec
+from xrcompare.imaging import read_gray
 from xrcompare.inference import engine_spec
 from xrcompare.runs import build_head_for_run, list_runs, load_run
 from xrcompare.summary import leaderboard
@@ -191,3 +192,35 @@ def test_leaderboard_names_the_feature_engine():
     for run in list_runs(TRAINED).runs:
         assert table.loc[table["run_id"] == run.run_id, "feature_engine"].item() == \
             run.feature_engine_label
+
+
+@pytest.mark.parametrize("run_id", ["vgg16-cxr3", "resnet50-cxr3"])
+def test_predict_page_trunks_move_to_the_engine_and_agree_with_keras(run_id):
+    """The Predict page's engine (xrcompare.engine) runs each trunk on the inference engine
+    once accelerated: VGG16's trunk is cut before its last pool (a converted model of its
+    own), ResNet50's is the whole base. Probabilities, their argmax and Grad-CAM agree with
+    the Keras trunk on the four sample X-rays."""
+    from xrcompare.engine import Engine
+    from xrcompare.predictor import list_samples
+
+    run = load_run(TRAINED / run_id)
+    require_weights(run.backbone)
+    reference, fast = Engine(engine="keras"), Engine(engine="openvino")
+    assert reference.accelerate(run) is False
+    assert reference.engine_label(run) is None  # nothing built yet
+    reference.trunk(run)
+    assert reference.engine_label(run) == "Keras fp32"
+    assert fast.accelerate(run) is True
+    assert fast.engine_label(run).startswith("OpenVINO")
+    for sample in list_samples():
+        gray = read_gray(sample.path)
+        expected, got = reference.features(run, gray), fast.features(run, gray)
+        assert got.shape == expected.shape == (1, *reference.trunk(run).output.shape[1:])
+        assert pooled_cosines(expected, got).min() >= 0.999
+        keras_scores = reference.probabilities(run, gray)
+        fast_scores = fast.probabilities(run, gray)
+        assert max(keras_scores, key=keras_scores.get) == max(fast_scores, key=fast_scores.get)
+        assert max(abs(keras_scores[label] - fast_scores[label]) for label in run.labels) < 0.02
+        index = run.labels.index(max(keras_scores, key=keras_scores.get))
+        maps = reference.gradcam(run, gray, index), fast.gradcam(run, gray, index)
+        assert np.corrcoef(maps[0].ravel(), maps[1].ravel())[0, 1] > 0.98

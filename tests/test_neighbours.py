@@ -17,7 +17,8 @@ from conftest import DATA, REPO
 
 from xrcompare import neighbours
 from xrcompare.engine import Engine
-from xrcompare.inference import load_image_file, neighbours_of
+from xrcompare.inference import load_image_file
+from xrcompare.neighbours import neighbours_of
 from xrcompare.runs import load_run
 
 MAIN_RUN = REPO / "trained" / "resnet50-cxr3"

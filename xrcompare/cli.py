@@ -548,8 +548,8 @@ def cmd_dataset(args) -> int:
 
 def cmd_neighbours(args) -> int:
     from xrcompare.engine import Engine
-    from xrcompare.inference import load_image_file, neighbours_of
-    from xrcompare.neighbours import build_index, save_index
+    from xrcompare.inference import load_image_file
+    from xrcompare.neighbours import build_index, neighbours_of, save_index
 
     run = _find_run(args.run, args.runs_dir)
     if args.image is None and not args.build:

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from sklearn.model_selection import StratifiedGroupKFold
 
 from xrcompare import paths
 from xrcompare.classes import class_name
@@ -474,6 +473,8 @@ def _check_splittable(labels: np.ndarray, groups: np.ndarray, parts: int) -> Non
 
 def _stratified_group_folds(labels, groups, n_splits: int, seed: int):
     _check_splittable(labels, groups, n_splits)
+    from sklearn.model_selection import StratifiedGroupKFold  # lazily: a second to import
+
     splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     return list(splitter.split(np.zeros(len(labels)), labels, groups))
 

@@ -23,6 +23,14 @@ Every model call runs on the engine's one **model thread** (:meth:`Engine.call`,
 cores, and a map being computed is finished and cached even when the page that asked for it
 has moved on (Streamlit interrupts a page's run when a widget changes).
 
+The trunk is the only heavy part, and it only ever runs forward: once a trunk is built, the
+warm-up moves it onto the inference engine chosen for this machine (:meth:`Engine.accelerate`:
+OpenVINO, bfloat16 where the CPU has it, :mod:`xrcompare.inference_engine`; converted once
+per machine and cached on disk, compiled once per process), and its feature maps come from
+there. Until then, and wherever no engine is faster (``XRCOMPARE_ENGINE=keras``, another
+Keras backend, a GPU), the Keras trunk runs. The tails, Grad-CAM's gradient and the other
+saliency maps always run in Keras.
+
 Predictions are backend-neutral Keras; Grad-CAM's gradient needs TensorFlow, like the rest
 of the saliency maps. Building models is serialised by one lock: a random-init base is built
 from the global random seed, so two builds must never interleave. No Streamlit here: the app
@@ -31,7 +39,9 @@ keeps one :class:`Engine` per server process and warms it in a background thread
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -44,6 +54,7 @@ from xrcompare.runs import Run
 
 #: One lock for every model build in this process (see the module docstring).
 BUILD_LOCK = threading.RLock()
+LOG = logging.getLogger("xrcompare.engine")
 
 
 def base_key(run: Run) -> tuple:
@@ -206,6 +217,8 @@ class _Trunk:
     model: object
     lock: threading.Lock
     traced: bool = False
+    #: The trunk on the inference engine (:meth:`Engine.accelerate`), once it is ready.
+    fast: object | None = None
 
 
 # --------------------------------------------------------------------------- the engine
@@ -221,7 +234,7 @@ class Engine:
     """
 
     def __init__(self, *, max_trunks: int = 8, max_tails: int = 32, max_flat_models: int = 4,
-                 max_features: int = 48):
+                 max_features: int = 48, engine: str | None = None):
         self._trunks = LRU(max_trunks)
         self._tails = LRU(max_tails)
         self._flat = LRU(max_flat_models)
@@ -235,6 +248,10 @@ class Engine:
         self._worker_ident: int | None = None
         self.trunks_built = 0  # how many bases were built (a shared one counts once)
         self.forward_passes = 0  # how many images went through a trunk
+        #: The inference engine choice for trunks (``auto``, ``openvino``, ``keras``; None:
+        #: ``$XRCOMPARE_ENGINE``, see :func:`xrcompare.inference_engine.choose`).
+        self.engine_choice = engine
+        self._engine_chosen: tuple[str, str] | None = None
 
     # ------------------------------------------------------------------ the model thread
 
@@ -338,15 +355,66 @@ class Engine:
         entry = self._trunks.get(trunk_key(run))
         return bool(entry and entry.traced) and (run.run_id, run.modified) in self._tails
 
+    def trunk_engine(self) -> tuple[str, str]:
+        """(engine, precision) trunks are moved to here (``("keras", "fp32")``: they stay)."""
+        if self._engine_chosen is None:
+            from xrcompare.inference_engine import REFERENCE, EngineUnavailable, choose
+
+            try:
+                self._engine_chosen = choose(self.engine_choice)
+            except EngineUnavailable as error:  # an explicit engine that cannot run here
+                LOG.warning("trunks stay on Keras: %s", error)
+                self._engine_chosen = REFERENCE
+        return self._engine_chosen
+
+    def engine_label(self, run: Run) -> str | None:
+        """How ``run``'s trunk runs now (``"OpenVINO bf16"``, ``"Keras fp32"``), or None when
+        it is not built (or the run has no CNN)."""
+        from xrcompare.inference_engine import REFERENCE, engine_label
+
+        entry = self._trunks.get(trunk_key(run)) if run.is_cnn else None
+        if entry is None:
+            return None
+        return entry.fast.label if entry.fast is not None else engine_label(*REFERENCE)
+
+    def accelerate(self, run: Run) -> bool:
+        """Move ``run``'s trunk onto the inference engine (:meth:`trunk_engine`), converting it
+        once per machine (cached on disk) and compiling it for one image at a time. True when
+        its feature maps now come from that engine; False when they stay on Keras. Raises
+        when the engine fails (the trunk then stays on Keras)."""
+        if not run.is_cnn:
+            return False
+        engine, precision = self.trunk_engine()
+        if engine == "keras":
+            return False
+        entry = self._trunk(run)
+        if entry.fast is not None:
+            return True
+        from xrcompare.inference_engine import make_engine
+
+        spec = dataclasses.replace(run.feature_spec(), engine=engine, precision=precision)
+        cut = None if entry.model is entry.base else run.last_conv_layer
+        with BUILD_LOCK:  # conversion traces the Keras graph: never beside another build
+            fast = make_engine(spec, base=entry.base, hint="latency", cut=cut)
+        expected = tuple(int(size) for size in entry.model.output.shape[1:])
+        if tuple(fast.output_shape) != expected:
+            raise ValueError(f"the {fast.label} trunk of {run.run_id} gives feature maps of "
+                             f"shape {tuple(fast.output_shape)}, not {expected}")
+        entry.fast = fast
+        return True
+
     def warm_up(self, runs: Iterable[Run], *, stop: threading.Event | None = None,
                 progress: Callable[[Run, str | None], None] | None = None) -> None:
         """Build every run's trunk and tail and trace each trunk once, in ``runs`` order.
 
         A run that cannot be built is skipped (its page shows why). ``stop`` ends early;
-        ``progress(run, problem)`` is called after each run.
+        ``progress(run, problem)`` is called after each run. Then, every trunk being usable,
+        each moves onto the inference engine (:meth:`accelerate`; a failure leaves it on
+        Keras and is logged).
         """
         from xrcompare.runs import model_input_for_run
 
+        runs = list(runs)
         for run in runs:
             if stop is not None and stop.is_set():
                 return
@@ -368,6 +436,18 @@ class Engine:
                 problem = one_line(error)
             if progress is not None:
                 progress(run, problem)
+        for run in runs:
+            if stop is not None and stop.is_set():
+                return
+            if not run.is_cnn or (entry := self._trunks.get(trunk_key(run))) is None \
+                    or entry.fast is not None:
+                continue
+            try:
+                self.accelerate(run)
+            except Exception as error:  # noqa: BLE001 - the Keras trunk keeps working
+                from xrcompare.errors import one_line
+
+                LOG.warning("the trunk of %s stays on Keras: %s", run.run_id, one_line(error))
 
     @staticmethod
     def _trace(entry: _Trunk, inputs: np.ndarray) -> None:
@@ -398,7 +478,9 @@ class Engine:
         with entry.lock:
             features = self._features.get(key)
             if features is None:
-                if entry.traced:
+                if entry.fast is not None:
+                    output = entry.fast.predict(inputs)
+                elif entry.traced:
                     output = entry.model.predict_on_batch(inputs)
                 else:  # not traced yet: one eager call is cheaper than tracing
                     output = entry.model(inputs, training=False)

@@ -13,15 +13,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import (
-    auc,
-    average_precision_score,
-    confusion_matrix,
-    precision_recall_curve,
-    precision_recall_fscore_support,
-    roc_auc_score,
-    roc_curve,
-)
 
 from xrcompare import CLASSES
 from xrcompare.classes import DEFAULT_POSITIVE, default_positive
@@ -139,6 +130,12 @@ def evaluate_predictions(y_true: Sequence[str], probabilities: np.ndarray,
     """All metrics of one set of predictions (rows true, columns predicted, ``labels`` order);
     ``positive`` (default :func:`xrcompare.classes.default_positive`) is the class of the
     one-against-the-rest figures."""
+    from sklearn.metrics import (  # lazily: a second to import
+        average_precision_score,
+        confusion_matrix,
+        precision_recall_fscore_support,
+        roc_auc_score,
+    )
     labels = list(labels)
     positive_label = positive if positive is not None else default_positive(labels)
     probabilities = np.asarray(probabilities, dtype=float)
@@ -361,6 +358,12 @@ def one_vs_rest_curves(y_true: Sequence[str], probabilities: np.ndarray, positiv
                        labels: Sequence[str] = CLASSES) -> dict | None:
     """ROC and precision-recall curves for ``positive_label`` against the rest (None if
     the data has only one side)."""
+    from sklearn.metrics import (  # lazily: a second to import
+        auc,
+        average_precision_score,
+        precision_recall_curve,
+        roc_curve,
+    )
     labels = list(labels)
     positive = np.asarray(y_true) == positive_label
     if positive.all() or not positive.any():
@@ -582,6 +585,7 @@ def per_class_differences(y_true: Sequence, y_pred_a: Sequence, y_pred_b: Sequen
     Long table with columns class, metric, a, b, difference, support; NaN where a score is
     undefined (recall of a class with no image, precision of a class never predicted).
     """
+    from sklearn.metrics import confusion_matrix  # lazily: a second to import
     labels = list(labels)
     true_index = _as_indices(list(y_true), labels)
     rows = []

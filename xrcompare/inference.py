@@ -9,6 +9,7 @@ from xrcompare.data import patient_overlap, scan_dataset
 from xrcompare.evaluate import evaluate_heldout
 from xrcompare.features import FeatureExtractor
 from xrcompare.inference_engine import describe_difference, engine_label, with_engine
+from xrcompare.neighbours import neighbours_of
 from xrcompare.runs import Run, build_head_for_run, check_rebuildable
 from xrcompare.train import predict
 
@@ -144,27 +145,6 @@ def predict_file(run: Run, path: str | Path, engine=None) -> dict:
     return {"run": run.run_id, "image": str(path), "probabilities": probabilities,
             "predicted": predicted, "warnings": list(image.warnings),
             "feature_engine": note, **neighbours_of(run, image.gray, engine)}
-
-
-def neighbours_of(run: Run, gray, engine, k: int | None = None) -> dict:
-    """``out_of_distribution``, ``distance``, ``threshold``, ``nearest`` (the k nearest
-    training images) and ``neighbours_note`` of an image for ``run``: Nones and a note when
-    the run has no usable neighbour index."""
-    from xrcompare.neighbours import NeighbourIndexError, load_index
-
-    empty = {"out_of_distribution": None, "distance": None, "threshold": None,
-             "nearest": None}
-    if not run.is_cnn:
-        return {**empty, "neighbours_note": "the image-statistics baseline has no feature space"}
-    try:
-        index = load_index(run)
-    except NeighbourIndexError as error:
-        return {**empty, "neighbours_note": str(error)}
-    if index is None:
-        return {**empty, "neighbours_note": f"{run.run_id} has no neighbour index (python -m "
-                                            f"xrcompare neighbours {run.run_id} --build)"}
-    pooled = engine.pooled(run, gray)
-    return {**index.check(pooled), "nearest": index.nearest(pooled, k), "neighbours_note": None}
 
 
 def check_overlay_path(out: str | Path) -> Path:

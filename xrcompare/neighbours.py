@@ -294,3 +294,22 @@ def build_index(run: Run, *, data_root: str | Path | None = None, progress=None,
     labels = [str(rows.loc[name, "label"]) if name in rows.index
               else Path(name).parent.name.lower() for name in train]
     return fit_index(pooled["train"], train, labels, pooled["val"], components=components, k=k)
+
+
+def neighbours_of(run: Run, gray, engine, k: int | None = None) -> dict:
+    """``out_of_distribution``, ``distance``, ``threshold``, ``nearest`` (the k nearest
+    training images) and ``neighbours_note`` of an image for ``run``: Nones and a note when
+    the run has no usable neighbour index."""
+    empty = {"out_of_distribution": None, "distance": None, "threshold": None,
+             "nearest": None}
+    if not run.is_cnn:
+        return {**empty, "neighbours_note": "the image-statistics baseline has no feature space"}
+    try:
+        index = load_index(run)
+    except NeighbourIndexError as error:
+        return {**empty, "neighbours_note": str(error)}
+    if index is None:
+        return {**empty, "neighbours_note": f"{run.run_id} has no neighbour index (python -m "
+                                            f"xrcompare neighbours {run.run_id} --build)"}
+    pooled = engine.pooled(run, gray)
+    return {**index.check(pooled), "nearest": index.nearest(pooled, k), "neighbours_note": None}
