@@ -26,7 +26,7 @@ from pathlib import Path
 if str(Path(__file__).resolve().parents[1]) not in sys.path:  # bootstrap: the package
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from xrcompare.evaluate import BLOG_2020_REPORTED  # noqa: E402
+from xrcompare.evaluate import BLOG_2020_REPORTED, SEED_PAPERS_REPORTED  # noqa: E402
 from xrcompare.paths import REPO_ROOT  # noqa: E402
 from xrcompare.protocol import LEAKY_LABEL  # noqa: E402
 from xrcompare.runs import Run, list_runs  # noqa: E402
@@ -457,6 +457,86 @@ def findings_lines(runs: list[Run]) -> list[str]:
             *lines] if lines else []
 
 
+#: Class sets of the seed papers' other protocols (``dataset derive`` schemes), by run labels.
+SCHEMES = {("covid", "non-covid"): "covid-vs-rest",
+           ("bacterial", "covid", "normal", "viral"): "four-class"}
+SCHEME_WORDS = {"covid-vs-rest": "COVID vs rest (2 classes)",
+                "four-class": "covid / bacterial / viral / normal (4 classes)"}
+
+
+def _scheme(run: Run) -> str | None:
+    return SCHEMES.get(tuple(sorted(run.labels))) if run.is_cnn else None
+
+
+def _fraction(value) -> str:
+    return "–" if value is None else f"{100 * value:.2f}%"
+
+
+def protocol_lines(runs: list[Run]) -> list[str]:
+    """The seed papers' other protocols (issue 16): each derived-class run beside the paper's
+    reported figures (split by image there, by patient here), its held-out Kaggle copy
+    derived the same way, and the debiasing run against the main run on Kaggle (paired)."""
+    derived = [run for run in runs if _scheme(run)]
+    lines = []
+    if derived:
+        lines += [
+            "**The seed papers' other protocols**, on the main recipe (ResNet50, GAP head, 224 "
+            "px). The papers split by image, so a patient's images could sit on both sides; "
+            "these runs split by patient, so the figures are not like for like:", "",
+            "| Classes | Run | Evaluation | Accuracy (95% CI) | COVID sensitivity | "
+            "COVID specificity | As reported | Held-out Kaggle, derived the same way |",
+            "|---|---|---|---|---:|---:|---|---|"]
+        for run in derived:
+            scheme = _scheme(run)
+            test = run.test_metrics
+            covid = test.get("covid_vs_rest", {})
+            folds = run.folds_summary
+            evaluation = (f"{folds['folds']}-fold CV by patient, out-of-fold pooled "
+                          f"(fold mean ± sd {folds['accuracy']['mean']:.3f} ± "
+                          f"{folds['accuracy']['sd']:.3f})"
+                          if folds and folds.get("accuracy") else
+                          f"patient-wise test split ({test['n']} images)")
+            reported = SEED_PAPERS_REPORTED[scheme]
+            paper = (f"{_fraction(reported['accuracy'])}"
+                     + (f" / {_fraction(reported['sensitivity'])} / "
+                        f"{_fraction(reported['specificity'])}"
+                        if reported.get("sensitivity") is not None else "")
+                     + f" ({reported['paper']})")
+            kaggle = [name for name in run.heldout_names if name.startswith(KAGGLE)]
+            heldout = "–"
+            if kaggle:
+                metrics = run.metrics_for(kaggle[0])
+                recalls = metrics.get("per_class", {})
+                parts = [f"{label} recall {_number(entry.get('recall'))}"
+                         for label, entry in sorted(recalls.items())
+                         if isinstance(entry, dict) and entry.get("support")]
+                heldout = (f"`{kaggle[0]}` ({metrics['n']} images, no covid): accuracy "
+                           f"{_number(metrics['accuracy'])}"
+                           + (f"; {', '.join(parts)}" if parts else ""))
+            lines.append(
+                f"| {SCHEME_WORDS[scheme]} | `{run.run_id}` | {evaluation} | "
+                f"{_accuracy_text(run)} | {_number(covid.get('sensitivity'))} | "
+                f"{_number(covid.get('specificity'))} | {paper} | {heldout} |")
+        lines.append("")
+    found = _by_id(runs)
+    main, debias = found.get("resnet50-cxr3"), found.get("resnet50-cxr3-debias")
+    if main is not None and debias is not None and debias.metrics_for(KAGGLE):
+        verdicts = [f"{words}: {verdict}" for scope, words in
+                    (("test", "test split"), (f"heldout:{KAGGLE}", "Kaggle"))
+                    if (verdict := _verdict(debias, main, scope))]
+        lines.append(
+            f"- **Debiasing augmentation** (nCoV-NET's loader: each of 4 cached views "
+            f"re-compressed as JPEG at quality 30-70 with random brightness and contrast, "
+            f"instead of the mild views): test {_accuracy_text(debias)} (main run "
+            f"{_accuracy_text(main)}); Kaggle {_accuracy_text(debias, KAGGLE)} (main "
+            f"{_accuracy_text(main, KAGGLE)}), NORMAL / PNEUMONIA kept out of covid "
+            f"{_kept(debias, 'normal')}% / {_kept(debias, 'pneumonia')}% (main "
+            f"{_kept(main, 'normal')}% / {_kept(main, 'pneumonia')}%). Paired, debias vs "
+            "main, " + " ".join(verdicts))
+        lines.append("")
+    return lines
+
+
 def machine_lines(runs: list[Run]) -> list[str]:
     machines = []
     for run in runs:
@@ -491,6 +571,7 @@ def render(runs_dir: Path) -> str:
     shortcuts = shortcut_lines(runs)
     if shortcuts:
         lines += [*shortcuts, ""]
+    lines += protocol_lines(runs)
     findings = findings_lines(runs)
     if findings:
         lines += [*findings, ""]

@@ -337,9 +337,9 @@ class FeatureExtractor:
                     for position, reason in batch_failed:
                         failed[position] = reason
                     if batch is not None:
-                        output = self.engine.predict(batch)
-                        # Round as the cache stores them, so a cold run equals a warm one.
-                        output = output.astype(CACHE_DTYPE).astype(np.float32)
+                        # Kept as the cache stores them (float16), so a cold run equals a
+                        # warm one; widened to float32 once, in the result.
+                        output = self.engine.predict(batch).astype(CACHE_DTYPE)
                         for (position, _, _), row in zip(kept, output, strict=True):
                             features[position] = row
                         writes.append(pool.submit(self._store_batch, kept, output))
@@ -356,8 +356,12 @@ class FeatureExtractor:
                                  "features were not cached (this run is not affected)")
                     LOG.warning(notes[-1])
         ok = sorted(features)
-        stacked = (np.stack([features[i] for i in ok]) if ok
-                   else np.zeros((0,), dtype=np.float32))
+        if ok:  # one float32 array, filled row by row (no second copy of every row)
+            stacked = np.empty((len(ok), *features[ok[0]].shape), dtype=np.float32)
+            for row, position in enumerate(ok):
+                stacked[row] = features.pop(position)
+        else:
+            stacked = np.zeros((0,), dtype=np.float32)
         return ExtractionResult(
             features=stacked, ok=ok,
             failed=[(str(paths[i // len(views)]), reason) for i, reason in sorted(failed.items())],
@@ -365,15 +369,16 @@ class FeatureExtractor:
             cache_notes=notes)
 
     def _load_entry(self, cache_file: Path) -> tuple[np.ndarray | None, str | None]:
-        """A cache entry as float32, or (None, why) when it is unreadable or not a float16
-        feature map. Memory-mapped first, so a huge bogus file is never read whole."""
+        """A cache entry (float16, read into memory), or (None, why) when it is unreadable or
+        not a float16 feature map. Memory-mapped first, so a huge bogus file is never read
+        whole."""
         try:
             entry = np.load(cache_file, mmap_mode="r", allow_pickle=False)
         except (OSError, ValueError, EOFError) as error:
             return None, f"unreadable: {str(error).splitlines()[0][:60] if str(error) else ''}"
         if entry.dtype != CACHE_DTYPE or entry.ndim != 3:
             return None, f"{entry.dtype} {tuple(entry.shape)}, expected a float16 feature map"
-        return np.array(entry, dtype=np.float32), None
+        return np.array(entry, dtype=CACHE_DTYPE), None
 
     def _misshapen(self, features: dict[int, np.ndarray], loaded: dict, computing: bool
                    ) -> list[int]:
@@ -398,7 +403,7 @@ class FeatureExtractor:
         temporary = cache_file.with_suffix(f".{os.getpid()}-{threading.get_ident()}.tmp.npy")
         try:
             cache_file.parent.mkdir(parents=True, exist_ok=True)
-            np.save(temporary, row.astype(CACHE_DTYPE))
+            np.save(temporary, np.asarray(row, dtype=CACHE_DTYPE))
             os.replace(temporary, cache_file)
         except OSError as error:
             temporary.unlink(missing_ok=True)
