@@ -393,9 +393,9 @@ class Engine:
         from xrcompare.inference_engine import make_engine
 
         spec = dataclasses.replace(run.feature_spec(), engine=engine, precision=precision)
-        cut = None if entry.model is entry.base else run.last_conv_layer
+        output_layer = None if entry.model is entry.base else run.last_conv_layer
         with BUILD_LOCK:  # conversion traces the Keras graph: never beside another build
-            fast = make_engine(spec, base=entry.base, hint="latency", cut=cut)
+            fast = make_engine(spec, base=entry.base, hint="latency", output_layer=output_layer)
         expected = tuple(int(size) for size in entry.model.output.shape[1:])
         if tuple(fast.output_shape) != expected:
             raise ValueError(f"the {fast.label} trunk of {run.run_id} gives feature maps of "

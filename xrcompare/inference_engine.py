@@ -296,21 +296,22 @@ def is_engine(value) -> bool:
     return isinstance(value, (KerasEngine, OpenVINOEngine))
 
 
-def make_engine(spec, *, base=None, hint: str | None = None, cut: str | None = None) -> Engine:
+def make_engine(spec, *, base=None, hint: str | None = None,
+                output_layer: str | None = None) -> Engine:
     """The engine ``spec`` names (``spec.engine``, ``spec.precision``) for its frozen base.
 
     ``base``: a Keras base already built for ``spec`` (used, or converted, instead of
     building another). ``hint``: OpenVINO's ``throughput`` (batches; the default, or
-    ``$XRCOMPARE_ENGINE_HINT``) or ``latency`` (one image at a time). ``cut``: a layer of the
-    base whose output the engine gives instead of the base's (the Predict page's trunk, e.g.
-    VGG16's ``block5_conv3`` before its last pool); OpenVINO only.
+    ``$XRCOMPARE_ENGINE_HINT``) or ``latency`` (one image at a time). ``output_layer``: a
+    layer of the base whose output the engine gives instead of the base's (the Predict page's
+    trunk, e.g. VGG16's ``block5_conv3`` before its last pool); OpenVINO only.
 
     Raises :class:`xrcompare.backbones.WeightsUnavailable` when ImageNet weights are missing
     and :class:`EngineUnavailable` when the engine cannot run here.
     """
     engine = getattr(spec, "engine", "keras")
     if engine == "keras":
-        if cut is not None:
+        if output_layer is not None:
             raise ValueError("the Keras engine runs the whole base: cut it before making one")
         if base is None:
             from xrcompare.backbones import build_base
@@ -327,7 +328,7 @@ def make_engine(spec, *, base=None, hint: str | None = None, cut: str | None = N
     if hint not in HINTS:
         raise EngineUnavailable(f"{HINT_VARIABLE} must be one of {', '.join(HINTS)}, "
                                 f"got {hint!r}")
-    xml, seconds, converted_now = converted_model(spec, base=base, cut=cut)
+    xml, seconds, converted_now = converted_model(spec, base=base, output_layer=output_layer)
     return OpenVINOEngine(xml, spec.precision, hint=hint, conversion_seconds=seconds,
                           converted_now=converted_now)
 
@@ -378,14 +379,14 @@ def _weights_digest_of_model(base) -> str:
     return digest.hexdigest()
 
 
-def model_key(spec, base=None, cut: str | None = None) -> tuple[str, object]:
+def model_key(spec, base=None, output_layer: str | None = None) -> tuple[str, object]:
     """The converted model's cache key and the Keras base (built here if it had to be).
 
     Keyed by what fixes the graph and its weights: backbone, input size, the weights (a hash
     of the ImageNet file, or the random-init seed with its Keras backend and version), and
-    the Keras and OpenVINO versions, and the layer it is ``cut`` at when not the base's
-    output. Resize mode and precision do not change the converted model (precision is chosen
-    when it is compiled), so one conversion serves them all.
+    the Keras and OpenVINO versions, and the layer whose output it gives (``output_layer``)
+    when not the base's. Resize mode and precision do not change the converted model
+    (precision is chosen when it is compiled), so one conversion serves them all.
     """
     import keras
     import openvino as ov
@@ -405,23 +406,24 @@ def model_key(spec, base=None, cut: str | None = None) -> tuple[str, object]:
     version = ov.__version__.split("-")[0]
     key = (f"{spec.backbone}-{spec.image_size}px-{weights}-keras{keras.__version__}"
            f"-openvino{version}")
-    if cut is not None:
-        if not cut.replace("_", "").isalnum():
-            raise ValueError(f"a layer name has letters, digits and underscores, got {cut!r}")
-        key += f"-to-{cut}"
+    if output_layer is not None:
+        if not output_layer.replace("_", "").isalnum():
+            raise ValueError("a layer name has letters, digits and underscores, got "
+                             f"{output_layer!r}")
+        key += f"-to-{output_layer}"
     return key, base
 
 
-def converted_model(spec, *, base=None, cut: str | None = None
+def converted_model(spec, *, base=None, output_layer: str | None = None
                     ) -> tuple[Path, float | None, bool]:
-    """The OpenVINO model of ``spec``'s base (up to layer ``cut``'s output, when given):
+    """The OpenVINO model of ``spec``'s base (up to ``output_layer``'s output, when given):
     (xml path, conversion seconds, converted now).
 
     Converted once per key (see :func:`model_key`) under ``<feature cache>/converted/``; two
     processes converting at once take turns on a lock file, and each writes into a temporary
     folder that is renamed when complete, so a reader never sees half a model.
     """
-    key, base = model_key(spec, base, cut)
+    key, base = model_key(spec, base, output_layer)
     root = converted_root()
     folder = root / key
     xml = folder / "model.xml"
@@ -444,12 +446,12 @@ def converted_model(spec, *, base=None, cut: str | None = None
 
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # Keras's "structure of inputs" notice
-                model = ov.convert_model(_cut_model(base, cut))
+                model = ov.convert_model(_up_to(base, output_layer))
             ov.save_model(model, temporary / "model.xml", compress_to_fp16=False)
             seconds = time.perf_counter() - started
             (temporary / "conversion.json").write_text(json.dumps({
                 "key": key, "backbone": spec.backbone, "image_size": spec.image_size,
-                "weights": spec.weights, "cut": cut, "seconds": round(seconds, 2),
+                "weights": spec.weights, "output_layer": output_layer, "seconds": round(seconds, 2),
                 "converted": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, indent=2) + "\n")
             shutil.rmtree(folder, ignore_errors=True)  # an incomplete leftover
             os.replace(temporary, folder)
@@ -459,13 +461,13 @@ def converted_model(spec, *, base=None, cut: str | None = None
     return xml, seconds, True
 
 
-def _cut_model(base, cut: str | None):
-    """``base`` from its input to layer ``cut``'s output (the base itself without a cut)."""
-    if cut is None:
+def _up_to(base, output_layer: str | None):
+    """``base`` from its input to ``output_layer``'s output (the base itself without one)."""
+    if output_layer is None:
         return base
     import keras
 
-    output = base.get_layer(cut).output
+    output = base.get_layer(output_layer).output
     return base if output is base.output else keras.Model(base.input, output)
 
 
