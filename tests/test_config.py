@@ -122,7 +122,7 @@ def test_validation_reads_the_declared_ranges_and_choices(changes, message):
 
 def test_the_form_offers_what_the_config_declares():
     assert FORM_FIELDS == ("epochs", "batch_size", "learning_rate", "image_size", "seed",
-                           "positive", "weights", "augment_views", "name")
+                           "positive", "weights", "augment_views", "fine_tune", "name")
     declared = {item.name: (spec, default_of(item)) for item, spec in settings()}
     for name in FORM_FIELDS:
         param = form_param(name)
