@@ -160,7 +160,8 @@ def config_of(run) -> TrainConfig:
                                            "batch_size", "learning_rate", "seed",
                                            "augment_views", "balanced", "patience", "folds",
                                            "split", "preprocess", "select_on", "mask")}
-    for key in ("augment", "monitor", "val_fraction", "test_fraction"):
+    for key in ("augment", "monitor", "val_fraction", "test_fraction", "fine_tune",
+                "fine_tune_epochs", "fine_tune_learning_rate"):
         if recipe[key] is not None:
             chosen[key] = recipe[key]
     return TrainConfig(data=DATA / run.data_name, backbones=[run.backbone],
