@@ -269,6 +269,8 @@ def _widget(name: str, container=st):
     if name == "image_size":
         return container.selectbox(param["label"], options, index=default,
                                    format_func=_size_text, help=param["help"])
+    if param["kind"] == "str":  # a choice of words (--fine-tune)
+        return container.selectbox(param["label"], options, index=default, help=param["help"])
     return container.select_slider(param["label"], options=options, value=options[default],
                                    format_func=lambda v: f"{v:g}", help=param["help"])
 
@@ -276,7 +278,7 @@ def _widget(name: str, container=st):
 #: The form's settings (every one of :data:`xrcompare.config.FORM_FIELDS`), laid out two to
 #: a row where they are small number boxes; ``weights`` and ``name`` have their own places.
 FORM_ROWS = (("epochs", "batch_size"), ("learning_rate",), ("image_size",),
-             ("augment_views", "seed"))
+             ("augment_views", "seed"), ("fine_tune",))
 
 
 def _positive_choice(folder: str, classes: list[str]) -> str | None:

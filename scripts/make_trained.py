@@ -20,6 +20,9 @@ weights folder gets it too. The Shortcut lab's controls come with them: the main
 each masked input (``<backbone>-cxr3-lungs-out``, ``<backbone>-cxr3-lungs-only``) on ResNet50
 (``MASKED_BACKBONES``), and the image-statistics baseline
 (``image-statistics-cxr3``) on the same split.
+The fine-tuned run ``vgg16-cxr3-finetune`` is VGG16's main run plus ``--fine-tune last-block``
+(``FINE_TUNE_RECIPE``): the same split, so ``python -m xrcompare compare vgg16-cxr3
+vgg16-cxr3-finetune`` pairs them image by image.
 
 The main run's recipe (``MAIN_RECIPE``) was chosen on cxr3's validation split only, with
 ``python scripts/make_trained.py --tune`` (candidates and their validation figures are written
@@ -76,6 +79,13 @@ BLOG_RECIPE = ["--head", "blog", "--epochs", "25", "--batch-size", "8",
 BLOG_AUGMENTATION = ["--augment", "blog", "--augment-views", "4"]
 #: The blog's flaws, on purpose: a random image split, x/255 inputs, the epoch kept on test.
 BLOG_FLAWS = ["--split", "images", "--preprocess", "scale01", "--select-on", "test"]
+#: The fine-tuned run (``vgg16-cxr3-finetune``): the main recipe, then the last block and the
+#: head for 10 epochs at Adam 1e-5 (the defaults of --fine-tune-epochs and
+#: --fine-tune-learning-rate, set a priori as Keras's fine-tuning guide does, not tuned here).
+FINE_TUNE_RECIPE = ["--fine-tune", "last-block", "--fine-tune-epochs", "10",
+                    "--fine-tune-learning-rate", "1e-5"]
+#: Its place in the dashboard's order: after the Shortcut lab's controls.
+FINE_TUNE_ORDER = 20
 #: The backbones compared side by side with the main recipe, in dashboard order.
 MAIN_BACKBONES = ("resnet50", "vgg16", "xception")
 #: The backbones whose main recipe is shipped with each mask: the main model's. Each masked
@@ -263,6 +273,16 @@ def shipped_runs() -> list[RunPlan]:
             12, CXR3, VALIDATION_PICK),
     ]
     plans += shortcut_controls()
+    plans.append(RunPlan(
+        "vgg16-cxr3-finetune", "VGG16 · cxr3 · fine-tuned last block",
+        "vgg16-cxr3's recipe (same seed, so the same patient-wise split), then a second stage: "
+        "VGG16's last convolution (block5_conv3, 2.4 M parameters) trained with the head on "
+        "activations cached at block5_conv2's output, 10 epochs at Adam 1e-5 on the training "
+        "split's original images, the epoch kept on validation. The block is stored in "
+        "float16. Compare it with vgg16-cxr3 on the same test and Kaggle images (python -m "
+        "xrcompare compare vgg16-cxr3 vgg16-cxr3-finetune).",
+        FINE_TUNE_ORDER, CXR3, [*MAIN_RECIPE, *MAIN_IMAGE_SIZE, *FINE_TUNE_RECIPE],
+        backbone="vgg16"))
     plans += derived_runs()
     order = 40
     for backbone in other_backbones_with_weights():

@@ -135,6 +135,8 @@ def _recipe(run: Run) -> str:
         parts.append(f"{run.augment_views} aug. views{recipe}")
     if hyper.get("balanced"):
         parts.append("balanced")
+    if run.is_fine_tuned:
+        parts.append(f"then last block ({', '.join(run.fine_tuned_layers)}) fine-tuned")
     return ", ".join(parts)
 
 
@@ -439,6 +441,28 @@ def findings_lines(runs: list[Run]) -> list[str]:
             f"{_percent(pneumonia.get('covid'))}% of Kaggle pneumonia images \"covid\" "
             f"(Kaggle accuracy {_accuracy_text(padded, KAGGLE)}) while its own test split "
             f"reads {_accuracy_text(padded)}.")
+    tuned, frozen = found.get("vgg16-cxr3-finetune"), found.get("vgg16-cxr3")
+    if tuned is not None and frozen is not None and tuned.is_fine_tuned:
+        record = tuned.fine_tune_record
+        check = record.get("float16_check") or {}
+        minutes = (tuned.timings.get("extract_cut", 0) + tuned.timings.get("fine_tune", 0)) / 60
+        verdicts = [f"{words}: {verdict}" for scope, words in (("test", "test split"),
+                                                               (kaggle, "Kaggle"))
+                    if (verdict := _verdict(tuned, frozen, scope))]
+        lines.append(
+            f"- **Fine-tuning VGG16's last block** ({', '.join(tuned.fine_tuned_layers)}, "
+            f"{record.get('params', 0) / 1e6:.1f} M parameters, after the head; "
+            f"{record.get('epochs_run')} epochs at {record.get('learning_rate', 0):g}, epoch "
+            f"{record.get('best_epoch')} kept on validation) took {minutes:.1f} min on this CPU "
+            f"(the cut activations and the fine-tuning; the frozen stage is vgg16-cxr3's "
+            f"recipe): {_accuracy_text(tuned)} on test and {_accuracy_text(tuned, KAGGLE)} on "
+            f"Kaggle, against the frozen base's {_accuracy_text(frozen)} and "
+            f"{_accuracy_text(frozen, KAGGLE)}. Its block is stored in float16: over "
+            f"{check.get('images', '?')} images no probability moved more than "
+            f"{check.get('max_abs_difference', float('nan')):.4f} from the float32 block's and "
+            f"{check.get('argmax_changed', '?')} predicted classes changed. Paired on the same "
+            "images:")
+        lines += [f"  - {verdict}" for verdict in verdicts]
     leaky, sound = found.get("vgg16-seed001-blog2020"), found.get("vgg16-seed001-sound")
     if leaky is not None and sound is not None:
         reported = BLOG_2020_REPORTED

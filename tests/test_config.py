@@ -122,7 +122,7 @@ def test_validation_reads_the_declared_ranges_and_choices(changes, message):
 
 def test_the_form_offers_what_the_config_declares():
     assert FORM_FIELDS == ("epochs", "batch_size", "learning_rate", "image_size", "seed",
-                           "positive", "weights", "augment_views", "name")
+                           "positive", "weights", "augment_views", "fine_tune", "name")
     declared = {item.name: (spec, default_of(item)) for item, spec in settings()}
     for name in FORM_FIELDS:
         param = form_param(name)
@@ -160,7 +160,8 @@ def config_of(run) -> TrainConfig:
                                            "batch_size", "learning_rate", "seed",
                                            "augment_views", "balanced", "patience", "folds",
                                            "split", "preprocess", "select_on", "mask")}
-    for key in ("augment", "monitor", "val_fraction", "test_fraction"):
+    for key in ("augment", "monitor", "val_fraction", "test_fraction", "fine_tune",
+                "fine_tune_epochs", "fine_tune_learning_rate"):
         if recipe[key] is not None:
             chosen[key] = recipe[key]
     return TrainConfig(data=DATA / run.data_name, backbones=[run.backbone],

@@ -224,3 +224,13 @@ def test_predict_page_trunks_move_to_the_engine_and_agree_with_keras(run_id):
         index = run.labels.index(max(keras_scores, key=keras_scores.get))
         maps = reference.gradcam(run, gray, index), fast.gradcam(run, gray, index)
         assert np.corrcoef(maps[0].ravel(), maps[1].ravel())[0, 1] > 0.98
+
+
+def test_a_fine_tuned_runs_trunk_stays_on_keras():
+    """Converted models are keyed by the registry's weights: a fine-tuned run's base (with its
+    own last block) must never be served from one."""
+    from xrcompare.engine import Engine
+
+    run = load_run(TRAINED / "vgg16-cxr3-finetune")
+    assert run.is_fine_tuned
+    assert Engine(engine="openvino").accelerate(run) is False

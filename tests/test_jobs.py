@@ -384,7 +384,8 @@ def test_request_defaults_are_the_train_config_defaults(folders):
     # a form value left at None takes TrainConfig's default
     assert tiny_config(folders, seed=None).seed == defaults["seed"]
     assert set(FORM_FIELDS) == {"epochs", "batch_size", "learning_rate", "image_size",
-                                "augment_views", "seed", "positive", "weights", "name"}
+                                "augment_views", "seed", "positive", "weights", "fine_tune",
+                                "name"}
     # a random-init control and a run name from the form
     control = tiny_config(folders, weights="random", name="my-control")
     assert control.weights == "random" and control.name == "my-control"

@@ -185,6 +185,10 @@ def test_the_form_widgets_are_built_from_the_training_config(panel):
         elif name == "image_size":
             assert selects[param["label"]].value is param["default"] is None
             assert len(selects[param["label"]].options) == len(param["options"])
+        elif name == "fine_tune":  # a select of words: the frozen base by default
+            select = selects[param["label"]]
+            assert select.value == param["default"] == "none"
+            assert list(select.options) == list(param["options"]) == ["none", "last-block"]
         else:
             slider = sliders[param["label"]]
             assert slider.value == param["default"]

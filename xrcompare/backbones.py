@@ -1,7 +1,9 @@
 """The backbone registry: one place answers every per-backbone question.
 
 Per backbone: the ``keras.applications`` builder, default input size, ``preprocess_input``,
-the last convolutional layer (for Grad-CAM) and where its ImageNet weights come from.
+the last convolutional layer (for Grad-CAM), where its ImageNet weights come from and, for
+``--fine-tune last-block``, the last block's trained layers (the cut point is the input of the
+first of them: the activations cached there).
 Nothing else in the package switches on backbone names.
 """
 
@@ -28,6 +30,14 @@ WEIGHT_KINDS = ("imagenet", RANDOM_WEIGHTS)
 PREPROCESS_MODES = PROTOCOL_CHOICES["preprocess"]
 
 
+#: ``--fine-tune`` choices: none (the frozen base) or the last block after the head.
+FINE_TUNE_CHOICES = ("none", "last-block")
+
+#: A layer's weight shapes, in the order Keras lists them (kernel, bias; a separable
+#: convolution's depthwise then pointwise kernel).
+Shapes = tuple[tuple[int, ...], ...]
+
+
 class WeightsUnavailable(RuntimeError):
     """ImageNet weights for a backbone could be found neither locally nor by download."""
 
@@ -47,6 +57,43 @@ class Backbone:
     base_params: int
     #: Channels of the base's output feature map (what a head on it takes).
     feature_channels: int
+    #: The last block's layers that ``--fine-tune last-block`` trains, in graph order, each
+    #: with its weight shapes (what a fine-tuned run stores and is checked against). The cut
+    #: is the input of the first: the base runs up to there once per image (cached), and only
+    #: the layers from there to the base's output run while fine-tuning. Batch-norm layers in
+    #: the block are not listed: they keep their ImageNet statistics, in inference mode.
+    #: Empty: no cut registered for this backbone.
+    fine_tune_layers: tuple[tuple[str, Shapes], ...] = ()
+
+    @property
+    def fine_tune_names(self) -> tuple[str, ...]:
+        """The names of :attr:`fine_tune_layers` (empty: no cut registered)."""
+        return tuple(name for name, _ in self.fine_tune_layers)
+
+    @property
+    def fine_tune_shapes(self) -> dict[str, Shapes]:
+        return dict(self.fine_tune_layers)
+
+    @property
+    def fine_tune_params(self) -> int:
+        """Parameters the last-block fine-tuning trains (0: no cut registered)."""
+        return sum(int(np.prod(shape)) for _, shapes in self.fine_tune_layers
+                   for shape in shapes)
+
+    @property
+    def fine_tune_cut(self) -> str | None:
+        """The first trained layer: its input is the cut point (None: no cut registered)."""
+        return self.fine_tune_layers[0][0] if self.fine_tune_layers else None
+
+    def check_fine_tune(self, mode: str) -> None:
+        """ValueError (one line) when ``--fine-tune mode`` cannot run on this backbone."""
+        if mode not in FINE_TUNE_CHOICES:
+            raise ValueError(f"fine-tune must be one of {', '.join(FINE_TUNE_CHOICES)}, "
+                             f"got {mode!r}")
+        if mode != "none" and not self.fine_tune_layers:
+            able = ", ".join(b.name for b in REGISTRY.values() if b.fine_tune_layers)
+            raise ValueError(f"{self.display_name} has no fine-tune cut registered: "
+                             f"--fine-tune {mode} works with {able}")
 
     def builder_function(self):
         import keras
@@ -80,13 +127,27 @@ class Backbone:
         return size
 
 
+#: The last blocks fine-tuned by ``--fine-tune last-block`` (see Backbone.fine_tune_layers).
+#: VGG16: block5_conv3 (2.4 M parameters), fed by block5_conv2's output (14 × 14 × 512 at
+#: 224 px), then block5_pool. ResNet50: conv5_block3's three convolutions (4.5 M), fed by
+#: conv5_block2_out (7 × 7 × 2048); its batch norms stay frozen. Xception: block14's two
+#: separable convolutions (4.7 M), fed by block 13's residual sum (10 × 10 × 1024 at 299 px).
+VGG16_LAST_BLOCK = (("block5_conv3", ((3, 3, 512, 512), (512,))),)
+RESNET50_LAST_BLOCK = (("conv5_block3_1_conv", ((1, 1, 2048, 512), (512,))),
+                       ("conv5_block3_2_conv", ((3, 3, 512, 512), (512,))),
+                       ("conv5_block3_3_conv", ((1, 1, 512, 2048), (2048,))))
+XCEPTION_LAST_BLOCK = (("block14_sepconv1", ((3, 3, 1024, 1), (1, 1, 1024, 1536))),
+                       ("block14_sepconv2", ((3, 3, 1536, 1), (1, 1, 1536, 2048))))
+
 REGISTRY: dict[str, Backbone] = {b.name: b for b in (
     Backbone("vgg16", "VGG16", "VGG16", "vgg16", 224, 32, "block5_conv3",
-             "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5", 14_714_688, 512),
+             "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5", 14_714_688, 512,
+             VGG16_LAST_BLOCK),
     Backbone("vgg19", "VGG19", "VGG19", "vgg19", 224, 32, "block5_conv4",
              "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5", 20_024_384, 512),
     Backbone("resnet50", "ResNet50", "ResNet50", "resnet50", 224, 32, "conv5_block3_out",
-             "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5", 23_587_712, 2048),
+             "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5", 23_587_712, 2048,
+             RESNET50_LAST_BLOCK),
     Backbone("resnet101", "ResNet101", "ResNet101", "resnet", 224, 32, "conv5_block3_out",
              "resnet101_weights_tf_dim_ordering_tf_kernels_notop.h5", 42_658_176, 2048),
     Backbone("resnet152", "ResNet152", "ResNet152", "resnet", 224, 32, "conv5_block3_out",
@@ -94,7 +155,8 @@ REGISTRY: dict[str, Backbone] = {b.name: b for b in (
     Backbone("resnet50v2", "ResNet50V2", "ResNet50V2", "resnet_v2", 224, 32, "post_relu",
              "resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5", 23_564_800, 2048),
     Backbone("xception", "Xception", "Xception", "xception", 299, 71, "block14_sepconv2_act",
-             "xception_weights_tf_dim_ordering_tf_kernels_notop.h5", 20_861_480, 2048),
+             "xception_weights_tf_dim_ordering_tf_kernels_notop.h5", 20_861_480, 2048,
+             XCEPTION_LAST_BLOCK),
     Backbone("densenet121", "DenseNet121", "DenseNet121", "densenet", 224, 32, "relu",
              "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5", 7_037_504, 1024),
     Backbone("mobilenetv2", "MobileNetV2", "MobileNetV2", "mobilenet_v2", 224, 32, "out_relu",
@@ -230,3 +292,29 @@ def build_base(name: str, image_size: int | None = None, weights: str = "imagene
     base.trainable = False
     return base
 
+
+
+def cut_model(base, first_layer: str):
+    """``base`` from its input to the cut point: the input of ``first_layer`` (the first
+    layer that ``--fine-tune last-block`` trains), sharing the base's layers."""
+    import keras
+
+    return keras.Model(base.input, base.get_layer(first_layer).input,
+                       name=f"{base.name}_to_{first_layer}_input")
+
+
+def build_block(base, backbone_name: str):
+    """The part of ``base`` after the cut (:attr:`Backbone.fine_tune_cut`): cut activations
+    → the base's output, sharing the base's layers. The registry's
+    :attr:`Backbone.fine_tune_layers` are made trainable; every other layer (batch norms
+    included) stays frozen, so batch norm runs in inference mode."""
+    import keras
+
+    backbone = get_backbone(backbone_name)
+    backbone.check_fine_tune("last-block")
+    cut = base.get_layer(backbone.fine_tune_cut).input
+    block = keras.Model(cut, base.output, name=f"{base.name}_last_block")
+    trained = set(backbone.fine_tune_names)
+    for layer in block.layers:
+        layer.trainable = layer.name in trained
+    return block

@@ -54,6 +54,13 @@ def _progress_printer(stream=sys.stderr):
                  f"loss {metrics.get('loss', float('nan')):.3f} "
                  f"{held}_acc {metrics.get('val_accuracy', float('nan')):.3f}",
                  force=event["epoch"] == event["epochs"])
+        elif phase == "fine_tune":
+            metrics = event.get("metrics", {})
+            held = "test" if event.get("selected_on") == "test" else "val"
+            show(f"{prefix}fine-tuning the last block {bar(event['epoch'], event['epochs'])} "
+                 f"loss {metrics.get('loss', float('nan')):.3f} "
+                 f"{held}_acc {metrics.get('val_accuracy', float('nan')):.3f}",
+                 force=event["epoch"] == event["epochs"])
         elif phase == "warning":
             if interactive:
                 stream.write("\n")

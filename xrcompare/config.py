@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import MISSING, Field, dataclass, field, fields
 from pathlib import Path
 
-from xrcompare.backbones import RANDOM_WEIGHTS, WEIGHT_KINDS, get_backbone
+from xrcompare.backbones import FINE_TUNE_CHOICES, RANDOM_WEIGHTS, WEIGHT_KINDS, get_backbone
 from xrcompare.classes import class_name
 from xrcompare.imagestats import CNN_KIND, MODEL_KINDS, STATISTICS_KIND
 from xrcompare.imaging import MASK_MODES, NO_MASK, RESIZE_MODES
@@ -154,6 +154,22 @@ class TrainConfig:
     augment_views: int = setting(0, kind="int", flag="--augment-views", range=(0, 16),
                                  words="augmentation views", label="Augmented views",
                                  help="augmented views per training image, extracted once")
+    fine_tune: str = setting(
+        "none", kind="str", flag="--fine-tune", choices=FINE_TUNE_CHOICES, words="fine-tune",
+        label="Fine-tune", options=FINE_TUNE_CHOICES,
+        help="last-block: after the head has trained on the frozen base, train the backbone's "
+             "last convolutional block with it (VGG16 block5_conv3, ResNet50 conv5_block3, "
+             "Xception block14's separable convolutions; batch norms stay frozen) on "
+             "activations cached at the cut before that block, on the training split's "
+             "original images (no augmented views); none: the frozen base only")
+    fine_tune_epochs: int = setting(10, kind="int", flag="--fine-tune-epochs", range=(1, 200),
+                                    words="fine-tune epochs",
+                                    help="epochs of the last block and head (--fine-tune)")
+    fine_tune_learning_rate: float = setting(
+        1e-5, kind="float", flag="--fine-tune-learning-rate", range=(1e-7, 1e-2),
+        words="fine-tune learning rate",
+        help="Adam's learning rate for the last block and head (--fine-tune): small, so the "
+             "ImageNet weights move a little")
     balanced: bool = setting(False, kind="bool", flag="--balanced",
                              help="class-balanced loss weights")
     val_fraction: float = setting(0.15, kind="float", flag="--val-fraction",
@@ -244,7 +260,21 @@ class TrainConfig:
             "val_fraction": self.val_fraction if on_val else None,
             "test_fraction": None if self.folds else self.test_fraction,
             "folds": self.folds, "split": self.split, "preprocess": self.preprocess,
-            "select_on": self.select_on, "mask": self.mask})
+            "select_on": self.select_on, "mask": self.mask,
+            **self.fine_tune_recipe})
+
+    @property
+    def is_fine_tuned(self) -> bool:
+        return self.fine_tune != "none"
+
+    @property
+    def fine_tune_recipe(self) -> dict:
+        """The fine-tuning part of :meth:`recipe` (Nones for a frozen-base run)."""
+        if not self.is_fine_tuned:
+            return {"fine_tune": "none", "fine_tune_epochs": None,
+                    "fine_tune_learning_rate": None}
+        return {"fine_tune": self.fine_tune, "fine_tune_epochs": self.fine_tune_epochs,
+                "fine_tune_learning_rate": self.fine_tune_learning_rate}
 
     def repeated_runs(self, runs, data_images: int | None = None) -> list[tuple[str, object]]:
         """(backbone, run) for every run in ``runs`` that this configuration would repeat:
@@ -301,11 +331,27 @@ class TrainConfig:
                              "--split patients and --select-on val")
         if self.is_statistics:
             self._check_statistics()
+        if self.is_fine_tuned:
+            self._check_fine_tune()
 
     #: Settings that only mean something for a CNN run (the statistics baseline refuses them
     #: when they are not at their default).
     CNN_ONLY = ("backbones", "image_size", "resize_mode", "head", "weights", "mask",
-                "augment_views", "balanced", "patience", "folds", "preprocess", "augment")
+                "augment_views", "balanced", "patience", "folds", "preprocess", "augment",
+                "fine_tune")
+
+    def _check_fine_tune(self) -> None:
+        """``--fine-tune`` on a setting it cannot serve: one readable line."""
+        flag = f"--fine-tune {self.fine_tune}"
+        if self.is_random_control:
+            raise ValueError(f"{flag} trains an ImageNet backbone's last block; a random-init "
+                             "control's base is random on purpose: leave out --fine-tune or "
+                             "--weights random")
+        if self.folds:
+            raise ValueError(f"{flag} runs on one train/validation/test split: leave out "
+                             "--folds")
+        for backbone in self.backbones:
+            get_backbone(backbone).check_fine_tune(self.fine_tune)
 
     def _check_statistics(self) -> None:
         defaults = {item.name: default_of(item) for item, _ in settings()}

@@ -6,7 +6,10 @@ base's last convolutional layer (from the registry: VGG16 ``block5_conv3``, ResN
 
 * the **trunk**: the frozen base from its input to that layer. Runs whose bases are the same
   (backbone, weights, input size and, for random-init controls, seed: :func:`base_key`)
-  share one trunk, built once per process;
+  share one trunk, built once per process. A fine-tuned run (``--fine-tune last-block``)
+  has its own base, the registry's with its stored last block
+  (:func:`xrcompare.runs.build_base_for_run`), keyed by the run: it never shares a trunk
+  with the frozen runs of its backbone, nor they with it;
 * the **tail**: the rest of the base after that layer (VGG16's ``block5_pool``; nothing for
   ResNet50 or Xception) and the head's layers, a few kilobytes of work.
 
@@ -58,9 +61,11 @@ LOG = logging.getLogger("xrcompare.engine")
 
 
 def base_key(run: Run) -> tuple:
-    """Runs with equal keys have identical frozen bases (the seed matters only for random)."""
+    """Runs with equal keys have identical bases (the seed matters only for random; a
+    fine-tuned run's base is its own, keyed by its folder and when it was written)."""
     seed = run.weights_seed if run.is_random_control else None
-    return (run.backbone, run.weights, run.image_size, seed)
+    own = ("fine-tuned", str(run.path), run.modified) if run.is_fine_tuned else None
+    return (run.backbone, run.weights, run.image_size, seed, own)
 
 
 def trunk_key(run: Run) -> tuple:
@@ -283,17 +288,15 @@ class Engine:
         with key_lock:  # one build per key, even when a page and the warm-up ask at once
             entry = self._trunks.get(key)
             if entry is None:
-                from xrcompare.backbones import WeightsUnavailable, build_base
-                from xrcompare.runs import check_rebuildable
+                from xrcompare.backbones import WeightsUnavailable
+                from xrcompare.runs import build_base_for_run, check_rebuildable
 
                 problem = weights_problem(run)
                 if problem is not None:
                     raise WeightsUnavailable(problem)
                 check_rebuildable(run)
-                backbone, weights, size, _ = base_key(run)
-                with BUILD_LOCK:
-                    base = build_base(backbone, size, weights,
-                                      seed=run.weights_seed)
+                with BUILD_LOCK:  # the registry's base (a fine-tuned run's: with its block)
+                    base = build_base_for_run(run)
                     model = build_trunk(base, run.last_conv_layer)
                 entry = _Trunk(base, model, threading.Lock())
                 self._trunks.put(key, entry)
@@ -382,7 +385,9 @@ class Engine:
         once per machine (cached on disk) and compiling it for one image at a time. True when
         its feature maps now come from that engine; False when they stay on Keras. Raises
         when the engine fails (the trunk then stays on Keras)."""
-        if not run.is_cnn:
+        if not run.is_cnn or run.is_fine_tuned:
+            # A fine-tuned run's base is its own (the registry's plus its block): converted
+            # models are keyed by the registry's weights, so it stays on Keras.
             return False
         engine, precision = self.trunk_engine()
         if engine == "keras":

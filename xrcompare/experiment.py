@@ -4,6 +4,7 @@ folder. The CLI, the sidebar's training jobs and the scripts that make ``trained
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
 import shlex
@@ -45,14 +46,25 @@ from xrcompare.imaging import LUNG_BOX, MASK_MODES, NO_MASK
 from xrcompare.inference_engine import engine_label, with_engine
 from xrcompare.protocol import CHOICE_TEXT, leaky_reasons, protocol_label
 from xrcompare.runs import (
+    BLOCK_DTYPE,
+    BLOCK_FILE,
     SCHEMA_VERSION,
     RunWriter,
+    block_weights_of,
     check_runs_dir,
     heldout_scope,
     new_run_id,
     prediction_column,
+    write_block_weights,
 )
-from xrcompare.train import HEADS, build_head, fit_head, predict, save_head_weights
+from xrcompare.train import (
+    HEADS,
+    build_head,
+    fine_tune_model,
+    fit_head,
+    predict,
+    save_head_weights,
+)
 
 Progress = Callable[[dict], None]
 
@@ -423,13 +435,18 @@ def _train_one(config: TrainConfig, backbone_name: str, dataset: Dataset,
 
     first = fold_results[0]
     head = first["head"]
+    tuned = None
+    if config.is_fine_tuned:  # the second stage: the last block and the head together
+        tuned = FineTuning(config, backbone, spec, dataset, first, emit, phases)
+        first = tuned.run(classes, positive)
     t = time.perf_counter()
     heldout_metrics, heldout_frames, heldout_info = {}, [], []
     for heldout in heldouts:
         name = heldout.root.name
         emit({"phase": "heldout", "what": name})
         indices = list(range(len(heldout.records)))
-        result, records = _extract(extractor, heldout, indices, [0], emit, f"held-out {name}")
+        result, records = _extract(tuned.extractor if tuned else extractor, heldout, indices,
+                                   [0], emit, f"held-out {name}")
         skipped_here = [{"path": p, "reason": r} for p, r in result.failed]
         if not result.ok:  # nothing readable: record it, keep the run
             heldout_info.append({"name": name, "folder": str(heldout.root), "images": 0,
@@ -437,7 +454,8 @@ def _train_one(config: TrainConfig, backbone_name: str, dataset: Dataset,
                                  "skipped": skipped_here,
                                  "note": "no readable images: not evaluated"})
             continue
-        probabilities = predict(head, result.features)
+        probabilities = (tuned.predict(result.features, heldout_scope(name)) if tuned
+                         else predict(head, result.features))
         frame = _prediction_frame(heldout, records, heldout_scope(name), probabilities, None,
                                   classes)
         heldout_frames.append(frame)
@@ -494,6 +512,8 @@ def _train_one(config: TrainConfig, backbone_name: str, dataset: Dataset,
         writer.write_csv("history.csv", history)
         writer.write_csv("predictions.csv", predictions)
         save_head_weights(head, writer.path("head.weights.h5"))
+        if tuned is not None:
+            write_block_weights(writer.path(BLOCK_FILE), tuned.stored)
         if config.folds:
             for n, fr in enumerate(fold_results, start=1):
                 save_head_weights(fr["head"], writer.path(f"head_fold{n}.weights.h5"))
@@ -502,6 +522,8 @@ def _train_one(config: TrainConfig, backbone_name: str, dataset: Dataset,
         info = _run_info(config, backbone, size, feature_shape, dataset, fold_splits,
                          first, fold_results, skipped, heldout_info, phases, status, head,
                          writer.run_id, original, extractor)
+        if tuned is not None:
+            tuned.record(info)
         writer.write_json("run.json", info)
         folder = writer.commit()
     except BaseException:
@@ -509,6 +531,173 @@ def _train_one(config: TrainConfig, backbone_name: str, dataset: Dataset,
         raise
     emit({"phase": "written", "run": str(folder)})
     return folder
+
+
+class FineTuning:
+    """``--fine-tune last-block``: the second stage of a run, after its head has trained on
+    the frozen base (the first fold's ``first`` result).
+
+    The registry base runs once per image up to the cut before its last block
+    (:attr:`xrcompare.backbones.Backbone.fine_tune_cut`; cached like any features, through
+    the same inference engine); then only the last block (its registered layers trainable,
+    batch norm in inference mode) and the head train on those activations, with the head's
+    recipe but :attr:`TrainConfig.fine_tune_epochs` epochs at
+    :attr:`TrainConfig.fine_tune_learning_rate`, on the training split's original images, the
+    epoch kept as the head's was. The block is stored in float16 (:data:`BLOCK_DTYPE`): every
+    prediction the run records is made with the stored float16 block, and how far those are
+    from the float32 block's is measured on every image (:meth:`record`).
+    """
+
+    def __init__(self, config: TrainConfig, backbone, spec, dataset: Dataset, first: dict,
+                 emit: Progress, phases: _Phases):
+        self.config, self.backbone, self.dataset = config, backbone, dataset
+        self.frozen, self.emit, self.phases = first, emit, phases
+        self.spec = dataclasses.replace(spec, cut=backbone.fine_tune_cut)
+        self.extractor = FeatureExtractor(self.spec, batch_size=config.extract_batch_size)
+        self.check = {"images": 0, "max_abs_difference": 0.0, "argmax_changed": 0}
+        self.stored: dict[str, list[np.ndarray]] = {}
+
+    def run(self, classes: list[str], positive: str) -> dict:
+        """Fine-tune; return the first fold's result as the run now predicts (its frames and
+        test metrics from the fine-tuned block and head)."""
+        import keras
+
+        from xrcompare.backbones import build_base, build_block
+
+        config, backbone, dataset, emit = self.config, self.backbone, self.dataset, self.emit
+        kept = self.frozen["splits"]
+        t = time.perf_counter()
+        emit({"phase": "load_backbone",
+              "what": f"cut before {backbone.fine_tune_cut} "
+                      f"({engine_label(self.spec.engine, self.spec.precision)})"})
+        indices = sorted({i for split in kept.values() for i in split})
+        result, records = _extract(self.extractor, dataset, indices, [0], emit,
+                                   f"dataset at the cut before {backbone.fine_tune_cut}")
+        self.cut_result = result
+        self.phases.add("extract_cut", t)
+        row_of = {index: row for row, index in enumerate(records)}
+        lost = [i for i in indices if i not in row_of]
+        if lost:  # the same bytes were read for the frozen stage: should never happen
+            raise ValueError(f"{len(lost)} images could not be read at the cut, e.g. "
+                             f"{dataset.records[lost[0]].path}")
+        labels = np.array([classes.index(dataset.records[i].label) for i in records])
+        t = time.perf_counter()
+        keras.utils.set_random_seed(config.seed)
+        self.base = build_base(backbone.name, self.spec.image_size, config.weights,
+                               seed=config.seed)
+        self.model = fine_tune_model(build_block(self.base, backbone.name), self.frozen["head"])
+        self.phases.add("build_block", t)
+        selection = "test" if config.select_on == "test" else "val"
+        monitor = "val_accuracy" if selection == "test" else config.monitor
+        train_rows = [row_of[i] for i in kept["train"]]
+        val_rows = [row_of[i] for i in kept[selection]]
+
+        def on_epoch(event):
+            emit({**event, "phase": "fine_tune", "selected_on": selection})
+
+        t = time.perf_counter()
+        features = result.features
+        self.fit = fit_head(self.model, features[train_rows], labels[train_rows],
+                            features[val_rows], labels[val_rows],
+                            epochs=config.fine_tune_epochs, batch_size=config.batch_size,
+                            learning_rate=config.fine_tune_learning_rate, seed=config.seed,
+                            balanced=config.balanced, patience=config.patience,
+                            monitor=monitor, progress=on_epoch)
+        if selection == "test":
+            self.fit["history"] = {(f"test_{key[4:]}" if key.startswith("val_") else key): v
+                                   for key, v in self.fit["history"].items()}
+            self.fit["monitor"] = "test_accuracy"
+        self.phases.add("fine_tune", t)
+        # Store float16; every recorded prediction is the stored block's.
+        self.trained = block_weights_of(self.base, backbone.name)
+        self.stored = {name: [w.astype(BLOCK_DTYPE).astype(np.float32) for w in arrays]
+                       for name, arrays in self.trained.items()}
+        self._use(self.stored)
+        t = time.perf_counter()
+        emit({"phase": "evaluate", "fold": 1, "folds": 1})
+        frames = []
+        for split_name, split_indices in kept.items():
+            probabilities = self.predict(features[[row_of[i] for i in split_indices]],
+                                         split_name)
+            frames.append(_prediction_frame(dataset, split_indices, split_name, probabilities,
+                                            None, classes))
+        test_metrics = _evaluate_frame(frames[2], config.seed, classes, positive)
+        self.phases.add("evaluate", t)
+        return {**self.frozen, "frames": frames, "test_metrics": test_metrics}
+
+    def _use(self, weights: dict[str, list[np.ndarray]]) -> None:
+        for name, arrays in weights.items():
+            self.base.get_layer(name).set_weights(arrays)
+
+    def predict(self, features: np.ndarray, scope: str) -> np.ndarray:
+        """Probabilities of the stored (float16) block and head; the float32 block's are
+        computed too and the largest difference kept for :meth:`record`."""
+        stored = predict(self.model, features)
+        self._use(self.trained)
+        full = predict(self.model, features)
+        self._use(self.stored)
+        if len(features):
+            check = self.check
+            check["images"] += len(features)
+            check["max_abs_difference"] = max(check["max_abs_difference"],
+                                              float(np.abs(stored - full).max()))
+            check["argmax_changed"] += int((stored.argmax(1) != full.argmax(1)).sum())
+        return stored
+
+    def record(self, info: dict) -> None:
+        """Add what the fine-tuning did to the run's run.json ``info``."""
+        config, backbone = self.config, self.backbone
+        frozen_test = self.frozen["test_metrics"]
+        history, epoch = self.fit["history"], self.fit["best_epoch"]
+        size_bytes = sum(int(np.prod(w.shape)) for arrays in self.stored.values()
+                         for w in arrays) * np.dtype(BLOCK_DTYPE).itemsize
+        info["fine_tune"] = {
+            "mode": config.fine_tune, "layers": list(backbone.fine_tune_names),
+            "cut_before": backbone.fine_tune_cut,
+            "cut_layer": _cut_layer_name(self.base, backbone.fine_tune_cut),
+            "cut_shape": [int(d) for d in self.cut_result.features.shape[1:]],
+            "params": backbone.fine_tune_params,
+            "batch_norm": "frozen, inference mode (ImageNet statistics)",
+            "file": BLOCK_FILE, "storage": np.dtype(BLOCK_DTYPE).name,
+            "stored_bytes": int(size_bytes),
+            "float16_check": {
+                **self.check, "max_abs_difference": round(self.check["max_abs_difference"], 6),
+                "what": "largest difference of any class probability between the stored "
+                        "float16 block and the trained float32 block, and how many predicted "
+                        "classes changed, over every image the run recorded"},
+            "epochs": config.fine_tune_epochs, "learning_rate": config.fine_tune_learning_rate,
+            "best_epoch": epoch, "epochs_run": self.fit["epochs_run"],
+            "monitor": self.fit["monitor"],
+            "trained_on": "the train split's original images (no augmented views), as "
+                          "activations at the cut",
+            "history": {key: [round(float(v), 6) for v in values]
+                        for key, values in history.items()},
+            "val_best": {key: values[epoch - 1] for key, values in history.items()
+                         if key.startswith(("val_", "test_")) and 0 < epoch <= len(values)},
+            "features": {"spec": self.spec.key(), "cached": self.cut_result.cached,
+                         "computed": self.cut_result.computed},
+            "before": {"description": "the head on the frozen base, before fine-tuning",
+                       "best_epoch": self.frozen["fit"]["best_epoch"],
+                       "val_best": _best_val(self.frozen["fit"]),
+                       "test_accuracy": frozen_test.get("accuracy"),
+                       "test_macro_f1": frozen_test.get("macro_f1")},
+        }
+        info["trainable_params"] = int(info["trainable_params"]) + backbone.fine_tune_params
+        info["selection"] = (f"{info['selection']}; then the last block "
+                             f"({', '.join(backbone.fine_tune_names)}) and the head fine-tuned "
+                             f"for up to {config.fine_tune_epochs} epochs at learning rate "
+                             f"{config.fine_tune_learning_rate:g}, epoch {epoch} kept "
+                             f"({self.fit['monitor']})")
+        if not config.display_name:
+            info["display_name"] += " · fine-tuned last block"
+
+
+def _cut_layer_name(base, first_layer: str) -> str:
+    """The name of the layer whose output is the cut (the input of ``first_layer``)."""
+    tensor = base.get_layer(first_layer).input
+    history = getattr(tensor, "_keras_history", None)
+    operation = getattr(history, "operation", None) if history is not None else None
+    return getattr(operation, "name", None) or f"input of {first_layer}"
 
 
 #: Images per progress event while the statistics baseline reads its images.

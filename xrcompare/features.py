@@ -3,9 +3,12 @@
 The cache key is the image's content hash (SHA-256 of its bytes) plus everything that
 changes the features: backbone, weights (ImageNet or the seeded random-init control),
 input size, resize mode, input scaling (when not the backbone's own), a masked-input control
-(when there is one), for augmented views the recipe and view number, and, when it is not
+(when there is one), for augmented views the recipe and view number, when it is not
 the Keras float32 reference, the inference engine and its precision
-(:mod:`xrcompare.inference_engine`). The head then trains on cached features for any number
+(:mod:`xrcompare.inference_engine`), and for ``--fine-tune last-block`` the cut point: the
+base run only up to the input of the backbone's last block
+(:attr:`xrcompare.backbones.Backbone.fine_tune_cut`), whose activations the block is then
+fine-tuned on. The head then trains on cached features for any number
 of epochs, instead of re-running the frozen base every epoch.
 """
 
@@ -73,6 +76,9 @@ class FeatureSpec:
     mask: str = "none"  # a masked-input control (xrcompare.imaging.MASK_MODES)
     engine: str = "keras"  # the base's forward pass (xrcompare.inference_engine); keras = reference
     precision: str = "fp32"
+    #: "" : the base's output. Else the first layer of the fine-tuned last block: the base
+    #: runs up to that layer's input (the cut point) and its activations are cached.
+    cut: str = ""
 
     def key(self) -> str:
         """The cache folder of this spec. A field at its default adds nothing, so caches made
@@ -92,6 +98,8 @@ class FeatureSpec:
             key += f"-mask-{self.mask}"
         if (self.engine, self.precision) != ("keras", "fp32"):  # not bit-identical features
             key += f"-{self.engine}-{self.precision}"
+        if self.cut:  # activations at the cut point, not the base's output
+            key += f"-cut-before-{self.cut}"
         return key
 
     def view_folder(self, view: int) -> str:

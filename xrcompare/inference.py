@@ -10,7 +10,7 @@ from xrcompare.evaluate import evaluate_heldout
 from xrcompare.features import FeatureExtractor
 from xrcompare.inference_engine import describe_difference, engine_label, with_engine
 from xrcompare.neighbours import neighbours_of
-from xrcompare.runs import Run, build_head_for_run, check_rebuildable
+from xrcompare.runs import Run, build_feature_model_for_run, check_rebuildable
 from xrcompare.train import predict
 
 
@@ -60,7 +60,9 @@ def evaluate_folder(run: Run, folder: str | Path, *, repeats: int = 1000,
     check_rebuildable(run)  # a random-init control's base differs across Keras versions
     spec = engine_spec(run, engine)
     extractor = FeatureExtractor(spec)
-    head = build_head_for_run(run)
+    # The head on the frozen base's features; a fine-tuned run's block and head on the
+    # registry base's activations at its cut (its feature spec says so).
+    head = build_feature_model_for_run(run)
     paths = [record.path for record in dataset.records]
     total, cached_before = len(paths), 0
     kept, parts, failed = [], [], []

@@ -26,6 +26,15 @@ engine and precision are part of the feature-cache key (:class:`xrcompare.featur
 and of every run's ``run.json``. Gradients (Grad-CAM and the other saliency maps) always go
 through Keras.
 
+Only registry bases are ever run here (ImageNet or a seeded random-init control), whole or cut
+at the input of the backbone's last block (``FeatureSpec.cut``, for ``--fine-tune
+last-block``: a cut base is converted under its own key, ``...-cut-before-<layer>``). A
+fine-tuned run's own base (the registry's with its fine-tuned block) is never converted: its
+training and evaluation run the unchanged registry part up to the cut here, then the block and
+head in Keras (:func:`xrcompare.runs.build_feature_model_for_run`), and the Predict page runs
+its whole base in Keras (:mod:`xrcompare.engine`). So no converted model can be confused with
+a fine-tuned one.
+
 Nothing here imports OpenVINO or TensorFlow until an engine is made.
 """
 
@@ -317,7 +326,7 @@ def make_engine(spec, *, base=None, hint: str | None = None,
             from xrcompare.backbones import build_base
 
             base = build_base(spec.backbone, spec.image_size, spec.weights, seed=spec.seed)
-        return KerasEngine(base)
+        return KerasEngine(spec_model(spec, base))
     if engine != "openvino":
         raise EngineUnavailable(f"unknown engine {engine!r}; choose from "
                                 f"{', '.join(ENGINE_CHOICES[1:])}")
@@ -331,6 +340,16 @@ def make_engine(spec, *, base=None, hint: str | None = None,
     xml, seconds, converted_now = converted_model(spec, base=base, output_layer=output_layer)
     return OpenVINOEngine(xml, spec.precision, hint=hint, conversion_seconds=seconds,
                           converted_now=converted_now)
+
+
+def spec_model(spec, base):
+    """What ``spec`` runs of a registry ``base``: the base itself, or, with ``spec.cut``, the
+    base up to the input of that layer (:func:`xrcompare.backbones.cut_model`)."""
+    if not getattr(spec, "cut", ""):
+        return base
+    from xrcompare.backbones import cut_model
+
+    return cut_model(base, spec.cut)
 
 
 # --------------------------------------------------------------------------- conversion cache
@@ -384,8 +403,9 @@ def model_key(spec, base=None, output_layer: str | None = None) -> tuple[str, ob
 
     Keyed by what fixes the graph and its weights: backbone, input size, the weights (a hash
     of the ImageNet file, or the random-init seed with its Keras backend and version), and
-    the Keras and OpenVINO versions, and the layer whose output it gives (``output_layer``)
-    when not the base's. Resize mode and precision do not change the converted model
+    the Keras and OpenVINO versions, the cut point when the base is cut before its last
+    block (``spec.cut``), and the layer whose output it gives (``output_layer``) when
+    not the base's. Resize mode and precision do not change the converted model
     (precision is chosen when it is compiled), so one conversion serves them all.
     """
     import keras
@@ -406,6 +426,8 @@ def model_key(spec, base=None, output_layer: str | None = None) -> tuple[str, ob
     version = ov.__version__.split("-")[0]
     key = (f"{spec.backbone}-{spec.image_size}px-{weights}-keras{keras.__version__}"
            f"-openvino{version}")
+    if getattr(spec, "cut", ""):  # the registry base cut before its last block
+        key += f"-cut-before-{spec.cut}"
     if output_layer is not None:
         if not output_layer.replace("_", "").isalnum():
             raise ValueError("a layer name has letters, digits and underscores, got "
@@ -446,12 +468,13 @@ def converted_model(spec, *, base=None, output_layer: str | None = None
 
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # Keras's "structure of inputs" notice
-                model = ov.convert_model(_up_to(base, output_layer))
+                model = ov.convert_model(_up_to(spec_model(spec, base), output_layer))
             ov.save_model(model, temporary / "model.xml", compress_to_fp16=False)
             seconds = time.perf_counter() - started
             (temporary / "conversion.json").write_text(json.dumps({
                 "key": key, "backbone": spec.backbone, "image_size": spec.image_size,
-                "weights": spec.weights, "output_layer": output_layer, "seconds": round(seconds, 2),
+                "weights": spec.weights, "cut_before": getattr(spec, "cut", "") or None,
+                "output_layer": output_layer, "seconds": round(seconds, 2),
                 "converted": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, indent=2) + "\n")
             shutil.rmtree(folder, ignore_errors=True)  # an incomplete leftover
             os.replace(temporary, folder)

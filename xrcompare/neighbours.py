@@ -274,6 +274,9 @@ def build_index(run: Run, *, data_root: str | Path | None = None, progress=None,
 
     if not run.is_cnn:
         raise ValueError(f"{run.title} has no frozen base: no neighbours")
+    if run.is_fine_tuned:  # its cached features are cut activations, not its base's output
+        raise ValueError(f"{run.run_id} fine-tuned its last block: a neighbour index is built "
+                         "only for frozen-base runs (use the same backbone's frozen run)")
     folder = run.data_folder(data_root=data_root)
     if folder is None:
         raise ValueError(f"the data folder of {run.run_id} ({run.data_name}) is not here")

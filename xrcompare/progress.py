@@ -18,6 +18,8 @@ seconds, added by the writer) and ``phase``; all but ``scan`` and ``done`` also 
     {"phase": "train", "epoch": int, "epochs": int, "metrics": {"loss", "accuracy",
      "val_loss", "val_accuracy"}, "best_epoch": int, "fold": int, "folds": int,
      "selected_on": "val" | "test"}
+    {"phase": "fine_tune", "epoch": int, "epochs": int, "metrics": {...}, "best_epoch": int,
+     "selected_on": "val" | "test"}  (--fine-tune last-block: after the head, before evaluate)
     {"phase": "evaluate", "fold": int, "folds": int}
     {"phase": "heldout", "what": <held-out folder name>}
     {"phase": "write"}
@@ -377,6 +379,9 @@ def summarize_progress(events: list[dict], *, plan: dict | None = None,
             curve.append({"backbone": backbone, "fold": fold, "epoch": _int(event.get("epoch")),
                           **{key: value for key, value in metrics.items()
                              if isinstance(value, (int, float))}})
+        elif phase == "fine_tune":
+            text = (f"fine-tuning the last block: epoch {_int(event.get('epoch'))} of "
+                    f"{max(1, _int(event.get('epochs'), 1))}{where}")
         elif phase == "evaluate":
             text = f"evaluating on the test split{where}"
         elif phase == "heldout":

@@ -8,6 +8,8 @@ A run folder (``trained/<run-id>/``) holds::
     predictions.csv   path, split (train/val/test or heldout:<name>), label, patient_id,
                       prob_covid, prob_normal, prob_pneumonia
     head.weights.h5   the head only; the frozen base is rebuilt from the registry
+    block.weights.h5  fine-tuned runs only (``--fine-tune last-block``): the backbone's last
+                      block's trained layers (float16), loaded into the registry's base
 
 It is written into a hidden temporary folder and renamed when complete, so a listing
 never sees half a run. Corrupt folders are reported and skipped, never fatal.
@@ -76,6 +78,13 @@ RUN_SPACE_BYTES = 50_000_000
 FEATURE_STRIDE = 32
 #: The most channels a frozen base's feature map has (DenseNet121 1024, ResNet 2048).
 MAX_FEATURE_CHANNELS = 4096
+#: A fine-tuned run's last-block weights (run.json ``fine_tune.file``).
+BLOCK_FILE = "block.weights.h5"
+#: How the block is stored: float16 halves ``trained/`` (VGG16's block5_conv3 is 4.7 MB, not
+#: 9.4 MB); the run records how far float16 moves its predictions from float32's.
+BLOCK_DTYPE = np.float16
+#: The largest block file read (Xception's block14 is 9.5 MB in float16).
+BLOCK_FILE_LIMIT = 64_000_000
 
 
 #: The scope of a run's own test split (pooled out-of-fold predictions for cross-validation).
@@ -127,7 +136,8 @@ def scope_text(scope: str) -> str:
 RECIPE_KEYS = ("data", "data_images", "backbone", "weights", "image_size", "resize_mode",
                "head", "epochs", "batch_size", "learning_rate", "seed", "augment_views",
                "augment", "balanced", "patience", "monitor", "val_fraction", "test_fraction",
-               "folds", "split", "preprocess", "select_on", "mask")
+               "folds", "split", "preprocess", "select_on", "mask", "fine_tune",
+               "fine_tune_epochs", "fine_tune_learning_rate")
 
 
 def normalise_recipe(values: dict) -> dict:
@@ -150,6 +160,9 @@ def normalise_recipe(values: dict) -> dict:
     for key in ("learning_rate", "val_fraction", "test_fraction"):
         recipe[key] = number(recipe[key])
     recipe["balanced"] = bool(recipe["balanced"])
+    recipe["fine_tune"] = recipe["fine_tune"] or "none"  # runs made before --fine-tune
+    recipe["fine_tune_epochs"] = count(recipe["fine_tune_epochs"])
+    recipe["fine_tune_learning_rate"] = number(recipe["fine_tune_learning_rate"])
     return recipe
 
 
@@ -388,6 +401,28 @@ class Run:
     def head(self) -> str | None:
         return self.info["head"] if self.is_cnn else None
 
+    @property
+    def is_fine_tuned(self) -> bool:
+        """Whether the backbone's last block was fine-tuned after the head (run.json
+        ``fine_tune``, checked on load against the registry; ``block.weights.h5`` holds it)."""
+        return self.is_cnn and isinstance(self.info.get("fine_tune"), dict)
+
+    @property
+    def fine_tune_record(self) -> dict:
+        """run.json's ``fine_tune`` ({} for a frozen-base run): mode, layers, cut, storage,
+        epochs, learning rate, kept epoch, history, the float16 check and the frozen stage's
+        figures (``before``)."""
+        return dict(_dict(self.info.get("fine_tune"))) if self.is_fine_tuned else {}
+
+    @property
+    def fine_tuned_layers(self) -> tuple[str, ...]:
+        """The base's layers whose weights this run fine-tuned (empty: a frozen base)."""
+        return tuple(self.fine_tune_record.get("layers") or ())
+
+    @property
+    def block_weights(self) -> Path:
+        return self.path / BLOCK_FILE
+
     def _require_cnn(self, what: str) -> None:
         if not self.is_cnn:
             raise RunError(f"{self.title} is not a CNN run (it is the {self.kind} control): "
@@ -406,8 +441,11 @@ class Run:
         from xrcompare.features import FeatureSpec
 
         self._require_cnn("frozen base")
+        # A fine-tuned run's features are the registry base's activations at the cut before
+        # its last block (the block and head run on them: build_feature_model_for_run).
         return FeatureSpec(self.backbone, self.image_size, self.resize_mode, self.weights,
-                           self.weights_seed, preprocess=self.preprocess, mask=self.mask)
+                           self.weights_seed, preprocess=self.preprocess, mask=self.mask,
+                           cut=self.fine_tuned_layers[0] if self.is_fine_tuned else "")
 
     def statistics_model(self):
         """The statistics baseline's fitted model (:class:`xrcompare.imagestats.
@@ -651,7 +689,11 @@ class Run:
             "test_fraction": None if self.folds else split.get("test_fraction"),
             "folds": self.folds, "split": protocol["split"],
             "preprocess": protocol["preprocess"], "select_on": protocol["select_on"],
-            "mask": self.mask})
+            "mask": self.mask,
+            **({"fine_tune": self.fine_tune_record.get("mode"),
+                "fine_tune_epochs": self.fine_tune_record.get("epochs"),
+                "fine_tune_learning_rate": self.fine_tune_record.get("learning_rate")}
+               if self.is_fine_tuned else {"fine_tune": "none"})})
 
     @property
     def augment_views(self) -> int:
@@ -981,6 +1023,11 @@ def load_run(folder: str | Path) -> Run:
         check_metrics(metrics, labels)
         if kind == CNN_KIND:
             check_head_file(folder / "head.weights.h5", info, labels)
+            if isinstance(info.get("fine_tune"), dict):
+                if not (folder / BLOCK_FILE).is_file():
+                    raise SchemaError(f"run.json says the last block was fine-tuned, but "
+                                      f"{BLOCK_FILE} is missing")
+                check_block_file(folder / BLOCK_FILE, info["backbone"])
         else:
             check_statistics_file(folder / MODEL_FILE, labels)
     except SchemaError as error:
@@ -1073,6 +1120,8 @@ def check_info(info: dict, kind: str = CNN_KIND) -> None:
                 _is_number(box.get(key)) and 0 <= box[key] <= 1
                 for key in ("left", "top", "right", "bottom")), "run.json mask_box",
                 "an object of fractions left, top, right, bottom")
+        if info.get("fine_tune") is not None:
+            check_fine_tune_record(info["fine_tune"], info["backbone"])
     if "control" in info:
         _expect(isinstance(info["control"], bool), "run.json control", "true or false")
     if "classes" in info:
@@ -1310,6 +1359,135 @@ def check_head_file(path: Path, info: dict, labels: list[str]) -> None:
                               f"gives {inputs})")
 
 
+def check_fine_tune_record(record, backbone_name: str) -> None:
+    """run.json ``fine_tune`` names the registry's last block of the run's backbone."""
+    from xrcompare.backbones import FINE_TUNE_CHOICES, REGISTRY
+
+    _expect(isinstance(record, dict), "run.json fine_tune", "an object")
+    _expect(record.get("mode") in FINE_TUNE_CHOICES[1:], "run.json fine_tune.mode",
+            f"one of {', '.join(FINE_TUNE_CHOICES[1:])}")
+    backbone = REGISTRY.get(str(backbone_name))
+    if backbone is None:
+        return  # an unknown backbone is named by the weights check
+    if not backbone.fine_tune_layers:
+        raise SchemaError(f"run.json fine_tune: {backbone.display_name} has no fine-tune cut "
+                          "registered")
+    layers = record.get("layers")
+    if layers != list(backbone.fine_tune_names):
+        raise SchemaError(f"run.json fine_tune.layers {layers!r} are not "
+                          f"{backbone.display_name}'s registered last block "
+                          f"{list(backbone.fine_tune_names)}")
+    for key in ("epochs", "best_epoch", "epochs_run"):
+        _expect(record.get(key) is None or _is_count(record[key]), f"run.json fine_tune.{key}",
+                "a whole number or null")
+    _expect(record.get("learning_rate") is None or _is_number(record["learning_rate"]),
+            "run.json fine_tune.learning_rate", "a number or null")
+
+
+def block_weight_shapes(path: Path) -> dict[str, list[tuple[int, ...]]]:
+    """Layer name → the shapes of its weights in a block file (:func:`write_block_weights`),
+    read without loading the values; :class:`SchemaError` (one sentence) when it is not one."""
+    import h5py
+
+    try:
+        size = Path(path).stat().st_size
+        if size > BLOCK_FILE_LIMIT:
+            raise SchemaError(f"{BLOCK_FILE} is {size / 1e6:.0f} MB, more than a last block "
+                              f"({BLOCK_FILE_LIMIT / 1e6:.0f} MB at most)")
+        with h5py.File(path, "r") as handle:
+            layers = handle.get("layers")
+            if not isinstance(layers, h5py.Group):
+                raise SchemaError(f"{BLOCK_FILE} has no 'layers' group: it is not a block "
+                                  "weights file")
+            shapes = {}
+            for name, group in layers.items():
+                if not isinstance(group, h5py.Group) or not all(
+                        isinstance(group.get(key), h5py.Dataset) for key in group):
+                    raise SchemaError(f"{BLOCK_FILE} layer {name} is not a group of arrays")
+                keys = sorted(group.keys(), key=lambda k: int(k) if k.isdigit() else -1)
+                if keys != [str(number) for number in range(len(keys))]:
+                    raise SchemaError(f"{BLOCK_FILE} layer {name} has arrays {keys}, "
+                                      "expected 0, 1, ...")
+                shapes[name] = [tuple(int(d) for d in group[key].shape) for key in keys]
+    except SchemaError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise SchemaError(f"{BLOCK_FILE} cannot be read ({one_line(error, 80)})") from None
+    return shapes
+
+
+def check_block_file(path: Path, backbone_name: str) -> None:
+    """The block file holds exactly the registry's last-block layers of ``backbone_name``
+    with their weight shapes (a file from another backbone or a damaged one is refused
+    before any model is built); :class:`SchemaError` (one sentence) otherwise."""
+    from xrcompare.backbones import REGISTRY
+
+    backbone = REGISTRY.get(str(backbone_name))
+    if backbone is None or not backbone.fine_tune_layers:
+        raise SchemaError(f"{BLOCK_FILE}: {backbone_name} has no fine-tune cut registered")
+    found = block_weight_shapes(path)
+    expected = {name: [tuple(shape) for shape in shapes]
+                for name, shapes in backbone.fine_tune_layers}
+    if set(found) != set(expected):
+        raise SchemaError(f"{BLOCK_FILE} holds layers {sorted(found)}, but "
+                          f"{backbone.display_name}'s last block is {sorted(expected)}")
+    for name, shapes in expected.items():
+        if found[name] != shapes:
+            raise SchemaError(f"{BLOCK_FILE} layer {name} has weight shapes "
+                              f"{[list(s) for s in found[name]]}, but {backbone.display_name}'s "
+                              f"{name} takes {[list(s) for s in shapes]}")
+
+
+def write_block_weights(path: Path, weights: dict[str, list[np.ndarray]]) -> None:
+    """Write a last block's weights (layer name → its arrays in Keras order) as float16."""
+    import h5py
+
+    with h5py.File(path, "w") as handle:
+        handle.attrs["format"] = "xrcompare last-block weights, float16"
+        layers = handle.create_group("layers")
+        for name, arrays in weights.items():
+            group = layers.create_group(name)
+            for number, array in enumerate(arrays):
+                group.create_dataset(str(number), data=np.asarray(array).astype(BLOCK_DTYPE))
+
+
+def read_block_weights(path: Path, backbone_name: str) -> dict[str, list[np.ndarray]]:
+    """A block file's weights as float32 arrays, checked (:func:`check_block_file`; float16
+    or float32 values, all finite); :class:`SchemaError` (one sentence) otherwise."""
+    import h5py
+
+    check_block_file(path, backbone_name)
+    weights: dict[str, list[np.ndarray]] = {}
+    try:
+        with h5py.File(path, "r") as handle:
+            for name, group in handle["layers"].items():
+                arrays = []
+                for key in sorted(group.keys(), key=int):
+                    dataset = group[key]
+                    if dataset.dtype not in (np.dtype(np.float16), np.dtype(np.float32)):
+                        raise SchemaError(f"{BLOCK_FILE} layer {name} holds {dataset.dtype} "
+                                          "values, not float16 or float32")
+                    array = np.asarray(dataset[()], dtype=np.float32)
+                    if not np.isfinite(array).all():
+                        raise SchemaError(f"{BLOCK_FILE} layer {name} holds values that are "
+                                          "not finite numbers")
+                    arrays.append(array)
+                weights[name] = arrays
+    except SchemaError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise SchemaError(f"{BLOCK_FILE} cannot be read ({one_line(error, 80)})") from None
+    return weights
+
+
+def block_weights_of(base, backbone_name: str) -> dict[str, list[np.ndarray]]:
+    """The registry's last-block layers' weights of ``base`` (for :func:`write_block_weights`)."""
+    from xrcompare.backbones import get_backbone
+
+    return {name: [np.asarray(w) for w in base.get_layer(name).get_weights()]
+            for name in get_backbone(backbone_name).fine_tune_names}
+
+
 def head_weight_shapes(path: Path) -> dict[str, list[tuple[int, ...]]]:
     """Layer name → the shapes of its weights in a Keras 3 ``.weights.h5`` file, read
     without building anything; :class:`SchemaError` when the file cannot be read."""
@@ -1424,19 +1602,60 @@ def check_rebuildable(run: Run) -> None:
         raise WeightsUnavailable(problem)
 
 
-def build_full_model(run: Run, *, base=None):
-    """The run's full classifier as ONE flat graph: frozen base + head layers.
+def load_block_into(run: Run, base) -> None:
+    """Set a fine-tuned run's stored last block (``block.weights.h5``) into ``base``, a
+    registry base of its backbone; :class:`RunError` (one sentence) for a bad file."""
+    try:
+        weights = read_block_weights(run.block_weights, run.backbone)
+    except SchemaError as error:
+        raise RunError(f"{run.run_id}: {error}") from None
+    for name, arrays in weights.items():
+        base.get_layer(name).set_weights(arrays)
 
-    Raises :class:`xrcompare.backbones.WeightsUnavailable` when ImageNet weights are missing
-    or a random-init control cannot be rebuilt identically here.
-    """
+
+def build_base_for_run(run: Run):
+    """The run's base: the registry's (ImageNet, or its random-init control), with its
+    fine-tuned last block loaded for a fine-tuned run. A fine-tuned run's base is its own:
+    never share it with another run's (:func:`xrcompare.engine.base_key`)."""
     from xrcompare.backbones import build_base
+
+    run._require_cnn("CNN base")
+    check_rebuildable(run)
+    base = build_base(run.backbone, run.image_size, run.weights, seed=run.weights_seed)
+    if run.is_fine_tuned:
+        load_block_into(run, base)
+    return base
+
+
+def build_feature_model_for_run(run: Run, *, base=None):
+    """The model that takes the run's cached features (:meth:`Run.feature_spec`) to class
+    probabilities: its head for a frozen-base run; for a fine-tuned run, its last block
+    (from the cut, with the stored weights; batch norm in inference mode) then its head.
+    ``base``: a base from :func:`build_base_for_run` (None: built here)."""
+    if not run.is_fine_tuned:
+        return build_head_for_run(run)
+    from xrcompare.backbones import build_block
+    from xrcompare.train import fine_tune_model
+
+    base = base if base is not None else build_base_for_run(run)
+    return fine_tune_model(build_block(base, run.backbone), build_head_for_run(run))
+
+
+def build_full_model(run: Run, *, base=None):
+    """The run's full classifier as ONE flat graph: base + head layers (what Grad-CAM and
+    tf-keras-vis need). A fine-tuned run's base carries its stored last block.
+
+    ``base``: a base from :func:`build_base_for_run` for this run (the engine's shared one);
+    None builds it. Raises :class:`xrcompare.backbones.WeightsUnavailable` when ImageNet
+    weights are missing or a random-init control cannot be rebuilt identically here, and
+    :class:`RunError` when a fine-tuned run's block file is bad.
+    """
     from xrcompare.train import attach_head
 
     run._require_cnn("CNN classifier")
     check_rebuildable(run)
     if base is None:
-        base = build_base(run.backbone, run.image_size, run.weights, seed=run.weights_seed)
+        base = build_base_for_run(run)
     return attach_head(base, build_head_for_run(run))
 
 

@@ -53,6 +53,20 @@ def attach_head(base, head):
     return keras.Model(base.input, x, name=f"{base.name}_with_{head.name}")
 
 
+def fine_tune_model(block, head):
+    """The backbone's last block then the head, on activations cached at the cut: what
+    ``--fine-tune last-block`` trains (:func:`xrcompare.backbones.build_block` makes the
+    block, its registered layers trainable). The block is called with ``training=False``, so
+    its batch-norm layers stay in inference mode (their ImageNet statistics) while its
+    convolutions learn; the head's dropout still follows training. Layers are shared with
+    ``block`` and ``head``."""
+    import keras
+
+    inputs = keras.Input(shape=tuple(block.input.shape[1:]), name="cut_activations")
+    outputs = head(block(inputs, training=False))
+    return keras.Model(inputs, outputs, name=f"{block.name}_then_{head.name}")
+
+
 def class_weights(labels: np.ndarray, n_classes: int) -> dict[int, float]:
     counts = np.bincount(labels, minlength=n_classes).astype(float)
     present = counts > 0
