@@ -193,7 +193,8 @@ def folds_lines(runs: list[Run]) -> list[str]:
             f"{stat('accuracy')}, macro-F1 {stat('macro_f1')}, COVID sensitivity "
             f"{stat('covid_sensitivity')}, COVID specificity {stat('covid_specificity')}; "
             f"kept epochs per fold {run.kept_epoch_text}. Its test row above pools the "
-            "out-of-fold predictions; its Kaggle row is fold 1's head."
+            "out-of-fold predictions"
+            + ("; its Kaggle row is fold 1's head." if run.metrics_for(KAGGLE) else ".")
             + _heldout_folds_text(run))
     return lines
 
