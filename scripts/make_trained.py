@@ -86,6 +86,9 @@ FINE_TUNE_RECIPE = ["--fine-tune", "last-block", "--fine-tune-epochs", "10",
                     "--fine-tune-learning-rate", "1e-5"]
 #: Its place in the dashboard's order: after the Shortcut lab's controls.
 FINE_TUNE_ORDER = 20
+#: The image-statistics baseline's place: after the masked controls of every backbone that
+#: had them when it was shipped (ResNet50 and VGG16 then: orders 13-18).
+STATISTICS_ORDER = 19
 #: The backbones compared side by side with the main recipe, in dashboard order.
 MAIN_BACKBONES = ("resnet50", "vgg16", "xception")
 #: The backbones whose main recipe is shipped with each mask: the main model's. Each masked
@@ -179,7 +182,7 @@ def derived_runs() -> list[RunPlan]:
             "Four classes: covid, bacterial and viral pneumonia (split by the Kermany file "
             "names), normal, on the main recipe and a patient-wise split. Held-out: kaggle_test "
             "split the same way (bacterial, viral, normal; no covid).",
-            19, four_class, [*MAIN_RECIPE, *MAIN_IMAGE_SIZE],
+            21, four_class, [*MAIN_RECIPE, *MAIN_IMAGE_SIZE],
             heldout=[derived_folder(KAGGLE_TEST, "four-class")],
             derived=[(CXR3, "four-class"), (KAGGLE_TEST, "four-class")]),
     ]
@@ -284,6 +287,7 @@ def shipped_runs() -> list[RunPlan]:
         FINE_TUNE_ORDER, CXR3, [*MAIN_RECIPE, *MAIN_IMAGE_SIZE, *FINE_TUNE_RECIPE],
         backbone="vgg16"))
     plans += derived_runs()
+    plans.sort(key=lambda plan: plan.order)  # dashboard order (stable for equal orders)
     order = 40
     for backbone in other_backbones_with_weights():
         plans.append(RunPlan(
@@ -340,7 +344,7 @@ def shortcut_controls() -> list[RunPlan]:
         "patient-wise split as the main runs. If it scores far above chance, the classes are "
         "separable without looking at the lungs. kaggle_test was squashed to 224x224 by its "
         "source, which this baseline reads directly.",
-        order, CXR3, ["--model", "image-statistics"], backbone=None))
+        STATISTICS_ORDER, CXR3, ["--model", "image-statistics"], backbone=None))
     return plans
 
 

@@ -154,6 +154,8 @@ def test_every_page_renders_the_shipped_runs(shipped_app, page, title):
                      item.value)
         assert "215" not in traps
         for run in runs:
+            if "kaggle_test" not in run.metrics["heldout"]:  # a derived class scheme's copy
+                continue
             heldout = run.metrics["heldout"]["kaggle_test"]
             row = heldout["confusion_matrix"][heldout["labels"].index("pneumonia")]
             assert f"**{row[heldout['labels'].index('covid')]} of {sum(row)}**" in traps

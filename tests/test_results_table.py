@@ -55,8 +55,12 @@ def test_every_planned_run_is_shipped_in_plan_order(planned_ids):
     ids = [run.run_id for run in listing.runs]
     assert ids == planned_ids, "run python scripts/make_trained.py to regenerate trained/"
     for run in listing.runs:
-        assert run.info["data"]["folder"].startswith("../shared/data/"), run.run_id
-        assert "kaggle_test" in run.metrics["heldout"], run.run_id
+        # the shared data, or a derived folder of links into it (make_trained's .derived/)
+        assert run.info["data"]["folder"].startswith(("../shared/data/", ".derived/")), \
+            run.run_id
+        # kaggle_test itself, or kaggle_test derived under the run's class scheme
+        assert any(name.startswith("kaggle_test") for name in run.metrics["heldout"]), \
+            run.run_id
 
 
 def test_trained_folder_stays_small():
