@@ -365,29 +365,40 @@ TRAINING_ANCHOR = "training-now"
 
 
 def job_banner() -> None:
-    """A line at the top of every page while a training job runs: what it trains, where it
-    is, and that the sidebar shows it."""
+    """A line at the top of every page while training requests run: what runs, where it is,
+    how many wait, and that the sidebar shows them."""
     try:
         from xrcompare import jobs
 
-        status = jobs.current_job()
+        view = jobs.queue_view()
     except (OSError, ValueError) as error:
         LOG.warning("training banner: %s", error)
         return
-    if status is None or not status.active:
+    if not view.open:
         return
     from xrcompare.backbones import REGISTRY
 
+    waiting = (f"; {len(view.queued)} request{'s' if len(view.queued) != 1 else ''} waiting"
+               if view.queued else "")
+    if not view.active:
+        st.info(f"**Training queue**: the engine is taking the first request{waiting}. "
+                f"Follow it at the top of the sidebar ([Training now](#{TRAINING_ANCHOR})).",
+                icon=":material/model_training:")
+        return
+    status = view.active[0]
     plan, progress = status.plan, status.progress
     names = [REGISTRY[name].display_name if name in REGISTRY else str(name)
              for name in plan.get("backbones") or ["?"]]
     what = f"{', '.join(names)} on {plan.get('data_name', '?')}"
+    more = len(view.active) - 1
+    others = f" (and {more} more running)" if more else ""
     left = progress.get("eta_text") or ""
-    st.info(f"**Training in progress** ({md(what)}): {md(progress.get('phase_text', ''))}, "
-            f"{progress.get('fraction', 0):.0%} done" + (f", {md(left)}" if left else "")
-            + ". Follow it, or cancel it, at the top of the sidebar "
-            f"([Training now](#{TRAINING_ANCHOR})); the new run appears on every page when "
-            "it is written.", icon=":material/model_training:")
+    st.info(f"**Training in progress** ({md(what)}, for {md(status.owner)}){others}: "
+            f"{md(progress.get('phase_text', ''))}, {progress.get('fraction', 0):.0%} done"
+            + (f", {md(left)}" if left else "") + f"{waiting}. Follow the queue, or cancel "
+            f"your request, at the top of the sidebar ([Training now](#{TRAINING_ANCHOR})); "
+            "each new run appears on every page when it is written.",
+            icon=":material/model_training:")
 
 
 def show_only_run(run_id: str) -> None:

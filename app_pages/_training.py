@@ -1,16 +1,19 @@
-"""Sidebar training panel: a form that starts a job and a fragment that watches it.
+"""Sidebar training panel: a form that queues a request and a fragment that watches the queue.
 
 Streamlit glue only. The form's widgets come from :class:`xrcompare.config.TrainConfig`'s
 declarations (labels, bounds, defaults, offered values); whether settings repeat a run is
 :meth:`TrainConfig.repeated_runs`, whether a held-out folder is held out is
-:func:`xrcompare.experiment.heldout_overlap`; jobs and locks live in :mod:`xrcompare.jobs`,
-the progress summary and time left in :mod:`xrcompare.progress`. The job's state is in files
-on disk, so it survives reloads, page changes, other tabs and app restarts.
+:func:`xrcompare.experiment.heldout_overlap`; the queue, its owners and who may cancel what
+live in :mod:`xrcompare.jobs`, Ray in :mod:`xrcompare.dispatch` and
+:mod:`xrcompare.ray_engine`, the progress summary and time left in :mod:`xrcompare.progress`.
+The queue is in files on disk, so it survives reloads, page changes, other tabs and app
+restarts.
 
-The form is a fragment: changing a setting reruns only the form, which says at once when the
-settings repeat an existing run or the held-out folder shares the training data's patients.
-A running job's panel sits at the top of the sidebar; its progress is a polling fragment and
-its Cancel button lies outside that fragment, so the button never flickers.
+Each browser session types a name once; its requests carry that name and a hash of the
+session's secret token, so a student cancels their own requests and nobody else's. The
+teacher (anyone on a loopback server without a key; else whoever typed the teacher key)
+cancels any request and reorders the queue. The queue's panel is a polling fragment; the
+buttons lie outside it, so they never flicker, and the page reruns when they must change.
 """
 
 from __future__ import annotations
@@ -35,15 +38,18 @@ from xrcompare.summary import KAGGLE_HELDOUT
 
 LOG = logging.getLogger("xrcompare.app")
 POLL_SECONDS = 1.0
-SEEN_KEY = "training_seen_final_job"
+IDLE_POLL_SECONDS = 3.0
+SEEN_KEY = "training_seen_queue"
+TOKEN_KEY = "training_session_token"
+OWNER_KEY = "training_owner"
 NONE_LABEL = "(none)"
 #: The dataset the form offers first: the 2020 blog's 305 images train in about a minute.
 DEFAULT_DATASET = "seed001_0402"
 #: Session flag set once this browser session typed the teacher key (never the key itself).
 UNLOCKED_KEY = "training_teacher_unlocked"
 KEY_FIELD = "training_teacher_key"
-KEY_HELP = ("Starting and cancelling training need the teacher's key on this server; "
-            "everything else is open to everyone.")
+KEY_HELP = ("The teacher's key unlocks cancelling anyone's request and reordering the "
+            "queue; students queue and cancel their own without it.")
 
 
 # --------------------------------------------------------------------------- access
@@ -107,15 +113,37 @@ def _folder_facts(data: str, heldout: str | None) -> dict:
     return facts
 
 
-def _current():
+def _token() -> str:
+    """This browser session's secret token (its requests carry its hash)."""
+    if TOKEN_KEY not in st.session_state:
+        st.session_state[TOKEN_KEY] = jobs.new_session_token()
+    return st.session_state[TOKEN_KEY]
+
+
+def _is_teacher(rights: access.TrainingAccess) -> bool:
+    return _unlocked(rights)
+
+
+def _view():
     try:
-        return jobs.current_job()
+        return jobs.queue_view()
     except (OSError, ValueError) as error:
-        st.warning(f"Cannot read the training jobs folder: {md(one_line(error))}")
+        st.warning(f"Cannot read the training queue: {md(one_line(error))}")
         return None
 
 
-# --------------------------------------------------------------------------- a job's panel
+def _dispatcher():
+    """This app's dispatcher (started once; it starts Ray with the first request)."""
+    from xrcompare import dispatch
+
+    try:
+        return dispatch.ensure_dispatcher()
+    except (OSError, ValueError) as error:
+        LOG.warning("dispatcher: %s", error)
+        return None
+
+
+# --------------------------------------------------------------------------- the queue's panel
 
 
 def _curve(status) -> None:
@@ -135,59 +163,46 @@ def _curve(status) -> None:
                     key=f"training-curve-{status.job_id}")
 
 
-def _cancel(status) -> None:
-    """Cancel the job (returns at once; the polling panel shows the outcome when it is
-    recorded)."""
-    try:
-        jobs.request_cancel(status.job_id)
-    except (OSError, ValueError) as error:
-        st.error(f"Could not cancel: {md(one_line(error))}")
-    else:
-        st.rerun(scope="app")
-
-
-def _cancel_control(status, rights: access.TrainingAccess) -> None:
-    """The Cancel button, behind the teacher key when the server needs one. Drawn once per
-    page run, outside the polling panel, so it stays put while the progress moves."""
-    if status.cancel_requested:
-        st.caption("Cancelling…")
-    elif not rights.allowed:
-        st.caption("Only the teacher can cancel training on this server.")
-    elif _unlocked(rights):
-        if st.button("Cancel training", key=f"cancel-{status.job_id}",
-                     width="stretch", icon=":material/stop_circle:"):
-            _cancel(status)
-    else:
-        with st.form(f"cancel-form-{status.job_id}", border=False):
-            typed = st.text_input("Teacher key", type="password", key=f"{KEY_FIELD}-cancel",
-                                  help=KEY_HELP)
-            if st.form_submit_button("Cancel training", width="stretch"):
-                if _unlock(typed):
-                    _cancel(status)
-                else:
-                    st.error("Wrong teacher key: the training goes on.")
-
-
 def _what(status) -> str:
     plan = status.plan
     names = [REGISTRY[name].display_name if name in REGISTRY else name
-             for name in plan.get("backbones", [])]
+             for name in plan.get("backbones", [])] or ["image statistics"]
     return md(f"{', '.join(names)} on {plan.get('data_name', '?')} "
               f"({plan.get('images', '?')} images, {plan.get('epochs', '?')} epochs)")
 
 
-def _show(status) -> None:
-    """One job's panel: live while it runs, its outcome afterwards."""
+def _who(status, token: str) -> str:
+    mine = " (you)" if status.owned_by(token) else ""
+    return f"{md(status.owner)}{mine}"
+
+
+def _show_active(status, token: str, with_curve: bool) -> None:
     progress = status.progress
-    what = _what(status)
-    if status.active:
-        st.markdown(f"**Training:** {what}")
-        st.progress(min(1.0, max(0.0, progress["fraction"])), text=md(progress["phase_text"]))
-        left = progress.get("eta_text")
-        st.caption(f"{format_duration(status.elapsed)} elapsed" + (f" · {md(left)}"
-                                                                   if left else ""))
+    st.markdown(f"**Training:** {_what(status)} — {_who(status, token)}")
+    st.progress(min(1.0, max(0.0, progress.get("fraction", 0.0))),
+                text=md(progress.get("phase_text", "")))
+    left = progress.get("eta_text")
+    waited = f" · waited {format_duration(status.waited)}" if status.waited else ""
+    cancelling = " · cancelling…" if status.cancel_requested else ""
+    st.caption(f"{format_duration(status.elapsed)} elapsed" + (f" · {md(left)}" if left else "")
+               + waited + cancelling)
+    if with_curve:
         _curve(status)
-        return
+
+
+def _show_queued(queued: list, token: str) -> None:
+    rows = [f"{status.position}. {_who(status, token)} — {_what(status)}, waiting "
+            f"{format_duration(status.waited)}" for status in queued]
+    st.markdown("**Waiting:**\n" + "\n".join(f"- {row}" for row in rows[:30])
+                + (f"\n- … and {len(rows) - 30} more" if len(rows) > 30 else ""))
+    notes = [status for status in queued if status.note and status.owned_by(token)]
+    for status in notes:
+        st.caption(md(status.note))
+
+
+def _show_final(status, token: str) -> None:
+    """A request's outcome."""
+    what = f"{_what(status)} — {_who(status, token)}"
     if status.state == "done":
         count = len(status.runs)
         st.success(f"Finished in {format_duration(status.elapsed)}: {what}. "
@@ -195,23 +210,24 @@ def _show(status) -> None:
     elif status.state == "cancelled":
         kept = (f" {len(status.runs)} run(s) finished before the cancel and were kept."
                 if status.runs else " No run was kept.")
-        st.info(f"Cancelled after {format_duration(status.elapsed)}: {what}.{kept}")
+        after = (f"after {format_duration(status.elapsed)}" if status.elapsed
+                 else "while waiting in the queue")
+        st.info(f"Cancelled {after}: {what}.{kept}")
     elif status.state == "failed":
-        st.error(f"Training failed: {md(status.error)}")
+        st.error(f"Training failed: {md(status.error)} ({what})")
     else:
-        st.warning(f"Training ended without an outcome: {md(status.error)}")
+        st.warning(f"Training ended without an outcome: {md(status.error)} ({what})")
     if status.state in ("failed", "stale") and status.log_tail:
         with st.expander("Last log lines"):
             st.code("\n".join(status.log_tail[-15:]), language=None, wrap_lines=True)
-    _curve(status)
 
 
-def _panel(run_every: float | None):
+def _panel(run_every: float | None, rights: access.TrainingAccess):
     @st.fragment(run_every=run_every)
     def panel() -> None:
         # A fragment reruns on its own, outside the router's safety net: keep its own.
         try:
-            _panel_body(run_every)
+            _panel_body(run_every, rights)
         except Exception as error:
             LOG.exception("training panel failed")
             st.error(f"The training panel hit a problem ({type(error).__name__}: "
@@ -220,21 +236,125 @@ def _panel(run_every: float | None):
     panel()
 
 
-def _panel_body(run_every: float | None) -> None:
-    status = _current()
-    if status is None:
-        st.session_state.setdefault(SEEN_KEY, None)
+def _page_signature(view, token: str, teacher: bool) -> tuple:
+    """What, when it changes, needs the whole page again: a request that ended (a new
+    run), this session's own requests, and for the teacher any change of the queue."""
+    ended = tuple(status.job_id for status in view.finished)
+    own = tuple((status.job_id, status.state) for status in view.open
+                if status.owned_by(token))
+    everyone = view.signature if teacher else ()
+    return ended, own, everyone, bool(view.open)
+
+
+def _panel_body(run_every: float | None, rights: access.TrainingAccess) -> None:
+    view = _view()
+    if view is None:
+        return
+    token = _token()
+    signature = _page_signature(view, token, _is_teacher(rights))
+    if SEEN_KEY not in st.session_state:
+        st.session_state[SEEN_KEY] = signature  # what this session found on arrival
+    elif st.session_state[SEEN_KEY] != signature:
+        st.session_state[SEEN_KEY] = signature
+        st.rerun(scope="app")  # new runs on every page, new buttons, polling pace
+    if view.open:
+        dispatcher = _dispatcher()
+        if dispatcher is not None:
+            st.caption(md(dispatcher.status_text[:1].upper() + dispatcher.status_text[1:]))
+        for number, status in enumerate(view.active):
+            _show_active(status, token, with_curve=number == 0 or status.owned_by(token))
+        if view.queued:
+            _show_queued(view.queued, token)
+        return
+    if not view.finished:
         st.caption("No training job yet.")
         return
-    final_id = None if status.active else status.job_id
-    if SEEN_KEY not in st.session_state:
-        st.session_state[SEEN_KEY] = final_id  # what this session found on arrival
-    elif final_id and st.session_state[SEEN_KEY] != final_id:
-        st.session_state[SEEN_KEY] = final_id
-        st.rerun(scope="app")  # the new run appears on every page, polling stops
-    elif status.active and run_every is None:
-        st.rerun(scope="app")  # started from another tab: start polling here too
-    _show(status)
+    _show_final(view.finished[0], token)
+    _curve(view.finished[0])
+
+
+def _cancel(status, rights: access.TrainingAccess) -> None:
+    """Cancel a request (returns at once; the panel shows the outcome when Ray stopped it)."""
+    try:
+        jobs.request_cancel(status.job_id, owner_token=_token(),
+                            teacher=_is_teacher(rights))
+    except (OSError, ValueError) as error:  # NotAllowed, a request that ended meanwhile
+        st.error(f"Could not cancel: {md(one_line(error))}")
+        return
+    dispatcher = _dispatcher()
+    if dispatcher is not None:
+        dispatcher.wake()
+    st.rerun(scope="app")
+
+
+def _teacher_key_form(rights: access.TrainingAccess, where: str) -> None:
+    with st.form(f"teacher-key-{where}", border=False):
+        typed = st.text_input("Teacher key", type="password", key=f"{KEY_FIELD}-{where}",
+                              help=KEY_HELP)
+        if st.form_submit_button("Unlock teacher controls", width="stretch"):
+            if _unlock(typed):
+                st.rerun(scope="app")
+            st.error("Wrong teacher key.")
+
+
+def _own_controls(view, rights: access.TrainingAccess) -> None:
+    """A Cancel button per request of this session (or every running one for the
+    teacher). Drawn once per page run, outside the polling panel."""
+    token, teacher = _token(), _is_teacher(rights)
+    for status in view.active:
+        if not (teacher or status.owned_by(token)):
+            continue
+        if status.cancel_requested:
+            st.caption(f"Cancelling {md(status.owner)}'s training…")
+        elif st.button("Cancel training" if len(view.active) == 1
+                       else f"Cancel {status.owner}'s training", key=f"cancel-{status.job_id}",
+                       width="stretch", icon=":material/stop_circle:"):
+            _cancel(status, rights)
+    for status in view.queued:
+        if status.owned_by(token) and not teacher:
+            if st.button(f"Cancel my request (place {status.position})",
+                         key=f"cancel-{status.job_id}", width="stretch",
+                         icon=":material/close:"):
+                _cancel(status, rights)
+
+
+def _teacher_controls(view, rights: access.TrainingAccess) -> None:
+    """The teacher's queue: pick a waiting request, run it next, move it, or cancel it."""
+    if not view.queued:
+        return
+    with st.expander(f"Manage the queue ({len(view.queued)} waiting)"):
+        by_id = {status.job_id: status for status in view.queued}
+        chosen = st.selectbox("Request", list(by_id), key="training_manage_request",
+                              format_func=lambda job_id: f"{by_id[job_id].position}. "
+                              f"{by_id[job_id].owner}: {by_id[job_id].plan.get('data_name', '?')}")
+        status = by_id.get(chosen)
+        if status is None:
+            return
+        first, up, down, cancel = st.columns(4)
+        moves = {"Run next": 1, "Up": max(1, status.position - 1), "Down": status.position + 1}
+        for column, label in ((first, "Run next"), (up, "Up"), (down, "Down")):
+            if column.button(label, key=f"move-{label}-{chosen}", width="stretch"):
+                try:
+                    jobs.move(chosen, moves[label], teacher=_is_teacher(rights))
+                except (OSError, ValueError) as error:
+                    st.error(f"Could not move it: {md(one_line(error))}")
+                else:
+                    st.rerun(scope="app")
+        if cancel.button("Cancel", key=f"cancel-queued-{chosen}", width="stretch"):
+            _cancel(status, rights)
+
+
+def _controls(view, rights: access.TrainingAccess) -> None:
+    if not rights.allowed:
+        if view.open:
+            st.caption("Only the teacher can cancel training on this server.")
+        return
+    _own_controls(view, rights)
+    if _is_teacher(rights):
+        _teacher_controls(view, rights)
+    elif view.open and rights.needs_key:
+        with st.expander("Teacher controls"):
+            _teacher_key_form(rights, "cancel")
 
 
 # --------------------------------------------------------------------------- the form
@@ -399,17 +519,10 @@ def _form(data_root, datasets: list[str], rights: access.TrainingAccess
             st.error(f"{md(name_problem)}.")
             refused = True
         _repeat_warning(config, facts["images"])
-    typed_key = None
-    if not _unlocked(rights):
-        typed_key = st.text_input("Teacher key", type="password", key=f"{KEY_FIELD}-start",
-                                  help=KEY_HELP)
     submitted = st.button("Start training", type="primary", width="stretch",
                           key="training_start", disabled=refused,
                           help="Refused settings are named above." if refused else None)
     if not submitted:
-        return None
-    if not _unlocked(rights) and not _unlock(typed_key):
-        st.error("Wrong teacher key: training was not started.")
         return None
     if problem:
         st.error(f"Cannot start: {md(problem)}")
@@ -429,44 +542,62 @@ def _form_fragment(data_root, datasets: list[str], rights: access.TrainingAccess
             return
         if config is None:
             return
+        owner = st.session_state.get(OWNER_KEY) or ("teacher" if _is_teacher(rights) else "")
         try:
-            jobs.start_job(config)
-        except jobs.JobRunning as error:
-            st.warning(f"{md(error)}. It is shown at the top of the sidebar.")
+            status = jobs.submit_request(config, owner, _token())
         except (ValueError, OSError) as error:  # JobError, DatasetError, params
             st.error(f"Cannot start: {md(one_line(error))}")
         else:
-            st.session_state[SEEN_KEY] = None
+            dispatcher = _dispatcher()
+            if dispatcher is not None:
+                dispatcher.wake()
+            LOG.info("queued %s for %s at place %s", status.job_id, owner, status.position)
+            st.session_state.pop(SEEN_KEY, None)
             st.rerun(scope="app")
 
     form()
 
 
+def _owner_field(rights: access.TrainingAccess) -> None:
+    """The name this session's requests show, typed once per session."""
+    default = "teacher" if _is_teacher(rights) else ""
+    st.session_state.setdefault(OWNER_KEY, default)
+    st.text_input("Your name", key=OWNER_KEY, max_chars=jobs.OWNER_MAX_LENGTH,
+                  placeholder="shown beside your requests in the queue",
+                  help="Typed once per browser session; your requests carry it, and only "
+                       "this session (or the teacher) can cancel them.")
+
+
 def render_training_sidebar(top=None) -> None:
-    """The training panel in the sidebar: a running job at the top (``top``, a sidebar
-    container above the run picker), then the form and the last job's outcome."""
+    """The training panel in the sidebar: the queue at the top (``top``, a sidebar container
+    above the run picker) while requests wait or run, then the form and the last outcome."""
     rights = _access()
-    status = _current()
-    active = status is not None and status.active
-    if active:
+    view = _view()
+    busy = view is not None and bool(view.open)
+    if busy:
+        _dispatcher()  # queued or running requests found on disk: follow them (app restart)
         with top if top is not None else st.sidebar:
             st.subheader("Training now", anchor=common.TRAINING_ANCHOR)
-            _panel(POLL_SECONDS)
-            _cancel_control(status, rights)
+            _panel(POLL_SECONDS, rights)
+            _controls(view, rights)
             st.divider()
     with st.sidebar:
         st.subheader("Train a head")
         st.caption("Fits a small classifier head on frozen ImageNet features: seconds to "
                    "minutes. A teaching exercise, never a diagnostic model.")
-        if not active:
-            _panel(None)
+        if not busy:
+            _panel(IDLE_POLL_SECONDS, rights)
         if not rights.allowed:
             st.info(md(rights.reason), icon=":material/lock:")
             return
         data_root = paths.data_root()
         datasets = _datasets(str(data_root))
-        with st.expander("New training run", expanded=not active):
-            if active:
-                st.caption("One job at a time: Start is refused until the running job "
-                           "ends or is cancelled.")
+        with st.expander("New training run", expanded=not busy):
+            if busy:
+                st.caption("Requests wait in the queue and run in turn; yours shows its "
+                           "place, then its progress.")
+            _owner_field(rights)
             _form_fragment(data_root, datasets, rights)
+        if rights.needs_key and not _is_teacher(rights) and not busy:
+            with st.expander("Teacher controls"):
+                _teacher_key_form(rights, "start")

@@ -29,7 +29,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from xrcompare import jobs  # noqa: E402
+from xrcompare import dispatch, jobs  # noqa: E402
 from xrcompare.config import TrainConfig  # noqa: E402
 
 
@@ -38,12 +38,16 @@ def watch(config: TrainConfig, jobs_dir: Path) -> tuple[float, list[tuple[float,
     """Start one job and read its estimate until it ends: (wall seconds, samples of
     (seconds since start, estimate, text))."""
     status = jobs.start_job(config, jobs_dir=jobs_dir)
+    dispatch.ensure_dispatcher(jobs_dir)  # runs it on a local Ray (stopped in main)
+    while status.queued:  # the first job waits for the local Ray to start: not timed
+        time.sleep(0.2)
+        status = jobs.job_status(status.job_id, jobs_dir)
     started = time.time()
     samples = []
-    while status.active:
+    while status.open:
         time.sleep(0.5)
         status = jobs.job_status(status.job_id, jobs_dir)
-        if status.active:
+        if status.open:
             samples.append((time.time() - started, status.progress.get("eta_seconds"),
                             status.progress.get("eta_text", "")))
     if status.state != "done":
@@ -95,7 +99,10 @@ def main() -> int:
                                  val_fraction=args.val_fraction,
                                  test_fraction=args.test_fraction, runs_dir=folder / "runs",
                                  name=f"progress-benchmark-{number}")
-            total, samples = watch(config, folder / "jobs")
+            try:
+                total, samples = watch(config, folder / "jobs")
+            finally:
+                dispatch.stop_dispatchers()  # and its local Ray, before its folder goes
             found = errors(total, samples)
             results.append({"job": number, "seconds": round(total, 1), **found})
             print(json.dumps(results[-1]))

@@ -58,9 +58,9 @@ def test_key_comparison():
 
 
 def test_training_processes_do_not_inherit_the_teacher_key(monkeypatch):
-    from xrcompare import jobs
+    from xrcompare import ray_engine
 
     monkeypatch.setenv(access.TEACHER_KEY_VARIABLE, "s3cret")
     monkeypatch.setenv(access.TEACHER_KEY_SECRET, "s3cret")  # where Streamlit puts a secret
-    environment = jobs._child_environment()
-    assert "s3cret" not in environment.values()
+    for environment in (ray_engine.job_environment(), ray_engine._ray_environment()):
+        assert "s3cret" not in environment.values()

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 import time
 
 import pytest
@@ -39,6 +37,7 @@ def app(tmp_path, monkeypatch):
     monkeypatch.setenv("XRCOMPARE_RUNS_DIR", str(SHIPPED))
     monkeypatch.setenv("XRCOMPARE_DATA_ROOT", str(tmp_path / "data"))
     monkeypatch.setenv("XRCOMPARE_JOBS_DIR", str(tmp_path / "jobs"))
+    monkeypatch.setenv("XRCOMPARE_DISPATCHER", "off")  # no Ray here: the queue's files only
     test = AppTest.from_file(str(APP), default_timeout=TIMEOUT_S)
     test.run()
     assert_clean(test)
@@ -176,30 +175,33 @@ def test_evaluate_a_shipped_run_on_a_folder_as_the_command_line_does(app):
 
 
 def test_the_banner_and_the_sidebar_show_a_running_job(app, tmp_path):
-    """A job folder whose supervisor is a live process reads as running: every page says so
-    at the top, the sidebar shows it above the run picker, with one Cancel button."""
-    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"],
-                               start_new_session=True)
-    try:
-        folder = tmp_path / "jobs" / "20000101-000000-abcdef"
-        folder.mkdir(parents=True)
-        (folder / "job.json").write_text(json.dumps({
-            "job_id": folder.name, "created": time.time() - 12,
-            "plan": {"backbones": ["resnet50"], "data_name": "tiny_cxr", "images": 15,
-                     "epochs": 2, "runs_dir": str(tmp_path / "runs")}, "argv": []}))
-        (folder / "launch.json").write_text(json.dumps({
-            "pid": process.pid, "identity": jobs.process_identity(process.pid)}))
-        for page in ("app_pages/overview.py", "app_pages/glossary.py"):
-            open_page(app, page)
-            banners = [item.value for item in app.info if "Training in progress" in item.value]
-            assert len(banners) == 1 and "ResNet50 on tiny_cxr" in banners[0], page
-            assert "#training-now" in banners[0]
-            assert [item.value for item in app.sidebar.subheader][0] == "Training now"
-            cancel = [button for button in app.sidebar.button
-                      if button.label == "Cancel training"]
-            assert len(cancel) == 1
-    finally:
-        process.kill()
-        process.wait()
+    """A request Ray runs, as its files say: every page says so at the top, the sidebar
+    shows it above the run picker, with one Cancel button (loopback: this user is the
+    teacher), and the waiting request's place."""
+    folder = tmp_path / "jobs" / "20000101-000000-abcdef"
+    plan = {"backbones": ["resnet50"], "data_name": "tiny_cxr", "images": 15, "epochs": 2,
+            "runs_dir": str(tmp_path / "runs")}
+    for name, owner, state in ((folder.name, "Ann", {"state": "running", "dispatched": 1,
+                                                      "submitted": time.time() - 12}),
+                               ("20000101-000001-abcdef", "Bob", {"state": "queued"})):
+        (folder.parent / name).mkdir(parents=True)
+        (folder.parent / name / "job.json").write_text(json.dumps({
+            "job_id": name, "created": time.time() - 12, "owner": owner, "plan": plan}))
+        (folder.parent / name / "state.json").write_text(json.dumps(state))
+    time.sleep(jobs.VIEW_MAX_AGE_S)  # every page of the app shares one snapshot this long
+    for page in ("app_pages/overview.py", "app_pages/glossary.py"):
+        open_page(app, page)
+        banners = [item.value for item in app.info if "Training in progress" in item.value]
+        assert len(banners) == 1 and "ResNet50 on tiny_cxr" in banners[0], page
+        assert "for Ann" in banners[0] and "1 request waiting" in banners[0]
+        assert "#training-now" in banners[0]
+        assert [item.value for item in app.sidebar.subheader][0] == "Training now"
+        cancel = [button for button in app.sidebar.button if button.label == "Cancel training"]
+        assert len(cancel) == 1
+        assert "1. Bob" in " ".join(item.value for item in app.sidebar.markdown)
+    for name in (folder.name, "20000101-000001-abcdef"):
+        (folder.parent / name / "state.json").write_text(json.dumps({
+            "state": "cancelled", "finished": time.time()}))
+    time.sleep(jobs.VIEW_MAX_AGE_S)
     open_page(app, "app_pages/overview.py")
     assert not [item for item in app.info if "Training in progress" in item.value]

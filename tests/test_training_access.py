@@ -1,5 +1,6 @@
-"""The sidebar's training panel when served to a class: a teacher key guards Start and
-Cancel, training is off on an open server without a key, and the key never reaches the page.
+"""The sidebar's training panel when served to a class: students queue under a name, a
+teacher key guards cancelling others' requests (and reordering), training is off on an open
+server without a key, and the key never reaches the page.
 The panel runs alone through AppTest (the router's sidebar is drawn in its first run only)."""
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ def panel(tmp_path, monkeypatch):
     monkeypatch.setenv("XRCOMPARE_JOBS_DIR", str(tmp_path / "jobs"))
     monkeypatch.setenv("XRCOMPARE_RUNS_DIR", str(tmp_path / "runs"))
     monkeypatch.delenv("XRCOMPARE_TEACHER_KEY", raising=False)
+    monkeypatch.setenv("XRCOMPARE_DISPATCHER", "off")  # no Ray here: files only
 
     def start(address: str = "127.0.0.1", key: str | None = None) -> AppTest:
         monkeypatch.setattr(training, "_server_address", lambda: address)
@@ -86,24 +88,27 @@ def test_served_to_the_network_without_a_key_training_is_off(panel):
 
 
 @pytest.mark.parametrize("address", ["0.0.0.0", "127.0.0.1"])
-def test_with_a_teacher_key_start_needs_it_and_it_is_never_shown(panel, tmp_path, address):
+def test_with_a_teacher_key_students_queue_without_it_and_it_is_never_shown(panel, tmp_path,
+                                                                            address):
     app = panel(address=address, key=KEY)
+    # a student starts without the key: the settings are checked, not the key
+    next(field for field in app.sidebar.text_input if field.label == "Your name").input("Ann")
+    start_button(app).click().run()
+    errors = [item.value for item in app.sidebar.error]
+    assert len(errors) == 1 and errors[0].startswith("Cannot start:"), errors  # validation
+    assert not (tmp_path / "jobs").exists() or not any((tmp_path / "jobs").iterdir())
+    # the teacher's controls need the key, typed once per session
     field = next(field for field in app.sidebar.text_input if field.label == "Teacher key")
     assert field.proto.type == field.proto.PASSWORD
     assert KEY not in everything_shown(app)
-
     field.input("wrong key")
-    start_button(app).click().run()
-    assert [item.value for item in app.sidebar.error] == [
-        "Wrong teacher key: training was not started."]
-    assert not (tmp_path / "jobs").exists() or not any((tmp_path / "jobs").iterdir())
+    unlock = next(b for b in app.sidebar.button if b.label == "Unlock teacher controls")
+    unlock.click().run()
+    assert "Wrong teacher key." in [item.value for item in app.sidebar.error]
     assert "training_teacher_unlocked" not in app.session_state
-
     field = next(field for field in app.sidebar.text_input if field.label == "Teacher key")
     field.input(KEY)
-    start_button(app).click().run()
-    errors = [item.value for item in app.sidebar.error]
-    assert len(errors) == 1 and errors[0].startswith("Cannot start:"), errors  # key accepted
+    next(b for b in app.sidebar.button if b.label == "Unlock teacher controls").click().run()
     assert app.session_state["training_teacher_unlocked"] is True
     app.run()  # once unlocked, this session is not asked again and the key is not kept
     assert not [field for field in app.sidebar.text_input if field.label == "Teacher key"]
@@ -112,40 +117,38 @@ def test_with_a_teacher_key_start_needs_it_and_it_is_never_shown(panel, tmp_path
 
 @pytest.fixture
 def running_job(tmp_path):
-    """A job folder that reads as running: a live process of its own session stands in for
-    the supervisor (so a cancel's signal reaches only it)."""
+    """A request Ray runs for another session (Bob's), as its files say."""
     import json
-    import subprocess
-    import sys
     import time
 
     from xrcompare import jobs
 
-    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"],
-                               start_new_session=True)
     folder = tmp_path / "jobs" / "20000101-000000-abcdef"
     folder.mkdir(parents=True)
     (folder / "job.json").write_text(json.dumps({
-        "job_id": folder.name, "created": time.time(), "request": {},
+        "job_id": folder.name, "created": time.time() - 5, "owner": "Bob",
+        "owner_key": jobs.owner_key("bob's token"),
         "plan": {"backbones": ["resnet50"], "data_name": "small", "images": 15, "epochs": 2,
-                 "runs_dir": str(tmp_path / "runs")}, "argv": []}))
-    (folder / "launch.json").write_text(json.dumps({
-        "pid": process.pid, "identity": jobs.process_identity(process.pid)}))
-    yield folder
-    process.kill()
-    process.wait()
+                 "runs_dir": str(tmp_path / "runs")}}))
+    (folder / "state.json").write_text(json.dumps({
+        "state": "running", "submission": "xrcompare-x-1", "submitted": time.time() - 3,
+        "started": time.time() - 2, "dispatched": 1, "attempts": 1}))
+    return folder
 
 
-def test_with_a_teacher_key_cancel_needs_it(panel, running_job):
+def test_with_a_teacher_key_cancelling_anothers_request_needs_it(panel, running_job):
     app = panel(address="0.0.0.0", key=KEY)
-    assert "Cancel training" in [button.label for button in app.sidebar.button]
+    assert "Bob" in " ".join(item.value for item in app.sidebar.markdown)
+    # a student sees Bob's request but has no button to cancel it
+    assert "Cancel training" not in [button.label for button in app.sidebar.button]
     field = next(field for field in app.sidebar.text_input if field.key.endswith("-cancel"))
     field.input("nope")
-    next(b for b in app.sidebar.button if b.label == "Cancel training").click().run()
-    assert "Wrong teacher key: the training goes on." in [e.value for e in app.sidebar.error]
-    assert not (running_job / "cancel").exists()
+    next(b for b in app.sidebar.button if b.label == "Unlock teacher controls").click().run()
+    assert "Wrong teacher key." in [e.value for e in app.sidebar.error]
+    assert "Cancel training" not in [button.label for button in app.sidebar.button]
     field = next(field for field in app.sidebar.text_input if field.key.endswith("-cancel"))
     field.input(KEY)
+    next(b for b in app.sidebar.button if b.label == "Unlock teacher controls").click().run()
     next(b for b in app.sidebar.button if b.label == "Cancel training").click().run()
     assert (running_job / "cancel").exists()
     assert KEY not in everything_shown(app)

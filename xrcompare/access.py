@@ -7,8 +7,10 @@ Rules (the sidebar asks :func:`training_access`):
 - Served beyond loopback (``--server.address 0.0.0.0`` or a LAN address) without a teacher
   key, training from the browser is off; every other page stays open.
 - With a teacher key (``$XRCOMPARE_TEACHER_KEY`` or ``teacher_key`` in Streamlit's
-  secrets), starting and cancelling training need it, typed once per browser session;
+  secrets), students queue training requests under a name and cancel their own; cancelling
+  anyone's request and reordering the queue need the key, typed once per browser session;
   it is compared in constant time and never sent to the page.
+- On loopback without a key, the one user is the teacher.
 
 No Streamlit here: the page passes the server address and the key it found.
 """
@@ -63,8 +65,9 @@ def key_matches(typed: str | None, key: str | None) -> bool:
 
 @dataclass(frozen=True)
 class TrainingAccess:
-    """What the training sidebar may offer: ``allowed`` (at all), ``needs_key`` (the teacher
-    key must be typed first) and ``reason`` (one sentence when training is off)."""
+    """What the training sidebar may offer: ``allowed`` (queueing at all), ``needs_key``
+    (the teacher's powers need the key typed first) and ``reason`` (one sentence when
+    training is off)."""
 
     allowed: bool
     needs_key: bool

@@ -269,6 +269,9 @@ def cmd_train(args) -> int:
         from xrcompare.progress import progress_file_writer
 
         writer = progress_file_writer(args.progress_file)
+        # the app removes a half-written run folder of this process (.tmp-<run>-<pid>)
+        # when the job is stopped
+        writer({"phase": "process", "pid": os.getpid()})
 
         def hook(event):
             printer(event)

@@ -1,159 +1,128 @@
-"""Training jobs run as subprocesses, with their state in files on disk (no Streamlit here).
+"""The training queue: requests from any number of browser sessions, in files (no Streamlit).
 
-The sidebar calls :func:`start_job`, :func:`job_status`, :func:`current_job` and
-:func:`request_cancel` (:func:`cancel_job` also waits for the end); a test can call the very
-same functions. One job runs at a time per jobs folder (``<repo>/jobs/``, or
-``$XRCOMPARE_JOBS_DIR``). This module owns processes, the lock and the job's status; the
-configuration is :class:`xrcompare.config.TrainConfig`, the checks before a start are
-:func:`xrcompare.experiment.preflight`, and the progress events are :mod:`xrcompare.progress`.
+A request is a :class:`xrcompare.config.TrainConfig` checked by
+:func:`xrcompare.experiment.preflight`, an owner (a name typed once per browser session) and
+a hash of that session's secret token (so a student can cancel their own and nobody
+else's). :func:`submit_request` files it at the end of the queue; :mod:`xrcompare.dispatch`
+hands the head of the queue to Ray (:mod:`xrcompare.ray_engine`) whenever a worker slot is
+free, follows it there and records its outcome here. The page reads only files, so thirty
+polling browsers never call Ray.
 
-How a job runs::
+Everything is in the jobs folder (``<repo>/jobs/`` or ``$XRCOMPARE_JOBS_DIR``), so queued and
+running requests come back after an app restart::
 
-    start_job ──► python -m xrcompare.jobs supervise <job dir>    (own session = process group)
-                     └─► python -m xrcompare train --config <job dir>/config.json
-                                                   --progress-file <job dir>/progress.jsonl
+    queue.json             {"order": [job ids]}: the queued requests, first to run first
+    queue.lock             flock'ed by whoever changes the queue (app threads, the CLI);
+                           the kernel frees it when its holder dies, so no liveness checks
+    engine.json            the local Ray the app started (xrcompare.ray_engine)
+    rates.json             what finished jobs measured on this machine (xrcompare.progress)
+    <job-id>/job.json      written once: owner, owner's key hash, created, config, plan, argv
+    <job-id>/config.json   the TrainConfig the training process reads
+    <job-id>/state.json    {"state", "submission", "dispatched", "submitted", "started",
+                            "finished", "exit_code", "error", "runs", "attempts", "note"}
+    <job-id>/cancel        present once a cancel was asked for
+    <job-id>/progress.jsonl  the training process's progress events (xrcompare.progress)
+    <job-id>/log.txt       the training process's output, copied from Ray when it ended
 
-The configuration is validated once in the app (``preflight``) and once in the training
-process (``train_runs``). The supervisor waits for the training process, records its outcome
-in ``state.json``, removes any half-written run folder and frees the lock. Cancel sends
-SIGTERM to the whole process group; the supervisor outlives it (its handler is set before the
-training process starts), sees the training process end and records "cancelled". It kills
-the training process after ``CANCEL_KILL_AFTER_S``; a reader kills the whole group if it is
-still there ``CANCEL_ESCALATE_S`` after the cancel. If the supervisor itself is gone without a
-final state (app or machine restart, ``kill -9``), the next reader notices through the pid and
-the process start time, records "stale" and frees the lock.
+States: ``queued`` → ``starting`` (handed to Ray) → ``running`` → ``done`` | ``failed`` |
+``cancelled`` | ``stale``.
 
-Files in the jobs folder::
-
-    lock                   {"job_id"}: the job holding the app's single training slot
-    <job-id>/config.json   the TrainConfig, as JSON (paths as strings): what the child trains
-    <job-id>/job.json      the config, the plan, the command (written once)
-    <job-id>/launch.json   {"pid", "identity"}: the supervisor process (pid = process group id)
-    <job-id>/state.json    written by the supervisor (or by a reader that proved it dead):
-                           {"state", "cli_pid", "cli_identity", "started", "finished",
-                            "exit_code", "error", "runs"}
-    <job-id>/cancel        present once cancel was asked for
-    <job-id>/progress.jsonl  the training process's progress events (see xrcompare.progress)
-    <job-id>/log.txt       the training process's stdout and stderr
-    rates.json             the rates finished jobs measured on this machine (xrcompare.progress)
-
-A process identity is ``"<boot id>:<start time in clock ticks>"`` from ``/proc``, so a pid
-reused after a restart never passes for the job's process.
-
-States: ``starting`` → ``running`` → ``done`` | ``failed`` | ``cancelled`` | ``stale``.
+What Ray does that this module once did itself: running the process in its own group,
+stopping it (SIGTERM, then SIGKILL), noticing a dead supervisor, keeping the outcome and
+the log. What stays here, and why: the order of the queue (Ray Jobs have no order or
+priority, and a job waiting in Ray for resources fails after a timeout), who may cancel
+what, and removing a half-written run folder (Ray does not know the runs folder).
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import hashlib
 import json
 import os
+import re
 import secrets
 import shutil
-import signal
-import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from xrcompare import paths
 from xrcompare.config import TrainConfig
-from xrcompare.errors import one_line
 from xrcompare.progress import (
     ACTIVE_STATES,
     PROGRESS_FILE,
     RATES_FILE,
-    finished,
     load_rates,
-    measure_job,
     plan_rates,
     read_progress,
     summarize_progress,
-    update_rates,
     written_runs,
 )
 
-STATES_ACTIVE = ACTIVE_STATES
+STATES_ACTIVE = ACTIVE_STATES  # handed to the engine: starting, running
+STATES_QUEUED = ("queued",)
+STATES_OPEN = STATES_QUEUED + STATES_ACTIVE
 STATES_FINAL = ("done", "failed", "cancelled", "stale")
-STARTING_GRACE_S = 30.0  # a job with no supervisor pid after this long is stale
-CANCEL_KILL_AFTER_S = 10.0  # SIGTERM, then SIGKILL if the training process is still there
-CANCEL_ESCALATE_S = CANCEL_KILL_AFTER_S + 5.0  # then a reader SIGKILLs the whole group
-KEEP_JOBS = 30  # finished job folders kept; older ones are pruned when a job starts
+#: Requests waiting or running at once, in all, and per browser session.
+MAX_OPEN = 100
+MAX_OPEN_PER_OWNER = 3
+OWNER_MAX_LENGTH = 40
+KEEP_FINISHED = 200  # finished request folders kept; older ones are pruned on submit
 LOG_TAIL_LINES = 20
 CONFIG_FILE = "config.json"
-#: How long a recorded error line may be.
+QUEUE_FILE = "queue.json"
+LOCK_FILE = "queue.lock"
 ERROR_LIMIT = 500
-
-# Supervisor processes started by this Python process, so they are reaped (no zombies).
-_CHILDREN: dict[str, subprocess.Popen] = {}
+#: How long a queue snapshot is shared by every page of this process.
+VIEW_MAX_AGE_S = 0.5
+_JOB_ID = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{6}$")
+_OWNER = re.compile(r"^[\w][\w .'\-]*$")
 
 
 class JobError(ValueError):
-    """A request that cannot start, with one readable line."""
+    """A request that cannot be filed or changed, with one readable line."""
 
 
-class JobRunning(JobError):
-    """Another job holds the training slot; ``job`` is its status."""
-
-    def __init__(self, job: JobStatus):
-        self.job = job
-        super().__init__(f"A training job is already running ({job.job_id}, "
-                         f"{job.progress.get('phase_text', job.state)}); watch it or cancel it")
+class NotAllowed(JobError):
+    """This session may not do that (cancel another's request, reorder the queue)."""
 
 
 def _jobs_dir(jobs_dir: str | Path | None) -> Path:
     return Path(jobs_dir) if jobs_dir else paths.jobs_dir()
 
 
-def train_command(folder: Path) -> list[str]:
-    """The training process's command line for the job in ``folder``."""
-    return [sys.executable, "-m", "xrcompare", "train", "--config", str(folder / CONFIG_FILE),
+def train_command(folder: Path, python: str | None = None) -> list[str]:
+    """The training process's command line for the request in ``folder``."""
+    return [python or sys.executable, "-m", "xrcompare", "train",
+            "--config", str(folder / CONFIG_FILE),
             "--progress-file", str(folder / PROGRESS_FILE)]
 
 
-# --------------------------------------------------------------------------- processes
-
-
-def _boot_id() -> str:
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return "no-boot-id"
-
-
-def process_identity(pid: int | None) -> str | None:
-    """``"<boot id>:<start ticks>"`` of a live process, or None (gone, zombie, no access)."""
-    if not pid or pid <= 0:
+def owner_key(token: str | None) -> str | None:
+    """What is stored of a session's token: its SHA-256 (the token itself stays in the
+    browser session)."""
+    if not token:
         return None
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return None
-    except OSError:
-        text = None
-    if text is None or not Path("/proc/self/stat").exists():
-        try:  # no /proc (not Linux): a signal-0 probe, without start time
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return None
-        except PermissionError:
-            pass
-        return f"{_boot_id()}:unknown"
-    fields = text[text.rindex(")") + 2:].split()
-    if fields[0] in ("Z", "X", "x"):  # zombie or dead: finished, only not yet reaped
-        return None
-    return f"{_boot_id()}:{fields[19]}"  # field 22 of /proc/<pid>/stat: start time
+    return hashlib.sha256(str(token).encode("utf-8")).hexdigest()
 
 
-def _alive(pid: int | None, identity: str | None) -> bool:
-    return bool(pid) and identity is not None and process_identity(pid) == identity
+def new_session_token() -> str:
+    return secrets.token_urlsafe(24)
 
 
-def _reap_children() -> None:
-    for job_id, child in list(_CHILDREN.items()):
-        if child.poll() is not None:
-            _CHILDREN.pop(job_id, None)
+def check_owner(name) -> str:
+    """A typed owner name, stripped; one sentence when it cannot be one."""
+    text = " ".join(str(name or "").split())
+    if not text:
+        raise JobError("type your name first: it shows beside your request in the queue")
+    if len(text) > OWNER_MAX_LENGTH or not _OWNER.match(text):
+        raise JobError(f"a name uses letters, digits, spaces, dots, hyphens and apostrophes, "
+                       f"up to {OWNER_MAX_LENGTH} characters")
+    return text
 
 
 # --------------------------------------------------------------------------- small files
@@ -173,55 +142,20 @@ def _write_json(path: Path, payload: dict) -> None:
     os.replace(temporary, path)
 
 
-def _lock_path(jobs_dir: Path) -> Path:
-    return jobs_dir / "lock"
+@contextlib.contextmanager
+def queue_lock(jobs_dir: Path):
+    """One writer of the queue at a time, across threads and processes (``flock``)."""
+    jobs_dir.mkdir(parents=True, exist_ok=True)
+    with _THREAD_LOCK, (jobs_dir / LOCK_FILE).open("a") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+            _forget_view(jobs_dir)
 
 
-def _lock_holder(jobs_dir: Path) -> str | None:
-    payload = _read_json(_lock_path(jobs_dir))
-    return payload.get("job_id") if payload else None
-
-
-def _try_lock(jobs_dir: Path, job_id: str) -> bool:
-    """Take the lock atomically (hard link of a complete file); False when it is held."""
-    temporary = jobs_dir / f".lock.{job_id}.tmp"
-    temporary.write_text(json.dumps({"job_id": job_id, "time": time.time()}) + "\n")
-    try:
-        os.link(temporary, _lock_path(jobs_dir))
-        return True
-    except FileExistsError:
-        return False
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
-def _release_lock(jobs_dir: Path, job_id: str) -> None:
-    lock = _lock_path(jobs_dir)
-    if _lock_holder(jobs_dir) == job_id:
-        lock.unlink(missing_ok=True)
-
-
-def _acquire_lock(jobs_dir: Path, job_id: str) -> None:
-    for _ in range(5):
-        if _try_lock(jobs_dir, job_id):
-            return
-        holder = _lock_holder(jobs_dir)
-        lock = _lock_path(jobs_dir)
-        if holder is None or not (jobs_dir / holder / "job.json").is_file():
-            # unreadable lock or one without its job folder: stale once it is not brand new
-            try:
-                age = time.time() - lock.stat().st_mtime
-            except FileNotFoundError:
-                continue
-            if age > STARTING_GRACE_S:
-                lock.unlink(missing_ok=True)
-                continue
-            raise JobError("another training job is starting; try again in a moment")
-        status = job_status(holder, jobs_dir)  # frees the lock of a dead job
-        if status.active:
-            raise JobRunning(status)
-        _release_lock(jobs_dir, holder)
-    raise JobError("could not take the training lock; try again")
+_THREAD_LOCK = threading.RLock()
 
 
 # --------------------------------------------------------------------------- status
@@ -232,9 +166,12 @@ class JobStatus:
     job_id: str
     folder: Path
     state: str
+    owner: str = "?"
+    owner_key: str | None = None
     config: dict = field(default_factory=dict)
     plan: dict = field(default_factory=dict)
     created: float | None = None
+    submitted: float | None = None
     started: float | None = None
     finished: float | None = None
     error: str | None = None
@@ -243,21 +180,46 @@ class JobStatus:
     log_tail: list[str] = field(default_factory=list)
     progress: dict = field(default_factory=dict)
     cancel_requested: bool = False
+    position: int | None = None  # 1 = next to run, while queued
+    attempts: int = 0
+    dispatched: int | None = None  # the order in which requests were handed to the engine
+    note: str | None = None
 
     @property
     def active(self) -> bool:
         return self.state in STATES_ACTIVE
 
     @property
+    def queued(self) -> bool:
+        return self.state in STATES_QUEUED
+
+    @property
+    def open(self) -> bool:
+        return self.state in STATES_OPEN
+
+    @property
     def elapsed(self) -> float | None:
-        begin = self.started or self.created
-        if begin is None:
+        begin = self.started or self.submitted or self.created
+        if begin is None or self.queued:
             return None
         return (self.finished or time.time()) - begin
 
+    @property
+    def waited(self) -> float | None:
+        """Seconds in the queue before the engine got it (so far, while queued)."""
+        if self.created is None:
+            return None
+        end = self.submitted or (self.finished if not self.submitted and self.finished
+                                 else None) or time.time()
+        return max(0.0, end - self.created)
+
+    def owned_by(self, token: str | None) -> bool:
+        key = owner_key(token)
+        return bool(key and self.owner_key) and secrets.compare_digest(key, self.owner_key)
+
     def to_dict(self) -> dict:
         return {**asdict(self), "folder": str(self.folder), "active": self.active,
-                "elapsed": self.elapsed}
+                "elapsed": self.elapsed, "waited": self.waited}
 
 
 def log_tail(folder: Path, lines: int = LOG_TAIL_LINES) -> list[str]:
@@ -268,7 +230,6 @@ def log_tail(folder: Path, lines: int = LOG_TAIL_LINES) -> list[str]:
             text = handle.read().decode("utf-8", errors="replace")
     except OSError:
         return []
-    # progress bars on a terminal use carriage returns; keep the last state of each line
     rows = [row.split("\r")[-1].rstrip() for row in text.splitlines()]
     return [row for row in rows if row.strip()][-lines:]
 
@@ -284,6 +245,8 @@ def failure_reason(tail: list[str], exit_code: int | None) -> str:
                 return row.strip()[:300]
     if exit_code is not None and exit_code < 0:
         return f"the training process was killed by signal {-exit_code}"
+    if exit_code is None:
+        return "the training process ended without an outcome"
     return f"the training process ended with exit code {exit_code}"
 
 
@@ -291,345 +254,283 @@ def _list_jobs(jobs_dir: Path) -> list[str]:
     if not jobs_dir.is_dir():
         return []
     return sorted(child.name for child in jobs_dir.iterdir()
-                  if child.is_dir() and (child / "job.json").is_file())
+                  if _JOB_ID.match(child.name) and (child / "job.json").is_file())
 
 
-def job_status(job_id: str, jobs_dir: str | Path | None = None) -> JobStatus:
-    """The job's state as its files and processes say; a dead job is recorded as stale."""
-    jobs_dir = _jobs_dir(jobs_dir)
-    if not job_id or "/" in job_id or job_id.startswith("."):
-        raise JobError(f"no such job {job_id!r}")
-    folder = jobs_dir / job_id
-    job = _read_json(folder / "job.json")
-    if job is None:
-        raise JobError(f"no such job {job_id!r}")
-    _reap_children()
+def _check_id(job_id: str) -> None:
+    if not isinstance(job_id, str) or not _JOB_ID.match(job_id):
+        raise JobError(f"no such request {str(job_id)[:40]!r}")
+
+
+def _state_of(folder: Path) -> dict:
     state = _read_json(folder / "state.json") or {}
-    if state.get("state") not in STATES_FINAL:
-        launch = _read_json(folder / "launch.json")
-        supervisor_alive = bool(launch) and _alive(launch.get("pid"), launch.get("identity"))
-        cli_alive = _alive(state.get("cli_pid"), state.get("cli_identity"))
-        if supervisor_alive or cli_alive:
-            state = {**state, "state": state.get("state") or "starting"}
-            _escalate_cancel(folder)
-        elif launch is None and time.time() - job.get("created", 0) < STARTING_GRACE_S:
-            state = {**state, "state": "starting"}
-        else:
-            state = _read_json(folder / "state.json") or {}  # it may have just finished
-            if state.get("state") not in STATES_FINAL:
-                state = _finalize_orphan(jobs_dir, job_id, job, state)
-    return _status_from(folder, job, state)
+    if state.get("state") not in STATES_OPEN + STATES_FINAL:
+        state = {**state, "state": "queued"}
+    return state
 
 
-def _status_from(folder: Path, job: dict, state: dict) -> JobStatus:
-    events = read_progress(folder)
+def _status_from(folder: Path, job: dict, state: dict, position: int | None = None,
+                 *, with_progress: bool = True) -> JobStatus:
     status = JobStatus(
-        job_id=job["job_id"], folder=folder, state=state.get("state", "starting"),
-        config=job.get("config", {}), plan=job.get("plan", {}), created=job.get("created"),
-        started=state.get("started"), finished=state.get("finished"), error=state.get("error"),
-        exit_code=state.get("exit_code"), runs=list(state.get("runs") or []),
-        cancel_requested=(folder / "cancel").exists())
-    status.log_tail = log_tail(folder)
-    if not status.runs:
-        status.runs = written_runs(events)
-    status.progress = summarize_progress(events, plan=status.plan, state=status.state,
-                                         started=status.started or status.created,
-                                         finished=status.finished)
+        job_id=str(job.get("job_id", folder.name)), folder=folder, state=state["state"],
+        owner=str(job.get("owner") or "?")[:OWNER_MAX_LENGTH],
+        owner_key=job.get("owner_key") if isinstance(job.get("owner_key"), str) else None,
+        config=job.get("config") if isinstance(job.get("config"), dict) else {},
+        plan=job.get("plan") if isinstance(job.get("plan"), dict) else {},
+        created=_number(job.get("created")), submitted=_number(state.get("submitted")),
+        started=_number(state.get("started")), finished=_number(state.get("finished")),
+        error=str(state["error"])[:ERROR_LIMIT] if state.get("error") else None,
+        exit_code=state.get("exit_code") if isinstance(state.get("exit_code"), int) else None,
+        runs=[str(run) for run in state.get("runs") or [] if isinstance(run, str)],
+        cancel_requested=(folder / "cancel").exists(), position=position,
+        attempts=int(state.get("attempts") or 0) if str(state.get("attempts") or 0).isdigit()
+        else 0,
+        dispatched=state.get("dispatched") if isinstance(state.get("dispatched"), int) else None,
+        note=str(state["note"])[:ERROR_LIMIT] if state.get("note") else None)
+    if status.state in ("failed", "stale"):
+        status.log_tail = log_tail(folder)
+    if with_progress:
+        events = read_progress(folder) if not status.queued else []
+        if not status.runs:
+            status.runs = written_runs(events)
+        status.progress = summarize_progress(
+            events, plan=status.plan, state=status.state if not status.queued else "starting",
+            started=status.started or status.submitted, finished=status.finished)
+        if status.queued:
+            status.progress.update(phase_text=f"waiting in the queue (place {position})",
+                                   fraction=0.0, eta_text="")
     return status
 
 
-def _cleanup_partial(job: dict, cli_pid: int | None) -> list[str]:
-    """Remove ``<runs>/.tmp-*-<pid>`` folders the training process left; return their names."""
-    from xrcompare.runs import TEMPORARY_PREFIX
-
-    if not cli_pid:
-        return []
-    runs_dir = Path(job.get("plan", {}).get("runs_dir", "")).resolve()
-    removed = []
-    if not runs_dir.is_dir():
-        return removed
-    for leftover in runs_dir.glob(f"{TEMPORARY_PREFIX}*-{int(cli_pid)}"):
-        if leftover.is_dir() and leftover.resolve().parent == runs_dir:
-            shutil.rmtree(leftover, ignore_errors=True)
-            removed.append(leftover.name)
-    return removed
+def _number(value) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) \
+        else None
 
 
-def _finalize_orphan(jobs_dir: Path, job_id: str, job: dict, state: dict) -> dict:
-    """No process left and no final state: record what can be known, free the lock."""
+def read_order(jobs_dir: Path, states: dict[str, str] | None = None) -> list[str]:
+    """The queued requests, first to run first: ``queue.json``'s order, then any queued
+    request it does not name (an interrupted write), oldest first."""
+    jobs_dir = Path(jobs_dir)
+    if states is None:
+        states = {job_id: _state_of(jobs_dir / job_id)["state"] for job_id in
+                  _list_jobs(jobs_dir)}
+    recorded = (_read_json(jobs_dir / QUEUE_FILE) or {}).get("order")
+    order = []
+    for job_id in recorded if isinstance(recorded, list) else []:
+        if isinstance(job_id, str) and states.get(job_id) == "queued" and job_id not in order:
+            order.append(job_id)
+    order += [job_id for job_id in sorted(states) if states[job_id] == "queued"
+              and job_id not in order]
+    return order
+
+
+def _write_order(jobs_dir: Path, order: list[str]) -> None:
+    _write_json(jobs_dir / QUEUE_FILE, {"order": order})
+
+
+def job_status(job_id: str, jobs_dir: str | Path | None = None) -> JobStatus:
+    """A request's state as its files say (the dispatcher keeps them up to date)."""
+    jobs_dir = _jobs_dir(jobs_dir)
+    _check_id(job_id)
     folder = jobs_dir / job_id
-    events = read_progress(folder)
-    done = finished(events)
-    _cleanup_partial(job, state.get("cli_pid"))
-    final = {**state, "finished": time.time(), "runs": written_runs(events)}
-    if done:
-        final.update(state="done", error=None)
-    elif (folder / "cancel").exists():
-        final.update(state="cancelled", error=None)
-    else:
-        final.update(state="stale", error=(
-            "the training process ended without recording an outcome (the app or the machine "
-            "restarted, or the process was killed); its partial files were removed"))
-    _write_json(folder / "state.json", final)
-    _release_lock(jobs_dir, job_id)
-    return final
+    job = _read_json(folder / "job.json")
+    if job is None:
+        raise JobError(f"no such request {job_id!r}")
+    state = _state_of(folder)
+    position = None
+    if state["state"] == "queued":
+        order = read_order(jobs_dir)
+        position = order.index(job_id) + 1 if job_id in order else len(order) + 1
+    return _status_from(folder, job, state, position)
+
+
+@dataclass
+class QueueView:
+    """What the sidebar shows: the requests the engine has, the queue in order, the last
+    ones that ended (newest first)."""
+
+    active: list[JobStatus]
+    queued: list[JobStatus]
+    finished: list[JobStatus]
+    read_at: float = 0.0
+
+    @property
+    def open(self) -> list[JobStatus]:
+        return self.active + self.queued
+
+    @property
+    def signature(self) -> tuple:
+        """Changes when a request starts, ends, moves, or is filed."""
+        return tuple((status.job_id, status.state, status.position) for status in self.open)
+
+
+_VIEWS: dict[str, QueueView] = {}
+_VIEWS_LOCK = threading.Lock()
+
+
+def _forget_view(jobs_dir: Path) -> None:
+    with _VIEWS_LOCK:
+        _VIEWS.pop(str(jobs_dir), None)
+
+
+def queue_view(jobs_dir: str | Path | None = None, recent: int = 5,
+               max_age: float = VIEW_MAX_AGE_S) -> QueueView:
+    """The queue as files say, shared by every page of this process for ``max_age`` s."""
+    jobs_dir = _jobs_dir(jobs_dir)
+    key = str(jobs_dir)
+    with _VIEWS_LOCK:
+        cached = _VIEWS.get(key)
+        if cached is not None and time.monotonic() - cached.read_at < max_age:
+            return cached
+    ids = _list_jobs(jobs_dir)
+    records = {}
+    for job_id in ids:
+        job = _read_json(jobs_dir / job_id / "job.json")
+        if job is not None:
+            records[job_id] = (job, _state_of(jobs_dir / job_id))
+    order = read_order(jobs_dir, {job_id: state["state"]
+                                  for job_id, (_, state) in records.items()})
+    active = [_status_from(jobs_dir / job_id, job, state) for job_id, (job, state)
+              in records.items() if state["state"] in STATES_ACTIVE]
+    active.sort(key=lambda status: (status.dispatched or 0, status.job_id))
+    queued = [_status_from(jobs_dir / job_id, *records[job_id], position)
+              for position, job_id in enumerate(order, start=1)]
+    ended = [job_id for job_id, (_, state) in records.items()
+             if state["state"] in STATES_FINAL]
+    ended.sort(key=lambda job_id: (_number(records[job_id][1].get("finished")) or 0, job_id),
+               reverse=True)
+    finished = [_status_from(jobs_dir / job_id, *records[job_id]) for job_id in ended[:recent]]
+    view = QueueView(active=active, queued=queued, finished=finished, read_at=time.monotonic())
+    with _VIEWS_LOCK:
+        _VIEWS[key] = view
+    return view
+
+
+def all_statuses(jobs_dir: str | Path | None = None) -> list[JobStatus]:
+    """Every request of the jobs folder, without progress (tests, the CLI, the load test)."""
+    jobs_dir = _jobs_dir(jobs_dir)
+    found = []
+    for job_id in _list_jobs(jobs_dir):
+        job = _read_json(jobs_dir / job_id / "job.json")
+        if job is not None:
+            found.append(_status_from(jobs_dir / job_id, job, _state_of(jobs_dir / job_id),
+                                      with_progress=False))
+    return found
 
 
 def current_job(jobs_dir: str | Path | None = None) -> JobStatus | None:
-    """The job holding the lock if any, else the most recent one (None when none ever ran)."""
-    jobs_dir = _jobs_dir(jobs_dir)
-    holder = _lock_holder(jobs_dir)
-    if holder and (jobs_dir / holder / "job.json").is_file():
-        status = job_status(holder, jobs_dir)
-        if status.active:
-            return status
-    jobs = _list_jobs(jobs_dir)
-    return job_status(jobs[-1], jobs_dir) if jobs else None
+    """The first request the engine runs, else the first queued, else the last that ended
+    (None when none was ever filed)."""
+    view = queue_view(jobs_dir)
+    for group in (view.active, view.queued, view.finished):
+        if group:
+            return group[0]
+    return None
 
 
-# --------------------------------------------------------------------------- start, cancel
+# --------------------------------------------------------------------------- filing
 
 
 def _new_job_id() -> str:
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
 
 
-def _prune(jobs_dir: Path, keep: int = KEEP_JOBS) -> None:
-    jobs = _list_jobs(jobs_dir)
-    for job_id in jobs[:-keep] if len(jobs) > keep else []:
-        state = _read_json(jobs_dir / job_id / "state.json") or {}
-        if state.get("state") in STATES_FINAL:
-            shutil.rmtree(jobs_dir / job_id, ignore_errors=True)
+def _prune(jobs_dir: Path, keep: int = KEEP_FINISHED) -> None:
+    ended = [job_id for job_id in _list_jobs(jobs_dir)
+             if _state_of(jobs_dir / job_id)["state"] in STATES_FINAL]
+    for job_id in ended[:-keep] if len(ended) > keep else []:
+        shutil.rmtree(jobs_dir / job_id, ignore_errors=True)
 
 
-def _child_environment() -> dict:
-    from xrcompare.access import TEACHER_KEY_SECRET, TEACHER_KEY_VARIABLE
+def submit_request(config: TrainConfig, owner: str, owner_token: str | None = None, *,
+                   jobs_dir: str | Path | None = None) -> JobStatus:
+    """Check the configuration (:func:`xrcompare.experiment.preflight`) and file it at the
+    end of the queue; never waits for it to run.
 
-    env = dict(os.environ)
-    for name in (TEACHER_KEY_VARIABLE, TEACHER_KEY_SECRET):  # training never needs the key
-        env.pop(name, None)
-    env["PYTHONUNBUFFERED"] = "1"
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    path = env.get("PYTHONPATH", "")
-    env["PYTHONPATH"] = str(paths.REPO_ROOT) + (os.pathsep + path if path else "")
-    return env
-
-
-def start_job(config: TrainConfig, *, jobs_dir: str | Path | None = None) -> JobStatus:
-    """Check the configuration (:func:`xrcompare.experiment.preflight`), take the lock and
-    launch the job; never waits for it.
-
-    Raises :class:`JobRunning` when a job holds the lock, a ``ValueError`` (one line) for a
-    configuration that cannot train.
+    Raises a ``ValueError`` (one line): a configuration that cannot train, a bad owner name,
+    a full queue, or a session that has :data:`MAX_OPEN_PER_OWNER` requests open already.
     """
     jobs_dir = _jobs_dir(jobs_dir)
-    jobs_dir.mkdir(parents=True, exist_ok=True)
-    holder = _lock_holder(jobs_dir)
-    if holder and (jobs_dir / holder / "job.json").is_file():
-        running = job_status(holder, jobs_dir)
-        if running.active:  # say so before spending time on validation
-            raise JobRunning(running)
+    owner = check_owner(owner)
+    key = owner_key(owner_token)
     from xrcompare.experiment import preflight
 
     plan = preflight(config)  # validated once here, once more in the training process
-    # this machine's rates, measured by earlier jobs: the estimate is right from the start
     plan["rates"] = plan_rates(load_rates(jobs_dir / RATES_FILE), plan)
-    job_id = _new_job_id()
-    _acquire_lock(jobs_dir, job_id)
-    folder = jobs_dir / job_id
-    child, launched = None, False
-    try:
+    with queue_lock(jobs_dir):
+        open_jobs = [status for status in all_statuses(jobs_dir) if status.open]
+        if len(open_jobs) >= MAX_OPEN:
+            raise JobError(f"the queue is full ({MAX_OPEN} requests): try again once some "
+                           "have finished")
+        if key and sum(status.owner_key == key for status in open_jobs) >= MAX_OPEN_PER_OWNER:
+            raise JobError(f"you already have {MAX_OPEN_PER_OWNER} requests waiting or "
+                           "running: wait for one, or cancel one")
+        job_id = _new_job_id()
+        while (jobs_dir / job_id).exists():
+            job_id = _new_job_id()
+        folder = jobs_dir / job_id
         folder.mkdir()
-        config.write(folder / CONFIG_FILE)
-        _write_json(folder / "job.json", {"job_id": job_id, "created": time.time(),
-                                          "config": config.to_json(), "plan": plan,
-                                          "argv": train_command(folder)})
-        with (folder / "supervisor.log").open("ab") as log:
-            child = subprocess.Popen(
-                [sys.executable, "-m", "xrcompare.jobs", "supervise", str(folder)],
-                cwd=paths.REPO_ROOT, env=_child_environment(), stdin=subprocess.DEVNULL,
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
-        _CHILDREN[job_id] = child
-        _write_json(folder / "launch.json", {"pid": child.pid,
-                                             "identity": process_identity(child.pid)})
-        launched = True
-    except BaseException as error:
-        if child is not None:  # started but not recorded: nobody could watch or cancel it
-            with contextlib.suppress(OSError):
-                os.killpg(child.pid, signal.SIGKILL)
-            child.wait()
-        with contextlib.suppress(OSError):  # the folder itself may be what failed
-            _write_json(folder / "state.json", {"state": "failed", "finished": time.time(),
-                                                "error": f"could not start the job: {error}"})
-        raise
-    finally:
-        if not launched:
-            _release_lock(jobs_dir, job_id)
+        try:
+            config.write(folder / CONFIG_FILE)
+            _write_json(folder / "state.json", {"state": "queued", "attempts": 0})
+            _write_json(folder / "job.json", {
+                "job_id": job_id, "created": time.time(), "owner": owner, "owner_key": key,
+                "config": config.to_json(), "plan": plan})
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        order = [other for other in read_order(jobs_dir) if other != job_id]
+        _write_order(jobs_dir, [*order, job_id])
     _prune(jobs_dir)
     return job_status(job_id, jobs_dir)
 
 
-def _signal_job(folder: Path, number: int) -> None:
-    """Signal the job's process group, only while a process of this job is alive (so a
-    reused process group id is never hit)."""
-    launch = _read_json(folder / "launch.json") or {}
-    state = _read_json(folder / "state.json") or {}
-    group = launch.get("pid")
-    if group and (_alive(group, launch.get("identity"))
-                  or _alive(state.get("cli_pid"), state.get("cli_identity"))):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(group, number)
+def start_job(config: TrainConfig, *, jobs_dir: str | Path | None = None,
+              owner: str = "command line", owner_token: str | None = None) -> JobStatus:
+    """:func:`submit_request` under the name the command line and benchmarks use."""
+    return submit_request(config, owner, owner_token, jobs_dir=jobs_dir)
 
 
-def _escalate_cancel(folder: Path) -> None:
-    """SIGKILL the group of a job still alive ``CANCEL_ESCALATE_S`` after its cancel."""
-    try:
-        asked = (folder / "cancel").stat().st_mtime
-    except OSError:
-        return
-    if time.time() - asked > CANCEL_ESCALATE_S:
-        _signal_job(folder, signal.SIGKILL)
+# --------------------------------------------------------------------------- cancel, reorder
 
 
-def request_cancel(job_id: str, jobs_dir: str | Path | None = None) -> JobStatus:
-    """Ask a job to stop and return at once (the page's path).
-
-    SIGTERM goes to the job's process group; the supervisor records the outcome and kills
-    the training process after ``CANCEL_KILL_AFTER_S``; :func:`job_status` kills the whole
-    group if it is still alive ``CANCEL_ESCALATE_S`` after the request.
-    """
+def request_cancel(job_id: str, jobs_dir: str | Path | None = None, *,
+                   owner_token: str | None = None, teacher: bool = False) -> JobStatus:
+    """Cancel a request: at once while it waits; through Ray's stop when it runs (the
+    dispatcher passes it on within a second and records "cancelled" once Ray has stopped
+    it). Only its owner's session or the teacher may."""
     jobs_dir = _jobs_dir(jobs_dir)
     status = job_status(job_id, jobs_dir)
-    if not status.active:
-        return status
-    cancel = status.folder / "cancel"
-    if not cancel.exists():  # a second request keeps the first one's time
-        cancel.write_text(f"{time.time()}\n")
-    _signal_job(status.folder, signal.SIGTERM)
+    if not (teacher or status.owned_by(owner_token)):
+        raise NotAllowed("only the teacher or the student who asked for it can cancel "
+                         "this request")
+    with queue_lock(jobs_dir):
+        folder = jobs_dir / job_id
+        state = _state_of(folder)
+        if state["state"] == "queued":
+            _write_json(folder / "state.json", {**state, "state": "cancelled",
+                                                "finished": time.time(), "error": None})
+            _write_order(jobs_dir, [other for other in read_order(jobs_dir) if other != job_id])
+        elif state["state"] in STATES_ACTIVE and not (folder / "cancel").exists():
+            (folder / "cancel").write_text(f"{time.time()}\n")
     return job_status(job_id, jobs_dir)
 
 
-def cancel_job(job_id: str, jobs_dir: str | Path | None = None,
-               timeout: float = CANCEL_ESCALATE_S + 5) -> JobStatus:
-    """Stop the job's whole process tree; returns once it is recorded as ended."""
+def move(job_id: str, to: int, jobs_dir: str | Path | None = None, *,
+         teacher: bool = False) -> list[str]:
+    """Put a queued request at place ``to`` (1 = next to run); the teacher only. Returns
+    the new order."""
     jobs_dir = _jobs_dir(jobs_dir)
-    status = request_cancel(job_id, jobs_dir)
-    deadline = time.monotonic() + timeout
-    while status.active and time.monotonic() < deadline:
-        time.sleep(0.2)
-        status = job_status(job_id, jobs_dir)  # escalates to SIGKILL when it takes long
-    if status.active:
-        _signal_job(status.folder, signal.SIGKILL)
-        time.sleep(0.5)
-        status = job_status(job_id, jobs_dir)
-    return status
-
-
-# --------------------------------------------------------------------------- supervisor
-
-
-def _outlive_signal(number, frame) -> None:
-    """The supervisor's handler for the cancel's SIGTERM (and SIGINT, SIGHUP): carry on.
-
-    A handler rather than SIG_IGN: caught signals are reset to their default in a child at
-    exec, so the training process still ends on SIGTERM, where an ignored one would stay
-    ignored. Set before the training process starts, so an early cancel cannot kill the
-    supervisor before it has recorded the training process.
-    """
-
-
-def supervise(folder: Path) -> int:
-    """Run the job's training command, wait, record the outcome, free the lock."""
-    for number in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(number, _outlive_signal)
-    folder = Path(folder)
-    job = _read_json(folder / "job.json")
-    if job is None:
-        print(f"no job.json in {folder}", file=sys.stderr)
-        return 2
-    jobs_dir = folder.parent
-    started = time.time()
-    record = {"started": started, "supervisor_pid": os.getpid(), "runs": []}
-    try:
-        if (folder / "cancel").exists():  # cancelled before the training process started
-            _write_json(folder / "state.json", {**record, "state": "cancelled",
-                                                "finished": time.time(), "error": None})
-            return 0
-        try:
-            with (folder / "log.txt").open("ab") as log:
-                child = subprocess.Popen(job["argv"], cwd=paths.REPO_ROOT, env=_child_environment(),
-                                         stdin=subprocess.DEVNULL, stdout=log,
-                                         stderr=subprocess.STDOUT)
-        except (OSError, ValueError) as error:
-            _write_json(folder / "state.json", {
-                **record, "state": "failed", "finished": time.time(),
-                "error": f"could not start the training process: {one_line(error, ERROR_LIMIT)}"})
-            return 1
-        try:
-            final = _watch(folder, job, child, record)
-        except BaseException:  # never free the lock while the training process runs on
-            child.kill()
-            child.wait()
-            _cleanup_partial(job, child.pid)
-            raise
-        _write_json(folder / "state.json", final)
-        return 0
-    finally:
-        _release_lock(jobs_dir, job["job_id"])
-
-
-def _watch(folder: Path, job: dict, child: subprocess.Popen, record: dict) -> dict:
-    """Record the running training process, wait for it (passing a cancel on), and return
-    the final state."""
-    running = {**record, "state": "running", "cli_pid": child.pid,
-               "cli_identity": process_identity(child.pid)}
-    _write_json(folder / "state.json", running)
-    cancel_seen = None
-    while True:
-        try:
-            code = child.wait(timeout=0.5)
-            break
-        except subprocess.TimeoutExpired:
-            pass
-        if (folder / "cancel").exists():
-            if cancel_seen is None:
-                cancel_seen = time.monotonic()
-                child.terminate()
-            elif time.monotonic() - cancel_seen > CANCEL_KILL_AFTER_S:
-                child.kill()
-    events = read_progress(folder)
-    done = code == 0 and finished(events)
-    final = {**running, "finished": time.time(), "exit_code": code,
-             "runs": written_runs(events)}
-    if done:
-        final.update(state="done", error=None)
-        _record_rates(folder, job, events, record.get("started"))
-    else:
-        _cleanup_partial(job, child.pid)
-        if (folder / "cancel").exists():
-            final.update(state="cancelled", error=None)
-        else:
-            final.update(state="failed", error=failure_reason(log_tail(folder, 200), code))
-    return final
-
-
-def _record_rates(folder: Path, job: dict, events: list[dict], started: float | None) -> None:
-    """Keep what a finished job measured (:func:`xrcompare.progress.measure_job`) in the jobs
-    folder's rates file, for the next job's estimate; a failure here never fails the job."""
-    try:
-        update_rates(folder.parent / RATES_FILE,
-                     measure_job(events, job.get("plan") or {}, started))
-    except (OSError, ValueError, TypeError) as error:
-        print(f"could not record this job's rates: {one_line(error)}", file=sys.stderr)
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 2 or argv[0] != "supervise":
-        print("usage: python -m xrcompare.jobs supervise JOB_FOLDER", file=sys.stderr)
-        return 2
-    return supervise(Path(argv[1]))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    _check_id(job_id)
+    if not teacher:
+        raise NotAllowed("only the teacher can reorder the queue")
+    if not isinstance(to, int) or isinstance(to, bool):
+        raise JobError("a place in the queue is a whole number")
+    with queue_lock(jobs_dir):
+        order = read_order(jobs_dir)
+        if job_id not in order:
+            raise JobError("that request is not waiting in the queue any more")
+        order.remove(job_id)
+        order.insert(min(max(to, 1), len(order) + 1) - 1, job_id)
+        _write_order(jobs_dir, order)
+    return order

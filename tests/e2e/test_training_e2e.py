@@ -1,5 +1,6 @@
-"""Train from the sidebar in a real browser: a tiny ResNet50 job starts, is watched to the
-end, and its run lands in the leaderboard without a restart."""
+"""Train from the sidebar in a real browser: a tiny ResNet50 request is queued, runs on the
+app's local Ray, is watched to the end, and its run lands in the leaderboard without a
+restart."""
 
 from __future__ import annotations
 
@@ -119,10 +120,9 @@ def test_sidebar_trains_a_tiny_run_that_appears_in_the_leaderboard(
     # the outcome is on disk, not in the browser session: a fresh load still shows it
     page.reload(wait_until="domcontentloaded")
     expect(sidebar.get_by_text("Finished in")).to_be_visible()
-    assert not (root / "jobs" / "lock").exists()
 
     # a long job is cancelled from the sidebar: the click returns at once, the panel shows
-    # the outcome once the supervisor records it, and no run is added
+    # the outcome once Ray has stopped it, and no run is added
     wait_idle(page)
     form.get_by_label("Epochs", exact=True).fill("500")
     form.get_by_role("button", name="Start training").click()
