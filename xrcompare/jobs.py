@@ -319,9 +319,17 @@ def read_order(jobs_dir: Path, states: dict[str, str] | None = None) -> list[str
     for job_id in recorded if isinstance(recorded, list) else []:
         if isinstance(job_id, str) and states.get(job_id) == "queued" and job_id not in order:
             order.append(job_id)
-    order += [job_id for job_id in sorted(states) if states[job_id] == "queued"
-              and job_id not in order]
+    missing = [job_id for job_id in states if states[job_id] == "queued"
+               and job_id not in order]
+    order += sorted(missing, key=lambda job_id: (_created(jobs_dir / job_id), job_id))
     return order
+
+
+def _created(folder: Path) -> float:
+    """When a request was filed (job.json's ``created``; ids share a second, so they alone
+    cannot order two requests filed in the same one)."""
+    created = (_read_json(folder / "job.json") or {}).get("created")
+    return float(created) if isinstance(created, (int, float)) else float("inf")
 
 
 def _write_order(jobs_dir: Path, order: list[str]) -> None:
