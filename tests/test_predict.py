@@ -347,8 +347,8 @@ def test_an_uploaded_sample_is_recognised_by_its_bytes(samples):
 
 
 @pytest.mark.parametrize(("value", "text"), [
-    (1.0, "100%"), (0.99995, ">99.9%"), (0.9956, "99.6%"), (0.9994, "99.9%"), (0.5, "50.0%"),
-    (0.0004, "<0.1%"), (0.0, "0%"), (None, "–"), (float("nan"), "–"),
+    (1.0, ">99.9%"), (0.99995, ">99.9%"), (0.9956, "99.6%"), (0.9994, "99.9%"), (0.5, "50.0%"),
+    (0.0004, "<0.1%"), (0.0, "<0.1%"), (None, "–"), (float("nan"), "–"),
 ])
 def test_probabilities_have_one_precision_and_are_never_rounded_to_certainty(value, text):
     assert predictor.format_probability(value) == text

@@ -114,7 +114,7 @@ def test_a_sample_gets_every_shipped_runs_prediction_and_gradcam(monkeypatch):
     assert "This sample is `cxr3/covid/cohen_3b46de94.jpg` in the shared data" in captions
     assert "In the **test split** of" in captions
     assert set(table["image in"]) <= {"test split", "–"} and "test split" in set(table["image in"])
-    # One precision everywhere, never "100%" for a probability below 1.
+    # One precision everywhere, never "100%" (even a float32 softmax that rounds to 1).
     assert all("(p = " in text and "100%" not in text for text in map_captions(app))
     bars = [item for item in app.get("html") if "linear-gradient" in item.proto.body]
     assert len(bars) == 1  # the colour bar
@@ -244,8 +244,12 @@ def test_display_changes_redraw_from_cached_maps_without_touching_a_model(monkey
     # are kept; Grad-CAM only differentiates the tails).
     app.selectbox(key="predict_target").set_value("normal").run()
     assert_clean(app)
-    assert engine.forward_passes == passes and len(maps) == computed + len(mapped)
+    having = [run for run in mapped if "normal" in run.labels]  # not covid vs non-covid
+    assert engine.forward_passes == passes and len(maps) == computed + len(having)
+    assert len(map_captions(app)) == len(having)
     assert all("explains *normal*" in text for text in map_captions(app))
+    without = [item.value for item in app.caption if "does not predict normal" in item.value]
+    assert len(without) == len(mapped) - len(having)
 
 
 def test_a_sample_in_a_runs_training_split_gets_a_warning(monkeypatch, tmp_path):

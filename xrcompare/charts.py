@@ -24,7 +24,7 @@ from xrcompare.evaluate import (
     threshold_for_sensitivity,
     threshold_sweep,
 )
-from xrcompare.runs import TEST_SCOPE, Run
+from xrcompare.runs import TEST_SCOPE, Run, normalise_scope, scope_name
 from xrcompare.summary import per_class_table
 
 #: One colour per class, used wherever a class is a colour.
@@ -508,7 +508,8 @@ def heldout_shares(runs: Sequence[Run], heldout: str, labels: dict[str, str] | N
                    reference: bool = True) -> pd.DataFrame:
     """Long table: for each run and true class of a held-out folder, the share (%) of images
     predicted as each class, with ``non_covid_pct``; the blog's reported figures added as a
-    reference row when ``reference`` is true."""
+    reference row when ``reference`` is true and the folder is the one the blog reported on
+    (``kaggle_test``, not a copy derived under another class scheme)."""
     rows = []
     reference_at = None  # the blog's row goes right after the runs reproducing it
     for run in runs:
@@ -524,7 +525,7 @@ def heldout_shares(runs: Sequence[Run], heldout: str, labels: dict[str, str] | N
         if (run.data_name == BLOG_2020_REPORTED["data"]
                 and run.backbone == BLOG_2020_REPORTED["kaggle_test"]["model"].lower()):
             reference_at = len(rows)
-    if reference and rows:
+    if reference and rows and scope_name(normalise_scope(heldout)) == "kaggle_test":
         tail = rows[reference_at:] if reference_at is not None else []
         rows = rows[:reference_at] if reference_at is not None else rows
         present = {row["true_class"] for row in rows + tail}

@@ -235,15 +235,12 @@ def predict_runs(runs: Sequence[Run], gray: np.ndarray, engine: Engine | None = 
 
 
 def format_probability(value: float | None) -> str:
-    """A probability as a percentage with one decimal, never rounded to 0% or 100% unless
-    it is exactly 0 or 1 (``>99.9%``, ``<0.1%``)."""
+    """A probability as a percentage with one decimal, never 0% or 100% (``>99.9%``,
+    ``<0.1%``): a softmax never reaches either, and an output of exactly 1 or 0 is float32
+    rounding, not certainty."""
     if value is None or not np.isfinite(value):
         return "–"
     value = float(value)
-    if value >= 1.0:
-        return "100%"
-    if value <= 0.0:
-        return "0%"
     if value > 0.9995:
         return ">99.9%"
     if value < 0.0005:

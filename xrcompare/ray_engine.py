@@ -300,6 +300,14 @@ def stop_local(jobs_dir: str | Path, timeout: float = STOP_TIMEOUT_S) -> bool:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(int(pid), signal.SIGKILL)
         _reap(int(pid))
+        # Ray's own processes (GCS, raylet, dashboard, workers) leave after the head, later
+        # on a loaded machine; any that name this Ray's folder past the deadline are killed.
+        while temp_dir and leftover_processes(temp_dir) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        for leftover in leftover_processes(temp_dir) if temp_dir else []:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(leftover, signal.SIGKILL)
+            _reap(leftover)
         stopped = True
     path.unlink(missing_ok=True)
     if temp_dir and Path(temp_dir).name.startswith("xr-ray-"):

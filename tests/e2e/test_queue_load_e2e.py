@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import CHROMIUM, CHROMIUM_ARGS, StreamlitServer
+from .conftest import StreamlitServer
 from .test_training_e2e import make_tiny_dataset
 
 STUDENTS = 30
@@ -76,8 +76,10 @@ def statistics_request(folders: dict, name: str):
 
 @pytest.mark.e2e
 @pytest.mark.slow
-def test_thirty_students_queue_and_every_request_lands_or_is_cancelled(classroom):
-    from playwright.sync_api import expect, sync_playwright
+def test_thirty_students_queue_and_every_request_lands_or_is_cancelled(classroom, browser):
+    # The session's browser (tests/e2e/conftest.py): a second sync_playwright() in a worker
+    # that already runs one fails ("Sync API inside the asyncio loop").
+    from playwright.sync_api import expect
 
     from xrcompare import jobs
     from xrcompare.ray_engine import job_states
@@ -110,57 +112,55 @@ def test_thirty_students_queue_and_every_request_lands_or_is_cancelled(classroom
     threads = [threading.Thread(target=student, args=(number, rng.uniform(0, SUBMIT_WITHIN_S)))
                for number in range(STUDENTS)]
     page_loads: list[float] = []
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS,
-                                             headless=True)
-        teacher = browser.new_context(viewport={"width": 1440, "height": 1000}).new_page()
-        pupil = browser.new_context(viewport={"width": 1440, "height": 1000}).new_page()
-        for page in (teacher, pupil):
-            page.set_default_timeout(60_000)
-            page.goto(server.url, wait_until="domcontentloaded")
-            page.locator('[data-testid="stMain"] h1').first.wait_for()
-        for thread in threads:
-            thread.start()
+    teacher = browser.new_context(viewport={"width": 1440, "height": 1000}).new_page()
+    pupil = browser.new_context(viewport={"width": 1440, "height": 1000}).new_page()
+    for page in (teacher, pupil):
+        page.set_default_timeout(60_000)
+        page.goto(server.url, wait_until="domcontentloaded")
+        page.locator('[data-testid="stMain"] h1').first.wait_for()
+    for thread in threads:
+        thread.start()
 
-        # the teacher: sees the queue, moves the last waiting request first, cancels one
-        # running request
-        moved = cancelled_running = None
-        sidebar = teacher.locator('[data-testid="stSidebar"]')
-        expect(sidebar.get_by_text("Training now")).to_be_visible(timeout=60_000)
-        while any(thread.is_alive() for thread in threads) or moved is None \
-                or cancelled_running is None:
-            view = jobs.queue_view(jobs_dir, max_age=0)
-            if moved is None and len(view.queued) >= 3 and len(filed) >= STUDENTS // 2:
-                moved = view.queued[-1].job_id
-                jobs.move(moved, 1, jobs_dir, teacher=True)
-            if cancelled_running is None and view.active and \
-                    view.active[0].state == "running":
-                cancelled_running = view.active[0].job_id
-                jobs.request_cancel(cancelled_running, jobs_dir, teacher=True)
-            # a page load while jobs run: the Overview with the queue in the sidebar
-            started = time.perf_counter()
-            pupil.goto(server.url, wait_until="domcontentloaded")
-            pupil.locator('[data-testid="stMain"] h1').first.wait_for()
-            pupil.locator('[data-testid="stSidebar"]').get_by_text("Training now") \
-                .first.wait_for()
-            page_loads.append(time.perf_counter() - started)
-            assert time.monotonic() - began < DEADLINE_S, "the class took too long"
-            time.sleep(0.5)
-        order_after_filing = jobs.read_order(jobs_dir)
-        for thread in threads:
-            thread.join()
-        while jobs.queue_view(jobs_dir, max_age=0).open:
-            started = time.perf_counter()
-            pupil.goto(server.url, wait_until="domcontentloaded")
-            pupil.locator('[data-testid="stMain"] h1').first.wait_for()
-            page_loads.append(time.perf_counter() - started)
-            assert time.monotonic() - began < DEADLINE_S, "the class took too long"
-            time.sleep(1.0)
-        # the queue emptied: the teacher's tab shows the last outcome, no error box
-        expect(sidebar.get_by_text("No training job yet.")).to_have_count(0)
-        errors = teacher.locator('[data-testid="stException"]')
-        assert errors.count() == 0, errors.all_inner_texts()
-        browser.close()
+    # the teacher: sees the queue, moves the last waiting request first, cancels one
+    # running request
+    moved = cancelled_running = None
+    sidebar = teacher.locator('[data-testid="stSidebar"]')
+    expect(sidebar.get_by_text("Training now")).to_be_visible(timeout=60_000)
+    while any(thread.is_alive() for thread in threads) or moved is None \
+            or cancelled_running is None:
+        view = jobs.queue_view(jobs_dir, max_age=0)
+        if moved is None and len(view.queued) >= 3 and len(filed) >= STUDENTS // 2:
+            moved = view.queued[-1].job_id
+            jobs.move(moved, 1, jobs_dir, teacher=True)
+        if cancelled_running is None and view.active and \
+                view.active[0].state == "running":
+            cancelled_running = view.active[0].job_id
+            jobs.request_cancel(cancelled_running, jobs_dir, teacher=True)
+        # a page load while jobs run: the Overview with the queue in the sidebar
+        started = time.perf_counter()
+        pupil.goto(server.url, wait_until="domcontentloaded")
+        pupil.locator('[data-testid="stMain"] h1').first.wait_for()
+        pupil.locator('[data-testid="stSidebar"]').get_by_text("Training now") \
+            .first.wait_for()
+        page_loads.append(time.perf_counter() - started)
+        assert time.monotonic() - began < DEADLINE_S, "the class took too long"
+        time.sleep(0.5)
+    order_after_filing = jobs.read_order(jobs_dir)
+    for thread in threads:
+        thread.join()
+    while jobs.queue_view(jobs_dir, max_age=0).open:
+        started = time.perf_counter()
+        pupil.goto(server.url, wait_until="domcontentloaded")
+        pupil.locator('[data-testid="stMain"] h1').first.wait_for()
+        page_loads.append(time.perf_counter() - started)
+        assert time.monotonic() - began < DEADLINE_S, "the class took too long"
+        time.sleep(1.0)
+    # the queue emptied: the teacher's tab shows the last outcome, no error box
+    expect(sidebar.get_by_text("No training job yet.")).to_have_count(0)
+    errors = teacher.locator('[data-testid="stException"]')
+    assert errors.count() == 0, errors.all_inner_texts()
+    for page in (teacher, pupil):  # the session's browser stays open
+        page.context.close()
     wall = time.monotonic() - began
 
     assert problems == []
