@@ -19,7 +19,6 @@ and no other (never ``ray stop``, which stops every Ray of the user on the machi
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import secrets
@@ -35,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from xrcompare import paths
+from xrcompare.jobs import _read_json, _write_json  # the jobs folder's small files
 
 ADDRESS_VARIABLE = "RAY_ADDRESS"
 SLOTS_VARIABLE = "XRCOMPARE_TRAIN_SLOTS"
@@ -431,23 +431,6 @@ def exit_code_of(message: str) -> int | None:
     """The entrypoint's exit code as Ray's message gives it, if it does."""
     found = re.search(r"exit code (-?\d+)", message or "")
     return int(found.group(1)) if found else None
-
-
-# --------------------------------------------------------------------------- small files
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None
-    return value if isinstance(value, dict) else None
-
-
-def _write_json(path: Path, payload: dict) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(3)}.tmp")
-    temporary.write_text(json.dumps(payload, indent=1, default=str) + "\n", encoding="utf-8")
-    os.replace(temporary, path)
 
 
 def main(argv: list[str] | None = None) -> int:
