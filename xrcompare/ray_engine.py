@@ -288,11 +288,12 @@ def stop_local(jobs_dir: str | Path, timeout: float = STOP_TIMEOUT_S) -> bool:
     path = _engine_file(Path(jobs_dir))
     record = _read_json(path) or {}
     pid, temp_dir = record.get("pid"), record.get("temp_dir")
+    ours = bool(temp_dir) and Path(temp_dir).name.startswith("xr-ray-")
+    deadline = time.monotonic() + timeout
     stopped = False
     if _is_our_ray(pid, temp_dir):
         with contextlib.suppress(ProcessLookupError):
             os.kill(int(pid), signal.SIGTERM)  # --block stops every process of this Ray
-        deadline = time.monotonic() + timeout
         while _is_our_ray(pid, temp_dir) and time.monotonic() < deadline:
             _reap(int(pid))
             time.sleep(0.2)
@@ -300,17 +301,22 @@ def stop_local(jobs_dir: str | Path, timeout: float = STOP_TIMEOUT_S) -> bool:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(int(pid), signal.SIGKILL)
         _reap(int(pid))
-        # Ray's own processes (GCS, raylet, dashboard, workers) leave after the head, later
-        # on a loaded machine; any that name this Ray's folder past the deadline are killed.
-        while temp_dir and leftover_processes(temp_dir) and time.monotonic() < deadline:
+        stopped = True
+    if ours:
+        # Ray's own processes (GCS, raylet, dashboard, workers, job supervisors) leave after
+        # the head, later on a loaded machine, and a head that died leaves them behind: any
+        # that still name this Ray's folder are waited for, then killed (this Ray's only).
+        while leftover_processes(temp_dir) and time.monotonic() < deadline:
             time.sleep(0.2)
-        for leftover in leftover_processes(temp_dir) if temp_dir else []:
+        for leftover in leftover_processes(temp_dir):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(leftover, signal.SIGKILL)
             _reap(leftover)
-        stopped = True
+        gone_by = time.monotonic() + 5.0
+        while leftover_processes(temp_dir) and time.monotonic() < gone_by:
+            time.sleep(0.1)
     path.unlink(missing_ok=True)
-    if temp_dir and Path(temp_dir).name.startswith("xr-ray-"):
+    if ours:
         shutil.rmtree(temp_dir, ignore_errors=True)
     return stopped
 
