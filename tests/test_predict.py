@@ -487,7 +487,8 @@ def test_predict_and_explain_file_give_what_the_page_gives(shipped_runs, engine,
     assert result["probabilities"] == pytest.approx(page.probabilities)
     assert result["predicted"] == page.predicted and isinstance(result["warnings"], list)
     out = tmp_path / "map.png"
-    answer = explain_file(run, sample.path, method="gradcam", target=None, out=out, alpha=0.5)
+    answer = explain_file(run, sample.path, method="gradcam", target=None, out=out, alpha=0.5,
+                          engine=engine)
     assert answer == {"method": "gradcam", "target": page.predicted,
                       "predicted": page.predicted}
     expected = predictor.overlay_for_run(

@@ -33,6 +33,41 @@ PREPROCESS_MODES = PROTOCOL_CHOICES["preprocess"]
 #: ``--fine-tune`` choices: none (the frozen base) or the last block after the head.
 FINE_TUNE_CHOICES = ("none", "last-block")
 
+#: How each ``keras.applications`` module scales its inputs (``preprocess_input``'s mode):
+#: ``caffe`` (RGB → BGR, ImageNet means subtracted), ``tf`` (to -1..1), ``torch`` (0..1, then
+#: ImageNet means and standard deviations). Done here in NumPy, bit for bit as Keras does it
+#: (tested), so the image-to-tensor path never imports Keras (nor TensorFlow).
+PREPROCESS_STYLES = {"vgg16": "caffe", "vgg19": "caffe", "resnet50": "caffe", "resnet": "caffe",
+                     "resnet_v2": "tf", "xception": "tf", "mobilenet_v2": "tf",
+                     "densenet": "torch"}
+CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+TORCH_MEAN_RGB = (0.485, 0.456, 0.406)
+TORCH_STD_RGB = (0.229, 0.224, 0.225)
+
+
+def imagenet_preprocess(batch: np.ndarray, style: str) -> np.ndarray:
+    """``keras.applications``' ``preprocess_input`` of ``style`` (see
+    :data:`PREPROCESS_STYLES`) on a float32 copy of ``batch`` (RGB 0..255, channels last),
+    with Keras's operations in Keras's order, so the result is identical."""
+    x = np.array(batch, dtype=np.float32, copy=True)
+    if style == "tf":
+        x /= np.float32(127.5)
+        x -= np.float32(1.0)
+        return x
+    if style == "torch":
+        x /= np.float32(255.0)
+        for channel in range(3):
+            x[..., channel] -= np.float32(TORCH_MEAN_RGB[channel])
+            x[..., channel] /= np.float32(TORCH_STD_RGB[channel])
+        return x
+    if style != "caffe":
+        raise ValueError(f"unknown preprocessing style {style!r}")
+    x = np.ascontiguousarray(x[..., ::-1])  # RGB → BGR
+    for channel in range(3):
+        x[..., channel] -= np.float32(CAFFE_MEAN_BGR[channel])
+    return x
+
+
 #: A layer's weight shapes, in the order Keras lists them (kernel, bias; a separable
 #: convolution's depthwise then pointwise kernel).
 Shapes = tuple[tuple[int, ...], ...]
@@ -64,6 +99,11 @@ class Backbone:
     #: the block are not listed: they keep their ImageNet statistics, in inference mode.
     #: Empty: no cut registered for this backbone.
     fine_tune_layers: tuple[tuple[str, Shapes], ...] = ()
+    #: What the base does after :attr:`last_conv_layer`: 0, nothing (the layer is the base's
+    #: output); 2, a 2 × 2 max pool of stride 2 (VGG's ``block5_pool``). The Predict page's
+    #: first results, drawn before Keras is loaded, apply it in NumPy
+    #: (:func:`xrcompare.engine.numpy_tail`); a test checks it against the Keras base.
+    pool_after_last_conv: int = 0
 
     @property
     def fine_tune_names(self) -> tuple[str, ...]:
@@ -103,20 +143,17 @@ class Backbone:
     def preprocess(self, batch: np.ndarray, mode: str = "backbone") -> np.ndarray:
         """A batch of model inputs (RGB 0..255) as the base is fed, on a float32 copy.
 
-        ``mode="backbone"``: the backbone's own ``preprocess_input`` (it works in place, hence
-        the copy). ``mode="scale01"``: ``x / 255`` in 0..1, as the 2020 blog fed its VGG16, a
-        mismatch with how the ImageNet weights were trained (kept only to reproduce it).
+        ``mode="backbone"``: the backbone's own ``preprocess_input``, in NumPy
+        (:func:`imagenet_preprocess`). ``mode="scale01"``: ``x / 255`` in 0..1, as the 2020
+        blog fed its VGG16, a mismatch with how the ImageNet weights were trained (kept only
+        to reproduce it).
         """
-        copy = np.array(batch, dtype=np.float32, copy=True)
         if mode == "scale01":
-            return copy / np.float32(255.0)
+            return np.asarray(batch, dtype=np.float32) / np.float32(255.0)
         if mode != "backbone":
             raise ValueError(f"preprocess must be one of {', '.join(PREPROCESS_MODES)}, "
                              f"got {mode!r}")
-        import keras
-
-        module = getattr(keras.applications, self.module)
-        return module.preprocess_input(copy)
+        return imagenet_preprocess(batch, PREPROCESS_STYLES[self.module])
 
     def check_size(self, size: int) -> int:
         if not isinstance(size, int) or isinstance(size, bool):
@@ -142,9 +179,10 @@ XCEPTION_LAST_BLOCK = (("block14_sepconv1", ((3, 3, 1024, 1), (1, 1, 1024, 1536)
 REGISTRY: dict[str, Backbone] = {b.name: b for b in (
     Backbone("vgg16", "VGG16", "VGG16", "vgg16", 224, 32, "block5_conv3",
              "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5", 14_714_688, 512,
-             VGG16_LAST_BLOCK),
+             VGG16_LAST_BLOCK, pool_after_last_conv=2),
     Backbone("vgg19", "VGG19", "VGG19", "vgg19", 224, 32, "block5_conv4",
-             "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5", 20_024_384, 512),
+             "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5", 20_024_384, 512,
+             pool_after_last_conv=2),
     Backbone("resnet50", "ResNet50", "ResNet50", "resnet50", 224, 32, "conv5_block3_out",
              "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5", 23_587_712, 2048,
              RESNET50_LAST_BLOCK),

@@ -32,7 +32,15 @@ OpenVINO, bfloat16 where the CPU has it, :mod:`xrcompare.inference_engine`; conv
 per machine and cached on disk, compiled once per process), and its feature maps come from
 there. Until then, and wherever no engine is faster (``XRCOMPARE_ENGINE=keras``, another
 Keras backend, a GPU), the Keras trunk runs. The tails, Grad-CAM's gradient and the other
-saliency maps always run in Keras.
+saliency maps run in Keras.
+
+The first results after a start do not wait for Keras: loading TensorFlow and Keras and
+building a base take about 5 s on the 2-core CPU, compiling a converted trunk already on disk
+0.2 s. So until a run's Keras trunk is built, its probabilities come from that converted
+trunk (:meth:`Engine.early_trunk`) and the tail in NumPy (:func:`numpy_tail`: the registry's
+pool after the last conv, then the head's weights read from its file); the warm-up then keeps
+the compiled trunk as the accelerated one. Runs that need Keras for their base (random-init
+controls, fine-tuned runs) or have nothing converted yet take the Keras path at once.
 
 Predictions are backend-neutral Keras; Grad-CAM's gradient needs TensorFlow, like the rest
 of the saliency maps. Building models is serialised by one lock: a random-init base is built
@@ -168,6 +176,30 @@ def build_tail(base, layer_name: str, head) -> Tail:
     return Tail(keras.Model(inputs, x, name=f"tail_{head.name}"), dense)
 
 
+def max_pool(features: np.ndarray, size: int) -> np.ndarray:
+    """Keras's ``MaxPooling2D(size)`` (stride ``size``, valid padding) on (n, h, w, c)."""
+    count, height, width, channels = features.shape
+    rows, columns = height // size, width // size
+    return features[:, :rows * size, :columns * size].reshape(
+        count, rows, size, columns, size, channels).max(axis=(2, 4))
+
+
+def numpy_tail(run: Run, features: np.ndarray, head_arrays: dict | None = None) -> np.ndarray:
+    """``run``'s :class:`Tail` in NumPy: its trunk's feature maps (n, h, w, c) →
+    probabilities (n, classes), the rest of the base (the registry's
+    ``pool_after_last_conv``) then the head (:func:`xrcompare.train.head_probabilities`).
+    What the first results after a start use while Keras loads; tested equal to the Keras
+    tail on every shipped run."""
+    from xrcompare.backbones import get_backbone
+    from xrcompare.train import head_probabilities
+
+    pool = get_backbone(run.backbone).pool_after_last_conv
+    features = np.asarray(features, dtype=np.float32)
+    if pool:
+        features = max_pool(features, pool)
+    return head_probabilities(run.head, head_arrays or run.head_arrays(), features)
+
+
 # --------------------------------------------------------------------------- caches
 
 
@@ -246,6 +278,10 @@ class Engine:
         self._features = LRU(max_features)
         self._statistics = LRU(8)  # image-statistics baselines' JSON models
         self._after: dict[tuple, object] = {}  # trunk key → the base after its trunk (or None)
+        #: Trunk key → the trunk on the inference engine, compiled straight from its converted
+        #: model on disk before Keras is loaded (:meth:`early_trunk`); None: it cannot be.
+        self._early: dict[tuple, object | None] = {}
+        self._head_arrays = LRU(max_tails)
         self._lock = threading.Lock()
         self._trunk_locks: dict[tuple, threading.Lock] = {}
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xrcompare-model",
@@ -377,8 +413,67 @@ class Engine:
 
         entry = self._trunks.get(trunk_key(run)) if run.is_cnn else None
         if entry is None:
-            return None
+            early = self._early.get(trunk_key(run)) if run.is_cnn else None
+            return early.label if early is not None else None
         return entry.fast.label if entry.fast is not None else engine_label(*REFERENCE)
+
+    def early_trunk(self, run: Run):
+        """``run``'s trunk on the inference engine, compiled from its converted model already
+        on disk, while its Keras trunk is not built: the first results after a start come
+        from it and a NumPy tail (:func:`numpy_tail`) without waiting for TensorFlow and
+        Keras to load (about 5 s on the 2-core CPU, against 0.2 s to compile). The warm-up
+        then keeps it as the accelerated trunk (:meth:`accelerate`).
+
+        None when there is none: the engine choice is Keras, the run is not an ImageNet
+        frozen base (a random-init control, a fine-tuned run), nothing is converted yet, or
+        its Keras trunk is built already."""
+        if not run.is_cnn or run.is_fine_tuned or run.weights != "imagenet":
+            return None
+        key = trunk_key(run)
+        if key in self._early:
+            return self._early[key]
+        if self._trunks.get(key) is not None:
+            return None
+        return self.call(self._compile_early, run, key)
+
+    def _compile_early(self, run: Run, key: tuple):
+        if key in self._early:
+            return self._early[key]
+        from xrcompare.backbones import get_backbone
+        from xrcompare.inference_engine import (
+            OpenVINOEngine,
+            openvino_precision,
+            ready_converted_model,
+            requested_engine,
+        )
+
+        early = None
+        try:
+            chosen = self._engine_chosen
+            if requested_engine(self.engine_choice) != "keras" \
+                    and (chosen is None or chosen[0] == "openvino"):
+                precision = chosen[1] if chosen is not None else openvino_precision()
+                spec = dataclasses.replace(run.feature_spec(), engine="openvino",
+                                           precision=precision)
+                output_layer = (run.last_conv_layer
+                                if get_backbone(run.backbone).pool_after_last_conv else None)
+                xml = ready_converted_model(spec, output_layer)
+                if xml is not None:
+                    early = OpenVINOEngine(xml, precision, hint="latency")
+                    expected = tuple(run.feature_shape)
+                    pool = get_backbone(run.backbone).pool_after_last_conv or 1
+                    shape = tuple(early.output_shape)
+                    if (shape[0] // pool, shape[1] // pool, shape[2]) != expected:
+                        LOG.warning("the converted trunk of %s gives %s, not %s: not used",
+                                    run.run_id, shape, expected)
+                        early = None
+        except Exception as error:  # noqa: BLE001 - the Keras trunk is the fallback
+            from xrcompare.errors import one_line
+
+            LOG.warning("no early trunk for %s: %s", run.run_id, one_line(error))
+            early = None
+        self._early[key] = early
+        return early
 
     def accelerate(self, run: Run) -> bool:
         """Move ``run``'s trunk onto the inference engine (:meth:`trunk_engine`), converting it
@@ -397,10 +492,13 @@ class Engine:
             return True
         from xrcompare.inference_engine import make_engine
 
-        spec = dataclasses.replace(run.feature_spec(), engine=engine, precision=precision)
-        output_layer = None if entry.model is entry.base else run.last_conv_layer
-        with BUILD_LOCK:  # conversion traces the Keras graph: never beside another build
-            fast = make_engine(spec, base=entry.base, hint="latency", output_layer=output_layer)
+        fast = self._early.get(trunk_key(run))
+        if fast is None or fast.precision != precision:
+            spec = dataclasses.replace(run.feature_spec(), engine=engine, precision=precision)
+            output_layer = None if entry.model is entry.base else run.last_conv_layer
+            with BUILD_LOCK:  # conversion traces the Keras graph: never beside another build
+                fast = make_engine(spec, base=entry.base, hint="latency",
+                                   output_layer=output_layer)
         expected = tuple(int(size) for size in entry.model.output.shape[1:])
         if tuple(fast.output_shape) != expected:
             raise ValueError(f"the {fast.label} trunk of {run.run_id} gives feature maps of "
@@ -479,6 +577,37 @@ class Engine:
         entry = self._trunk(run)
         return self.call(self._forward, entry, inputs, key)
 
+    def _head_of(self, run: Run) -> dict:
+        key = (run.run_id, run.modified)
+        arrays = self._head_arrays.get(key)
+        if arrays is None:
+            arrays = run.head_arrays()
+            self._head_arrays.put(key, arrays)
+        return arrays
+
+    def _early_features(self, run: Run, gray: np.ndarray, early) -> np.ndarray:
+        """Like :meth:`features`, from :meth:`early_trunk` (cached under the same key: the
+        Keras trunk, once built, finds them, as it would find the accelerated trunk's)."""
+        from xrcompare.runs import model_input_for_run
+
+        inputs = model_input_for_run(run, gray)
+        key = (trunk_key(run), array_digest(inputs))
+        features = self._features.get(key)
+        if features is not None:
+            return features
+
+        def forward() -> np.ndarray:
+            found = self._features.get(key)
+            if found is not None:
+                return found
+            output = np.asarray(early.predict(inputs), dtype=np.float32)
+            output.setflags(write=False)
+            self._features.put(key, output)
+            self.forward_passes += 1
+            return output
+
+        return self.call(forward)
+
     def _forward(self, entry: _Trunk, inputs: np.ndarray, key: tuple) -> np.ndarray:
         with entry.lock:
             features = self._features.get(key)
@@ -531,8 +660,13 @@ class Engine:
             from xrcompare.runs import predict_gray
 
             return predict_gray(run, self._statistics_model(run), gray)
-        features = self.features(run, gray)
-        values = self.call(self.tail(run).probabilities, features)[0]
+        early = self.early_trunk(run) if self._trunks.get(trunk_key(run)) is None else None
+        if early is not None:  # the first results after a start: no Keras needed
+            features = self._early_features(run, gray, early)
+            values = self.call(numpy_tail, run, features, self._head_of(run))[0]
+        else:
+            features = self.features(run, gray)
+            values = self.call(self.tail(run).probabilities, features)[0]
         if values.shape != (len(run.labels),):
             raise ValueError(f"{run.run_id} gives {values.shape[0]} scores for "
                              f"{len(run.labels)} classes")

@@ -165,9 +165,10 @@ def check_overlay_path(out: str | Path) -> Path:
 
 
 def explain_file(run: Run, path: str | Path, *, method: str, target: str | None, out: Path,
-                 alpha: float = 0.45) -> dict:
+                 alpha: float = 0.45, engine=None) -> dict:
     """A saliency overlay of one image file written to ``out`` (the CLI's ``explain``), made
-    as the dashboard makes it. ``target`` None explains the predicted class.
+    as the dashboard makes it (through ``engine``, an :class:`xrcompare.engine.Engine`; None
+    builds a fresh one). ``target`` None explains the predicted class.
 
     The arguments and ``out`` are checked before any model is built. Returns ``method``,
     ``target`` and ``predicted``.
@@ -186,7 +187,7 @@ def explain_file(run: Run, path: str | Path, *, method: str, target: str | None,
         raise ValueError("alpha must be between 0 and 1")
     out = check_overlay_path(out)
     image = load_image_file(path)
-    engine = Engine()
+    engine = engine or Engine()
     probabilities = engine.probabilities(run, image.gray)
     predicted = max(probabilities, key=probabilities.get)
     target = target or predicted

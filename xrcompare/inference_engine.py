@@ -45,6 +45,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import threading
 import time
 import warnings
@@ -398,6 +399,17 @@ def _weights_digest_of_model(base) -> str:
     return digest.hexdigest()
 
 
+def keras_version() -> str:
+    """Keras's version, without importing Keras when it is not loaded yet (with TensorFlow,
+    about 4 s on the 2-core CPU): what a converted model's key records."""
+    module = sys.modules.get("keras")
+    if module is not None and getattr(module, "__version__", None):
+        return module.__version__
+    from importlib.metadata import version
+
+    return version("keras")
+
+
 def model_key(spec, base=None, output_layer: str | None = None) -> tuple[str, object]:
     """The converted model's cache key and the Keras base (built here if it had to be).
 
@@ -406,9 +418,9 @@ def model_key(spec, base=None, output_layer: str | None = None) -> tuple[str, ob
     the Keras and OpenVINO versions, the cut point when the base is cut before its last
     block (``spec.cut``), and the layer whose output it gives (``output_layer``) when
     not the base's. Resize mode and precision do not change the converted model
-    (precision is chosen when it is compiled), so one conversion serves them all.
+    (precision is chosen when it is compiled), so one conversion serves them all. For
+    ImageNet weights found on disk nothing imports Keras.
     """
-    import keras
     import openvino as ov
 
     if spec.weights == "imagenet":
@@ -422,9 +434,11 @@ def model_key(spec, base=None, output_layer: str | None = None) -> tuple[str, ob
         weights = ("w" + file_digest(weights_file)[:16] if weights_file is not None
                    else "m" + _weights_digest_of_model(base)[:16])
     else:
+        import keras
+
         weights = f"random-seed{spec.seed}-{keras.backend.backend()}"
     version = ov.__version__.split("-")[0]
-    key = (f"{spec.backbone}-{spec.image_size}px-{weights}-keras{keras.__version__}"
+    key = (f"{spec.backbone}-{spec.image_size}px-{weights}-keras{keras_version()}"
            f"-openvino{version}")
     if getattr(spec, "cut", ""):  # the registry base cut before its last block
         key += f"-cut-before-{spec.cut}"
@@ -434,6 +448,22 @@ def model_key(spec, base=None, output_layer: str | None = None) -> tuple[str, ob
                              f"{output_layer!r}")
         key += f"-to-{output_layer}"
     return key, base
+
+
+def ready_converted_model(spec, output_layer: str | None = None) -> Path | None:
+    """The converted model of ``spec``'s ImageNet base (up to ``output_layer``) when one is
+    already on disk, else None; never converts, builds or imports Keras. What the Predict
+    page's first results run on while Keras loads (:meth:`xrcompare.engine.Engine.
+    early_trunk`)."""
+    import importlib.util
+
+    if spec.weights != "imagenet" or getattr(spec, "cut", "") \
+            or importlib.util.find_spec("openvino") is None \
+            or _weights_file(spec.backbone) is None:
+        return None
+    key, _ = model_key(spec, None, output_layer)
+    folder = converted_root() / key
+    return folder / "model.xml" if _complete(folder) else None
 
 
 def converted_model(spec, *, base=None, output_layer: str | None = None

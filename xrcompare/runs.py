@@ -893,6 +893,13 @@ class Run:
     def head_weights(self) -> Path:
         return self.path / "head.weights.h5"
 
+    def head_arrays(self) -> dict[str, list[np.ndarray]]:
+        """The head's weights as NumPy arrays by layer name (``head_dense``,
+        ``head_predictions``), read without Keras (:func:`head_weight_arrays`)."""
+        if not self.is_cnn:
+            raise RunError(f"{self.title} has no CNN head")
+        return head_weight_arrays(self.head_weights)
+
     # ----------------------------------------------------------------- recorded data paths
 
     def data_record(self, scope: str = "data") -> dict:
@@ -1486,6 +1493,36 @@ def block_weights_of(base, backbone_name: str) -> dict[str, list[np.ndarray]]:
 
     return {name: [np.asarray(w) for w in base.get_layer(name).get_weights()]
             for name in get_backbone(backbone_name).fine_tune_names}
+
+
+def head_weight_arrays(path: Path) -> dict[str, list[np.ndarray]]:
+    """Layer name → its weights (float32, in Keras's order: kernel, bias) in a Keras 3
+    ``.weights.h5`` file, read without Keras; :class:`SchemaError` when the file cannot be
+    read or holds values that are not finite. The shapes were checked when the run was
+    loaded (:func:`check_head_file`), so nothing here is unexpectedly large."""
+    import h5py
+
+    arrays: dict[str, list[np.ndarray]] = {}
+    try:
+        with h5py.File(path, "r") as handle:
+            layers = handle.get("layers")
+            for group in (layers.values() if layers is not None else []):
+                variables = group.get("vars") if isinstance(group, h5py.Group) else None
+                if variables is None or not len(variables):
+                    continue
+                name = variables.attrs.get("name")
+                name = name.decode() if isinstance(name, bytes) else str(name or group.name)
+                keys = sorted(variables.keys(), key=lambda k: int(k) if k.isdigit() else 0)
+                values = [np.asarray(variables[key][()], dtype=np.float32) for key in keys]
+                if not all(np.isfinite(value).all() for value in values):
+                    raise SchemaError(f"head.weights.h5 layer {name} holds values that are "
+                                      "not finite numbers")
+                arrays[name] = values
+    except SchemaError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise SchemaError(f"head.weights.h5 cannot be read ({one_line(error, 80)})") from None
+    return arrays
 
 
 def head_weight_shapes(path: Path) -> dict[str, list[tuple[int, ...]]]:

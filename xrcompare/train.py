@@ -39,6 +39,34 @@ def build_head(kind: str, feature_shape: tuple[int, ...], n_classes: int = 3):
     return keras.Model(inputs, outputs, name=f"head_{kind}")
 
 
+def head_probabilities(kind: str, arrays: dict[str, list[np.ndarray]],
+                       features: np.ndarray) -> np.ndarray:
+    """:func:`build_head`'s head in inference mode (dropout off), in NumPy: feature maps
+    (n, h, w, c) → probabilities (n, classes), from the head's weights by layer name
+    (:meth:`xrcompare.runs.Run.head_arrays`). For the Predict page's first results while
+    Keras is still loading; tested equal to the Keras head for both kinds."""
+    if kind not in HEADS:
+        raise ValueError(f"unknown head {kind!r}; choose from {', '.join(HEADS)}")
+    x = np.asarray(features, dtype=np.float32)
+    if x.ndim != 4:
+        raise ValueError(f"expected (n, height, width, channels) feature maps, got {x.shape}")
+    count, height, width, channels = x.shape
+    if kind == "blog":  # AveragePooling2D(min(4, side)), valid padding, then Flatten
+        pool_h, pool_w = min(4, height), min(4, width)
+        rows, columns = height // pool_h, width // pool_w
+        x = x[:, :rows * pool_h, :columns * pool_w].reshape(
+            count, rows, pool_h, columns, pool_w, channels).mean(axis=(2, 4))
+        kernel, bias = arrays["head_dense"]
+        x = np.maximum(x.reshape(count, -1) @ kernel + bias, np.float32(0.0))
+    else:  # GlobalAveragePooling2D
+        x = x.mean(axis=(1, 2))
+    kernel, bias = arrays["head_predictions"]
+    logits = x @ kernel + bias
+    logits -= logits.max(axis=1, keepdims=True)
+    exponentials = np.exp(logits)
+    return (exponentials / exponentials.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
 def attach_head(base, head):
     """One flat functional graph ``base.input → head layers``: what Grad-CAM needs.
 
