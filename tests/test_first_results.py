@@ -146,3 +146,14 @@ def test_runs_that_need_keras_get_no_early_trunk():
     assert Engine(engine="keras").early_trunk(run) is None
     engine.trunk(run)
     assert engine.early_trunk(run) is None
+
+
+@pytest.mark.parametrize("mode", ["backbone", "scale01"])
+@pytest.mark.parametrize("name", ["resnet50", "xception", "densenet121"])
+def test_preprocessing_in_place_gives_what_the_copy_gives(name, mode):
+    backbone = get_backbone(name)
+    batch = np.random.default_rng(2).integers(0, 256, (2, 5, 4, 3)).astype(np.float32)
+    expected = backbone.preprocess(batch, mode)
+    own = batch.copy()
+    got = backbone.preprocess(own, mode, copy=False)
+    assert got is own and np.array_equal(got, expected)
