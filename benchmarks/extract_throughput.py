@@ -9,7 +9,11 @@ For each backbone (VGG16, ResNet50, Xception by default, each at its own input s
   installed, see ``XRCOMPARE_ENGINE``);
 - **pipeline**: ``xrcompare.features.FeatureExtractor`` with that engine, from the image files,
   into an empty temporary cache (nothing is read from a cache): read, hash, decode, resize,
-  preprocess on a worker thread, the engine, cache writes.
+  preprocess on a worker thread, the engine, cache writes;
+- **preparing**: that read, hash, decode, resize and preprocess alone, on one thread, per
+  image; with the engine's rate it bounds the pipeline: when the engine keeps every core
+  busy, each image costs ``cores / engine rate`` core-seconds there plus its preparation, so
+  the pipeline reaches at most ``1 / (1 + preparation × engine rate / cores)`` of the engine.
 
 With ``--variants`` (default: OpenVINO's other hint, OpenVINO fp32, and Keras itself in mixed
 bfloat16), the bare forward of other settings is timed alongside, so the choice of engine and
@@ -118,6 +122,34 @@ def time_pipeline(spec, engine, paths: list[Path], batch_size: int) -> float:
     return seconds
 
 
+def time_prepare(spec, paths: list[Path], batch_size: int) -> float:
+    """Seconds one thread spends on the pipeline's own work besides the engine, on its own:
+    reading, hashing, decoding, resizing and preprocessing every image in batches (the
+    extractor's ``_prepare_batch``)."""
+    import hashlib
+
+    from xrcompare.features import FeatureExtractor
+    from xrcompare.imaging import read_bytes
+
+    extractor = FeatureExtractor(spec, batch_size=batch_size, base=object())
+    started = time.perf_counter()
+    jobs = []
+    for position, path in enumerate(paths):
+        data = read_bytes(path)
+        jobs.append((position, data, path.name, hashlib.sha256(data).hexdigest(), 0))
+    for start in range(0, len(jobs), batch_size):
+        extractor._prepare_batch(jobs[start:start + batch_size])
+    return time.perf_counter() - started
+
+
+def pipeline_bound(engine_rate: float, prepare_seconds_per_image: float, cores: int) -> float:
+    """The most a pipeline can reach of the engine's bare rate when the engine keeps every
+    core busy and each image also costs ``prepare_seconds_per_image`` of one core: per
+    image, ``cores / engine_rate`` core-seconds for the engine plus the preparation, so at
+    best ``cores / (cores / engine_rate + prepare)`` images/s."""
+    return 1.0 / (1.0 + prepare_seconds_per_image * engine_rate / max(1, cores))
+
+
 def measure(name: str, args) -> dict:
     from xrcompare.backbones import build_base, get_backbone
     from xrcompare.features import FeatureSpec
@@ -163,9 +195,10 @@ def measure(name: str, args) -> dict:
         return lambda: time_forward(model, batches)
 
     seconds: dict[str, list[float]] = {"reference": [], "engine": [], "pipeline": [],
-                                       **{variant: [] for variant in variants}}
+                                       "prepare": [], **{variant: [] for variant in variants}}
     steps = [("reference", forward(reference)),
              ("engine", forward(engine)), ("pipeline", pipeline),
+             ("prepare", lambda: time_prepare(spec, paths, args.batch_size)),
              *[(variant, forward(model)) for variant, model in variants.items()]]
     for repeat in range(args.repeats):
         # Every bare forward runs all the batches in one go, as extraction does. The engine
@@ -180,6 +213,9 @@ def measure(name: str, args) -> dict:
             r / e for r, e in zip(seconds["reference"], seconds["engine"], strict=True)),
         "pipeline_vs_engine": statistics.median(
             e / p for e, p in zip(seconds["engine"], seconds["pipeline"], strict=True))}
+    prepare_ms = 1000 * statistics.median(seconds["prepare"]) / len(paths)
+    cores = os.cpu_count() or 1
+    bound = pipeline_bound(rates["engine"], prepare_ms / 1000, cores)
     info = engine.info()
     setting = f"{info.get('hint', '')}-{info['precision']}".strip("-")
     if variants:
@@ -190,7 +226,9 @@ def measure(name: str, args) -> dict:
     print(f"{backbone.display_name} {size}px: reference {reference.label} "
           f"{rates['reference']:.1f} img/s | engine {engine.label} {rates['engine']:.1f} img/s "
           f"({ratios['engine_vs_reference']:.2f}x) | pipeline {rates['pipeline']:.1f} "
-          f"img/s ({ratios['pipeline_vs_engine']:.2f} of engine) | engine ready in "
+          f"img/s ({ratios['pipeline_vs_engine']:.2f} of engine; preparing an image costs "
+          f"{prepare_ms:.2f} ms of one core, so at most {bound:.2f} on {cores} cores) | "
+          f"engine ready in "
           f"{ready_seconds:.1f} s ({info.get('converted_model', 'built')})", flush=True)
     return {"image_size": size,
             "reference_images_per_s": round(rates["reference"], 2),
@@ -198,6 +236,8 @@ def measure(name: str, args) -> dict:
             "pipeline_images_per_s": round(rates["pipeline"], 2),
             "engine_vs_reference": round(ratios["engine_vs_reference"], 3),
             "pipeline_vs_engine": round(ratios["pipeline_vs_engine"], 3),
+            "prepare_ms_per_image": round(prepare_ms, 3),
+            "pipeline_bound_vs_engine": round(bound, 3), "cores": cores,
             "engine": info["engine"], "precision": info["precision"],
             "engine_label": engine.label, "reference_label": reference.label,
             "engine_setting": setting,
@@ -221,10 +261,11 @@ def readme_table(results: dict) -> str:
     header = ["Backbone", "Input", "Reference: Keras fp32",
               *[f"{VARIANT_NAMES.get(v, v)} (bare)" for v in variants],
               "Engine used", "Engine, bare forward", "× reference",
-              "Pipeline, files → features", "of engine"]
+              "Pipeline, files → features", "of engine", "Preparing, ms/image (1 core)",
+              "Most the pipeline can reach"]
     rows = ["| " + " | ".join(header) + " |",
             "|" + "|".join(["---", "---:", "---:", *["---:"] * len(variants), "---",
-                            "---:", "---:", "---:", "---:"]) + "|"]
+                            "---:", "---:", "---:", "---:", "---:", "---:"]) + "|"]
     for name, row in backbones.items():
         others = row.get("other_settings_images_per_s", {})
         cells = [name, f"{row['image_size']} px", f"{row['reference_images_per_s']:.1f}",
@@ -234,7 +275,10 @@ def readme_table(results: dict) -> str:
                  f"{row['engine_images_per_s']:.1f}",
                  f"**{row['engine_vs_reference']:.2f}**",
                  f"{row['pipeline_images_per_s']:.1f}",
-                 f"{row['pipeline_vs_engine']:.2f}"]
+                 f"{row['pipeline_vs_engine']:.2f}",
+                 f"{row['prepare_ms_per_image']:.2f}" if "prepare_ms_per_image" in row else "–",
+                 f"{row['pipeline_bound_vs_engine']:.2f}"
+                 if "pipeline_bound_vs_engine" in row else "–"]
         rows.append("| " + " | ".join(cells) + " |")
     settings = results.get("settings", {})
     note = (f"Images/s. Measured {results['measured']} on {results['machine']} (load average "
@@ -243,7 +287,11 @@ def readme_table(results: dict) -> str:
             f"{settings.get('repeats', '?')} interleaved repeats (ratios: medians of the "
             f"ratios within each repeat); "
             f"**`engine_vs_reference: {results['engine_vs_reference']:.2f}`** (smallest over "
-            f"the backbones), `pipeline_vs_engine: {results['pipeline_vs_engine']:.2f}`.")
+            f"the backbones), `pipeline_vs_engine: {results['pipeline_vs_engine']:.2f}`. "
+            "The last column is the most the pipeline could reach of the engine's bare rate "
+            "if the engine kept every core busy and each image also took its preparation "
+            "time (read, hash, decode, resize, preprocess) of one core: "
+            "1 / (1 + preparation × engine rate / cores).")
     return "\n".join([README_START,
                       "<!-- written by benchmarks/extract_throughput.py --readme README.md; "
                       "do not edit by hand -->", "", *rows, "", note, README_END])

@@ -89,6 +89,12 @@ def test_extract_throughput_measures_reference_engine_and_pipeline_side_by_side(
     assert float(lines[-1].split()[-1]) == pytest.approx(row["engine_vs_reference"], abs=2e-3)
     assert row["engine_vs_reference"] == pytest.approx(  # one repeat: the ratio of the rates
         row["engine_images_per_s"] / row["reference_images_per_s"], rel=0.02)
+    # the bound: every core busy with the engine, plus each image's preparation on one core
+    assert row["prepare_ms_per_image"] > 0 and 0 < row["pipeline_bound_vs_engine"] < 1
+    assert row["pipeline_bound_vs_engine"] == pytest.approx(1 / (
+        1 + row["prepare_ms_per_image"] / 1000 * row["engine_images_per_s"] / row["cores"]),
+        rel=0.01)
+    assert "ms of one core, so at most" in line
     text = readme.read_text()
     assert text.startswith("before\n") and text.endswith("after\n") and "old" not in text
     assert "| ResNet50 | 32 px |" in text and "engine_vs_reference" in text
