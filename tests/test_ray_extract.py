@@ -86,3 +86,14 @@ def test_where_features_are_computed(monkeypatch):
     with pytest.raises(ValueError, match="extract-on must be one of auto, local, ray"):
         resolve("cluster")
 
+
+def test_ray_workers_need_ray_extraction():
+    from xrcompare.config import TrainConfig
+
+    config = TrainConfig(data=DATA / "cxr3", backbones=["resnet50"], extract_on="local",
+                         ray_workers=2)
+    with pytest.raises(ValueError, match="--ray-workers sizes the Ray workers"):
+        config.validate()
+    config.extract_on = "ray"
+    config.validate()
+    assert TrainConfig.from_json(config.to_json()).ray_workers == 2
