@@ -81,6 +81,9 @@ def test_where_features_are_computed(monkeypatch):
     assert resolve("auto") == "local" and resolve("ray") == "ray" and resolve(None) == "local"
     monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")  # a Ray Job on a cluster
     assert resolve("auto") == "ray" and resolve("local") == "local"
+    monkeypatch.setenv("RAY_ADDRESS", "http://head:8265")  # the queue's setting only
+    assert resolve("auto") == "local"
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
     monkeypatch.setenv("XRCOMPARE_LOCAL_RAY", "1")  # a job of the app's own local Ray
     assert resolve("auto") == "local"
     with pytest.raises(ValueError, match="extract-on must be one of auto, local, ray"):

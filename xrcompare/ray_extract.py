@@ -52,9 +52,13 @@ class RayExtractError(RuntimeError):
 
 
 def on_cluster() -> bool:
-    """Whether this process belongs to a Ray cluster that is not the app's local Ray."""
-    return bool(os.environ.get("RAY_ADDRESS", "").strip()) and \
-        os.environ.get(LOCAL_RAY_VARIABLE, "") != "1"
+    """Whether this process belongs to a Ray cluster that is not the app's local Ray: Ray
+    sets ``$RAY_ADDRESS`` to the cluster's own address in every job. A dashboard URL
+    (``http://head:8265``, how the app is pointed at a cluster for its queue) is not enough:
+    this process may not be on a node of that cluster."""
+    address = os.environ.get("RAY_ADDRESS", "").strip()
+    return (bool(address) and not address.startswith(("http://", "https://"))
+            and os.environ.get(LOCAL_RAY_VARIABLE, "") != "1")
 
 
 def resolve(extract_on: str | None) -> str:
