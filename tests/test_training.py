@@ -88,6 +88,7 @@ def test_training_writes_a_complete_run(tiny_run):
     assert 1 <= info["best_epoch"] <= 3 and "validation" in info["selection"]
     assert info["versions"]["keras_backend"] == "tensorflow"
     assert run.feature_engine == ("keras", "fp32") and info["features"]["label"] == "Keras fp32"
+    assert info["features"]["extracted_on"] == "this process"  # --extract-on auto, no cluster
     assert len(run.history) == 3 and {"loss", "val_loss", "accuracy"} <= set(run.history)
     assert set(run.predictions["split"]) == {"train", "val", "test", "heldout:seed001_0402"}
     probabilities = run.predictions[run.probability_columns()].to_numpy()

@@ -30,6 +30,7 @@ from xrcompare.imagestats import CNN_KIND, MODEL_KINDS, STATISTICS_KIND
 from xrcompare.imaging import MASK_MODES, NO_MASK, RESIZE_MODES
 from xrcompare.inference_engine import ENGINE_CHOICES
 from xrcompare.protocol import CHOICE_TEXT, PROTOCOL_CHOICES, PROTOCOL_DEFAULTS
+from xrcompare.ray_extract import EXTRACT_ON_CHOICES
 from xrcompare.train import HEADS
 
 #: Kinds of values a setting holds, and how each is written to JSON and read back.
@@ -200,6 +201,19 @@ class TrainConfig:
                                  help="the frozen base's forward pass: auto (OpenVINO when "
                                       "installed, else Keras), openvino or keras (the float32 "
                                       "reference); default: $XRCOMPARE_ENGINE, else auto")
+    extract_on: str = setting(
+        "auto", kind="str", flag="--extract-on", choices=EXTRACT_ON_CHOICES,
+        words="extract-on",
+        help="where the frozen base runs over the images the feature cache lacks: local = "
+             "this process; ray = Ray Data workers, each running the --engine engine (a "
+             "local Ray is started and stopped when $RAY_ADDRESS names no cluster); auto = "
+             "ray inside a Ray cluster's job, else local. Not an --engine choice: --engine "
+             "names the inference engine, Ray only spreads that engine over workers")
+    ray_workers: int | None = setting(
+        None, kind="int", flag="--ray-workers", range=(1, 1024), words="Ray workers",
+        help="Ray Data workers for --extract-on ray, each holding the frozen base (default: "
+             "one per free GPU of the cluster, else one per two free CPUs; locally one per "
+             "two cores)")
     # The protocol (xrcompare.protocol): the sound defaults, or the 2020 blog's flaws on purpose.
     split: str = setting(PROTOCOL_DEFAULTS["split"], kind="str", flag="--split",
                          choices=PROTOCOL_CHOICES["split"], group="protocol",
@@ -329,6 +343,9 @@ class TrainConfig:
         if self.folds is not None and (self.split != "patients" or self.select_on != "val"):
             raise ValueError("cross-validation (--folds) keeps the sound protocol: use it with "
                              "--split patients and --select-on val")
+        if self.ray_workers is not None and self.extract_on == "local":
+            raise ValueError("--ray-workers sizes the Ray workers of --extract-on ray: leave "
+                             "it out with --extract-on local")
         if self.is_statistics:
             self._check_statistics()
         if self.is_fine_tuned:

@@ -45,6 +45,7 @@ from xrcompare.imagestats import (
 from xrcompare.imaging import LUNG_BOX, MASK_MODES, NO_MASK
 from xrcompare.inference_engine import engine_label, with_engine
 from xrcompare.protocol import CHOICE_TEXT, leaky_reasons, protocol_label
+from xrcompare.ray_extract import runner_for
 from xrcompare.runs import (
     BLOCK_DTYPE,
     BLOCK_FILE,
@@ -316,13 +317,20 @@ def train_runs(config: TrainConfig, progress: Progress | None = None) -> list[Pa
         emit({"phase": "done", "runs": [str(folder)]})
         return [folder]
     folders = []
-    for number, backbone in enumerate(config.backbones, start=1):
-        def tagged(event, number=number, backbone=backbone):
-            emit({**event, "backbone": backbone, "backbone_index": number,
-                  "backbones": len(config.backbones)})
+    # Ray Data workers for the features the cache lacks (--extract-on): joined or started on
+    # first use, a Ray started for this run stopped at its end
+    runner = runner_for(config.extract_on, config.ray_workers)
+    try:
+        for number, backbone in enumerate(config.backbones, start=1):
+            def tagged(event, number=number, backbone=backbone):
+                emit({**event, "backbone": backbone, "backbone_index": number,
+                      "backbones": len(config.backbones)})
 
-        folders.append(_train_one(config, backbone, dataset, heldouts, fold_splits, tagged,
-                                  scan_seconds))
+            folders.append(_train_one(config, backbone, dataset, heldouts, fold_splits,
+                                      tagged, scan_seconds, runner))
+    finally:
+        if runner is not None:
+            runner.close()
     emit({"phase": "done", "runs": [str(folder) for folder in folders]})
     return folders
 
@@ -351,7 +359,7 @@ def make_splits(config: TrainConfig, dataset: Dataset, emit: Progress) -> list[d
 
 def _train_one(config: TrainConfig, backbone_name: str, dataset: Dataset,
                heldouts: list[Dataset], make_splits: Callable[[], list[dict]], emit: Progress,
-               scan_seconds: float) -> Path:
+               scan_seconds: float, runner=None) -> Path:
     import keras
 
     backbone = get_backbone(backbone_name)
@@ -362,7 +370,7 @@ def _train_one(config: TrainConfig, backbone_name: str, dataset: Dataset,
     status = weights_status(backbone.name)
     t = time.perf_counter()
     emit({"phase": "load_backbone", "what": f"({engine_label(spec.engine, spec.precision)})"})
-    extractor = FeatureExtractor(spec, batch_size=config.extract_batch_size)
+    extractor = FeatureExtractor(spec, batch_size=config.extract_batch_size, runner=runner)
     extractor.engine  # noqa: B018 - build now so a missing-weights error comes first
     phases.add("build_base", t)
     fold_splits = make_splits()
@@ -437,7 +445,7 @@ def _train_one(config: TrainConfig, backbone_name: str, dataset: Dataset,
     head = first["head"]
     tuned = None
     if config.is_fine_tuned:  # the second stage: the last block and the head together
-        tuned = FineTuning(config, backbone, spec, dataset, first, emit, phases)
+        tuned = FineTuning(config, backbone, spec, dataset, first, emit, phases, runner)
         first = tuned.run(classes, positive)
     t = time.perf_counter()
     heldout_metrics, heldout_frames, heldout_info = {}, [], []
@@ -549,11 +557,12 @@ class FineTuning:
     """
 
     def __init__(self, config: TrainConfig, backbone, spec, dataset: Dataset, first: dict,
-                 emit: Progress, phases: _Phases):
+                 emit: Progress, phases: _Phases, runner=None):
         self.config, self.backbone, self.dataset = config, backbone, dataset
         self.frozen, self.emit, self.phases = first, emit, phases
         self.spec = dataclasses.replace(spec, cut=backbone.fine_tune_cut)
-        self.extractor = FeatureExtractor(self.spec, batch_size=config.extract_batch_size)
+        self.extractor = FeatureExtractor(self.spec, batch_size=config.extract_batch_size,
+                                          runner=runner)
         self.check = {"images": 0, "max_abs_difference": 0.0, "argmax_changed": 0}
         self.stored: dict[str, list[np.ndarray]] = {}
 
@@ -989,7 +998,7 @@ def _run_info(config, backbone, size, feature_shape, dataset, fold_splits, first
         "leaky_reasons": reasons,
         "features": {"spec": extractor.spec.key(),
                      "cached": original.cached, "computed": original.computed,
-                     **extractor.engine.info()},
+                     **extractor.engine.info(), "extracted_on": extractor.extracted_on},
         "timings_s": {key: round(value, 2) for key, value in phases.seconds.items()},
         "keras_backend": keras.backend.backend(),
         **environment(),

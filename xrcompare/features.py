@@ -215,11 +215,13 @@ class FeatureExtractor:
 
     The base runs through the engine ``spec`` names
     (:func:`xrcompare.inference_engine.make_engine`); ``base`` is a Keras base already built
-    for ``spec`` (used, or converted, instead of building one) or a ready engine.
+    for ``spec`` (used, or converted, instead of building one) or a ready engine. ``runner``
+    (:class:`xrcompare.ray_extract.RayExtraction`) computes the images the cache lacks on
+    Ray Data workers instead; the cache reads and the result are the same code either way.
     """
 
     def __init__(self, spec: FeatureSpec, *, batch_size: int = 32, cache_dir: Path | None = None,
-                 base=None, workers: int | None = None):
+                 base=None, workers: int | None = None, runner=None):
         if spec.augment not in AUGMENTATIONS:
             raise ValueError(f"augmentation must be one of {', '.join(AUGMENTATIONS)}, "
                              f"got {spec.augment!r}")
@@ -236,6 +238,16 @@ class FeatureExtractor:
         self.cache_dir = self.cache_root / spec.key()
         self._base = base
         self._engine = base if is_engine(base) else None
+        #: Computes the pending images elsewhere when set (a
+        #: :class:`xrcompare.ray_extract.RayExtraction`: Ray Data workers that write this
+        #: cache); None: this process runs the base.
+        self.runner = runner
+
+    @property
+    def extracted_on(self) -> str:
+        """Where this extractor computes features, for ``run.json``: ``"this process"`` or
+        the runner's label (``"ray (2 workers local)"``)."""
+        return self.runner.label if self.runner is not None else "this process"
 
     @property
     def engine(self):
@@ -309,16 +321,22 @@ class FeatureExtractor:
                         continue
                     bad_entries.append(f"{cache_file.name} ({problem})")
                     cache_file.unlink(missing_ok=True)  # a bad entry: recompute it
-                pending.append((position, data, Path(path).name, digest, view))
-        for position in self._misshapen(features, loaded, bool(pending)):
+                # a runner's workers read the file themselves: no bytes held here
+                pending.append((position, data if self.runner is None else b"",
+                                Path(path).name, digest, view))
+        # A runner computes elsewhere: the base is not built here to check shapes (the
+        # computed rows are compared with the cached ones after, _run_elsewhere).
+        computing = bool(pending) and self.runner is None
+        for position in self._misshapen(features, loaded, computing):
             index, digest, view = loaded.pop(position)
             entry = features.pop(position)
             cache_file = self._cache_file(digest, view)
             bad_entries.append(f"{cache_file.name} (shape {entry.shape})")
             cache_file.unlink(missing_ok=True)
             try:
-                pending.append((position, read_bytes(paths[index]), Path(paths[index]).name,
-                                digest, view))
+                data = read_bytes(paths[index])
+                pending.append((position, data if self.runner is None else b"",
+                                Path(paths[index]).name, digest, view))
             except ImageError as error:
                 failed[position] = str(error)
         pending.sort(key=lambda job: job[0])
@@ -333,7 +351,13 @@ class FeatureExtractor:
 
         batches = [pending[i:i + self.batch_size] for i in range(0, len(pending), self.batch_size)]
         done = cached + len(failed)
-        if batches:
+        if pending and self.runner is not None:
+            rows = [(position, str(paths[position // len(views)]), digest, view)
+                    for position, _, _, digest, view in pending]
+            cached -= self._run_elsewhere(rows, paths, features, failed, loaded, notes,
+                                          lambda count: self._report(
+                                              progress, label, done + count, total, cached))
+        elif batches:
             with ThreadPoolExecutor(max_workers=self.workers) as pool:
                 # Decode and preprocess upcoming batches on workers while the base runs.
                 ahead, writes = self.workers, []
@@ -376,6 +400,42 @@ class FeatureExtractor:
             failed=[(str(paths[i // len(views)]), reason) for i, reason in sorted(failed.items())],
             cached=cached, computed=len(ok) - cached, seconds=time.perf_counter() - started,
             cache_notes=notes)
+
+    def _run_elsewhere(self, rows: list[tuple[int, str, str, int]], paths: Sequence,
+                       features: dict[int, np.ndarray], failed: dict[int, str],
+                       loaded: dict[int, tuple[int, str, int]], notes: list[str],
+                       report: Callable[[int], None]) -> int:
+        """Compute ``rows`` (position, path, digest, view) with :attr:`runner` into
+        ``features`` / ``failed``; cached entries whose shape is not the computed one are
+        removed and computed too. Returns how many cached entries were so replaced."""
+        write_errors: list[str] = []
+        count = replaced = 0
+        while rows:
+            shapes = set()
+            for batch in self.runner.run(self, rows):
+                for position, row in zip(batch.positions, batch.features, strict=True):
+                    features[position] = np.asarray(row, dtype=CACHE_DTYPE)
+                    shapes.add(features[position].shape)
+                for position, reason in batch.failed:
+                    failed[position] = reason
+                if batch.note:
+                    write_errors.append(batch.note)
+                count += len(batch.positions) + len(batch.failed)
+                report(count)
+            rows = []
+            for position in [p for p in loaded if shapes and features[p].shape not in shapes]:
+                index, digest, view = loaded.pop(position)
+                cache_file = self._cache_file(digest, view)
+                notes.append(f"feature cache at {self.cache_dir}: entry {cache_file.name} "
+                             f"(shape {features.pop(position).shape}) recomputed")
+                cache_file.unlink(missing_ok=True)
+                rows.append((position, str(paths[index]), digest, view))
+            replaced += len(rows)
+        if write_errors:
+            notes.append(f"{write_errors[0]}; {len(write_errors)} batch(es) of "
+                         "features were not cached (this run is not affected)")
+            LOG.warning(notes[-1])
+        return replaced
 
     def _load_entry(self, cache_file: Path) -> tuple[np.ndarray | None, str | None]:
         """A cache entry (float16, read into memory), or (None, why) when it is unreadable or

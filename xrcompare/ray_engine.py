@@ -391,9 +391,14 @@ def submit(engine: Engine, submission_id: str, argv: list[str]) -> None:
     """Submit one training command as a Ray Job named ``submission_id`` (Ray refuses a
     second job of the same name, so a request never runs twice)."""
     jobs = client(engine.address)
+    env = job_environment()
+    if engine.local:  # Ray sets $RAY_ADDRESS in every job: say this one is no cluster
+        from xrcompare.ray_extract import LOCAL_RAY_VARIABLE
+
+        env[LOCAL_RAY_VARIABLE] = "1"
     try:
         jobs.submit_job(entrypoint=entrypoint(argv), submission_id=submission_id,
-                        runtime_env={"env_vars": job_environment()},
+                        runtime_env={"env_vars": env},
                         entrypoint_num_cpus=job_cpus(),
                         entrypoint_num_gpus=1 if engine.gpus >= 1 else None,
                         metadata={"app": "xrcompare"})
