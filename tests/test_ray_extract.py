@@ -55,7 +55,8 @@ def test_ray_features_equal_the_single_process_path(tmp_path, images, monkeypatc
     reason = on_ray.failed[0][1]
     assert reason == local.failed[0][1] and "not-an-image.jpg" in reason and " " in reason
     assert on_ray.features.dtype == np.float32 and on_ray.features.shape == (10, 2, 2, 2048)
-    assert np.max(np.abs(on_ray.features - local.features)) < 2e-2
+    # equal up to one float16 step (batches of other sizes round the last bit differently)
+    np.testing.assert_allclose(on_ray.features, local.features, rtol=2e-3, atol=2e-2)
     flat_ray = on_ray.features.reshape(10, -1)
     flat_local = local.features.reshape(10, -1)
     cosine = np.sum(flat_ray * flat_local, axis=1) / (
