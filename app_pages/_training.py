@@ -238,9 +238,10 @@ def _panel(run_every: float | None, rights: access.TrainingAccess):
 
 def _page_signature(view, token: str, teacher: bool) -> tuple:
     """What, when it changes, needs the whole page again: a request that ended (a new
-    run), this session's own requests, and for the teacher any change of the queue."""
+    run), this session's own requests and their places (its Cancel buttons name them), and
+    for the teacher any change of the queue."""
     ended = tuple(status.job_id for status in view.finished)
-    own = tuple((status.job_id, status.state) for status in view.open
+    own = tuple((status.job_id, status.state, status.position) for status in view.open
                 if status.owned_by(token))
     everyone = view.signature if teacher else ()
     return ended, own, everyone, bool(view.open)
