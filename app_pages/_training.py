@@ -323,7 +323,10 @@ def _teacher_controls(view, rights: access.TrainingAccess) -> None:
     """The teacher's queue: pick a waiting request, run it next, move it, or cancel it."""
     if not view.queued:
         return
-    with st.expander(f"Manage the queue ({len(view.queued)} waiting)"):
+    # keyed: the label's count changes whenever anyone files or cancels, and an unkeyed
+    # expander with a new label is a new one, drawn closed under the teacher's hand
+    with st.expander(f"Manage the queue ({len(view.queued)} waiting)",
+                     key="training_manage_queue"):
         by_id = {status.job_id: status for status in view.queued}
         chosen = st.selectbox("Request", list(by_id), key="training_manage_request",
                               format_func=lambda job_id: f"{by_id[job_id].position}. "
