@@ -42,6 +42,7 @@ IDLE_POLL_SECONDS = 3.0
 SEEN_KEY = "training_seen_queue"
 TOKEN_KEY = "training_session_token"
 OWNER_KEY = "training_owner"
+RUN_NAME_KEY = "training_run_name"
 NONE_LABEL = "(none)"
 #: The dataset the form offers first: the 2020 blog's 305 images train in about a minute.
 DEFAULT_DATASET = "seed001_0402"
@@ -378,7 +379,7 @@ def _widget(name: str, container=st):
                                     key="training_random_init", help=explain("random_init"))
         return RANDOM_WEIGHTS if ticked else param["default"]
     if name == "name":
-        typed = container.text_input(param["label"], key="training_run_name",
+        typed = container.text_input(param["label"], key=RUN_NAME_KEY,
                                      placeholder="automatic: date-backbone-data",
                                      help=f"Optional: the {param['help']}. It becomes the "
                                           "run's folder and shows in its name.")
@@ -557,6 +558,9 @@ def _form_fragment(data_root, datasets: list[str], rights: access.TrainingAccess
                 dispatcher.wake()
             LOG.info("queued %s for %s at place %s", status.job_id, owner, status.position)
             st.session_state.pop(SEEN_KEY, None)
+            # a run name is one run's: kept, it turns into "a run named … already exists"
+            # under the student's hand the moment their run lands
+            st.session_state.pop(RUN_NAME_KEY, None)
             st.rerun(scope="app")
 
     form()

@@ -319,3 +319,20 @@ def test_a_students_page_reruns_when_the_teacher_moves_their_request(tmp_path):
     assert _page_signature(before, "ann", False) != _page_signature(moved, "ann", False)
     # a session with no request in the queue is left alone
     assert _page_signature(before, "bob", False) == _page_signature(moved, "bob", False)
+
+
+def test_a_filed_request_clears_the_run_name(shipped_form, monkeypatch):
+    """A run name names one run: left in the field, it became "a run named … already
+    exists" in the sidebar the moment that run landed."""
+    monkeypatch.setenv("XRCOMPARE_DISPATCHER", "off")  # files only, no Ray
+    app = shipped_form
+    field = next(field for field in app.sidebar.text_input if field.label == "Run name")
+    field.input("my-first-run").run()
+    start_button(app).click().run()
+    assert not app.exception and not app.sidebar.error, [e.value for e in app.sidebar.error]
+    from xrcompare import jobs
+
+    view = jobs.queue_view(max_age=0)
+    assert [status.config.get("name") for status in view.queued] == ["my-first-run"]
+    field = next(field for field in app.sidebar.text_input if field.label == "Run name")
+    assert field.value == ""
