@@ -43,6 +43,7 @@ SEEN_KEY = "training_seen_queue"
 TOKEN_KEY = "training_session_token"
 OWNER_KEY = "training_owner"
 RUN_NAME_KEY = "training_run_name"
+CLEAR_NAME_KEY = "training_clear_run_name"
 NONE_LABEL = "(none)"
 #: The dataset the form offers first: the 2020 blog's 305 images train in about a minute.
 DEFAULT_DATASET = "seed001_0402"
@@ -379,6 +380,8 @@ def _widget(name: str, container=st):
                                     key="training_random_init", help=explain("random_init"))
         return RANDOM_WEIGHTS if ticked else param["default"]
     if name == "name":
+        if st.session_state.pop(CLEAR_NAME_KEY, False):
+            st.session_state[RUN_NAME_KEY] = ""
         typed = container.text_input(param["label"], key=RUN_NAME_KEY,
                                      placeholder="automatic: date-backbone-data",
                                      help=f"Optional: the {param['help']}. It becomes the "
@@ -559,8 +562,9 @@ def _form_fragment(data_root, datasets: list[str], rights: access.TrainingAccess
             LOG.info("queued %s for %s at place %s", status.job_id, owner, status.position)
             st.session_state.pop(SEEN_KEY, None)
             # a run name is one run's: kept, it turns into "a run named … already exists"
-            # under the student's hand the moment their run lands
-            st.session_state.pop(RUN_NAME_KEY, None)
+            # under the student's hand the moment their run lands (emptied in the next run,
+            # before the field is drawn: the browser sends a widget's value back otherwise)
+            st.session_state[CLEAR_NAME_KEY] = True
             st.rerun(scope="app")
 
     form()
