@@ -42,6 +42,8 @@ IDLE_POLL_SECONDS = 3.0
 SEEN_KEY = "training_seen_queue"
 TOKEN_KEY = "training_session_token"
 OWNER_KEY = "training_owner"
+RUN_NAME_KEY = "training_run_name"
+CLEAR_NAME_KEY = "training_clear_run_name"
 NONE_LABEL = "(none)"
 #: The dataset the form offers first: the 2020 blog's 305 images train in about a minute.
 DEFAULT_DATASET = "seed001_0402"
@@ -238,9 +240,10 @@ def _panel(run_every: float | None, rights: access.TrainingAccess):
 
 def _page_signature(view, token: str, teacher: bool) -> tuple:
     """What, when it changes, needs the whole page again: a request that ended (a new
-    run), this session's own requests, and for the teacher any change of the queue."""
+    run), this session's own requests and their places (its Cancel buttons name them), and
+    for the teacher any change of the queue."""
     ended = tuple(status.job_id for status in view.finished)
-    own = tuple((status.job_id, status.state) for status in view.open
+    own = tuple((status.job_id, status.state, status.position) for status in view.open
                 if status.owned_by(token))
     everyone = view.signature if teacher else ()
     return ended, own, everyone, bool(view.open)
@@ -322,7 +325,10 @@ def _teacher_controls(view, rights: access.TrainingAccess) -> None:
     """The teacher's queue: pick a waiting request, run it next, move it, or cancel it."""
     if not view.queued:
         return
-    with st.expander(f"Manage the queue ({len(view.queued)} waiting)"):
+    # keyed: the label's count changes whenever anyone files or cancels, and an unkeyed
+    # expander with a new label is a new one, drawn closed under the teacher's hand
+    with st.expander(f"Manage the queue ({len(view.queued)} waiting)",
+                     key="training_manage_queue"):
         by_id = {status.job_id: status for status in view.queued}
         chosen = st.selectbox("Request", list(by_id), key="training_manage_request",
                               format_func=lambda job_id: f"{by_id[job_id].position}. "
@@ -374,7 +380,9 @@ def _widget(name: str, container=st):
                                     key="training_random_init", help=explain("random_init"))
         return RANDOM_WEIGHTS if ticked else param["default"]
     if name == "name":
-        typed = container.text_input(param["label"], key="training_run_name",
+        if st.session_state.pop(CLEAR_NAME_KEY, False):
+            st.session_state[RUN_NAME_KEY] = ""
+        typed = container.text_input(param["label"], key=RUN_NAME_KEY,
                                      placeholder="automatic: date-backbone-data",
                                      help=f"Optional: the {param['help']}. It becomes the "
                                           "run's folder and shows in its name.")
@@ -553,6 +561,10 @@ def _form_fragment(data_root, datasets: list[str], rights: access.TrainingAccess
                 dispatcher.wake()
             LOG.info("queued %s for %s at place %s", status.job_id, owner, status.position)
             st.session_state.pop(SEEN_KEY, None)
+            # a run name is one run's: kept, it turns into "a run named … already exists"
+            # under the student's hand the moment their run lands (emptied in the next run,
+            # before the field is drawn: the browser sends a widget's value back otherwise)
+            st.session_state[CLEAR_NAME_KEY] = True
             st.rerun(scope="app")
 
     form()

@@ -203,6 +203,30 @@ def test_slots_follow_the_cores_unless_configured(monkeypatch):
         ray_engine.connect("/nonexistent")
 
 
+def test_the_local_ray_starts_when_an_earlier_ray_init_left_a_token(tmp_path, monkeypatch):
+    """Any ray.init() on the machine leaves ~/.ray/auth_token, and Ray then turns token
+    authentication on for every later `ray start`: the app's dashboard calls, without a
+    token, never got an answer ("the local Ray did not answer within 90 s")."""
+    home = tmp_path / "home"
+    (home / ".ray").mkdir(parents=True)
+    (home / ".ray" / "auth_token").write_text("0" * 64)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    monkeypatch.delenv(ray_engine.ADDRESS_VARIABLE, raising=False)
+    monkeypatch.setattr(ray_engine, "START_TIMEOUT_S", 45.0)
+    jobs_dir = tmp_path / "jobs"
+    try:
+        engine = ray_engine.start_local(jobs_dir, cpus=1)
+        assert engine.cpus == 1
+        assert ray_engine.job_states(engine) == {}
+    finally:
+        record = json.loads((jobs_dir / ray_engine.ENGINE_FILE).read_text()) \
+            if (jobs_dir / ray_engine.ENGINE_FILE).is_file() else {}
+        ray_engine.stop_local(jobs_dir)
+    assert record and ray_engine.leftover_processes(record["temp_dir"]) == []
+    assert ray_engine._ray_environment()["RAY_AUTH_MODE"] == "disabled"
+
+
 def test_the_training_command_carries_its_config_as_a_file_and_runs_below_the_app():
     command = jobs.train_command(Path("/jobs/x"), python="/venv/bin/python")
     assert command[:4] == ["/venv/bin/python", "-m", "xrcompare", "train"]

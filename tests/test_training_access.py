@@ -299,3 +299,40 @@ def test_the_positive_class_offers_the_folders_classes(panel, tmp_path):
                     if select.label == "Positive class")
     assert positive.value == "tb"
     assert not app.exception
+
+
+def test_a_students_page_reruns_when_the_teacher_moves_their_request(tmp_path):
+    """The student's Cancel buttons name their places and are drawn outside the polling
+    panel: a move by the teacher must rerun the student's page, or "Cancel my request
+    (place 2)" cancels the request that was second before the move."""
+    from app_pages._training import _page_signature
+    from xrcompare import jobs
+
+    def view(order: list[str]) -> jobs.QueueView:
+        owners = {"a1": "ann", "a2": "ann", "t1": "teacher"}
+        return jobs.QueueView(active=[], finished=[], queued=[
+            jobs.JobStatus(job_id=job_id, folder=tmp_path / job_id, state="queued",
+                           owner_key=jobs.owner_key(owners[job_id]), position=place)
+            for place, job_id in enumerate(order, start=1)])
+
+    before, moved = view(["a1", "a2", "t1"]), view(["t1", "a1", "a2"])  # "Run next"
+    assert _page_signature(before, "ann", False) != _page_signature(moved, "ann", False)
+    # a session with no request in the queue is left alone
+    assert _page_signature(before, "bob", False) == _page_signature(moved, "bob", False)
+
+
+def test_a_filed_request_clears_the_run_name(shipped_form, monkeypatch):
+    """A run name names one run: left in the field, it became "a run named … already
+    exists" in the sidebar the moment that run landed."""
+    monkeypatch.setenv("XRCOMPARE_DISPATCHER", "off")  # files only, no Ray
+    app = shipped_form
+    field = next(field for field in app.sidebar.text_input if field.label == "Run name")
+    field.input("my-first-run").run()
+    start_button(app).click().run()
+    assert not app.exception and not app.sidebar.error, [e.value for e in app.sidebar.error]
+    from xrcompare import jobs
+
+    view = jobs.queue_view(max_age=0)
+    assert [status.config.get("name") for status in view.queued] == ["my-first-run"]
+    field = next(field for field in app.sidebar.text_input if field.label == "Run name")
+    assert field.value == ""

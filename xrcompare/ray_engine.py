@@ -219,6 +219,10 @@ def _ray_environment() -> dict:
     for name in (TEACHER_KEY_VARIABLE, TEACHER_KEY_SECRET, ADDRESS_VARIABLE):
         env.pop(name, None)
     env["RAY_USAGE_STATS_ENABLED"] = "0"
+    # Ray 2.5x turns token authentication on for every `ray start` once any ray.init() on
+    # this machine has left a token in ~/.ray/auth_token; this Ray listens on 127.0.0.1
+    # only and the app calls its dashboard without a token: off, whatever the home holds
+    env["RAY_AUTH_MODE"] = "disabled"
     # a training job in the queue waits in the app's queue, not in Ray's: Ray's own pending
     # limit only matters when a cluster is busy with other work
     env.setdefault("RAY_JOB_START_TIMEOUT_SECONDS", "3600")
