@@ -433,3 +433,24 @@ def test_failure_reason_prefers_the_cli_error_line():
     traceback = ["Traceback (most recent call last):", "  File x", "RuntimeError: boom"]
     assert jobs.failure_reason(traceback, 1) == "RuntimeError: boom"
     assert "signal 9" in jobs.failure_reason([], -9)
+
+
+@pytest.mark.slow
+def test_an_app_that_stops_while_its_ray_starts_leaves_no_ray_behind(folders):
+    """The dispatcher marks the local Ray as its own before starting it: stopped while
+    that Ray is still starting (the app closed right after the first request), it stops
+    it, and none of its processes stay."""
+    jobs_dir = folders["jobs_dir"]
+    start(folders, owner="Ann", token="ann")
+    dispatcher = dispatch.Dispatcher(jobs_dir).start()
+    record_file = jobs_dir / ray_engine.ENGINE_FILE
+    deadline = time.monotonic() + 30
+    while not record_file.is_file() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    record = json.loads(record_file.read_text())
+    try:
+        assert dispatcher.engine is None and dispatcher.started_engine  # still starting
+    finally:
+        dispatcher.stop()
+    assert ray_engine.leftover_processes(record["temp_dir"]) == []
+    assert not record_file.exists() and ray_engine.find_local(jobs_dir) is None

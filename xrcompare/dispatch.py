@@ -242,9 +242,12 @@ class Dispatcher:
                     began = time.monotonic()
                     found = ray_engine.find_local(self.jobs_dir) \
                         if not ray_engine.cluster_address() else None
+                    if found is None and not ray_engine.cluster_address():
+                        # Marked before the start: a process that exits while its Ray is
+                        # still starting stops it too (its record is written at once).
+                        self.started_engine = True
                     self.engine = found or ray_engine.connect(self.jobs_dir)
                     if found is None and self.engine.local:
-                        self.started_engine = True
                         self.engine_start_s = time.monotonic() - began
                     LOG.info("training engine: %s", self.engine.label)
                 if self.engine is not None:
