@@ -76,6 +76,7 @@ def statistics_request(folders: dict, name: str):
 
 @pytest.mark.e2e
 @pytest.mark.slow
+@pytest.mark.load
 def test_thirty_students_queue_and_every_request_lands_or_is_cancelled(classroom, browser):
     # The session's browser (tests/e2e/conftest.py): a second sync_playwright() in a worker
     # that already runs one fails ("Sync API inside the asyncio loop").
