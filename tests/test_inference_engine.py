@@ -142,6 +142,54 @@ def test_converted_models_are_made_once_even_by_two_at_a_time(tmp_path, monkeypa
     assert pad.xml == engine.xml and pad.info()["converted_model"] == "from the cache"
 
 
+def test_a_stream_of_batches_gives_what_each_batch_gives_alone(tmp_path, monkeypatch):
+    """The requests stay busy across batches (no wait for a whole batch), yet every batch's
+    output is the one it gets alone, in order; a stream stopped early or fed a bad batch
+    leaves the engine usable."""
+    monkeypatch.setenv("XRCOMPARE_CACHE_DIR", str(tmp_path))
+    engine = engines.make_engine(engines.with_engine(FeatureSpec("resnet50", 64), "openvino"),
+                                 hint="throughput")
+    rng = np.random.default_rng(7)
+    batches = [rng.normal(0, 50, (size, 64, 64, 3)).astype(np.float32)
+               for size in (3, 8, 13, 1, 8)]
+    alone = [engine.predict(batch) for batch in batches]
+    streamed = list(engine.predict_stream(iter(batches)))
+    assert [len(output) for output in streamed] == [3, 8, 13, 1, 8]
+    for got, expected in zip(streamed, alone, strict=True):
+        np.testing.assert_array_equal(got, expected)
+    assert engine.stream_batch == (engines.OPENVINO_CHUNK if engine.streams > 1 else None)
+    stopped = engine.predict_stream(iter(batches))
+    np.testing.assert_array_equal(next(stopped), alone[0])
+    stopped.close()  # the consumer gave up: the lock is released, nothing runs on
+    with pytest.raises(ValueError, match="non-empty"):
+        list(engine.predict_stream(iter([batches[0], np.zeros((0, 64, 64, 3))])))
+    np.testing.assert_array_equal(engine.predict(batches[2]), alone[2])
+
+
+def test_extraction_streams_past_batches_of_unreadable_files(tmp_path, monkeypatch):
+    """A whole engine batch of unreadable files between readable ones, and one at the end:
+    every readable image keeps its row and its features, progress reaches the total."""
+    monkeypatch.setenv("XRCOMPARE_CACHE_DIR", str(tmp_path / "cache"))
+    good = spread_images(DATA / "cxr3", 12)
+    garbage = []
+    for number in range(engines.OPENVINO_CHUNK + 1):
+        path = tmp_path / f"garbage-{number}.jpg"
+        path.write_bytes(b"not an image " + bytes([number]))
+        garbage.append(path)
+    paths = good[:8] + garbage[:-1] + good[8:] + garbage[-1:]
+    spec = engines.with_engine(FeatureSpec("resnet50", 64), "openvino")
+    reports = []
+    result = FeatureExtractor(spec, cache_dir=tmp_path / "mixed").extract(
+        paths, progress=reports.append)
+    readable = [index for index, path in enumerate(paths) if path in good]
+    assert result.ok == readable
+    assert sorted(path for path, _ in result.failed) == sorted(str(p) for p in garbage)
+    assert [report["done"] for report in reports] == sorted(r["done"] for r in reports)
+    assert reports[-1]["done"] == reports[-1]["total"] == len(paths)
+    alone = FeatureExtractor(spec, cache_dir=tmp_path / "alone").extract(good)
+    np.testing.assert_allclose(result.features, alone.features, rtol=2e-3, atol=2e-2)
+
+
 def test_converted_model_key_follows_weights_and_versions():
     imagenet, _ = engines.model_key(FeatureSpec("resnet50", 224))
     assert imagenet.startswith("resnet50-224px-w") and "openvino" in imagenet

@@ -49,6 +49,8 @@ import sys
 import threading
 import time
 import warnings
+from collections import deque
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Protocol
 
@@ -183,6 +185,8 @@ class Engine(Protocol):
 
     def predict(self, batch: np.ndarray) -> np.ndarray: ...
 
+    def predict_stream(self, batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]: ...
+
     def info(self) -> dict: ...
 
 
@@ -208,8 +212,16 @@ class KerasEngine:
         """One image's base output shape, e.g. (7, 7, 2048)."""
         return tuple(int(size) for size in self.base.output.shape[1:])
 
+    #: Images per batch this engine runs best with when fed a stream (None: any).
+    stream_batch = None
+
     def predict(self, batch: np.ndarray) -> np.ndarray:
         return np.asarray(self.base.predict_on_batch(batch), dtype=np.float32)
+
+    def predict_stream(self, batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        """Each batch's output in order (one :meth:`predict` each)."""
+        for batch in batches:
+            yield self.predict(batch)
 
     def info(self) -> dict:
         import keras
@@ -221,8 +233,8 @@ class KerasEngine:
 class OpenVINOEngine:
     """A converted base compiled by OpenVINO's CPU plugin.
 
-    ``hint="throughput"`` (extraction) runs one stream per core group and shares each batch
-    between them in chunks of :data:`OPENVINO_CHUNK` images through an asynchronous queue;
+    ``hint="throughput"`` (extraction) runs one stream per core group, one inference request
+    each, and shares batches between them in chunks of :data:`OPENVINO_CHUNK` images;
     ``hint="latency"`` (one image at a time) runs one stream on all cores. Calls are
     serialised by a lock, so one engine can be shared between threads. OpenVINO releases the
     GIL while it computes, so decoding threads overlap with it.
@@ -259,9 +271,10 @@ class OpenVINOEngine:
             config["INFERENCE_NUM_THREADS"] = int(threads)
         self._compiled = core.compile_model(core.read_model(self.xml), "CPU", config)
         self.streams = max(1, int(self._compiled.get_property("NUM_STREAMS")))
-        self._queue = ov.AsyncInferQueue(self._compiled, self.streams)
-        self._results: dict[int, np.ndarray] = {}
-        self._queue.set_callback(self._collect)
+        # Two requests per stream when there are several: a stream finds the next chunk
+        # queued when it finishes one, while this side collects outputs and feeds it.
+        self._requests = [self._compiled.create_infer_request()
+                          for _ in range(2 * self.streams if self.streams > 1 else 1)]
         self._lock = threading.Lock()
         self.compile_seconds = time.perf_counter() - started
         self.version = ov.__version__.split("-")[0]
@@ -276,20 +289,73 @@ class OpenVINOEngine:
         shape = self._compiled.output(0).get_partial_shape()
         return tuple(int(dimension.get_length()) for dimension in list(shape)[1:])
 
-    def _collect(self, request, start: int) -> None:
-        self._results[start] = np.array(request.get_output_tensor(0).data, dtype=np.float32)
+    @property
+    def stream_batch(self) -> int | None:
+        """Images per batch this engine runs best with when fed a stream: one chunk per
+        request with parallel streams (the first starts as soon as its few images are
+        ready), any with one stream."""
+        return OPENVINO_CHUNK if self.streams > 1 else None
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
-        batch = np.ascontiguousarray(batch, dtype=np.float32)
-        if batch.ndim != 4 or len(batch) == 0:
-            raise ValueError(f"expected a non-empty (n, h, w, 3) batch, got shape {batch.shape}")
-        chunk = OPENVINO_CHUNK if self.streams > 1 else len(batch)
+        [output] = self.predict_stream([batch])
+        return output
+
+    def predict_stream(self, batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        """Each batch's output, in order, with the requests kept busy across batches.
+
+        Chunks go to the requests in turn (a request's next chunk waits for its last one,
+        the oldest running); a batch's output is given once all its chunks are collected, so
+        the streams stay busy while the caller works on it and prepares the next batch, and
+        none idles at a batch's end waiting for the others, as when each batch is waited for
+        whole. A failed inference raises from its request's wait.
+        """
         with self._lock:
-            self._results = {}
-            for start in range(0, len(batch), chunk):
-                self._queue.start_async({0: batch[start:start + chunk]}, start)
-            self._queue.wait_all()
-            return np.concatenate([self._results[start] for start in sorted(self._results)])
+            idle = list(reversed(self._requests))
+            running: deque = deque()  # (request, batch number), oldest first
+            outputs: dict[int, list[np.ndarray]] = {}
+            chunks: dict[int, int] = {}
+
+            def finish_oldest() -> None:
+                request, number = running.popleft()
+                request.wait()
+                outputs[number].append(np.array(request.get_output_tensor(0).data,
+                                                dtype=np.float32))
+                idle.append(request)
+
+            def finished(number: int) -> np.ndarray:
+                while len(outputs[number]) < chunks[number]:
+                    finish_oldest()
+                del chunks[number]
+                return np.concatenate(outputs.pop(number))
+
+            given = 0
+            try:
+                for number, batch in enumerate(batches):
+                    batch = np.ascontiguousarray(batch, dtype=np.float32)
+                    if batch.ndim != 4 or len(batch) == 0:
+                        raise ValueError("expected a non-empty (n, h, w, 3) batch, got shape "
+                                         f"{batch.shape}")
+                    chunk = OPENVINO_CHUNK if self.streams > 1 else len(batch)
+                    starts = range(0, len(batch), chunk)
+                    outputs[number], chunks[number] = [], len(starts)
+                    for start in starts:
+                        if not idle:
+                            finish_oldest()
+                        request = idle.pop()
+                        request.start_async({0: batch[start:start + chunk]})
+                        running.append((request, number))
+                    while len(outputs.get(given, ())) == chunks.get(given):  # collected
+                        yield finished(given)
+                        given += 1
+                while chunks:
+                    yield finished(given)
+                    given += 1
+            finally:  # stopped early or failed: nothing left running on the requests
+                for request, _ in running:
+                    try:
+                        request.wait()
+                    except Exception:  # noqa: BLE001, S110 - already failing or abandoned
+                        pass
 
     def info(self) -> dict:
         return {"engine": self.name, "precision": self.precision, "label": self.label,
