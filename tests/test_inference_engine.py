@@ -190,6 +190,31 @@ def test_extraction_streams_past_batches_of_unreadable_files(tmp_path, monkeypat
     np.testing.assert_allclose(result.features, alone.features, rtol=2e-3, atol=2e-2)
 
 
+def test_an_extraction_stopped_midway_leaves_its_engine_usable(tmp_path, monkeypatch):
+    """A progress callback that raises ends the extraction; the shared engine's stream is
+    closed at once, so the next call on it does not wait, even while the error (and so the
+    extraction's frame) is still held."""
+    monkeypatch.setenv("XRCOMPARE_CACHE_DIR", str(tmp_path / "cache"))
+    spec = engines.with_engine(FeatureSpec("resnet50", 64), "openvino")
+    engine = engines.make_engine(spec)
+    paths = spread_images(DATA / "cxr3", 3 * engines.OPENVINO_CHUNK)
+
+    def stop(report):
+        if report["done"] > 0:
+            raise RuntimeError("stopped")
+
+    with pytest.raises(RuntimeError, match="stopped") as stopped:
+        FeatureExtractor(spec, cache_dir=tmp_path / "a", base=engine).extract(paths,
+                                                                             progress=stop)
+    finished = threading.Event()
+    thread = threading.Thread(target=lambda: (engine.predict(np.zeros((2, 64, 64, 3),
+                                                                      np.float32)),
+                                              finished.set()), daemon=True)
+    thread.start()
+    assert finished.wait(60), "the engine stayed locked after the stopped extraction"
+    assert stopped.traceback  # held until here
+
+
 def test_converted_model_key_follows_weights_and_versions():
     imagenet, _ = engines.model_key(FeatureSpec("resnet50", 224))
     assert imagenet.startswith("resnet50-224px-w") and "openvino" in imagenet

@@ -23,6 +23,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -386,19 +387,22 @@ class FeatureExtractor:
                             continue
                         yield batch
 
-                for output in self.engine.predict_stream(prepared()):
-                    while not queued[0][0]:  # before it, batches of unreadable files only
-                        done += queued.popleft()[1]
-                    kept, images = queued.popleft()
-                    # Kept as the cache stores them (float16), so a cold run equals a
-                    # warm one; widened to float32 once, in the result.
-                    output = output.astype(CACHE_DTYPE)
-                    positions = [position for position, _, _ in kept]
-                    stacked[positions] = output
-                    computed.update(positions)
-                    writes.append(pool.submit(self._store_batch, kept, output))
-                    done += images
-                    self._report(progress, label, done, total, cached)
+                # closed however the loop ends: the engine's lock is not held by a
+                # suspended stream after a failure here
+                with closing(self.engine.predict_stream(prepared())) as outputs:
+                    for output in outputs:
+                        while not queued[0][0]:  # before it, batches of unreadable files only
+                            done += queued.popleft()[1]
+                        kept, images = queued.popleft()
+                        # Kept as the cache stores them (float16), so a cold run equals a
+                        # warm one; widened to float32 once, in the result.
+                        output = output.astype(CACHE_DTYPE)
+                        positions = [position for position, _, _ in kept]
+                        stacked[positions] = output
+                        computed.update(positions)
+                        writes.append(pool.submit(self._store_batch, kept, output))
+                        done += images
+                        self._report(progress, label, done, total, cached)
                 if queued:  # the last batches held unreadable files only
                     done += sum(images for _, images in queued)
                     self._report(progress, label, done, total, cached)
