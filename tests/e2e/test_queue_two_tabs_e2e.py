@@ -18,6 +18,7 @@ import re
 import time
 
 import pytest
+from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
 from .conftest import AppDriver, StreamlitServer
 from .test_training_e2e import make_tiny_dataset, screenshot
@@ -141,7 +142,10 @@ class Tab(AppDriver):
             box.click()
             self.page.wait_for_timeout(300)
             if choice.count():
-                choice.click()
+                try:  # a rerun can close the list under the pointer: open it again
+                    choice.click(timeout=5_000)
+                except PlaywrightTimeoutError:
+                    pass
                 self.settle()
         assert box.input_value() == option, f"{label} is {box.input_value()!r}"
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -129,7 +130,19 @@ def test_sidebar_trains_a_tiny_run_that_appears_in_the_leaderboard(
     form.get_by_role("button", name="Start training").click()
     cancel = sidebar.get_by_role("button", name="Cancel training")
     expect(cancel).to_be_visible(timeout=30_000)
-    cancel.click()
+    # A click that lands while a rerun replaces the sidebar (the job's start reruns the
+    # page; slow on a loaded machine) is lost, as it would be for a person, who clicks
+    # again: so does the test, until the cancel is taken ("Cancelling …" or the outcome).
+    taken = sidebar.get_by_text(re.compile(r"^Cancelling |Cancelled after"))
+    for _ in range(3):
+        cancel.click()
+        try:
+            expect(taken.first).to_be_visible(timeout=10_000)
+            break
+        except AssertionError:
+            wait_idle(page)
+            if not cancel.is_visible():
+                break
     expect(sidebar.get_by_text("Cancelled after")).to_be_visible(timeout=30_000)
     expect(sidebar).to_contain_text("No run was kept.")
     assert [path.name for path in runs_dir.iterdir()] == runs
