@@ -233,7 +233,7 @@ class KerasEngine:
 class OpenVINOEngine:
     """A converted base compiled by OpenVINO's CPU plugin.
 
-    ``hint="throughput"`` (extraction) runs one stream per core group, one inference request
+    ``hint="throughput"`` (extraction) runs one stream per core group, two inference requests
     each, and shares batches between them in chunks of :data:`OPENVINO_CHUNK` images;
     ``hint="latency"`` (one image at a time) runs one stream on all cores. Calls are
     serialised by a lock, so one engine can be shared between threads. OpenVINO releases the
@@ -335,7 +335,7 @@ class OpenVINOEngine:
                     if batch.ndim != 4 or len(batch) == 0:
                         raise ValueError("expected a non-empty (n, h, w, 3) batch, got shape "
                                          f"{batch.shape}")
-                    chunk = OPENVINO_CHUNK if self.streams > 1 else len(batch)
+                    chunk = self.stream_batch or len(batch)
                     starts = range(0, len(batch), chunk)
                     outputs[number], chunks[number] = [], len(starts)
                     for start in starts:
