@@ -5,6 +5,7 @@ runs in trained/."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -330,8 +331,9 @@ def test_data_folder_tries_absolute_then_relative_inside_the_data_root(tmp_path,
     folder = tmp_path / "data"
     folder.mkdir()
     assert with_data(run, folder_absolute=str(folder)).data_folder(data_root=tmp_path) == folder
-    relative = DATA.relative_to(REPO.parent)  # "shared/data": relative to the repository
-    moved = with_data(run, folder_absolute="/nowhere/x", folder=f"../{relative}/cxr3")
+    # "../shared/data" relative to the repository (its real path: ../shared may be a link)
+    relative = os.path.relpath(DATA, REPO)
+    moved = with_data(run, folder_absolute="/nowhere/x", folder=f"{relative}/cxr3")
     assert moved.data_folder(data_root=DATA).resolve() == (DATA / "cxr3").resolve()
     gone = with_data(run, folder_absolute="/nowhere/x", folder="../nowhere")
     assert gone.data_folder(data_root=tmp_path) is None
