@@ -3,15 +3,17 @@
 
 For each backbone (VGG16, ResNet50, Xception by default, each at its own input size):
 
-- **reference**: the Keras base's ``predict_on_batch`` in float32 on in-memory, already
-  preprocessed batches (what every extraction ran before the engine);
-- **engine**: the engine's bare forward pass on the same batches (``auto``: OpenVINO where
-  installed, see ``XRCOMPARE_ENGINE``);
+- **reference**: the Keras base's ``predict_on_batch`` in float32 on in-memory batches of
+  the images' 8-bit model squares, preprocessed in NumPy (what every extraction ran before
+  the engine);
+- **engine**: the engine's bare forward pass on the same batches of squares, which it
+  preprocesses in its own graph (``auto``: OpenVINO where installed, see
+  ``XRCOMPARE_ENGINE``);
 - **pipeline**: ``xrcompare.features.FeatureExtractor`` with that engine, from the image files,
-  into an empty temporary cache (nothing is read from a cache): read, hash, decode, resize,
-  preprocess on a worker thread, the engine, cache writes;
-- **preparing**: that read, hash, decode, resize and preprocess alone, on one thread, per
-  image; with the engine's rate it bounds the pipeline: when the engine keeps every core
+  into an empty temporary cache (nothing is read from a cache): read, hash, decode, resize
+  on a worker thread, the engine, cache writes;
+- **preparing**: that read, hash, decode and resize alone, on one thread, per image; with
+  the engine's rate it bounds the pipeline: when the engine keeps every core
   busy, each image costs ``cores / engine rate`` core-seconds there plus its preparation, so
   the pipeline reaches at most ``1 / (1 + preparation × engine rate / cores)`` of the engine.
 
@@ -102,7 +104,7 @@ def versions() -> dict:
 
 
 def time_forward(engine, batches: list[np.ndarray]) -> float:
-    """Seconds for the engine's bare forward over preprocessed ``batches``, fed as the
+    """Seconds for the engine's bare forward over ``batches`` of 8-bit squares, fed as the
     extractor feeds it (one stream of batches: OpenVINO keeps its requests busy across them)."""
     started = time.perf_counter()
     for _ in engine.predict_stream(iter(batches)):
@@ -126,8 +128,8 @@ def time_pipeline(spec, engine, paths: list[Path], batch_size: int) -> float:
 
 def time_prepare(spec, paths: list[Path], batch_size: int) -> float:
     """Seconds one thread spends on the pipeline's own work besides the engine, on its own:
-    reading, hashing, decoding, resizing and preprocessing every image in batches (the
-    extractor's ``_prepare_batch``)."""
+    reading, hashing, decoding and resizing every image in batches (the extractor's
+    ``_prepare_batch``; the engine preprocesses)."""
     import hashlib
 
     from xrcompare.features import FeatureExtractor
@@ -155,20 +157,19 @@ def pipeline_bound(engine_rate: float, prepare_seconds_per_image: float, cores: 
 def measure(name: str, args) -> dict:
     from xrcompare.backbones import build_base, get_backbone
     from xrcompare.features import FeatureSpec
-    from xrcompare.imaging import read_gray, to_model_input
-    from xrcompare.inference_engine import KerasEngine, make_engine, with_engine
+    from xrcompare.imaging import read_gray, to_model_square
+    from xrcompare.inference_engine import KerasEngine, make_engine, model_inputs, with_engine
 
     backbone = get_backbone(name)
     size = args.image_size or backbone.default_size
-    reference = KerasEngine(build_base(backbone.name, size, "imagenet"))
     spec = with_engine(FeatureSpec(backbone.name, size), args.engine)
+    reference = KerasEngine(build_base(backbone.name, size, "imagenet"), model_inputs(spec))
     started = time.perf_counter()
     engine = make_engine(spec, base=reference.base)
     ready_seconds = time.perf_counter() - started
     paths = pick_images(args.data, args.images)
-    inputs = np.stack([to_model_input(read_gray(path), size) for path in paths])
-    batches = [backbone.preprocess(inputs[i:i + args.batch_size])
-               for i in range(0, len(inputs), args.batch_size)]
+    squares = np.stack([to_model_square(read_gray(path), size) for path in paths])
+    batches = [squares[i:i + args.batch_size] for i in range(0, len(squares), args.batch_size)]
     variants = {}
     for variant in args.variants:
         if variant == "keras-bf16":  # Keras/TensorFlow itself in mixed bfloat16
@@ -176,7 +177,8 @@ def measure(name: str, args) -> dict:
 
             keras.config.set_dtype_policy("mixed_bfloat16")
             try:
-                variants[variant] = KerasEngine(build_base(backbone.name, size, "imagenet"))
+                variants[variant] = KerasEngine(build_base(backbone.name, size, "imagenet"),
+                                                model_inputs(spec))
             finally:
                 keras.config.set_dtype_policy("float32")
         elif engine.name == "openvino":
@@ -184,7 +186,8 @@ def measure(name: str, args) -> dict:
 
             hint, precision = variant.split("-")
             if (hint, precision) != (engine.hint, engine.precision):
-                variants[variant] = OpenVINOEngine(engine.xml, precision, hint=hint)
+                variants[variant] = OpenVINOEngine(engine.xml, precision, hint=hint,
+                                                   gray_affine=engine.gray_affine)
     time_forward(reference, batches[:1])  # warm up every path
     time_forward(engine, batches[:1])
     for other in variants.values():
@@ -292,7 +295,7 @@ def readme_table(results: dict) -> str:
             f"the backbones), `pipeline_vs_engine: {results['pipeline_vs_engine']:.2f}`. "
             "The last column is the most the pipeline could reach of the engine's bare rate "
             "if the engine kept every core busy and each image also took its preparation "
-            "time (read, hash, decode, resize, preprocess) of one core: "
+            "time (read, hash, decode, resize; the engine preprocesses) of one core: "
             "1 / (1 + preparation × engine rate / cores).")
     return "\n".join([README_START,
                       "<!-- written by benchmarks/extract_throughput.py --readme README.md; "

@@ -4,6 +4,7 @@ their predictions through it, converted models are cached once, and Keras is the
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from xrcompare import inference_engine as engines
 from xrcompare.backbones import weights_status
 from xrcompare.data import scan_dataset
 from xrcompare.features import FeatureExtractor, FeatureSpec
-from xrcompare.imaging import read_gray
+from xrcompare.imaging import read_gray, to_model_square
 from xrcompare.inference import engine_spec
 from xrcompare.runs import build_head_for_run, list_runs, load_run
 from xrcompare.summary import leaderboard
@@ -66,6 +67,29 @@ def test_engine_features_agree_with_the_keras_reference_on_real_images(backbone)
     assert cosines.min() >= 0.999, (f"{backbone}: cosine {cosines[worst]:.5f} on "
                                     f"{paths[worst].name}")
     assert not np.array_equal(got.features, expected.features)  # really another engine
+
+
+@pytest.mark.parametrize(("backbone", "size", "preprocess"),
+                         [("vgg16", 64, "backbone"), ("resnet50", 64, "scale01"),
+                          ("xception", 96, "backbone")])
+def test_the_engine_preprocesses_gray_squares_as_the_registry_does(backbone, size, preprocess,
+                                                                   tmp_path, monkeypatch):
+    """OpenVINO computes the backbone's preprocessing (caffe, tf, the blog's x / 255) in its
+    own graph from 8-bit squares: in float32 it gives what Keras gives on the registry's
+    NumPy preprocessing of the same squares, and it gives float16, as the cache stores."""
+    monkeypatch.setenv("XRCOMPARE_CACHE_DIR", str(tmp_path))
+    require_weights(backbone)
+    squares = np.stack([to_model_square(read_gray(path), size)
+                        for path in spread_images(DATA / "cxr3", 6)])
+    spec = FeatureSpec(backbone, size, preprocess=preprocess)
+    expected = engines.make_engine(spec).predict(squares)
+    engine = engines.make_engine(dataclasses.replace(spec, engine="openvino", precision="fp32"))
+    got = engine.predict(squares)
+    assert got.dtype == np.float16 and expected.dtype == np.float32
+    assert got.shape == expected.shape
+    assert np.abs(got.astype(np.float32) - expected).max() <= 2e-3 * np.abs(expected).max()
+    with pytest.raises(ValueError, match="8-bit gray squares"):
+        engine.predict(squares.astype(np.float32))  # a preprocessed batch is refused
 
 
 def _other_engine(run) -> str:
@@ -134,8 +158,8 @@ def test_converted_models_are_made_once_even_by_two_at_a_time(tmp_path, monkeypa
     engine = engines.make_engine(spec)
     info = engine.info()
     assert info["converted_model"] == "from the cache" and info["conversion_s"] > 0
-    batch = np.zeros((3, 32, 32, 3), dtype=np.float32)
-    assert engine.predict(batch).shape == (3, 1, 1, 2048)
+    squares = np.zeros((3, 32, 32), dtype=np.uint8)
+    assert engine.predict(squares).shape == (3, 1, 1, 2048)
     # Another resize mode or precision reuses the same converted model.
     pad = engines.make_engine(FeatureSpec("resnet50", 32, "pad", engine="openvino",
                                           precision="fp32"))
@@ -150,7 +174,7 @@ def test_a_stream_of_batches_gives_what_each_batch_gives_alone(tmp_path, monkeyp
     engine = engines.make_engine(engines.with_engine(FeatureSpec("resnet50", 64), "openvino"),
                                  hint="throughput")
     rng = np.random.default_rng(7)
-    batches = [rng.normal(0, 50, (size, 64, 64, 3)).astype(np.float32)
+    batches = [rng.integers(0, 256, (size, 64, 64), dtype=np.uint8)
                for size in (3, 8, 13, 1, 8)]
     alone = [engine.predict(batch) for batch in batches]
     streamed = list(engine.predict_stream(iter(batches)))
@@ -162,7 +186,7 @@ def test_a_stream_of_batches_gives_what_each_batch_gives_alone(tmp_path, monkeyp
     np.testing.assert_array_equal(next(stopped), alone[0])
     stopped.close()  # the consumer gave up: the lock is released, nothing runs on
     with pytest.raises(ValueError, match="non-empty"):
-        list(engine.predict_stream(iter([batches[0], np.zeros((0, 64, 64, 3))])))
+        list(engine.predict_stream(iter([batches[0], np.zeros((0, 64, 64), np.uint8)])))
     np.testing.assert_array_equal(engine.predict(batches[2]), alone[2])
 
 
@@ -207,8 +231,8 @@ def test_an_extraction_stopped_midway_leaves_its_engine_usable(tmp_path, monkeyp
         FeatureExtractor(spec, cache_dir=tmp_path / "a", base=engine).extract(paths,
                                                                              progress=stop)
     finished = threading.Event()
-    thread = threading.Thread(target=lambda: (engine.predict(np.zeros((2, 64, 64, 3),
-                                                                      np.float32)),
+    thread = threading.Thread(target=lambda: (engine.predict(np.zeros((2, 64, 64),
+                                                                      np.uint8)),
                                               finished.set()), daemon=True)
     thread.start()
     assert finished.wait(60), "the engine stayed locked after the stopped extraction"

@@ -93,7 +93,7 @@ def test_training_views_keep_the_mask_in_place(augment):
     for mask in ("lungs-out", "lungs-only"):
         extractor = FeatureExtractor(FeatureSpec("resnet50", size, augment=augment, mask=mask))
         for view in (0, 1, 2):
-            picture = extractor._model_input(data, "x.jpg", "ab" * 32, view)
+            picture = extractor._model_square(data, "x.jpg", "ab" * 32, view)
             hidden = region if mask == "lungs-out" else ~region
             assert np.all(picture[hidden] == 0), (mask, view)
             assert picture[~hidden].max() > 0

@@ -126,7 +126,7 @@ def test_scale01_is_in_the_cache_key_only_when_chosen():
     assert FeatureSpec("resnet50", SIZE, preprocess="scale01").key() \
         == "resnet50-imagenet-64px-squash-scale01"
     assert FeatureSpec("resnet50", SIZE).view_folder(2) == "aug1-view2"  # unchanged name
-    assert FeatureSpec("resnet50", SIZE, augment="blog").view_folder(2) == "augblog1-view2"
+    assert FeatureSpec("resnet50", SIZE, augment="blog").view_folder(2) == "augblog2-view2"
 
 
 def test_blog_rotation_keeps_the_picture_and_replicates_its_border():
@@ -151,7 +151,7 @@ def test_blog_views_are_cached_apart_from_mild_views(tmp_path):
     assert (blog_result.cached, blog_result.computed) == (1, 1)  # the original is shared
     assert not np.allclose(mild_views[1], blog_result.features[1])
     folders = {p.name for p in (tmp_path / "resnet50-imagenet-64px-squash").iterdir()}
-    assert folders == {"original", "aug1-view1", "augblog1-view1"}
+    assert folders == {"original", "aug1-view1", "augblog2-view1"}
     assert set(AUGMENTATIONS) == {"mild", "blog", "debias"}
 
 
@@ -232,7 +232,7 @@ def test_blog2020_run_keeps_the_epoch_with_the_best_test_accuracy(blog2020_run):
 def test_blog_views_of_the_run_are_in_their_own_cache_folder(blog2020_run, feature_cache):
     folder = feature_cache / blog2020_run.features_record["spec"]
     assert folder.name.startswith("resnet50-imagenet-64px-squash-scale01")
-    assert (folder / "augblog1-view1").is_dir() and (folder / "original").is_dir()
+    assert (folder / "augblog2-view1").is_dir() and (folder / "original").is_dir()
 
 
 def test_predict_on_the_leaky_run_uses_its_training_preprocessing(blog2020_run,

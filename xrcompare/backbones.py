@@ -165,6 +165,30 @@ class Backbone:
             return batch
         return imagenet_preprocess(batch, PREPROCESS_STYLES[self.module], copy=copy)
 
+    def model_inputs(self, squares: np.ndarray, mode: str = "backbone") -> np.ndarray:
+        """8-bit gray squares (N, S, S) (:func:`xrcompare.imaging.to_model_square`) → the
+        base's input batch (N, S, S, 3): each gray value in the three channels, then
+        :meth:`preprocess` (in place on that new array)."""
+        from xrcompare.imaging import gray_to_rgb
+
+        return self.preprocess(gray_to_rgb(squares), mode, copy=False)
+
+    def gray_affine(self, mode: str = "backbone") -> tuple[np.ndarray, np.ndarray]:
+        """(scale, offset), one per input channel, such that :meth:`preprocess` of a gray
+        image ``g`` (the same value in the three channels) is ``g * scale + offset`` per
+        channel: what an inference engine computes in its own graph from 8-bit squares
+        (:class:`xrcompare.inference_engine.OpenVINOEngine`). Derived from
+        :meth:`preprocess` itself, so the two cannot drift apart; a preprocessing that is
+        not affine raises ``ValueError``."""
+        levels = np.arange(256, dtype=np.float32)
+        outputs = self.preprocess(np.repeat(levels[:, None], 3, axis=1), mode)  # (256, 3)
+        offset = outputs[0]
+        scale = (outputs[255] - offset) / np.float32(255.0)
+        if not np.allclose(levels[:, None] * scale + offset, outputs, rtol=1e-5, atol=1e-4):
+            raise ValueError(f"{self.display_name}'s {mode} preprocessing is not affine in "
+                             "the gray level")
+        return scale.astype(np.float32), offset.astype(np.float32)
+
     def check_size(self, size: int) -> int:
         if not isinstance(size, int) or isinstance(size, bool):
             raise ValueError(f"image size must be an integer, got {size!r}")

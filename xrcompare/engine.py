@@ -57,7 +57,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -79,6 +79,12 @@ def base_key(run: Run) -> tuple:
 def trunk_key(run: Run) -> tuple:
     """Runs with equal keys share one trunk: the same base, cut at the same layer."""
     return (*base_key(run), run.last_conv_layer)
+
+
+def input_key(run: Run) -> tuple:
+    """Runs with equal keys give the same trunk the same input for the same image: the
+    trunk and the preprocessing (which the inference engine computes in its graph)."""
+    return (*trunk_key(run), run.preprocess)
 
 
 def weights_problem(run: Run) -> str | None:
@@ -254,8 +260,10 @@ class _Trunk:
     model: object
     lock: threading.Lock
     traced: bool = False
-    #: The trunk on the inference engine (:meth:`Engine.accelerate`), once it is ready.
-    fast: object | None = None
+    #: The trunk on the inference engine (:meth:`Engine.accelerate`), once it is ready, per
+    #: preprocessing mode (the engine computes a run's preprocessing in its own graph, so
+    #: runs sharing the trunk but not the preprocessing share the converted model only).
+    fast: dict[str, object] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- the engine
@@ -278,8 +286,9 @@ class Engine:
         self._features = LRU(max_features)
         self._statistics = LRU(8)  # image-statistics baselines' JSON models
         self._after: dict[tuple, object] = {}  # trunk key → the base after its trunk (or None)
-        #: Trunk key → the trunk on the inference engine, compiled straight from its converted
-        #: model on disk before Keras is loaded (:meth:`early_trunk`); None: it cannot be.
+        #: Input key (:func:`input_key`) → the trunk on the inference engine, compiled
+        #: straight from its converted model on disk before Keras is loaded
+        #: (:meth:`early_trunk`); None: it cannot be.
         self._early: dict[tuple, object | None] = {}
         self._head_arrays = LRU(max_tails)
         self._lock = threading.Lock()
@@ -413,9 +422,10 @@ class Engine:
 
         entry = self._trunks.get(trunk_key(run)) if run.is_cnn else None
         if entry is None:
-            early = self._early.get(trunk_key(run)) if run.is_cnn else None
+            early = self._early.get(input_key(run)) if run.is_cnn else None
             return early.label if early is not None else None
-        return entry.fast.label if entry.fast is not None else engine_label(*REFERENCE)
+        fast = entry.fast.get(run.preprocess)
+        return fast.label if fast is not None else engine_label(*REFERENCE)
 
     def early_trunk(self, run: Run):
         """``run``'s trunk on the inference engine, compiled from its converted model already
@@ -429,10 +439,10 @@ class Engine:
         its Keras trunk is built already."""
         if not run.is_cnn or run.is_fine_tuned or run.weights != "imagenet":
             return None
-        key = trunk_key(run)
+        key = input_key(run)
         if key in self._early:
             return self._early[key]
-        if self._trunks.get(key) is not None:
+        if self._trunks.get(trunk_key(run)) is not None:
             return None
         return self.call(self._compile_early, run, key)
 
@@ -442,6 +452,7 @@ class Engine:
         from xrcompare.backbones import get_backbone
         from xrcompare.inference_engine import (
             OpenVINOEngine,
+            gray_affine,
             openvino_precision,
             ready_converted_model,
             requested_engine,
@@ -459,7 +470,8 @@ class Engine:
                                 if get_backbone(run.backbone).pool_after_last_conv else None)
                 xml = ready_converted_model(spec, output_layer)
                 if xml is not None:
-                    early = OpenVINOEngine(xml, precision, hint="latency")
+                    early = OpenVINOEngine(xml, precision, gray_affine=gray_affine(spec),
+                                           hint="latency")
                     expected = tuple(run.feature_shape)
                     pool = get_backbone(run.backbone).pool_after_last_conv or 1
                     shape = tuple(early.output_shape)
@@ -488,11 +500,11 @@ class Engine:
         if engine == "keras":
             return False
         entry = self._trunk(run)
-        if entry.fast is not None:
+        if run.preprocess in entry.fast:
             return True
         from xrcompare.inference_engine import make_engine
 
-        fast = self._early.get(trunk_key(run))
+        fast = self._early.get(input_key(run))
         if fast is None or fast.precision != precision:
             spec = dataclasses.replace(run.feature_spec(), engine=engine, precision=precision)
             output_layer = None if entry.model is entry.base else run.last_conv_layer
@@ -503,7 +515,7 @@ class Engine:
         if tuple(fast.output_shape) != expected:
             raise ValueError(f"the {fast.label} trunk of {run.run_id} gives feature maps of "
                              f"shape {tuple(fast.output_shape)}, not {expected}")
-        entry.fast = fast
+        entry.fast[run.preprocess] = fast
         return True
 
     def warm_up(self, runs: Iterable[Run], *, stop: threading.Event | None = None,
@@ -543,7 +555,7 @@ class Engine:
             if stop is not None and stop.is_set():
                 return
             if not run.is_cnn or (entry := self._trunks.get(trunk_key(run))) is None \
-                    or entry.fast is not None:
+                    or run.preprocess in entry.fast:
                 continue
             try:
                 self.accelerate(run)
@@ -564,18 +576,18 @@ class Engine:
     def features(self, run: Run, gray: np.ndarray) -> np.ndarray:
         """The trunk's feature map (1, h, w, c) float32 for an 8-bit gray image.
 
-        Cached by (trunk, model input): runs sharing both get the same array without a
-        second forward pass. Do not modify the returned array.
+        Cached by (trunk, preprocessing, model square): runs sharing them get the same
+        array without a second forward pass. Do not modify the returned array.
         """
-        from xrcompare.runs import model_input_for_run
+        from xrcompare.runs import model_square_for_run
 
-        inputs = model_input_for_run(run, gray)
-        key = (trunk_key(run), array_digest(inputs))
+        squares = model_square_for_run(run, gray)
+        key = (input_key(run), array_digest(squares))
         features = self._features.get(key)
         if features is not None:
             return features
         entry = self._trunk(run)
-        return self.call(self._forward, entry, inputs, key)
+        return self.call(self._forward, entry, run, squares, key)
 
     def _head_of(self, run: Run) -> dict:
         key = (run.run_id, run.modified)
@@ -588,10 +600,10 @@ class Engine:
     def _early_features(self, run: Run, gray: np.ndarray, early) -> np.ndarray:
         """Like :meth:`features`, from :meth:`early_trunk` (cached under the same key: the
         Keras trunk, once built, finds them, as it would find the accelerated trunk's)."""
-        from xrcompare.runs import model_input_for_run
+        from xrcompare.runs import model_square_for_run
 
-        inputs = model_input_for_run(run, gray)
-        key = (trunk_key(run), array_digest(inputs))
+        squares = model_square_for_run(run, gray)
+        key = (input_key(run), array_digest(squares))
         features = self._features.get(key)
         if features is not None:
             return features
@@ -600,7 +612,7 @@ class Engine:
             found = self._features.get(key)
             if found is not None:
                 return found
-            output = np.asarray(early.predict(inputs), dtype=np.float32)
+            output = np.asarray(early.predict(squares), dtype=np.float32)
             output.setflags(write=False)
             self._features.put(key, output)
             self.forward_passes += 1
@@ -608,21 +620,29 @@ class Engine:
 
         return self.call(forward)
 
-    def _forward(self, entry: _Trunk, inputs: np.ndarray, key: tuple) -> np.ndarray:
+    def _forward(self, entry: _Trunk, run: Run, squares: np.ndarray, key: tuple) -> np.ndarray:
         with entry.lock:
             features = self._features.get(key)
             if features is None:
-                if entry.fast is not None:
-                    output = entry.fast.predict(inputs)
-                elif entry.traced:
-                    output = entry.model.predict_on_batch(inputs)
-                else:  # not traced yet: one eager call is cheaper than tracing
-                    output = entry.model(inputs, training=False)
+                fast = entry.fast.get(run.preprocess)
+                if fast is not None:  # it preprocesses the squares in its own graph
+                    output = fast.predict(squares)
+                else:
+                    from xrcompare.backbones import get_backbone
+
+                    inputs = get_backbone(run.backbone).model_inputs(squares, run.preprocess)
+                    output = self._keras_forward(entry, inputs)
                 features = np.asarray(output, dtype=np.float32)
                 features.setflags(write=False)
                 self._features.put(key, features)
                 self.forward_passes += 1
         return features
+
+    @staticmethod
+    def _keras_forward(entry: _Trunk, inputs: np.ndarray):
+        if entry.traced:
+            return entry.model.predict_on_batch(inputs)
+        return entry.model(inputs, training=False)  # one eager call is cheaper than tracing
 
     def features_batch(self, run: Run, grays) -> np.ndarray:
         """The trunk's feature maps (N, h, w, c) of several 8-bit gray images, each through

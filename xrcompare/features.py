@@ -31,14 +31,16 @@ import cv2
 import numpy as np
 
 from xrcompare.backbones import PREPROCESS_MODES, get_backbone
-from xrcompare.imaging import ImageError, apply_mask, decode_gray, read_bytes, to_model_input
+from xrcompare.imaging import ImageError, apply_mask, decode_gray, read_bytes, to_model_square
 from xrcompare.inference_engine import is_engine, make_engine
 from xrcompare.paths import CACHE_DIR_VARIABLE, cache_dir  # noqa: F401 - re-exported
 
 #: Bump when the mild augmentation recipe changes, so cached augmented views are not reused.
 AUGMENT_VERSION = 1
-#: Bump when the blog's rotation recipe changes.
-BLOG_AUGMENT_VERSION = 1
+#: Bump when the blog's rotation recipe changes. 2: the rotation is of the 8-bit square
+#: (the engines' input), no longer of its float copy: within a gray level of version 1's,
+#: with the same angles (its seeds keep version 1's tag, ``blog1``).
+BLOG_AUGMENT_VERSION = 2
 #: Bump when the debiasing recipe changes.
 DEBIAS_AUGMENT_VERSION = 1
 #: The debiasing recipe's ranges: JPEG quality, contrast factor, brightness shift (of 255).
@@ -176,8 +178,7 @@ class Augmentation:
 AUGMENTATIONS: dict[str, Augmentation] = {
     "mild": Augmentation(f"aug{AUGMENT_VERSION}", str(AUGMENT_VERSION), augment_gray, False,
                          "small rotation (±8°), zoom, shift, brightness/contrast; no flips"),
-    "blog": Augmentation(f"augblog{BLOG_AUGMENT_VERSION}", f"blog{BLOG_AUGMENT_VERSION}",
-                         augment_blog, True,
+    "blog": Augmentation(f"augblog{BLOG_AUGMENT_VERSION}", "blog1", augment_blog, True,
                          "rotation only, uniform within ±15°, border replicated (the 2020 "
                          "blog's rotation_range=15, fill_mode nearest)"),
     "debias": Augmentation(f"augdebias{DEBIAS_AUGMENT_VERSION}",
@@ -232,7 +233,7 @@ class FeatureExtractor:
         self.spec = spec
         self.backbone = get_backbone(spec.backbone)
         self.batch_size = max(1, int(batch_size))
-        # Threads that decode and preprocess upcoming batches while the base runs (OpenCV
+        # Threads that decode and resize upcoming batches while the base runs (OpenCV
         # releases the GIL). One is enough on a 2-core CPU; a GPU box wants more.
         self.workers = max(1, int(workers or os.environ.get("XRCOMPARE_DECODE_WORKERS", 1)))
         self.cache_root = cache_dir or cache_root()
@@ -267,30 +268,29 @@ class FeatureExtractor:
         :func:`file_digest`) and ``view``; nothing is built or read."""
         return self._cache_file(digest, view).is_file()
 
-    def _model_input(self, data: bytes, name: str, digest: str, view: int) -> np.ndarray:
+    def _model_square(self, data: bytes, name: str, digest: str, view: int) -> np.ndarray:
+        """The 8-bit gray square the engine is fed for ``view`` of an image
+        (:func:`xrcompare.imaging.to_model_square`; the engine preprocesses it)."""
         gray = decode_gray(data, name)
         size, resize_mode, mask = self.spec.image_size, self.spec.resize_mode, self.spec.mask
         if not view:
-            return to_model_input(gray, size, resize_mode, mask)
+            return to_model_square(gray, size, resize_mode, mask)
         recipe = AUGMENTATIONS[self.spec.augment]
         rng = np.random.default_rng(_view_seed(digest, view, recipe.seed_tag))
         if not recipe.after_resize:
-            return to_model_input(recipe.function(gray, rng), size, resize_mode, mask)
+            return to_model_square(recipe.function(gray, rng), size, resize_mode, mask)
         # The mask stays where it is: applied after a rotation of the square input.
-        return apply_mask(recipe.function(to_model_input(gray, size, resize_mode), rng), mask)
+        return apply_mask(recipe.function(to_model_square(gray, size, resize_mode), rng), mask)
 
     def _prepare_batch(self, jobs: list[tuple[int, bytes, str, str, int]]):
-        inputs, kept, failed = [], [], []
+        squares, kept, failed = [], [], []
         for position, data, name, digest, view in jobs:
             try:
-                inputs.append(self._model_input(data, name, digest, view))
+                squares.append(self._model_square(data, name, digest, view))
                 kept.append((position, digest, view))
             except ImageError as error:
                 failed.append((position, str(error)))
-        # The stacked batch is ours: preprocessed in place (one pass fewer over it).
-        batch = (self.backbone.preprocess(np.stack(inputs), self.spec.preprocess, copy=False)
-                 if inputs else None)
-        return batch, kept, failed
+        return (np.stack(squares) if squares else None), kept, failed
 
     def extract(self, paths: Sequence[str | Path], *, views: Sequence[int] = (0,),
                 progress: Progress | None = None, label: str = "") -> ExtractionResult:
@@ -372,7 +372,7 @@ class FeatureExtractor:
                 queued: deque = deque()  # (kept, images) of the batches given to the engine
 
                 def prepared():
-                    # Decode and preprocess upcoming batches on workers while the base runs.
+                    # Decode and resize upcoming batches on workers while the base runs.
                     ahead = self.workers
                     futures = deque(pool.submit(self._prepare_batch, b) for b in batches[:ahead])
                     for number in range(len(batches)):
@@ -396,7 +396,7 @@ class FeatureExtractor:
                         kept, images = queued.popleft()
                         # Kept as the cache stores them (float16), so a cold run equals a
                         # warm one; widened to float32 once, in the result.
-                        output = output.astype(CACHE_DTYPE)
+                        output = output.astype(CACHE_DTYPE, copy=False)
                         positions = [position for position, _, _ in kept]
                         stacked[positions] = output
                         computed.update(positions)

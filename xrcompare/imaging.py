@@ -361,12 +361,25 @@ def apply_mask(square: np.ndarray, mask: str = NO_MASK) -> np.ndarray:
     return result
 
 
+def to_model_square(gray: np.ndarray, size: int, resize_mode: str = "squash",
+                    mask: str = NO_MASK) -> np.ndarray:
+    """8-bit gray (H, W) → the 8-bit gray (size, size) square the model sees: fitted to the
+    square (:func:`fit_square`), then masked (:func:`apply_mask`). What the inference
+    engines take (:mod:`xrcompare.inference_engine`): each turns it into its model input."""
+    return apply_mask(fit_square(gray, size, resize_mode), mask)
+
+
 def to_model_input(gray: np.ndarray, size: int, resize_mode: str = "squash",
                    mask: str = NO_MASK) -> np.ndarray:
     """8-bit gray (H, W) → float32 (size, size, 3) RGB in 0..255, before ``preprocess_input``:
-    fitted to the square (:func:`fit_square`), then masked (:func:`apply_mask`)."""
-    square = apply_mask(fit_square(gray, size, resize_mode), mask)
-    return np.repeat(square[:, :, None], 3, axis=2).astype(np.float32)
+    :func:`to_model_square`, its gray value in each of the three channels."""
+    return gray_to_rgb(to_model_square(gray, size, resize_mode, mask))
+
+
+def gray_to_rgb(squares: np.ndarray) -> np.ndarray:
+    """Gray squares (..., S, S) → float32 (..., S, S, 3) RGB in 0..255, each channel the
+    gray value (the input of a backbone's ``preprocess_input``)."""
+    return np.repeat(np.asarray(squares)[..., None], 3, axis=-1).astype(np.float32)
 
 
 def load_model_input(path: str | Path, size: int, resize_mode: str = "squash",

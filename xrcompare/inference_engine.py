@@ -50,7 +50,7 @@ import threading
 import time
 import warnings
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Protocol
 
@@ -172,7 +172,15 @@ def describe_difference(trained: str, used: str, doing: str = "evaluated") -> st
 
 
 class Engine(Protocol):
-    """The frozen base's forward pass: preprocessed float32 batch → base output (float32)."""
+    """The frozen base's forward pass: 8-bit gray squares (N, S, S)
+    (:func:`xrcompare.imaging.to_model_square`) → the base's output (N, h, w, c).
+
+    Each engine turns the squares into its model input itself (the gray value in the three
+    channels, then the backbone's preprocessing, :meth:`xrcompare.backbones.Backbone.
+    model_inputs`): Keras in NumPy, OpenVINO in its own graph, where it costs next to
+    nothing (:meth:`xrcompare.backbones.Backbone.gray_affine`). Keras gives float32,
+    OpenVINO float16, as the feature cache stores features (converted in its graph).
+    """
 
     name: str
     precision: str
@@ -195,10 +203,12 @@ class KerasEngine:
 
     name = "keras"
 
-    def __init__(self, base):
+    def __init__(self, base, to_inputs: Callable[[np.ndarray], np.ndarray]):
         import keras
 
         self.base = base
+        #: 8-bit gray squares → the base's input batch (Backbone.model_inputs).
+        self.to_inputs = to_inputs
         policy = keras.config.dtype_policy().name
         self.precision = {"float32": "fp32", "mixed_bfloat16": "mixed-bf16",
                           "mixed_float16": "mixed-fp16"}.get(policy, policy)
@@ -215,11 +225,12 @@ class KerasEngine:
     #: Images per batch this engine runs best with when fed a stream (None: any).
     stream_batch = None
 
-    def predict(self, batch: np.ndarray) -> np.ndarray:
-        return np.asarray(self.base.predict_on_batch(batch), dtype=np.float32)
+    def predict(self, squares: np.ndarray) -> np.ndarray:
+        return np.asarray(self.base.predict_on_batch(self.to_inputs(squares)),
+                          dtype=np.float32)
 
     def predict_stream(self, batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
-        """Each batch's output in order (one :meth:`predict` each)."""
+        """Each batch of squares' output in order (one :meth:`predict` each)."""
         for batch in batches:
             yield self.predict(batch)
 
@@ -238,11 +249,19 @@ class OpenVINOEngine:
     ``hint="latency"`` (one image at a time) runs one stream on all cores. Calls are
     serialised by a lock, so one engine can be shared between threads. OpenVINO releases the
     GIL while it computes, so decoding threads overlap with it.
+
+    The compiled model takes 8-bit RGB and computes the backbone's preprocessing
+    (``gray_affine``: per-channel scale and offset, exact for gray inputs) in its input
+    stage, and gives float16: on the 2-core CPU, ResNet50's bare forward ran as fast as on
+    preprocessed float32 batches, with bit-identical features, while the extraction no
+    longer spends about 0.7 ms of a core per image converting, preprocessing and rounding
+    in NumPy.
     """
 
     name = "openvino"
 
-    def __init__(self, xml: Path, precision: str, *, hint: str = DEFAULT_HINT,
+    def __init__(self, xml: Path, precision: str, *,
+                 gray_affine: tuple[np.ndarray, np.ndarray], hint: str = DEFAULT_HINT,
                  conversion_seconds: float | None = None, converted_now: bool = False):
         import openvino as ov
 
@@ -269,7 +288,10 @@ class OpenVINOEngine:
         threads = os.environ.get("XRCOMPARE_ENGINE_THREADS", "").strip()
         if threads.isdigit() and int(threads) > 0:
             config["INFERENCE_NUM_THREADS"] = int(threads)
-        self._compiled = core.compile_model(core.read_model(self.xml), "CPU", config)
+        self.gray_affine = tuple(np.asarray(part, dtype=np.float32).reshape(3)
+                                 for part in gray_affine)
+        self._compiled = core.compile_model(self._with_input_stage(core.read_model(self.xml)),
+                                            "CPU", config)
         self.streams = max(1, int(self._compiled.get_property("NUM_STREAMS")))
         # Two requests per stream when there are several: a stream finds the next chunk
         # queued when it finishes one, while this side collects outputs and feeds it.
@@ -278,6 +300,24 @@ class OpenVINOEngine:
         self._lock = threading.Lock()
         self.compile_seconds = time.perf_counter() - started
         self.version = ov.__version__.split("-")[0]
+
+    def _with_input_stage(self, model):
+        """``model`` taking 8-bit RGB (N, S, S, 3), preprocessed in its graph, and giving
+        float16 (OpenVINO's pre/post-processing, folded into its first and last steps)."""
+        import openvino as ov
+
+        scale, offset = self.gray_affine
+        if np.any(scale == 0):
+            raise ValueError("a preprocessing scale of 0 would erase the image")
+        steps = ov.preprocess.PrePostProcessor(model)
+        steps.input().tensor().set_element_type(ov.Type.u8).set_layout(ov.Layout("NHWC"))
+        steps.input().model().set_layout(ov.Layout("NHWC"))
+        # OpenVINO computes (x - mean) / scale: the same line as x * scale + offset
+        steps.input().preprocess().convert_element_type(ov.Type.f32) \
+            .mean([float(value) for value in -offset / scale]) \
+            .scale([float(value) for value in 1.0 / scale])
+        steps.output(0).tensor().set_element_type(ov.Type.f16)
+        return steps.build()
 
     @property
     def label(self) -> str:
@@ -296,12 +336,13 @@ class OpenVINOEngine:
         ready), any with one stream."""
         return OPENVINO_CHUNK if self.streams > 1 else None
 
-    def predict(self, batch: np.ndarray) -> np.ndarray:
-        [output] = self.predict_stream([batch])
+    def predict(self, squares: np.ndarray) -> np.ndarray:
+        [output] = self.predict_stream([squares])
         return output
 
     def predict_stream(self, batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
-        """Each batch's output, in order, with the requests kept busy across batches.
+        """Each batch of 8-bit gray squares' output (float16), in order, with the requests
+        kept busy across batches.
 
         Chunks go to the requests in turn (a request's next chunk waits for its last one,
         the oldest running); a batch's output is given once all its chunks are collected, so
@@ -318,8 +359,7 @@ class OpenVINOEngine:
             def finish_oldest() -> None:
                 request, number = running.popleft()
                 request.wait()
-                outputs[number].append(np.array(request.get_output_tensor(0).data,
-                                                dtype=np.float32))
+                outputs[number].append(np.array(request.get_output_tensor(0).data))
                 idle.append(request)
 
             def finished(number: int) -> np.ndarray:
@@ -330,11 +370,12 @@ class OpenVINOEngine:
 
             given = 0
             try:
-                for number, batch in enumerate(batches):
-                    batch = np.ascontiguousarray(batch, dtype=np.float32)
-                    if batch.ndim != 4 or len(batch) == 0:
-                        raise ValueError("expected a non-empty (n, h, w, 3) batch, got shape "
-                                         f"{batch.shape}")
+                for number, squares in enumerate(batches):
+                    squares = np.asarray(squares)
+                    if squares.ndim != 3 or len(squares) == 0 or squares.dtype != np.uint8:
+                        raise ValueError("expected a non-empty batch of 8-bit gray squares "
+                                         f"(n, h, w), got {squares.dtype} {squares.shape}")
+                    batch = np.repeat(squares[..., None], 3, axis=3)  # the model's RGB
                     chunk = self.stream_batch or len(batch)
                     starts = range(0, len(batch), chunk)
                     outputs[number], chunks[number] = [], len(starts)
@@ -393,7 +434,7 @@ def make_engine(spec, *, base=None, hint: str | None = None,
             from xrcompare.backbones import build_base
 
             base = build_base(spec.backbone, spec.image_size, spec.weights, seed=spec.seed)
-        return KerasEngine(spec_model(spec, base))
+        return KerasEngine(spec_model(spec, base), model_inputs(spec))
     if engine != "openvino":
         raise EngineUnavailable(f"unknown engine {engine!r}; choose from "
                                 f"{', '.join(ENGINE_CHOICES[1:])}")
@@ -405,8 +446,25 @@ def make_engine(spec, *, base=None, hint: str | None = None,
         raise EngineUnavailable(f"{HINT_VARIABLE} must be one of {', '.join(HINTS)}, "
                                 f"got {hint!r}")
     xml, seconds, converted_now = converted_model(spec, base=base, output_layer=output_layer)
-    return OpenVINOEngine(xml, spec.precision, hint=hint, conversion_seconds=seconds,
-                          converted_now=converted_now)
+    return OpenVINOEngine(xml, spec.precision, gray_affine=gray_affine(spec), hint=hint,
+                          conversion_seconds=seconds, converted_now=converted_now)
+
+
+def model_inputs(spec) -> Callable[[np.ndarray], np.ndarray]:
+    """``spec``'s 8-bit gray squares → its base's input batch, in NumPy (the Keras engine;
+    :meth:`xrcompare.backbones.Backbone.model_inputs`)."""
+    from xrcompare.backbones import get_backbone
+
+    backbone, mode = get_backbone(spec.backbone), getattr(spec, "preprocess", "backbone")
+    return lambda squares: backbone.model_inputs(squares, mode)
+
+
+def gray_affine(spec) -> tuple[np.ndarray, np.ndarray]:
+    """``spec``'s preprocessing as the per-channel (scale, offset) an engine computes in its
+    graph (:meth:`xrcompare.backbones.Backbone.gray_affine`)."""
+    from xrcompare.backbones import get_backbone
+
+    return get_backbone(spec.backbone).gray_affine(getattr(spec, "preprocess", "backbone"))
 
 
 def spec_model(spec, base):

@@ -114,7 +114,8 @@ class BaseWorker:
             jobs.append((position, data, Path(path).name, digest, view))
         inputs, kept, bad = extractor._prepare_batch(jobs)
         failed += bad
-        output = (extractor.engine.predict(inputs).astype(CACHE_DTYPE) if inputs is not None
+        output = (extractor.engine.predict(inputs).astype(CACHE_DTYPE, copy=False)
+                  if inputs is not None
                   else np.zeros((0, *self.shape), CACHE_DTYPE))
         note = ""
         try:

@@ -1696,15 +1696,23 @@ def build_full_model(run: Run, *, base=None):
     return attach_head(base, build_head_for_run(run))
 
 
-def model_input_for_run(run: Run, gray: np.ndarray) -> np.ndarray:
-    """A batch of one, exactly as the run's training images were prepared."""
-    from xrcompare.backbones import get_backbone
-    from xrcompare.imaging import to_model_input
+def model_square_for_run(run: Run, gray: np.ndarray) -> np.ndarray:
+    """A batch of one 8-bit gray square (1, S, S), as the run's training images were fed to
+    its inference engine (:func:`xrcompare.imaging.to_model_square`)."""
+    from xrcompare.imaging import to_model_square
 
     if not run.is_cnn:
         raise RunError(f"{run.title} has no CNN: it takes no model input")
-    image = to_model_input(gray, run.image_size, run.resize_mode, run.mask)
-    return get_backbone(run.backbone).preprocess(image[None], run.preprocess)
+    return to_model_square(gray, run.image_size, run.resize_mode, run.mask)[None]
+
+
+def model_input_for_run(run: Run, gray: np.ndarray) -> np.ndarray:
+    """A batch of one, exactly as the run's training images were prepared: the Keras
+    model's preprocessed input (:meth:`xrcompare.backbones.Backbone.model_inputs`)."""
+    from xrcompare.backbones import get_backbone
+
+    return get_backbone(run.backbone).model_inputs(model_square_for_run(run, gray),
+                                                   run.preprocess)
 
 
 def predict_gray(run: Run, model, gray: np.ndarray) -> dict[str, float]:
