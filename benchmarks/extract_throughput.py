@@ -201,6 +201,7 @@ def measure(name: str, args) -> dict:
 
     seconds: dict[str, list[float]] = {"reference": [], "engine": [], "pipeline": [],
                                        "prepare": [], **{variant: [] for variant in variants}}
+    cpu: dict[str, list[float]] = {key: [] for key in seconds}
     steps = [("reference", forward(reference)),
              ("engine", forward(engine)), ("pipeline", pipeline),
              ("prepare", lambda: time_prepare(spec, paths, args.batch_size)),
@@ -211,7 +212,9 @@ def measure(name: str, args) -> dict:
         # repeat (A B C, C B A, ...), so each ratio compares passes measured side by side
         # under the same load.
         for key, step in (steps if repeat % 2 == 0 else steps[::-1]):
+            before = time.process_time()  # this process's CPU time, all its threads
             seconds[key].append(step())
+            cpu[key].append(time.process_time() - before)
     rates = {key: len(paths) / statistics.median(values) for key, values in seconds.items()}
     ratios = {  # medians of the ratios within each repeat
         "engine_vs_reference": statistics.median(
@@ -219,6 +222,8 @@ def measure(name: str, args) -> dict:
         "pipeline_vs_engine": statistics.median(
             e / p for e, p in zip(seconds["engine"], seconds["pipeline"], strict=True))}
     prepare_ms = 1000 * statistics.median(seconds["prepare"]) / len(paths)
+    cpu_ms = {key: 1000 * statistics.median(cpu[key]) / len(paths)
+              for key in ("engine", "pipeline")}
     cores = os.cpu_count() or 1
     bound = pipeline_bound(rates["engine"], prepare_ms / 1000, cores)
     info = engine.info()
@@ -232,7 +237,9 @@ def measure(name: str, args) -> dict:
           f"{rates['reference']:.1f} img/s | engine {engine.label} {rates['engine']:.1f} img/s "
           f"({ratios['engine_vs_reference']:.2f}x) | pipeline {rates['pipeline']:.1f} "
           f"img/s ({ratios['pipeline_vs_engine']:.2f} of engine; preparing an image costs "
-          f"{prepare_ms:.2f} ms of one core, so at most {bound:.2f} on {cores} cores) | "
+          f"{prepare_ms:.2f} ms of one core, so at most {bound:.2f} on {cores} cores; CPU "
+          f"per image: engine {cpu_ms['engine']:.2f} ms, pipeline {cpu_ms['pipeline']:.2f} "
+          f"ms) | "
           f"engine ready in "
           f"{ready_seconds:.1f} s ({info.get('converted_model', 'built')})", flush=True)
     return {"image_size": size,
@@ -243,6 +250,8 @@ def measure(name: str, args) -> dict:
             "pipeline_vs_engine": round(ratios["pipeline_vs_engine"], 3),
             "prepare_ms_per_image": round(prepare_ms, 3),
             "pipeline_bound_vs_engine": round(bound, 3), "cores": cores,
+            "engine_cpu_ms_per_image": round(cpu_ms["engine"], 3),
+            "pipeline_cpu_ms_per_image": round(cpu_ms["pipeline"], 3),
             "engine": info["engine"], "precision": info["precision"],
             "engine_label": engine.label, "reference_label": reference.label,
             "engine_setting": setting,
@@ -267,10 +276,11 @@ def readme_table(results: dict) -> str:
               *[f"{VARIANT_NAMES.get(v, v)} (bare)" for v in variants],
               "Engine used", "Engine, bare forward", "× reference",
               "Pipeline, files → features", "of engine", "Preparing, ms/image (1 core)",
-              "Most the pipeline can reach"]
+              "Most the pipeline can reach", "CPU ms/image: engine", "CPU ms/image: pipeline"]
     rows = ["| " + " | ".join(header) + " |",
             "|" + "|".join(["---", "---:", "---:", *["---:"] * len(variants), "---",
-                            "---:", "---:", "---:", "---:", "---:", "---:"]) + "|"]
+                            "---:", "---:", "---:", "---:", "---:", "---:", "---:",
+                            "---:"]) + "|"]
     for name, row in backbones.items():
         others = row.get("other_settings_images_per_s", {})
         cells = [name, f"{row['image_size']} px", f"{row['reference_images_per_s']:.1f}",
@@ -283,7 +293,9 @@ def readme_table(results: dict) -> str:
                  f"{row['pipeline_vs_engine']:.2f}",
                  f"{row['prepare_ms_per_image']:.2f}" if "prepare_ms_per_image" in row else "–",
                  f"{row['pipeline_bound_vs_engine']:.2f}"
-                 if "pipeline_bound_vs_engine" in row else "–"]
+                 if "pipeline_bound_vs_engine" in row else "–",
+                 *[f"{row[key]:.2f}" if key in row else "–"
+                   for key in ("engine_cpu_ms_per_image", "pipeline_cpu_ms_per_image")]]
         rows.append("| " + " | ".join(cells) + " |")
     settings = results.get("settings", {})
     note = (f"Images/s. Measured {results['measured']} on {results['machine']} (load average "
@@ -296,7 +308,11 @@ def readme_table(results: dict) -> str:
             "The last column is the most the pipeline could reach of the engine's bare rate "
             "if the engine kept every core busy and each image also took its preparation "
             "time (read, hash, decode, resize; the engine preprocesses) of one core: "
-            "1 / (1 + preparation × engine rate / cores).")
+            "1 / (1 + preparation × engine rate / cores). The CPU columns are this "
+            "process's CPU time (all threads) per image in the bare forward and in the "
+            "pipeline: what the pipeline spends beyond the engine's CPU plus the preparation "
+            "is the engine running less efficiently beside the decoding thread, and the "
+            "pipeline's other steps (cache writes, filling the result).")
     return "\n".join([README_START,
                       "<!-- written by benchmarks/extract_throughput.py --readme README.md; "
                       "do not edit by hand -->", "", *rows, "", note, README_END])

@@ -95,6 +95,9 @@ def test_extract_throughput_measures_reference_engine_and_pipeline_side_by_side(
         1 + row["prepare_ms_per_image"] / 1000 * row["engine_images_per_s"] / row["cores"]),
         rel=0.01)
     assert "ms of one core, so at most" in line
+    # CPU time per image: the pipeline does the engine's work and more (decode, resize)
+    assert 0 < row["engine_cpu_ms_per_image"] < row["pipeline_cpu_ms_per_image"]
+    assert f"pipeline {row['pipeline_cpu_ms_per_image']:.2f} ms" in line
     text = readme.read_text()
     assert text.startswith("before\n") and text.endswith("after\n") and "old" not in text
     assert "| ResNet50 | 32 px |" in text and "engine_vs_reference" in text

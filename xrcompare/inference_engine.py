@@ -366,7 +366,8 @@ class OpenVINOEngine:
                 while len(outputs[number]) < chunks[number]:
                     finish_oldest()
                 del chunks[number]
-                return np.concatenate(outputs.pop(number))
+                parts = outputs.pop(number)
+                return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
             given = 0
             try:
