@@ -202,6 +202,33 @@ class AppDriver:
         for index in range(charts.count()):
             charts.nth(index).locator(".main-svg").first.wait_for(state="attached")
 
+    def settle(self) -> None:
+        """Wait until idle, allowing for a loaded machine (a rerun that starts a job)."""
+        self.wait_idle(quiet_ms=500, timeout_ms=90_000)
+
+    def until(self, check, timeout_ms: int = PAGE_TIMEOUT_MS, what: str = "") -> None:
+        """Poll ``check()`` (no fixed sleep) until it is true."""
+        deadline = time.monotonic() + timeout_ms / 1000
+        while time.monotonic() < deadline:
+            if check():
+                return
+            self.page.wait_for_timeout(200)
+        raise AssertionError(f"{what or check} not seen within {timeout_ms / 1000:.0f} s")
+
+    def click_until(self, locator, done, what: str, tries: int = 3) -> None:
+        """Click ``locator``, and click again only while ``done()`` is false once the app is
+        idle and the control is still there: a click that lands while a rerun replaces the
+        sidebar is lost, as it would be for a person, who clicks again."""
+        for _ in range(tries):
+            locator.click()
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and not done():
+                self.page.wait_for_timeout(200)
+            self.settle()
+            if done() or not locator.is_visible():
+                break
+        self.until(done, what=what)
+
     def is_running(self) -> bool:
         """Whether the script runs now (the app's ``data-test-script-state``)."""
         state = self.page.locator('[data-testid="stApp"]').first.get_attribute(

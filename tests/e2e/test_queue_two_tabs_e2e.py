@@ -83,11 +83,9 @@ class Tab(AppDriver):
     def close(self) -> None:
         self.page.context.close()
 
-    def settle(self) -> None:
-        self.wait_idle(quiet_ms=500, timeout_ms=90_000)
-
     def until(self, check, timeout_ms: int = SHOWN_TIMEOUT_MS, what: str = "") -> None:
-        """Poll ``check()`` (no fixed sleep) until it is true."""
+        """Poll ``check()`` (no fixed sleep) until it is true; on failure, a screenshot and
+        the queue's rows and buttons."""
         deadline = time.monotonic() + timeout_ms / 1000
         while time.monotonic() < deadline:
             if check():
@@ -97,20 +95,6 @@ class Tab(AppDriver):
         raise AssertionError(f"{self.name}'s tab: {what or check} not seen within "
                              f"{timeout_ms / 1000:.0f} s; rows {self.waiting_rows()}, "
                              f"buttons {self.buttons('Cancel')}")
-
-    def click_until(self, locator, done, what: str, tries: int = 3) -> None:
-        """Click, and click again only while ``done()`` is false once the app is idle and
-        the control is still there (a click that lands while a rerun replaces the sidebar
-        is lost)."""
-        for _ in range(tries):
-            locator.click()
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline and not done():
-                self.page.wait_for_timeout(200)
-            self.settle()
-            if done() or not locator.is_visible():
-                break
-        self.until(done, what=what)
 
     # the form ------------------------------------------------------------------------
 

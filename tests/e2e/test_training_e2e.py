@@ -8,10 +8,11 @@ import csv
 import os
 import re
 import shutil
-import time
 from pathlib import Path
 
 import pytest
+
+from .conftest import AppDriver
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = Path(os.environ.get("XRCOMPARE_SHARED", REPO.parent / "shared")).resolve() / "data"
@@ -43,21 +44,6 @@ def make_tiny_dataset(folder: Path, per_class: int = PER_CLASS) -> Path:
     return folder
 
 
-def wait_idle(page, quiet_ms: int = 600, timeout_s: float = 60) -> None:
-    """Until the script has not been running for ``quiet_ms``."""
-    deadline = time.monotonic() + timeout_s
-    quiet_since = None
-    while time.monotonic() < deadline:
-        if page.locator('[data-testid="stStatusWidgetRunningIcon"]').count():
-            quiet_since = None
-        elif quiet_since is None:
-            quiet_since = time.monotonic()
-        elif (time.monotonic() - quiet_since) * 1000 >= quiet_ms:
-            return
-        page.wait_for_timeout(100)
-    raise AssertionError("the app kept running")
-
-
 def screenshot(page, name: str) -> None:
     folder = REPO / "test-artifacts" / "screenshots"
     folder.mkdir(parents=True, exist_ok=True)
@@ -78,12 +64,13 @@ def test_sidebar_trains_a_tiny_run_that_appears_in_the_leaderboard(
                             "XRCOMPARE_JOBS_DIR": str(root / "jobs"),
                             "XRCOMPARE_CACHE_DIR": str(feature_cache)})
     page = browser_page
+    app = AppDriver(page, url)
     page.goto(url, wait_until="domcontentloaded")
     sidebar = page.locator('[data-testid="stSidebar"]')
     main = page.locator('[data-testid="stMain"]')
     # the first script run after a server start can take long on a loaded 2-core machine
     expect(sidebar.get_by_text("No training job yet.")).to_be_visible(timeout=60_000)
-    wait_idle(page)
+    app.wait_idle()
 
     form = sidebar.locator('[data-testid="stExpander"]', has_text="New training run")
     # the only dataset under the data root is offered
@@ -125,24 +112,16 @@ def test_sidebar_trains_a_tiny_run_that_appears_in_the_leaderboard(
 
     # a long job is cancelled from the sidebar: the click returns at once, the panel shows
     # the outcome once Ray has stopped it, and no run is added
-    wait_idle(page)
+    app.wait_idle()
     form.get_by_label("Epochs", exact=True).fill("500")
     form.get_by_role("button", name="Start training").click()
     cancel = sidebar.get_by_role("button", name="Cancel training")
     expect(cancel).to_be_visible(timeout=30_000)
     # A click that lands while a rerun replaces the sidebar (the job's start reruns the
-    # page; slow on a loaded machine) is lost, as it would be for a person, who clicks
-    # again: so does the test, until the cancel is taken ("Cancelling …" or the outcome).
+    # page; slow on a loaded machine) is lost: clicked again until the cancel is taken
+    # ("Cancelling …" or the outcome).
     taken = sidebar.get_by_text(re.compile(r"^Cancelling |Cancelled after"))
-    for _ in range(3):
-        cancel.click()
-        try:
-            expect(taken.first).to_be_visible(timeout=10_000)
-            break
-        except AssertionError:
-            wait_idle(page)
-            if not cancel.is_visible():
-                break
+    app.click_until(cancel, taken.first.is_visible, "the cancel taken")
     expect(sidebar.get_by_text("Cancelled after")).to_be_visible(timeout=30_000)
     expect(sidebar).to_contain_text("No run was kept.")
     assert [path.name for path in runs_dir.iterdir()] == runs
