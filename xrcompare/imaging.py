@@ -1,10 +1,11 @@
 """The one place that decides how an image becomes a model input.
 
 Training, evaluation, the CLI and the upload page all call :func:`read_gray` (or decode
-their bytes to the same 8-bit grayscale array) and then :func:`to_model_input` (fit to the
+their bytes to the same 8-bit grayscale array) and then :func:`to_model_square` (fit to the
 square input, then the run's mask, if any), so training, prediction and saliency cannot drift
-apart. The backbone's own ``preprocess_input``
-is applied afterwards by :mod:`xrcompare.backbones`, on a copy.
+apart. From that 8-bit square, :func:`to_model_input` gives the float32 RGB a Keras model's
+``preprocess_input`` takes (applied by :mod:`xrcompare.backbones`, on a copy); the inference
+engines take the squares themselves (:mod:`xrcompare.inference_engine`).
 """
 
 from __future__ import annotations
