@@ -92,6 +92,32 @@ def test_the_engine_preprocesses_gray_squares_as_the_registry_does(backbone, siz
         engine.predict(squares.astype(np.float32))  # a preprocessed batch is refused
 
 
+@pytest.mark.parametrize("backbone", ["resnet50", "xception"])
+def test_the_engines_input_step_changes_no_bit_of_the_features(backbone, tmp_path,
+                                                                monkeypatch):
+    """The in-graph preprocessing and float16 output give exactly what the same converted
+    model gives on NumPy-preprocessed float32 batches, rounded to float16 after (the
+    extraction before the input step): caffe (ResNet50) and tf (Xception) styles."""
+    import openvino as ov
+
+    from xrcompare.backbones import get_backbone
+
+    monkeypatch.setenv("XRCOMPARE_CACHE_DIR", str(tmp_path))
+    require_weights(backbone)
+    size = 96
+    squares = np.stack([to_model_square(read_gray(path), size)
+                        for path in spread_images(DATA / "cxr3", 6)])
+    engine = engines.make_engine(engines.with_engine(FeatureSpec(backbone, size), "openvino"))
+    core = ov.Core()
+    plain = core.compile_model(core.read_model(engine.xml), "CPU", {
+        "PERFORMANCE_HINT": "THROUGHPUT", "ENABLE_CPU_PINNING": False,
+        "INFERENCE_PRECISION_HINT": "bf16" if engine.precision == "bf16" else "f32"})
+    request = plain.create_infer_request()
+    request.infer({0: get_backbone(backbone).model_inputs(squares)})
+    before = np.array(request.get_output_tensor(0).data, dtype=np.float32)
+    np.testing.assert_array_equal(engine.predict(squares), before.astype(np.float16))
+
+
 def _other_engine(run) -> str:
     """The engine a shipped run was NOT trained with (the reference for engine-made runs)."""
     return "keras" if run.feature_engine[0] == "openvino" else "openvino"
