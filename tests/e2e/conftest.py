@@ -207,13 +207,18 @@ class AppDriver:
         self.wait_idle(quiet_ms=500, timeout_ms=90_000)
 
     def until(self, check, timeout_ms: int = PAGE_TIMEOUT_MS, what: str = "") -> None:
-        """Poll ``check()`` (no fixed sleep) until it is true."""
+        """Poll ``check()`` (no fixed sleep) until it is true; else raise
+        :meth:`not_seen`'s error."""
         deadline = time.monotonic() + timeout_ms / 1000
         while time.monotonic() < deadline:
             if check():
                 return
             self.page.wait_for_timeout(200)
-        raise AssertionError(f"{what or check} not seen within {timeout_ms / 1000:.0f} s")
+        raise self.not_seen(what or str(check), timeout_ms)
+
+    def not_seen(self, what: str, timeout_ms: int) -> AssertionError:
+        """The error of :meth:`until` when ``what`` did not show in time."""
+        return AssertionError(f"{what} not seen within {timeout_ms / 1000:.0f} s")
 
     def click_until(self, locator, done, what: str, tries: int = 3) -> None:
         """Click ``locator``, and click again only while ``done()`` is false once the app is

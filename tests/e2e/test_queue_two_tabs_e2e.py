@@ -84,17 +84,14 @@ class Tab(AppDriver):
         self.page.context.close()
 
     def until(self, check, timeout_ms: int = SHOWN_TIMEOUT_MS, what: str = "") -> None:
-        """Poll ``check()`` (no fixed sleep) until it is true; on failure, a screenshot and
-        the queue's rows and buttons."""
-        deadline = time.monotonic() + timeout_ms / 1000
-        while time.monotonic() < deadline:
-            if check():
-                return
-            self.page.wait_for_timeout(200)
+        super().until(check, timeout_ms, what)
+
+    def not_seen(self, what: str, timeout_ms: int) -> AssertionError:
+        """The timeout's error, with a screenshot and the queue's rows and buttons."""
         screenshot(self.page, f"two-tabs-{self.name}-timeout")
-        raise AssertionError(f"{self.name}'s tab: {what or check} not seen within "
-                             f"{timeout_ms / 1000:.0f} s; rows {self.waiting_rows()}, "
-                             f"buttons {self.buttons('Cancel')}")
+        return AssertionError(f"{self.name}'s tab: {what} not seen within "
+                              f"{timeout_ms / 1000:.0f} s; rows {self.waiting_rows()}, "
+                              f"buttons {self.buttons('Cancel')}")
 
     # the form ------------------------------------------------------------------------
 
