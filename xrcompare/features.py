@@ -230,8 +230,8 @@ class FeatureExtractor:
         if spec.preprocess not in PREPROCESS_MODES:
             raise ValueError(f"preprocess must be one of {', '.join(PREPROCESS_MODES)}, "
                              f"got {spec.preprocess!r}")
+        get_backbone(spec.backbone)  # an unknown backbone is refused here
         self.spec = spec
-        self.backbone = get_backbone(spec.backbone)
         self.batch_size = max(1, int(batch_size))
         # Threads that decode and resize upcoming batches while the base runs (OpenCV
         # releases the GIL). One is enough on a 2-core CPU; a GPU box wants more.

@@ -377,10 +377,11 @@ def to_model_input(gray: np.ndarray, size: int, resize_mode: str = "squash",
     return gray_to_rgb(to_model_square(gray, size, resize_mode, mask))
 
 
-def gray_to_rgb(squares: np.ndarray) -> np.ndarray:
-    """Gray squares (..., S, S) → float32 (..., S, S, 3) RGB in 0..255, each channel the
-    gray value (the input of a backbone's ``preprocess_input``)."""
-    return np.repeat(np.asarray(squares)[..., None], 3, axis=-1).astype(np.float32)
+def gray_to_rgb(squares: np.ndarray, dtype=np.float32) -> np.ndarray:
+    """Gray squares (..., S, S) → (..., S, S, 3) RGB in 0..255 of ``dtype``, each channel the
+    gray value: float32, the input of a backbone's ``preprocess_input``; uint8, an inference
+    engine's (which preprocesses in its own graph)."""
+    return np.repeat(np.asarray(squares)[..., None], 3, axis=-1).astype(dtype, copy=False)
 
 
 def load_model_input(path: str | Path, size: int, resize_mode: str = "squash",

@@ -350,6 +350,8 @@ class OpenVINOEngine:
         none idles at a batch's end waiting for the others, as when each batch is waited for
         whole. A failed inference raises from its request's wait.
         """
+        from xrcompare.imaging import gray_to_rgb
+
         with self._lock:
             idle = list(reversed(self._requests))
             running: deque = deque()  # (request, batch number), oldest first
@@ -376,7 +378,7 @@ class OpenVINOEngine:
                     if squares.ndim != 3 or len(squares) == 0 or squares.dtype != np.uint8:
                         raise ValueError("expected a non-empty batch of 8-bit gray squares "
                                          f"(n, h, w), got {squares.dtype} {squares.shape}")
-                    batch = np.repeat(squares[..., None], 3, axis=3)  # the model's RGB
+                    batch = gray_to_rgb(squares, np.uint8)  # the model's RGB
                     chunk = self.stream_batch or len(batch)
                     starts = range(0, len(batch), chunk)
                     outputs[number], chunks[number] = [], len(starts)
