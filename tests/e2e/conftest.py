@@ -223,9 +223,16 @@ class AppDriver:
     def click_until(self, locator, done, what: str, tries: int = 3) -> None:
         """Click ``locator``, and click again only while ``done()`` is false once the app is
         idle and the control is still there: a click that lands while a rerun replaces the
-        sidebar is lost, as it would be for a person, who clicks again."""
+        sidebar is lost, as it would be for a person, who clicks again (so is one that finds
+        no control during a rerun longer than the page's timeout)."""
+        from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
+
         for _ in range(tries):
-            locator.click()
+            try:
+                locator.click()
+            except PlaywrightTimeoutError:  # not there all along a long rerun: once idle
+                self.settle()
+                continue
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline and not done():
                 self.page.wait_for_timeout(200)
